@@ -1,0 +1,3 @@
+//! Parley's agent console (placeholder until the console lands).
+#[cfg(feature = "ssr")]
+pub mod backend;

@@ -1,0 +1,107 @@
+//! Frames between the chat frame (the Leptos/Wasm widget) and the server, on `GET /ws/visitor`.
+//!
+//! Flow: the client opens the socket and sends [`ClientMsg::Hello`] (with its stored token, if any, and the last
+//! `seq` it applied). The server answers [`ServerMsg::Welcome`] with the token to keep and every event after
+//! `last_seq`, then streams live [`ServerMsg::Event`]s. Each [`ClientMsg::Send`] is answered by exactly one
+//! [`ServerMsg::Ack`] (or an `Error` naming the same `client_id`) only after the message is committed to disk;
+//! re-sending the same `client_id` is safe and returns the original ack.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, Event};
+
+/// Frames the widget sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// First frame on every connection.
+    Hello {
+        /// [`crate::PROTOCOL_VERSION`] of the client.
+        #[serde(default)]
+        protocol: u32,
+        /// The visitor token from a previous `Welcome`; `None` starts a new visitor.
+        #[serde(default)]
+        token: Option<String>,
+        /// Highest event `seq` the client has applied (0 for none).
+        #[serde(default)]
+        last_seq: u64,
+        /// Where the visitor is; shown to agents.
+        #[serde(default)]
+        context: VisitorContext,
+    },
+    /// Post a message.
+    Send { client_id: String, body: String },
+    /// The visitor started or stopped typing.
+    Typing { typing: bool },
+    /// The visitor has seen everything up to `up_to_seq`.
+    Read { up_to_seq: u64 },
+    /// Keep-alive; answered by `Pong`.
+    Ping,
+}
+
+/// What the host page told the widget about the visitor's whereabouts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisitorContext {
+    /// URL of the host page the visitor is on.
+    #[serde(default)]
+    pub page_url: Option<String>,
+    /// `document.referrer` of the host page.
+    #[serde(default)]
+    pub referrer: Option<String>,
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Minutes to add to UTC to get the visitor's local time (the negation of JS `getTimezoneOffset()`).
+    #[serde(default)]
+    pub utc_offset_minutes: Option<i32>,
+    /// `navigator.language`.
+    #[serde(default)]
+    pub language: Option<String>,
+}
+
+/// Frames the server sends to the widget.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// Answer to `Hello`.
+    Welcome {
+        /// Token to store (in the frame's own storage) and present in the next `Hello`.
+        token: String,
+        /// Events after the client's `last_seq`, in order.
+        events: Vec<Event>,
+        /// Highest `seq` of the conversation (0 when none exists yet).
+        last_seq: u64,
+        /// How far the agent side has read (for "read" ticks).
+        #[serde(default)]
+        agent_read_seq: u64,
+        /// Whether `events` starts at seq 1 although the client asked for more: the client must drop what it
+        /// holds and rebuild from `events` (its token did not match its stored history).
+        #[serde(default)]
+        reset: bool,
+    },
+    /// A new conversation event, live.
+    Event { event: Event },
+    /// A message from this client was committed.
+    Ack {
+        client_id: String,
+        message_id: String,
+        seq: u64,
+    },
+    /// An agent started or stopped typing.
+    Typing {
+        typing: bool,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// A request failed; `client_id` names the `Send` it answers, if any.
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    Pong,
+    /// A frame this client does not know yet.
+    #[serde(other)]
+    Unknown,
+}
