@@ -1,1 +1,19 @@
-//! placeholder
+//! Parley's server library. `main.rs` only parses the command line and calls [`cli::run`]; tests build the app
+//! with [`startup::Application`] on a listener bound to port 0.
+
+pub mod assets;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod services;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod useragent;
+pub mod ws;

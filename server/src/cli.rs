@@ -1,0 +1,235 @@
+//! The `parley` command line: `serve`, `migrate`, `agent create|set-password`, `site create|list`, `demo`.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::auth;
+use crate::config::Settings;
+use crate::demo;
+use crate::startup::Application;
+use crate::store::{Store, StoreError};
+
+#[derive(Parser, Debug)]
+#[command(name = "parley", version, about = "Parley: website live chat that continues on Messenger")]
+pub struct Cli {
+    /// TOML settings file (default: $PARLEY_CONFIG, else ./parley.toml when present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the chat server.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Manage sites (websites that embed the widget).
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Run the demo: a demo site and agent, the chat server, and a host page on another origin.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Create an agent who can sign in to the console.
+    Create(AgentArgs),
+    /// Replace an agent's password (signs them out everywhere).
+    SetPassword(AgentPasswordArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[arg(long)]
+    pub email: String,
+    /// Display name shown to visitors.
+    #[arg(long)]
+    pub name: String,
+    /// Read the password from the first line of standard input instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentPasswordArgs {
+    #[arg(long)]
+    pub email: String,
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SiteCommand {
+    /// Create a site and print its embed tag.
+    Create(SiteArgs),
+    /// List sites.
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct SiteArgs {
+    /// Exact origin allowed to embed the widget, e.g. https://shop.example (repeat for several).
+    #[arg(long = "origin", required = true)]
+    pub origins: Vec<String>,
+    #[arg(long, default_value = "My site")]
+    pub name: String,
+    /// Public site key for the embed tag (default: random).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// First message the widget shows.
+    #[arg(long, default_value = "Hi! How can we help?")]
+    pub greeting: String,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => {
+            let store = Store::connect(&settings.database.url, 1).await?;
+            store.close().await;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Agent(AgentCommand::Create(args)) => {
+            let store = Store::connect(&settings.database.url, 1).await?;
+            let password = read_password(args.password_stdin)?;
+            let agent = create_agent(&store, &args.email, &args.name, &password).await?;
+            println!("agent {} <{}> created", agent.name, agent.email);
+            Ok(())
+        }
+        Command::Agent(AgentCommand::SetPassword(args)) => {
+            let store = Store::connect(&settings.database.url, 1).await?;
+            let password = read_password(args.password_stdin)?;
+            let hash = auth::hash_password(&password)?;
+            anyhow::ensure!(store.set_agent_password(&args.email, &hash).await?, "no agent with email {}", args.email);
+            println!("password changed; {} was signed out everywhere", args.email);
+            Ok(())
+        }
+        Command::Site(SiteCommand::Create(args)) => {
+            let store = Store::connect(&settings.database.url, 1).await?;
+            let key = args.key.unwrap_or_else(|| auth::new_token()[..16].to_string());
+            let origins = normalize_origins(&args.origins)?;
+            let site = store.create_site(&key, &args.name, &origins, &args.greeting).await.map_err(|e| match e {
+                StoreError::Conflict(_) => anyhow::anyhow!("a site with key {key} already exists"),
+                other => other.into(),
+            })?;
+            println!("site {} created with key {}", site.name, site.key);
+            println!("embed it with:");
+            println!(
+                "<script src=\"{}/widget.js\" data-site=\"{}\" async></script>",
+                settings.public_origin(),
+                site.key
+            );
+            Ok(())
+        }
+        Command::Site(SiteCommand::List) => {
+            let store = Store::connect(&settings.database.url, 1).await?;
+            for site in store.sites().await? {
+                println!("{}\t{}\t{}", site.key, site.name, site.allowed_origins().join(" "));
+            }
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(settings, args).await,
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(settings.http.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http.bind))?;
+    let app = Application::build(settings, listener).await?;
+    tracing::info!(addr = %app.local_addr()?, "parley is listening");
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+/// Creates an agent with an argon2id-hashed password.
+pub async fn create_agent(
+    store: &Store,
+    email: &str,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<crate::store::models::Agent> {
+    anyhow::ensure!(email.contains('@'), "{email} is not an email address");
+    anyhow::ensure!(password.chars().count() >= 8, "the password needs at least 8 characters");
+    let hash = auth::hash_password(password)?;
+    store.create_agent(email.trim(), name.trim(), &hash).await.map_err(|e| match e {
+        StoreError::Conflict(_) => anyhow::anyhow!("an agent with email {email} already exists"),
+        other => other.into(),
+    })
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let first = rpassword::prompt_password("Password: ").context("cannot prompt (use --password-stdin)")?;
+    let second = rpassword::prompt_password("Repeat password: ").context("cannot prompt")?;
+    anyhow::ensure!(first == second, "the passwords differ");
+    Ok(first)
+}
+
+/// Checks and normalizes allowed origins: `scheme://host[:port]`, no path, no trailing slash.
+pub fn normalize_origins(origins: &[String]) -> anyhow::Result<Vec<String>> {
+    origins
+        .iter()
+        .map(|o| {
+            let o = o.trim().trim_end_matches('/');
+            let rest = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"))
+                .with_context(|| format!("origin {o} must start with http:// or https://"))?;
+            anyhow::ensure!(
+                !rest.is_empty() && !rest.contains('/') && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)),
+                "origin {o} must be scheme://host[:port] with no path"
+            );
+            Ok(o.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_origins;
+
+    #[test]
+    fn origins_are_normalized_and_checked() {
+        let ok = normalize_origins(&["https://Shop.Example/".into(), "http://127.0.0.1:8080".into()]).expect("valid");
+        assert_eq!(ok, vec!["https://shop.example", "http://127.0.0.1:8080"]);
+        assert!(normalize_origins(&["shop.example".into()]).is_err());
+        assert!(normalize_origins(&["https://shop.example/path".into()]).is_err());
+        assert!(normalize_origins(&["https://a.example; script-src *".into()]).is_err());
+    }
+}

@@ -1,0 +1,186 @@
+//! Parley's settings: one tree, layered defaults → optional TOML file → `PARLEY_*` environment variables.
+//!
+//! Environment variables use `PARLEY_<SECTION>__<KEY>`, e.g. `PARLEY_DATABASE__URL`, `PARLEY_HTTP__BIND`.
+//! The file is `--config <path>`, else `$PARLEY_CONFIG`, else `parley.toml` in the working directory when it exists.
+//! Secrets are `SecretString`s and never appear in `Debug` output or logs; the database URL is redacted too.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Every setting Parley reads.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub assets: AssetSettings,
+    pub console: ConsoleSettings,
+    pub limits: LimitSettings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address `parley serve` listens on.
+    pub bind: SocketAddr,
+    /// The URL browsers use to reach this server (scheme, host and port; no path). Used for the widget's origin
+    /// check, the console's WebSocket origin check, and whether cookies are `Secure`.
+    /// Empty means `http://<bind>`.
+    pub public_url: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            public_url: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path/to/file.db` (created if missing). PostgreSQL comes with the scale-out work.
+    pub url: String,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/parley.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A database URL can carry a password: print only its scheme.
+        let scheme = self.url.split(':').next().unwrap_or("");
+        f.debug_struct("DatabaseSettings")
+            .field("url", &format_args!("{scheme}:…"))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssetSettings {
+    /// Folder with the built front-end (`widget.js`, `assets/`, `manifest.json`), made by `cargo xtask build`.
+    pub dir: PathBuf,
+}
+
+impl Default for AssetSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("target/site"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// How long an agent stays signed in, in hours.
+    pub session_hours: i64,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self { session_hours: 24 * 14 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest WebSocket frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Frames a connection may queue before it is dropped as too slow (it then resumes by sequence number).
+    pub connection_queue: usize,
+    /// Seconds a new socket has to send its `hello`.
+    pub hello_timeout_secs: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            connection_queue: 256,
+            hello_timeout_secs: 10,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then the TOML file (if any), then `PARLEY_*` variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("PARLEY_CONFIG").map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("parley.toml")).filter(|p| p.exists()));
+        if let Some(path) = &file {
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("PARLEY_").split("__").ignore(&["config"]));
+        figment.extract().context("invalid configuration")
+    }
+
+    /// The origin browsers use for this server, e.g. `http://127.0.0.1:3000`.
+    pub fn public_origin(&self) -> String {
+        if self.http.public_url.is_empty() {
+            format!("http://{}", self.http.bind)
+        } else {
+            self.http.public_url.trim_end_matches('/').to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's error type, not ours
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_and_file_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("p.toml", "[http]\nbind = \"127.0.0.1:4000\"\n[database]\nurl = \"sqlite://x.db\"\n")?;
+            jail.set_env("PARLEY_DATABASE__URL", "sqlite://y.db");
+            let s = Settings::load(Some(Path::new("p.toml"))).expect("loads");
+            assert_eq!(s.http.bind.port(), 4000);
+            assert_eq!(s.database.url, "sqlite://y.db");
+            assert_eq!(s.limits.connection_queue, 256);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn database_url_is_redacted_in_debug() {
+        let s = DatabaseSettings {
+            url: "postgres://u:hunter2@db/parley".into(),
+            max_connections: 1,
+        };
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("p.toml", "[http]\nbnd = \"127.0.0.1:4000\"\n")?;
+            assert!(Settings::load(Some(Path::new("p.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,146 @@
+//! `parley demo`: everything a newcomer needs to see Parley work, in one process.
+//!
+//! It makes sure a demo site (key `demo`, allowed origin = the host page's origin) and a demo agent exist, prints
+//! the agent's credentials, serves the chat server (default http://127.0.0.1:3000) and, on a *different origin*
+//! (default http://127.0.0.1:8080), a host page that embeds the widget with the one script tag, exactly as a
+//! customer's site would. The host page sends a strict CSP without `'wasm-unsafe-eval'`, to show it is not needed.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::HeaderValue;
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::cli::{create_agent, shutdown_signal};
+use crate::config::Settings;
+use crate::startup::Application;
+use crate::store::Store;
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Address of the demo host page (a different origin from the chat server).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub host_bind: SocketAddr,
+    /// Demo agent email.
+    #[arg(long, default_value = "agent@demo.parley", env = "PARLEY_DEMO_EMAIL")]
+    pub email: String,
+    /// Demo agent password (default: a fixed, printed demo password; set your own for anything public).
+    #[arg(long, default_value = "parley-demo", env = "PARLEY_DEMO_PASSWORD", hide_env_values = true)]
+    pub password: String,
+}
+
+pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+    let host_listener = TcpListener::bind(args.host_bind)
+        .await
+        .with_context(|| format!("cannot listen on {} for the demo host page", args.host_bind))?;
+    let host_origin = format!("http://{}", host_listener.local_addr()?);
+    let listener = TcpListener::bind(settings.http.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http.bind))?;
+    let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
+    if store.site_by_key("demo").await?.is_none() {
+        store
+            .create_site("demo", "Parley Demo Shop", std::slice::from_ref(&host_origin), "Hi! Ask us anything — a person will answer.")
+            .await?;
+    }
+    let agent_created = if store.agent_by_email(&args.email).await?.is_none() {
+        create_agent(&store, &args.email, "Dana (demo agent)", &args.password).await?;
+        true
+    } else {
+        false
+    };
+    let app = Application::with_store(settings, listener, store)?;
+    let chat_origin = app.state().public_origin.to_string();
+
+    println!();
+    println!("  Parley demo");
+    println!("  host page (a customer's site):  {host_origin}/");
+    println!("  agent console:                  {chat_origin}/console");
+    if agent_created {
+        println!("  agent sign-in:                  {} / {}", args.email, args.password);
+    } else {
+        println!("  agent sign-in:                  {} (existing account; password unchanged)", args.email);
+    }
+    println!();
+
+    let host = host_router(&chat_origin);
+    let host_server = axum::serve(host_listener, host).with_graceful_shutdown(shutdown_signal());
+    let (chat, host) = tokio::join!(app.run_until_stopped(shutdown_signal()), host_server);
+    chat?;
+    host.context("demo host page server failed")
+}
+
+/// The demo customer site: one page embedding the widget, plus its own script using the JS API.
+pub fn host_router(chat_origin: &str) -> Router {
+    let page = HOST_PAGE.replace("{CHAT}", chat_origin);
+    let csp = format!("script-src 'self' {chat_origin}; frame-src {chat_origin}; object-src 'none'; base-uri 'none'");
+    let csp = HeaderValue::from_str(&csp).unwrap_or_else(|_| HeaderValue::from_static("object-src 'none'"));
+    Router::new()
+        .route(
+            "/",
+            get(move || {
+                let page = page.clone();
+                let csp = csp.clone();
+                async move {
+                    let mut response = Html(page).into_response();
+                    response.headers_mut().insert(CONTENT_SECURITY_POLICY, csp);
+                    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    response
+                }
+            }),
+        )
+        .route(
+            "/host.js",
+            get(|| async {
+                ([(CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"))], HOST_JS)
+            }),
+        )
+}
+
+const HOST_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Parley Demo Shop</title>
+<script src="/host.js"></script>
+<script src="{CHAT}/widget.js" data-site="demo" async></script>
+</head>
+<body>
+<header><h1>Parley Demo Shop</h1></header>
+<main>
+<p>This page stands for a customer's website on its own origin. The chat in the corner comes from one script tag:</p>
+<pre>&lt;script src="{CHAT}/widget.js" data-site="demo" async&gt;&lt;/script&gt;</pre>
+<p>
+<button id="open-chat" type="button">Ask a question</button>
+<span id="host-unread" aria-live="polite"></span>
+</p>
+<h2>Events seen by the host page</h2>
+<ol id="host-events"></ol>
+</main>
+</body>
+</html>
+"#;
+
+const HOST_JS: &str = r#"// The host page's own script: the documented Parley stub (so calls before widget.js loads are queued) and a
+// few uses of the JS API.
+window.Parley = window.Parley || function () { (Parley.q = Parley.q || []).push(arguments); };
+function hostLog(text) {
+  var li = document.createElement('li');
+  li.textContent = text;
+  document.getElementById('host-events').appendChild(li);
+}
+Parley('on', 'ready', function () { hostLog('ready'); });
+Parley('on', 'unread', function (n) {
+  document.getElementById('host-unread').textContent = n ? n + ' unread' : '';
+});
+Parley('on', 'message', function (m) { hostLog('message from ' + m.author + ': ' + m.body); });
+document.addEventListener('DOMContentLoaded', function () {
+  document.getElementById('open-chat').addEventListener('click', function () { Parley('open'); });
+});
+"#;

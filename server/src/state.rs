@@ -1,0 +1,33 @@
+//! Shared application state handed to every handler.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use leptos::config::LeptosOptions;
+use tokio::sync::watch;
+
+use crate::assets::Assets;
+use crate::config::Settings;
+use crate::hub::Hub;
+use crate::services::Conversations;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub hub: Hub,
+    pub conversations: Conversations,
+    pub settings: Arc<Settings>,
+    /// Origin browsers use to reach this server, e.g. `https://chat.example.com`.
+    pub public_origin: Arc<str>,
+    pub assets: Arc<Assets>,
+    pub leptos: LeptosOptions,
+    /// Flips to `true` when the server is shutting down; sockets close with 1001 so clients reconnect elsewhere.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl FromRef<AppState> for LeptosOptions {
+    fn from_ref(state: &AppState) -> Self {
+        state.leptos.clone()
+    }
+}

@@ -1,0 +1,408 @@
+//! Contacts, conversations, messages and the per-conversation event log.
+//!
+//! Every durable change to a conversation appends an [`Event`] with the next `seq` in the same transaction as the
+//! change itself, so the log and the tables never disagree and replaying the log from any `seq` is exact.
+
+use protocol::{Author, Channel, ChatMessage, ConversationStatus, Event, EventKind, Party};
+use sqlx::{Sqlite, Transaction};
+
+use super::models::{Contact, ContactContext, Conversation, SummaryRow};
+use super::{Store, StoreError, StoreResult, new_id, now_ms, on_unique};
+
+/// A message to append.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub client_id: String,
+    pub body: String,
+    pub author: Author,
+    /// The agent who wrote it, for agent messages.
+    pub agent_id: Option<String>,
+    pub channel: Channel,
+}
+
+/// What appending a message did.
+#[derive(Clone, Debug)]
+pub enum AppendOutcome {
+    /// The message was committed; `events` are the new log entries in order (the message, maybe a reopen).
+    Created { message: ChatMessage, seq: u64, events: Vec<Event> },
+    /// A message with this client id already exists in the conversation: nothing was written.
+    Duplicate { message: ChatMessage, seq: u64 },
+}
+
+const SUMMARY_SELECT: &str = "select c.id, c.contact_id, s.key as site_key, s.name as site_name, k.label, c.status,
+        c.last_message, c.last_activity_at, c.last_seq, c.visitor_read_seq,
+        (select count(*) from messages m where m.conversation_id = c.id and m.author_role = 'visitor'
+            and m.seq > c.agent_read_seq) as unread,
+        k.page_url, k.referrer, k.user_agent, k.timezone, k.utc_offset_minutes, k.language
+    from conversations c join sites s on s.id = c.site_id join contacts k on k.id = c.contact_id";
+
+fn seq_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn seq_param(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn conversation_from_row(row: (String, String, String, String, i64, i64, i64)) -> StoreResult<Conversation> {
+    let (id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq) = row;
+    Ok(Conversation {
+        status: ConversationStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        id,
+        site_id,
+        contact_id,
+        last_seq: seq_of(last_seq),
+        agent_read_seq: seq_of(agent_read_seq),
+        visitor_read_seq: seq_of(visitor_read_seq),
+    })
+}
+
+const CONVERSATION_COLUMNS: &str =
+    "select id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq from conversations";
+
+impl Store {
+    /// Creates a contact for a new web visitor.
+    pub async fn create_contact(
+        &self,
+        site_id: &str,
+        token_hash: &[u8],
+        label: &str,
+        ctx: &ContactContext,
+    ) -> StoreResult<Contact> {
+        let now = now_ms();
+        sqlx::query_as::<_, Contact>(
+            "insert into contacts (id, site_id, web_token_hash, label, page_url, referrer, user_agent, timezone,
+                utc_offset_minutes, language, created_at, updated_at)
+             values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             returning id, site_id, label, page_url, referrer, user_agent, timezone, utc_offset_minutes, language",
+        )
+        .bind(new_id())
+        .bind(site_id)
+        .bind(token_hash)
+        .bind(label)
+        .bind(&ctx.page_url)
+        .bind(&ctx.referrer)
+        .bind(&ctx.user_agent)
+        .bind(&ctx.timezone)
+        .bind(ctx.utc_offset_minutes)
+        .bind(&ctx.language)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| on_unique(e, "a contact with this token"))
+    }
+
+    /// The contact holding a web token on a site.
+    pub async fn contact_by_token(&self, site_id: &str, token_hash: &[u8]) -> StoreResult<Option<Contact>> {
+        Ok(sqlx::query_as::<_, Contact>(
+            "select id, site_id, label, page_url, referrer, user_agent, timezone, utc_offset_minutes, language
+             from contacts where web_token_hash = ? and site_id = ?",
+        )
+        .bind(token_hash)
+        .bind(site_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records where the contact is now (fields the browser did not send keep their old value).
+    pub async fn update_contact_context(&self, contact_id: &str, ctx: &ContactContext) -> StoreResult<()> {
+        sqlx::query(
+            "update contacts set page_url = coalesce(?, page_url), referrer = coalesce(?, referrer),
+                user_agent = coalesce(?, user_agent), timezone = coalesce(?, timezone),
+                utc_offset_minutes = coalesce(?, utc_offset_minutes), language = coalesce(?, language),
+                updated_at = ?
+             where id = ?",
+        )
+        .bind(&ctx.page_url)
+        .bind(&ctx.referrer)
+        .bind(&ctx.user_agent)
+        .bind(&ctx.timezone)
+        .bind(ctx.utc_offset_minutes)
+        .bind(&ctx.language)
+        .bind(now_ms())
+        .bind(contact_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
+        let row = sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(conversation_from_row).transpose()
+    }
+
+    pub async fn conversation_for_contact(&self, contact_id: &str) -> StoreResult<Option<Conversation>> {
+        let row = sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where contact_id = ?"))
+            .bind(contact_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(conversation_from_row).transpose()
+    }
+
+    /// The log of a conversation after `after_seq`, in order.
+    pub async fn events_after(&self, conversation_id: &str, after_seq: u64) -> StoreResult<Vec<Event>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("select payload from events where conversation_id = ? and seq > ? order by seq")
+                .bind(conversation_id)
+                .bind(seq_param(after_seq))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(payload,)| serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
+    }
+
+    /// The message a client id names in a conversation, if it exists.
+    pub async fn message_by_client_id(
+        &self,
+        conversation_id: &str,
+        client_id: &str,
+    ) -> StoreResult<Option<(ChatMessage, u64)>> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("select seq from messages where conversation_id = ? and client_id = ?")
+                .bind(conversation_id)
+                .bind(client_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(seq) = seq else { return Ok(None) };
+        let event: Option<(String,)> = sqlx::query_as("select payload from events where conversation_id = ? and seq = ?")
+            .bind(conversation_id)
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some((payload,)) = event else {
+            return Err(StoreError::Corrupt(format!("message seq {seq} has no event")));
+        };
+        match serde_json::from_str::<Event>(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?.kind {
+            EventKind::Message { message } => Ok(Some((message, seq_of(seq)))),
+            _ => Err(StoreError::Corrupt(format!("event {seq} is not a message"))),
+        }
+    }
+
+    /// Appends a message to the contact's conversation (creating the conversation on the first message).
+    /// Idempotent on `client_id`: a repeat returns [`AppendOutcome::Duplicate`] with the stored message.
+    /// A visitor message in a resolved conversation reopens it.
+    pub async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {
+        if let Some(conversation) = self.conversation_for_contact(contact_id).await?
+            && let Some((message, seq)) = self.message_by_client_id(&conversation.id, &msg.client_id).await?
+        {
+            return Ok(AppendOutcome::Duplicate { message, seq });
+        }
+        match self.append_message_tx(contact_id, site_id, &msg).await {
+            Err(StoreError::Conflict(_)) => {
+                // Lost a race with the same client id: report the winner.
+                let conversation = self.conversation_for_contact(contact_id).await?.ok_or(StoreError::NotFound)?;
+                let (message, seq) = self
+                    .message_by_client_id(&conversation.id, &msg.client_id)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                Ok(AppendOutcome::Duplicate { message, seq })
+            }
+            other => other,
+        }
+    }
+
+    async fn append_message_tx(&self, contact_id: &str, site_id: &str, msg: &NewMessage) -> StoreResult<AppendOutcome> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // Write first, so the transaction holds SQLite's write lock from its first statement.
+        sqlx::query(
+            "insert into conversations (id, site_id, contact_id, status, last_activity_at, created_at, updated_at)
+             values (?, ?, ?, 'open', ?, ?, ?) on conflict(contact_id) do nothing",
+        )
+        .bind(new_id())
+        .bind(site_id)
+        .bind(contact_id)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where contact_id = ?"))
+            .bind(contact_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let conversation = conversation_from_row(row)?;
+
+        let seq = bump_seq(&mut tx, &conversation.id, now).await?;
+        let message = ChatMessage {
+            id: new_id(),
+            client_id: msg.client_id.clone(),
+            author: msg.author.clone(),
+            body: msg.body.clone(),
+            sent_at: now,
+            channel: msg.channel,
+        };
+        let (role, name) = match &msg.author {
+            Author::Visitor => ("visitor", None),
+            Author::Agent { name } => ("agent", Some(name.as_str())),
+            Author::System => ("system", None),
+        };
+        sqlx::query(
+            "insert into messages (id, conversation_id, seq, client_id, author_role, agent_id, author_name, channel,
+                body, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&message.id)
+        .bind(&conversation.id)
+        .bind(seq_param(seq))
+        .bind(&message.client_id)
+        .bind(role)
+        .bind(&msg.agent_id)
+        .bind(name)
+        .bind(channel_str(msg.channel))
+        .bind(&message.body)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| on_unique(e, "a message with this client id"))?;
+        let mut events = vec![
+            insert_event(&mut tx, &conversation.id, seq, now, EventKind::Message { message: message.clone() }).await?,
+        ];
+
+        if matches!(msg.author, Author::Visitor) && conversation.status == ConversationStatus::Resolved {
+            let status_seq = bump_seq(&mut tx, &conversation.id, now).await?;
+            sqlx::query("update conversations set status = 'open' where id = ?")
+                .bind(&conversation.id)
+                .execute(&mut *tx)
+                .await?;
+            events.push(
+                insert_event(
+                    &mut tx,
+                    &conversation.id,
+                    status_seq,
+                    now,
+                    EventKind::Status { status: ConversationStatus::Open, by: None },
+                )
+                .await?,
+            );
+        }
+        let preview: String = message.body.chars().take(140).collect();
+        sqlx::query("update conversations set last_message = ?, last_activity_at = ? where id = ?")
+            .bind(preview)
+            .bind(now)
+            .bind(&conversation.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(AppendOutcome::Created { message, seq, events })
+    }
+
+    /// Moves a read cursor forward (never back, never past the log). Returns the new event, if the cursor moved.
+    pub async fn mark_read(&self, conversation_id: &str, by: Party, up_to_seq: u64) -> StoreResult<Option<Event>> {
+        let now = now_ms();
+        let column = match by {
+            Party::Visitor => "visitor_read_seq",
+            Party::Agent => "agent_read_seq",
+        };
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(&format!(
+            "update conversations set {column} = min(?, last_seq), updated_at = ?
+             where id = ? and {column} < min(?, last_seq)"
+        ))
+        .bind(seq_param(up_to_seq))
+        .bind(now)
+        .bind(conversation_id)
+        .bind(seq_param(up_to_seq))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(None);
+        }
+        let cursor: i64 = sqlx::query_scalar(&format!("select {column} from conversations where id = ?"))
+            .bind(conversation_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let seq = bump_seq(&mut tx, conversation_id, now).await?;
+        let event =
+            insert_event(&mut tx, conversation_id, seq, now, EventKind::Read { by, up_to_seq: seq_of(cursor) }).await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    /// Resolves or reopens. Returns the new event, if the status changed.
+    pub async fn set_status(
+        &self,
+        conversation_id: &str,
+        status: ConversationStatus,
+        by: Option<String>,
+    ) -> StoreResult<Option<Event>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query("update conversations set status = ?, updated_at = ? where id = ? and status <> ?")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(conversation_id)
+            .bind(status.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved == 0 {
+            return Ok(None);
+        }
+        let seq = bump_seq(&mut tx, conversation_id, now).await?;
+        let event = insert_event(&mut tx, conversation_id, seq, now, EventKind::Status { status, by }).await?;
+        sqlx::query("update conversations set last_activity_at = ? where id = ?")
+            .bind(now)
+            .bind(conversation_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    /// Inbox rows, most recent activity first.
+    pub async fn summaries(&self) -> StoreResult<Vec<SummaryRow>> {
+        Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} order by c.last_activity_at desc limit 500"))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn summary(&self, conversation_id: &str) -> StoreResult<Option<SummaryRow>> {
+        Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} where c.id = ?"))
+            .bind(conversation_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+}
+
+fn channel_str(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Web => "web",
+        Channel::Messenger => "messenger",
+    }
+}
+
+async fn bump_seq(tx: &mut Transaction<'_, Sqlite>, conversation_id: &str, now: i64) -> StoreResult<u64> {
+    let seq: i64 =
+        sqlx::query_scalar("update conversations set last_seq = last_seq + 1, updated_at = ? where id = ? returning last_seq")
+            .bind(now)
+            .bind(conversation_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+    Ok(seq_of(seq))
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    conversation_id: &str,
+    seq: u64,
+    at: i64,
+    kind: EventKind,
+) -> StoreResult<Event> {
+    let event = Event { seq, at, kind };
+    let payload = serde_json::to_string(&event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query("insert into events (conversation_id, seq, payload, created_at) values (?, ?, ?, ?)")
+        .bind(conversation_id)
+        .bind(seq_param(seq))
+        .bind(payload)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(event)
+}

@@ -1,0 +1,92 @@
+//! Rows as the rest of the server sees them.
+
+use protocol::ConversationStatus;
+
+/// A website that embeds the widget.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Site {
+    pub id: String,
+    /// Public key in the embed tag (`data-site`).
+    pub key: String,
+    pub name: String,
+    /// JSON array of exact origins.
+    #[sqlx(rename = "allowed_origins")]
+    pub allowed_origins_json: String,
+    pub greeting: String,
+    pub created_at: i64,
+}
+
+impl Site {
+    /// Origins allowed to embed the widget and talk to the visitor socket.
+    pub fn allowed_origins(&self) -> Vec<String> {
+        serde_json::from_str(&self.allowed_origins_json).unwrap_or_default()
+    }
+}
+
+/// A support agent.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Agent {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub password_hash: String,
+}
+
+/// A person on the customer side.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Contact {
+    pub id: String,
+    pub site_id: String,
+    pub label: String,
+    pub page_url: Option<String>,
+    pub referrer: Option<String>,
+    pub user_agent: Option<String>,
+    pub timezone: Option<String>,
+    pub utc_offset_minutes: Option<i32>,
+    pub language: Option<String>,
+}
+
+/// What a contact's browser said about itself on connect.
+#[derive(Clone, Debug, Default)]
+pub struct ContactContext {
+    pub page_url: Option<String>,
+    pub referrer: Option<String>,
+    pub user_agent: Option<String>,
+    pub timezone: Option<String>,
+    pub utc_offset_minutes: Option<i32>,
+    pub language: Option<String>,
+}
+
+/// A conversation's state row.
+#[derive(Clone, Debug)]
+pub struct Conversation {
+    pub id: String,
+    pub site_id: String,
+    pub contact_id: String,
+    pub status: ConversationStatus,
+    pub last_seq: u64,
+    pub agent_read_seq: u64,
+    pub visitor_read_seq: u64,
+}
+
+/// A conversation joined with what the inbox shows.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct SummaryRow {
+    pub id: String,
+    pub contact_id: String,
+    pub site_key: String,
+    pub site_name: String,
+    pub label: String,
+    pub status: String,
+    pub last_message: Option<String>,
+    pub last_activity_at: i64,
+    pub unread: i64,
+    pub last_seq: i64,
+    pub visitor_read_seq: i64,
+    pub page_url: Option<String>,
+    pub referrer: Option<String>,
+    pub user_agent: Option<String>,
+    pub timezone: Option<String>,
+    pub utc_offset_minutes: Option<i32>,
+    pub language: Option<String>,
+}

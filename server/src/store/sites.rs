@@ -1,0 +1,44 @@
+//! Sites: the websites that embed the widget.
+
+use super::models::Site;
+use super::{Store, StoreResult, new_id, now_ms, on_unique};
+
+impl Store {
+    /// Creates a site; `Conflict` if the key is taken.
+    pub async fn create_site(&self, key: &str, name: &str, origins: &[String], greeting: &str) -> StoreResult<Site> {
+        let now = now_ms();
+        let origins_json = serde_json::to_string(origins).map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+        sqlx::query_as::<_, Site>(
+            "insert into sites (id, key, name, allowed_origins, greeting, created_at, updated_at)
+             values (?, ?, ?, ?, ?, ?, ?)
+             returning id, key, name, allowed_origins, greeting, created_at",
+        )
+        .bind(new_id())
+        .bind(key)
+        .bind(name)
+        .bind(origins_json)
+        .bind(greeting)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| on_unique(e, "a site with this key"))
+    }
+
+    pub async fn site_by_key(&self, key: &str) -> StoreResult<Option<Site>> {
+        Ok(sqlx::query_as::<_, Site>(
+            "select id, key, name, allowed_origins, greeting, created_at from sites where key = ?",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn sites(&self) -> StoreResult<Vec<Site>> {
+        Ok(sqlx::query_as::<_, Site>(
+            "select id, key, name, allowed_origins, greeting, created_at from sites order by created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

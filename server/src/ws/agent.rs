@@ -1,0 +1,219 @@
+//! `GET /ws/agent`: the console's socket, authenticated by the console session cookie.
+//!
+//! The upgrade is refused unless `Origin` is this server's own origin (no cross-site WebSocket hijacking) and the
+//! cookie names a live session. Every agent socket receives every inbox change; a conversation's events stream
+//! only after `open`, each through its own [`Relay`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::http::header::ORIGIN;
+use axum::response::Response;
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
+use protocol::console::{AgentInfo, ClientMsg, ServerMsg};
+use protocol::{ErrorCode, Party};
+
+use super::{PING_SECS, Relay, Sink, close, send_close, send_json};
+use crate::console::session_agent;
+use crate::error::ApiError;
+use crate::hub::HubMsg;
+use crate::services::ServiceError;
+use crate::state::AppState;
+
+/// Checks origin and session, then upgrades.
+pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if origin != &*state.public_origin {
+        return Err(ApiError::ForbiddenOrigin);
+    }
+    let agent = session_agent(&state, &headers).await?.ok_or(ApiError::Unauthorized)?;
+    let limit = state.settings.limits.max_frame_bytes;
+    Ok(ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| run(state, agent, socket)))
+}
+
+async fn next_frame(stream: &mut SplitStream<WebSocket>) -> Option<Result<ClientMsg, String>> {
+    loop {
+        match stream.next().await? {
+            Ok(Message::Text(text)) => {
+                return Some(serde_json::from_str(text.as_str()).map_err(|e| format!("bad frame: {e}")));
+            }
+            Ok(Message::Binary(_)) => return Some(Err("binary frames are not supported".into())),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+        }
+    }
+}
+
+struct Session {
+    state: AppState,
+    agent: AgentInfo,
+    /// Opened conversations and how far each has been sent.
+    open: HashMap<String, Relay>,
+}
+
+fn error_frame(code: ErrorCode, message: &str, client_id: Option<String>) -> ServerMsg {
+    ServerMsg::Error { code, message: message.to_string(), client_id }
+}
+
+async fn run(state: AppState, agent: AgentInfo, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (_registration, mut hub_rx) = state.hub.join_agent();
+    let inbox = match state.conversations.summaries().await {
+        Ok(conversations) => ServerMsg::Inbox { agent: agent.clone(), conversations },
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot load the inbox");
+            return send_close(&mut sink, close::TRY_AGAIN_LATER, "try again").await;
+        }
+    };
+    if send_json(&mut sink, &inbox).await.is_err() {
+        return;
+    }
+    let mut session = Session { state: state.clone(), agent, open: HashMap::new() };
+    let mut ping = tokio::time::interval(Duration::from_secs(PING_SECS));
+    ping.reset();
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            frame = next_frame(&mut stream) => match frame {
+                None => break,
+                Some(Ok(msg)) => {
+                    if handle_client(&mut session, &mut sink, msg).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Err(why)) => {
+                    if send_json(&mut sink, &error_frame(ErrorCode::BadFrame, &why, None)).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            hub = hub_rx.recv() => match hub {
+                None => {
+                    send_close(&mut sink, close::TRY_AGAIN_LATER, "too slow; resume").await;
+                    break;
+                }
+                Some(msg) => {
+                    if handle_hub(&mut session, &mut sink, &msg).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            _ = ping.tick() => {
+                if futures_util::SinkExt::send(&mut sink, Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            _ = shutdown.changed() => {
+                send_close(&mut sink, close::GOING_AWAY, "server restarting").await;
+                break;
+            }
+        }
+    }
+}
+
+async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -> Result<(), axum::Error> {
+    let state = session.state.clone();
+    match msg {
+        ClientMsg::Ping => send_json(sink, &ServerMsg::Pong).await,
+        ClientMsg::Open { conversation_id, since_seq } => {
+            let Ok(Some(conversation)) = state.store.conversation(&conversation_id).await else {
+                return send_json(sink, &error_frame(ErrorCode::NotFound, "no such conversation", None)).await;
+            };
+            let from = if since_seq > conversation.last_seq { 0 } else { since_seq };
+            match state.store.events_after(&conversation_id, from).await {
+                Ok(events) => {
+                    let last_seq = events.last().map_or(from, |e| e.seq);
+                    session.open.insert(conversation_id.clone(), Relay::starting_at(last_seq));
+                    send_json(sink, &ServerMsg::History { conversation_id, events, last_seq }).await
+                }
+                Err(e) => {
+                    tracing::error!(error = ?e, "cannot read a conversation log");
+                    send_json(sink, &error_frame(ErrorCode::Internal, "could not load the conversation", None)).await
+                }
+            }
+        }
+        ClientMsg::Close { conversation_id } => {
+            session.open.remove(&conversation_id);
+            Ok(())
+        }
+        ClientMsg::Send { conversation_id, client_id, body } => {
+            let result = state
+                .conversations
+                .reply(&conversation_id, &session.agent.id, &session.agent.name, &client_id, &body)
+                .await;
+            let reply = match result {
+                Ok(posted) => ServerMsg::Ack {
+                    conversation_id: posted.conversation_id,
+                    client_id,
+                    message_id: posted.message.id,
+                    seq: posted.seq,
+                },
+                Err(ServiceError::Invalid(why)) => error_frame(ErrorCode::InvalidInput, why, Some(client_id)),
+                Err(ServiceError::NotFound) => error_frame(ErrorCode::NotFound, "no such conversation", Some(client_id)),
+                Err(e) => {
+                    tracing::error!(error = ?e, "agent reply not stored");
+                    error_frame(ErrorCode::Internal, "reply not stored; it will be re-sent", Some(client_id))
+                }
+            };
+            send_json(sink, &reply).await
+        }
+        ClientMsg::Typing { conversation_id, typing } => {
+            if let Ok(Some(conversation)) = state.store.conversation(&conversation_id).await {
+                state.conversations.typing(&conversation, false, typing, Some(session.agent.name.clone()));
+            }
+            Ok(())
+        }
+        ClientMsg::Read { conversation_id, up_to_seq } => {
+            if let Ok(Some(conversation)) = state.store.conversation(&conversation_id).await
+                && let Err(e) = state.conversations.mark_read(&conversation, Party::Agent, up_to_seq).await
+            {
+                tracing::warn!(error = ?e, "agent read cursor not stored");
+            }
+            Ok(())
+        }
+        ClientMsg::SetStatus { conversation_id, status } => {
+            match state.conversations.set_status(&conversation_id, status, &session.agent.name).await {
+                Ok(()) => Ok(()),
+                Err(ServiceError::NotFound) => {
+                    send_json(sink, &error_frame(ErrorCode::NotFound, "no such conversation", None)).await
+                }
+                Err(e) => {
+                    tracing::error!(error = ?e, "status not stored");
+                    send_json(sink, &error_frame(ErrorCode::Internal, "status not changed; try again", None)).await
+                }
+            }
+        }
+    }
+}
+
+async fn handle_hub(session: &mut Session, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error> {
+    match msg {
+        HubMsg::Summary(summary) => send_json(sink, &ServerMsg::Summary { conversation: summary.clone() }).await,
+        HubMsg::Typing { conversation_id, typing, from_visitor: true, .. } => {
+            send_json(sink, &ServerMsg::Typing { conversation_id: conversation_id.clone(), typing: *typing }).await
+        }
+        HubMsg::Typing { .. } => Ok(()),
+        HubMsg::Event { conversation_id, event, .. } => {
+            let Some(relay) = session.open.get_mut(conversation_id) else { return Ok(()) };
+            let events = match relay.next(&session.state.store, conversation_id, event).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!(error = ?e, "cannot read the log to fill a gap");
+                    send_close(sink, close::TRY_AGAIN_LATER, "resume").await;
+                    return Err(axum::Error::new(e));
+                }
+            };
+            for event in events {
+                send_json(sink, &ServerMsg::Event { conversation_id: conversation_id.clone(), event }).await?;
+            }
+            Ok(())
+        }
+    }
+}
