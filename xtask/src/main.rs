@@ -1,1 +1,93 @@
-fn main(){}
+//! Parley's build driver, run as `cargo xtask <command>`:
+//!
+//! - `build [--release]`: the server binary, the widget (Leptos CSR → Wasm) and the hydrated console, each Wasm
+//!   through wasm-bindgen (the `wasm-bindgen-cli-support` library, pinned to the exact `wasm-bindgen` version in
+//!   Cargo.lock, so no CLI needs installing) and binaryen's `wasm-opt -Oz` (from npm: Debian's wasm-opt corrupts
+//!   Rust Wasm), minified JS/CSS, content-hashed names, `.br`/`.gz` beside each file, and `manifest.json`.
+//!   Output: `target/site/`.
+//! - `demo`: build, then `parley demo` on SQLite under `./data` (chat on :3000, host page on :8080).
+//! - `test`: build, then every test: cargo tests of each crate, the size budget, and the Playwright browser tests
+//!   in Debian's Chromium (installed with apt when missing).
+//!
+//! Everything it needs it installs itself: the wasm32 target (rustup), the npm tools (`npm ci`), Chromium (apt).
+
+mod build;
+mod sizes;
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> &'static str {
+    "usage: cargo xtask <build [--release] | demo | test [--no-browser]>"
+}
+
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root).context("cannot enter the workspace root")?;
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    match args.first().map(String::as_str) {
+        Some("build") => {
+            let profile = if flag("--release") { build::ServerProfile::Release } else { build::ServerProfile::Debug };
+            build::all(&root, profile)?;
+            Ok(())
+        }
+        Some("demo") => {
+            build::all(&root, build::ServerProfile::Debug)?;
+            let parley = root.join("target/debug/parley");
+            println!("xtask: starting the demo (Ctrl-C stops it)");
+            tools::run(
+                std::process::Command::new(parley)
+                    .arg("demo")
+                    .env("PARLEY_ASSETS__DIR", root.join("target/site"))
+                    .env_remove("PARLEY_DATABASE__URL")
+                    .env("PARLEY_DATABASE__URL", "sqlite://data/parley.db"),
+            )
+        }
+        Some("test") => test(&root, !flag("--no-browser")),
+        _ => anyhow::bail!(usage()),
+    }
+}
+
+/// The folder holding the workspace `Cargo.toml` (this crate's parent).
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().map(Path::to_path_buf).context("xtask has no parent folder")
+}
+
+fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let report = build::all(root, build::ServerProfile::Debug)?;
+    sizes::check_budgets(&report)?;
+    // Crates are tested one by one: the widget (Leptos `csr`) and the server (Leptos `ssr`) must not share a
+    // feature-unified build.
+    tools::cargo(&["test", "-p", "protocol", "-p", "server", "-p", "messenger-sandbox"])?;
+    tools::cargo(&["test", "-p", "widget"])?;
+    tools::cargo(&["test", "-p", "app", "--features", "ssr"])?;
+    if browser {
+        tools::ensure_chromium()?;
+        tools::npm_ci(&root.join("end2end"))?;
+        tools::run(
+            std::process::Command::new("npx")
+                .args(["playwright", "test"])
+                .current_dir(root.join("end2end"))
+                .env("PARLEY_BIN", root.join("target/debug/parley"))
+                .env("PARLEY_SITE_DIR", root.join("target/site")),
+        )?;
+    }
+    println!("xtask: all tests passed in {:.0?}", started.elapsed());
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Running and installing the outside tools the build needs: cargo, rustup's wasm32 target, the npm packages in
+//! `xtask/package.json` (binaryen's wasm-opt, esbuild) and Debian's Chromium. Each installs only when missing and
+//! only from the package registries this project may use.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+
+/// Runs a command, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    anyhow::ensure!(status.success(), "{shown} failed ({status})");
+    Ok(())
+}
+
+/// Runs cargo (the same cargo that runs xtask).
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(args))
+}
+
+/// Adds the wasm32 target through rustup when it is missing.
+pub fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to add the wasm32-unknown-unknown target")?;
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == "wasm32-unknown-unknown") {
+        return Ok(());
+    }
+    println!("xtask: installing the wasm32-unknown-unknown target");
+    run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))
+}
+
+/// `npm ci` in `dir` unless its node_modules already matches its lockfile.
+pub fn npm_ci(dir: &Path) -> anyhow::Result<()> {
+    let stamp = dir.join("node_modules/.package-lock.json");
+    let lock = dir.join("package-lock.json");
+    let fresh = match (std::fs::read(&stamp), std::fs::read(&lock)) {
+        (Ok(_), Ok(_)) => {
+            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            modified(&stamp) >= modified(&lock)
+        }
+        _ => false,
+    };
+    if fresh {
+        return Ok(());
+    }
+    println!("xtask: npm ci in {}", dir.display());
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .current_dir(dir))
+}
+
+/// Installs Debian's Chromium when `/usr/bin/chromium` is missing (needs root, as on CI).
+pub fn ensure_chromium() -> anyhow::Result<()> {
+    if Path::new("/usr/bin/chromium").exists() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian's chromium package for the browser tests");
+    let sudo = !is_root();
+    let apt = |args: &[&str]| {
+        let mut cmd = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
+        if sudo {
+            cmd.arg("apt-get");
+        }
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd)
+    };
+    apt(&["update", "-q"])?;
+    apt(&["install", "-y", "-q", "chromium"])
+        .context("could not install chromium; install Debian's `chromium` package and run again")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
