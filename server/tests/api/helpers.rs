@@ -1,0 +1,208 @@
+//! `spawn_app()` and typed clients for the tests.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use parley::config::Settings;
+use parley::startup::Application;
+use parley::store::Store;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The origin the test site allows.
+pub const HOST_ORIGIN: &str = "http://shop.test:8080";
+pub const SITE_KEY: &str = "test-site";
+pub const AGENT_NAME: &str = "Alex";
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub store: Store,
+    pub agent_id: String,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Boots the app on port 0 with a fresh database holding one site and one agent.
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::default();
+    settings.database.url = format!("sqlite://{}", dir.path().join("parley.db").display());
+    settings.assets.dir = dir.path().join("site");
+    let store = Store::connect(&settings.database.url, 4).await.expect("store opens");
+    store
+        .create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there")
+        .await
+        .expect("site");
+    let agent = parley::cli::create_agent(&store, "alex@example.com", AGENT_NAME, "correct horse battery")
+        .await
+        .expect("agent");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
+    let addr = app.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        store,
+        agent_id: agent.id,
+        http: reqwest::Client::new(),
+        _dir: dir,
+        _shutdown: tx,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Opens the visitor socket with the given `Origin` (None sends none).
+    pub async fn visitor_socket(&self, origin: Option<&str>) -> Result<Ws, tungstenite::Error> {
+        let url = format!("ws://{}/ws/visitor?site={SITE_KEY}", self.addr);
+        let mut request = url.into_client_request()?;
+        if let Some(origin) = origin {
+            request.headers_mut().insert("origin", HeaderValue::from_str(origin).expect("header"));
+        }
+        request.headers_mut().insert("user-agent", HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0"));
+        let (stream, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Ws { inner: stream })
+    }
+
+    /// A visitor socket from the chat frame (this server's own origin) that has said hello.
+    pub async fn visitor(&self, token: Option<&str>, last_seq: u64) -> (Ws, protocol::widget::ServerMsg) {
+        let mut ws = self.visitor_socket(Some(&self.origin())).await.expect("visitor connects");
+        ws.send(&protocol::widget::ClientMsg::Hello {
+            protocol: protocol::PROTOCOL_VERSION,
+            token: token.map(str::to_string),
+            last_seq,
+            context: protocol::widget::VisitorContext {
+                page_url: Some(format!("{HOST_ORIGIN}/pricing")),
+                referrer: Some("https://search.example/".into()),
+                timezone: Some("Europe/Berlin".into()),
+                utc_offset_minutes: Some(60),
+                language: Some("de-DE".into()),
+            },
+        })
+        .await;
+        let welcome = ws.recv().await;
+        (ws, welcome)
+    }
+
+    /// A session cookie for the test agent.
+    pub async fn agent_cookie(&self) -> String {
+        let token = parley::auth::new_token();
+        self.store
+            .create_session(&parley::auth::token_hash(&token), &self.agent_id, parley::store::now_ms() + 3_600_000)
+            .await
+            .expect("session");
+        format!("parley_session={token}")
+    }
+
+    pub async fn agent_socket(&self, origin: Option<&str>, cookie: Option<&str>) -> Result<Ws, tungstenite::Error> {
+        let mut request = format!("ws://{}/ws/agent", self.addr).into_client_request()?;
+        if let Some(origin) = origin {
+            request.headers_mut().insert("origin", HeaderValue::from_str(origin).expect("header"));
+        }
+        if let Some(cookie) = cookie {
+            request.headers_mut().insert("cookie", HeaderValue::from_str(cookie).expect("header"));
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Ws { inner: stream })
+    }
+
+    /// A signed-in agent socket past its `inbox` frame.
+    pub async fn agent(&self) -> (Ws, protocol::console::ServerMsg) {
+        let cookie = self.agent_cookie().await;
+        let mut ws = self.agent_socket(Some(&self.origin()), Some(&cookie)).await.expect("agent connects");
+        let inbox = ws.recv().await;
+        (ws, inbox)
+    }
+}
+
+/// The HTTP status of a refused WebSocket upgrade.
+pub fn refused_status(err: tungstenite::Error) -> u16 {
+    match err {
+        tungstenite::Error::Http(response) => response.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+}
+
+pub struct Ws {
+    inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+impl Ws {
+    pub async fn send<T: Serialize>(&mut self, msg: &T) {
+        let text = serde_json::to_string(msg).expect("serializes");
+        self.inner.send(Message::Text(text.into())).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.inner.send(Message::Text(text.to_string().into())).await.expect("send");
+    }
+
+    /// The next JSON frame (control frames skipped); panics after 10 s.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> T {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        return serde_json::from_str(text.as_str())
+                            .unwrap_or_else(|e| panic!("unexpected frame {text}: {e}"));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("socket ended or sent a non-text frame: {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("a frame within 10 s")
+    }
+
+    /// Skips frames until one matches; panics after 10 s.
+    pub async fn recv_until<T: DeserializeOwned, R>(&mut self, mut pick: impl FnMut(T) -> Option<R>) -> R {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(found) = pick(self.recv().await) {
+                    return found;
+                }
+            }
+        })
+        .await
+        .expect("the expected frame within 10 s")
+    }
+
+    /// Waits for the server to close the socket; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("closed within 10 s")
+    }
+
+    /// Drops the connection without a close handshake (like a network cut).
+    pub fn cut(self) {
+        drop(self.inner);
+    }
+}

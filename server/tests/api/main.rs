@@ -1,0 +1,8 @@
+//! Server integration tests: one binary, each test boots the real app on port 0 with its own temporary SQLite
+//! database and drives it with real WebSocket clients (tokio-tungstenite) and HTTP.
+
+mod helpers;
+
+mod agent_ws;
+mod http;
+mod visitor_ws;
