@@ -1,0 +1,59 @@
+// Parley's browser tests. Playwright starts `parley demo` (built by `cargo xtask build`) on its own ports with a
+// throw-away SQLite database: the chat server on CHAT_ORIGIN and the demo customer page on HOST_ORIGIN, a
+// different origin that embeds the widget with the one script tag. Chromium is Debian's (/usr/bin/chromium).
+import { defineConfig } from '@playwright/test';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+const chatPort = Number(process.env.PARLEY_E2E_CHAT_PORT ?? 3917);
+const hostPort = Number(process.env.PARLEY_E2E_HOST_PORT ?? 8917);
+export const CHAT_ORIGIN = `http://127.0.0.1:${chatPort}`;
+export const HOST_ORIGIN = `http://127.0.0.1:${hostPort}`;
+
+const root = path.resolve(__dirname, '..');
+const bin = process.env.PARLEY_BIN ?? path.join(root, 'target/debug/parley');
+const site = process.env.PARLEY_SITE_DIR ?? path.join(root, 'target/site');
+const data = fs.mkdtempSync(path.join(os.tmpdir(), 'parley-e2e-'));
+
+export default defineConfig({
+  testDir: './tests',
+  timeout: 60_000,
+  expect: { timeout: 10_000 },
+  fullyParallel: false,
+  workers: 1,
+  retries: 0,
+  reporter: process.env.CI ? [['list']] : [['list']],
+  use: {
+    baseURL: CHAT_ORIGIN,
+    trace: 'retain-on-failure',
+    launchOptions: {
+      executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    },
+  },
+  webServer: {
+    command: `"${bin}" demo --host-bind 127.0.0.1:${hostPort}`,
+    url: `${CHAT_ORIGIN}/healthz`,
+    reuseExistingServer: false,
+    timeout: 60_000,
+    stdout: 'pipe',
+    stderr: 'pipe',
+    env: {
+      PARLEY_HTTP__BIND: `127.0.0.1:${chatPort}`,
+      PARLEY_DATABASE__URL: `sqlite://${data}/parley.db`,
+      PARLEY_ASSETS__DIR: site,
+      PARLEY_DEMO_EMAIL: 'agent@demo.parley',
+      PARLEY_DEMO_PASSWORD: 'e2e-password-1',
+      RUST_LOG: 'info',
+    },
+  },
+});
