@@ -1,4 +1,5 @@
-//! `cargo xtask build`: compiles the server, the widget and the console, and lays out `target/site/`:
+//! `cargo xtask build`: compiles the server, the widget and the console, and lays out `target/site/` (in
+//! `$CARGO_TARGET_DIR` when that is set):
 //!
 //! ```text
 //! target/site/widget.js(.br,.gz)                 the loader (stable URL, embedded by customers)
@@ -17,6 +18,11 @@ use sha2::{Digest, Sha256};
 
 use crate::sizes::{self, Report};
 use crate::tools;
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (CI keeps one outside the clone) or `<root>/target`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
 
 /// How to build the server binary.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -62,7 +68,7 @@ pub fn all(root: &Path, profile: ServerProfile) -> anyhow::Result<Report> {
     let node = root.join("xtask");
     tools::npm_ci(&node)?;
 
-    let site = root.join("target/site");
+    let site = target_dir(root).join("site");
     if site.exists() {
         std::fs::remove_dir_all(&site).context("cannot clear target/site")?;
     }
@@ -124,11 +130,11 @@ fn build_frontend(root: &Path, assets: &Path, frontend: &Frontend) -> anyhow::Re
     ];
     args.extend_from_slice(frontend.features);
     tools::cargo(&args)?;
-    let wasm = root
-        .join("target/wasm32-unknown-unknown/wasm-release")
+    let wasm = target_dir(root)
+        .join("wasm32-unknown-unknown/wasm-release")
         .join(format!("{}.wasm", frontend.package));
 
-    let tmp = root.join("target/xtask").join(frontend.name);
+    let tmp = target_dir(root).join("xtask").join(frontend.name);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }

@@ -47,13 +47,12 @@ fn run() -> anyhow::Result<()> {
         }
         Some("demo") => {
             build::all(&root, build::ServerProfile::Debug)?;
-            let parley = root.join("target/debug/parley");
+            let parley = build::target_dir(&root).join("debug/parley");
             println!("xtask: starting the demo (Ctrl-C stops it)");
             tools::run(
                 std::process::Command::new(parley)
                     .arg("demo")
-                    .env("PARLEY_ASSETS__DIR", root.join("target/site"))
-                    .env_remove("PARLEY_DATABASE__URL")
+                    .env("PARLEY_ASSETS__DIR", build::target_dir(&root).join("site"))
                     .env("PARLEY_DATABASE__URL", "sqlite://data/parley.db"),
             )
         }
@@ -84,8 +83,8 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
             std::process::Command::new("npx")
                 .args(["playwright", "test"])
                 .current_dir(root.join("end2end"))
-                .env("PARLEY_BIN", root.join("target/debug/parley"))
-                .env("PARLEY_SITE_DIR", root.join("target/site")),
+                .env("PARLEY_BIN", build::target_dir(root).join("debug/parley"))
+                .env("PARLEY_SITE_DIR", build::target_dir(root).join("site")),
         )?;
     }
     println!("xtask: all tests passed in {:.0?}", started.elapsed());
