@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
-use serde::{Deserialize, Serialize};
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
 
 /// Every setting Parley reads.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub http: HttpSettings,
@@ -21,9 +22,10 @@ pub struct Settings {
     pub assets: AssetSettings,
     pub console: ConsoleSettings,
     pub limits: LimitSettings,
+    pub messenger: MessengerSettings,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     /// Address `parley serve` listens on.
@@ -43,7 +45,7 @@ impl Default for HttpSettings {
     }
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `sqlite://path/to/file.db` (created if missing). PostgreSQL comes with the scale-out work.
@@ -72,7 +74,7 @@ impl std::fmt::Debug for DatabaseSettings {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AssetSettings {
     /// Folder with the built front-end (`widget.js`, `assets/`, `manifest.json`), made by `cargo xtask build`.
@@ -87,7 +89,7 @@ impl Default for AssetSettings {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsoleSettings {
     /// How long an agent stays signed in, in hours.
@@ -100,7 +102,7 @@ impl Default for ConsoleSettings {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
     /// Largest WebSocket frame accepted, in bytes.
@@ -121,10 +123,63 @@ impl Default for LimitSettings {
     }
 }
 
+/// The Facebook Page that conversations continue on. Secrets are redacted in `Debug` and never logged.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessengerSettings {
+    /// Turns the Messenger channel on.
+    pub enabled: bool,
+    /// Graph API base URL (the sandbox's URL in tests and the demo).
+    pub graph_url: String,
+    /// Graph API version in request paths.
+    pub api_version: String,
+    /// Our app's id (echoes with another `app_id` are messages sent from elsewhere, e.g. Meta's Page inbox).
+    pub app_id: String,
+    pub page_id: String,
+    /// Page username for m.me links (the page id works too).
+    pub page_username: String,
+    pub page_token: SecretString,
+    pub app_secret: SecretString,
+    /// Token Meta echoes in the webhook verification handshake.
+    pub verify_token: SecretString,
+    /// Base of "Continue on Messenger" links.
+    pub m_me_url: String,
+    /// Key of the site that conversations started on Messenger belong to (default: the oldest site).
+    pub site_key: String,
+    /// Whether the app has the Human Agent feature (replies 24 h – 7 d after the customer's last message).
+    pub human_agent: bool,
+    /// Lifetime of a "Continue on Messenger" link, in seconds.
+    pub link_ttl_secs: u32,
+    /// Timeout of one Graph API call, in seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for MessengerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            graph_url: "https://graph.facebook.com".into(),
+            api_version: "v25.0".into(),
+            app_id: String::new(),
+            page_id: String::new(),
+            page_username: String::new(),
+            page_token: SecretString::default(),
+            app_secret: SecretString::default(),
+            verify_token: SecretString::default(),
+            m_me_url: "https://m.me".into(),
+            site_key: String::new(),
+            human_agent: false,
+            link_ttl_secs: 600,
+            timeout_secs: 10,
+        }
+    }
+}
+
 impl Settings {
     /// Loads defaults, then the TOML file (if any), then `PARLEY_*` variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        // Every struct is `#[serde(default)]`, so missing keys take the defaults in code.
+        let mut figment = Figment::new();
         let file = file
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("PARLEY_CONFIG").map(PathBuf::from))
@@ -173,6 +228,20 @@ mod tests {
         };
         let printed = format!("{s:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PARLEY_MESSENGER__PAGE_TOKEN", "EAAB-very-secret");
+            jail.set_env("PARLEY_MESSENGER__APP_SECRET", "app-secret-value");
+            let s = Settings::load(None).expect("loads");
+            let printed = format!("{s:?}");
+            assert!(!printed.contains("EAAB-very-secret") && !printed.contains("app-secret-value"), "{printed}");
+            use secrecy::ExposeSecret;
+            assert_eq!(s.messenger.page_token.expose_secret(), "EAAB-very-secret");
+            Ok(())
+        });
     }
 
     #[test]

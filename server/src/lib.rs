@@ -9,6 +9,7 @@ pub mod console;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod messenger;
 pub mod hub;
 pub mod services;
 pub mod startup;
