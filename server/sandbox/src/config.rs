@@ -186,3 +186,26 @@ impl RetryPolicy {
             .unwrap_or(Duration::from_secs(1))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_immediate_then_back_off_and_repeat_the_last_delay() {
+        let policy = RetryPolicy {
+            immediate_retries: 3,
+            backoff: vec![Duration::from_secs(1), Duration::from_secs(5)],
+            ..RetryPolicy::default()
+        };
+        let delays: Vec<u64> = (1..=7).map(|n| policy.delay_before(n).as_secs()).collect();
+        assert_eq!(delays, vec![0, 0, 0, 1, 5, 5, 5]);
+    }
+
+    #[test]
+    fn defaults_use_numeric_ids() {
+        let config = SandboxConfig::default();
+        assert!(config.app_id.bytes().all(|b| b.is_ascii_digit()));
+        assert!(config.page_id.bytes().all(|b| b.is_ascii_digit()));
+    }
+}

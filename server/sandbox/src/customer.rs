@@ -113,7 +113,9 @@ impl World {
             }
             None => self.mint_psid(),
         };
-        let pick = |names: &[&str], n: usize| names.get(n % names.len()).copied().unwrap_or("X");
+        fn pick(names: &[&'static str], n: usize) -> &'static str {
+            names.get(n % names.len()).copied().unwrap_or("X")
+        }
         let n = self.customers.len();
         let user = User {
             first_name: new
@@ -198,8 +200,9 @@ impl World {
                     json!({ "type": "image", "payload": { "url": url, "sticker_id": sticker_id } }),
                 );
             }
-            attachments
-                .push(json!({ "type": "sticker", "payload": { "url": url, "sticker_id": sticker_id } }));
+            attachments.push(
+                json!({ "type": "sticker", "payload": { "url": url, "sticker_id": sticker_id } }),
+            );
         }
         let mut body = Map::new();
         body.insert("mid".into(), json!(mid));
@@ -242,9 +245,9 @@ impl World {
         referral: Option<&str>,
     ) -> Result<String, ControlError> {
         self.active_customer(psid)?;
-        let payload = self.get_started_payload().ok_or_else(|| {
-            ControlError::Conflict("no Get Started button is configured".into())
-        })?;
+        let payload = self
+            .get_started_payload()
+            .ok_or_else(|| ControlError::Conflict("no Get Started button is configured".into()))?;
         let now = self.now_ms();
         let mid = self.mint_mid();
         let mut postback = json!({ "mid": mid, "title": "Get Started", "payload": payload });
@@ -368,11 +371,7 @@ impl World {
     }
 
     /// Stores a Page message, emits its echo, and sends (or schedules) the receipts.
-    pub fn record_page_message(
-        &mut self,
-        psid: &str,
-        record: ThreadMessage,
-    ) -> Option<FollowUp> {
+    pub fn record_page_message(&mut self, psid: &str, record: ThreadMessage) -> Option<FollowUp> {
         let echo_body = self.echo_body(&record);
         let echo = self.echo(psid, record.timestamp, echo_body);
         let (mid, timestamp) = (record.mid.clone(), record.timestamp);

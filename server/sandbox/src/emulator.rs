@@ -141,9 +141,11 @@ impl Emulator {
 
     /// Waits until every emitted event was delivered or dropped.
     pub async fn wait_idle(&self, timeout: Duration) -> Result<(), ControlError> {
-        self.wait_until(timeout, |e| e.with(|w| (w.pending_events == 0).then_some(())))
-            .await
-            .map_err(|_| ControlError::Timeout("the webhook queue to drain".into()))
+        self.wait_until(timeout, |e| {
+            e.with(|w| (w.pending_events == 0).then_some(()))
+        })
+        .await
+        .map_err(|_| ControlError::Timeout("the webhook queue to drain".into()))
     }
 
     // ----- clock -----
@@ -239,7 +241,12 @@ impl Emulator {
     }
 
     /// The customer replies to a message.
-    pub fn user_replies_to(&self, psid: &str, mid: &str, text: &str) -> Result<String, ControlError> {
+    pub fn user_replies_to(
+        &self,
+        psid: &str,
+        mid: &str,
+        text: &str,
+    ) -> Result<String, ControlError> {
         let message = UserMessage {
             text: Some(text.to_owned()),
             reply_to: Some(mid.to_owned()),
@@ -272,7 +279,12 @@ impl Emulator {
     }
 
     /// The customer reacts to a message (`None` removes the reaction).
-    pub fn user_reacts(&self, psid: &str, mid: &str, emoji: Option<&str>) -> Result<(), ControlError> {
+    pub fn user_reacts(
+        &self,
+        psid: &str,
+        mid: &str,
+        emoji: Option<&str>,
+    ) -> Result<(), ControlError> {
         self.with(|w| w.user_reacts(psid, mid, emoji))
     }
 

@@ -131,7 +131,10 @@ impl GraphError {
 
     /// 100/2018014: `sender_action` together with `message`.
     pub fn sender_action_with_message() -> Self {
-        Self::param_sub(2018014, "Cannot send sender_action with message or other fields")
+        Self::param_sub(
+            2018014,
+            "Cannot send sender_action with message or other fields",
+        )
     }
 
     /// 100/2018008: the attachment URL could not be fetched.
@@ -205,7 +208,11 @@ impl GraphError {
     pub fn service_unavailable() -> Self {
         Self {
             transient: true,
-            ..Self::new(2, None, "An unexpected error has occurred. Please retry your request later.")
+            ..Self::new(
+                2,
+                None,
+                "An unexpected error has occurred. Please retry your request later.",
+            )
         }
     }
 
@@ -306,10 +313,7 @@ impl IntoResponse for GraphError {
         if let Some(usage) = &self.business_usage
             && let Ok(value) = HeaderValue::from_str(&usage.to_string())
         {
-            headers.insert(
-                HeaderName::from_static("x-business-use-case-usage"),
-                value,
-            );
+            headers.insert(HeaderName::from_static("x-business-use-case-usage"), value);
         }
         response
     }

@@ -209,8 +209,14 @@ mod tests {
         faults
             .send
             .push(FaultRule::times(SendFault::TemporaryFailure, 2));
-        assert_eq!(faults.take_send(&mut rng), Some(SendFault::TemporaryFailure));
-        assert_eq!(faults.take_send(&mut rng), Some(SendFault::TemporaryFailure));
+        assert_eq!(
+            faults.take_send(&mut rng),
+            Some(SendFault::TemporaryFailure)
+        );
+        assert_eq!(
+            faults.take_send(&mut rng),
+            Some(SendFault::TemporaryFailure)
+        );
         assert_eq!(faults.take_send(&mut rng), None);
         assert!(faults.send.is_empty());
     }
@@ -240,7 +246,13 @@ mod tests {
         assert_eq!(rule.times, Some(2));
         let rule: FaultRule<WebhookFault> =
             serde_json::from_str(r#"{"kind":"batch","events":3}"#).expect("valid rule");
-        assert_eq!(rule.fault, WebhookFault::Batch { events: 3, entries: 1 });
+        assert_eq!(
+            rule.fault,
+            WebhookFault::Batch {
+                events: 3,
+                entries: 1
+            }
+        );
         let rule: FaultRule<SendFault> =
             serde_json::from_str(r#"{"kind":"rate_limited"}"#).expect("valid rule");
         assert_eq!(rule.fault, SendFault::RateLimited { code: 80006 });
@@ -250,7 +262,9 @@ mod tests {
     fn webhook_rules_only_fire_where_they_apply() {
         let mut rng = StdRng::seed_from_u64(3);
         let mut faults = Faults::default();
-        faults.webhook.push(FaultRule::once(WebhookFault::DropReferral));
+        faults
+            .webhook
+            .push(FaultRule::once(WebhookFault::DropReferral));
         assert_eq!(
             faults.take_webhook(&mut rng, |f| *f == WebhookFault::Duplicate),
             None

@@ -63,11 +63,12 @@ impl GraphRequest {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !body.iter().all(u8::is_ascii_whitespace) {
-            if content_type.starts_with("application/json") {
+            let json_first = content_type.starts_with("application/json")
+                || (!content_type.starts_with("application/x-www-form-urlencoded")
+                    && body.first() == Some(&b'{'));
+            if json_first {
                 merge_json(&mut params, body)?;
-            } else if content_type.starts_with("application/x-www-form-urlencoded") {
-                merge_form(&mut params, body)?;
-            } else if merge_json(&mut params, body).is_err() {
+            } else {
                 merge_form(&mut params, body)?;
             }
         }
@@ -156,14 +157,13 @@ fn merge_json(params: &mut Map<String, Value>, body: &[u8]) -> Result<(), GraphE
 }
 
 fn merge_form(params: &mut Map<String, Value>, body: &[u8]) -> Result<(), GraphError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|_| GraphError::param("Malformed form body"))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|_| GraphError::param("Malformed form body"))?;
     for (key, value) in pairs {
         let trimmed = value.trim_start();
         let parsed = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-            serde_json::from_str(&value).map_err(|_| {
-                GraphError::param(format!("param {key} must be a valid JSON value"))
-            })?
+            serde_json::from_str(&value)
+                .map_err(|_| GraphError::param(format!("param {key} must be a valid JSON value")))?
         } else {
             Value::String(value)
         };
@@ -202,9 +202,7 @@ pub async fn route(emulator: &Emulator, request: GraphRequest) -> Result<Value, 
         ("GET", ["debug_token"]) => emulator.with(|w| debug_token(w, &request)),
         ("GET", [node]) => emulator.with(|w| node_info(w, &request, node)),
         (_, [node, "subscribed_apps"]) => emulator.with(|w| subscribed_apps(w, &request, node)),
-        (_, [node, "messenger_profile"]) => {
-            emulator.with(|w| messenger_profile(w, &request, node))
-        }
+        (_, [node, "messenger_profile"]) => emulator.with(|w| messenger_profile(w, &request, node)),
         ("GET", [node, "thread_owner"]) => emulator.with(|w| thread_owner(w, &request, node)),
         ("POST", [node, edge]) if edge.ends_with("_thread_control") => {
             emulator.with(|w| thread_control(w, &request, node, edge))
@@ -224,7 +222,10 @@ pub async fn route(emulator: &Emulator, request: GraphRequest) -> Result<Value, 
 
 /// Checks the token (190) and `appsecret_proof` (100).
 pub fn authenticate(world: &World, request: &GraphRequest) -> Result<(), GraphError> {
-    let token = request.token.as_deref().ok_or_else(GraphError::token_missing)?;
+    let token = request
+        .token
+        .as_deref()
+        .ok_or_else(GraphError::token_missing)?;
     if token.is_empty() {
         return Err(GraphError::token_missing());
     }
@@ -465,7 +466,11 @@ fn messenger_profile(
 }
 
 /// `GET /{page}/thread_owner?recipient=<PSID>`.
-fn thread_owner(world: &mut World, request: &GraphRequest, node: &str) -> Result<Value, GraphError> {
+fn thread_owner(
+    world: &mut World,
+    request: &GraphRequest,
+    node: &str,
+) -> Result<Value, GraphError> {
     require_page(world, request, node)?;
     let psid = request
         .recipient_id()
@@ -633,8 +638,8 @@ mod tests {
             header::AUTHORIZATION,
             axum::http::HeaderValue::from_static("Bearer abc"),
         );
-        let request =
-            GraphRequest::parse(Method::GET, "/me", Some("fields=name"), &headers, b"").expect("parses");
+        let request = GraphRequest::parse(Method::GET, "/me", Some("fields=name"), &headers, b"")
+            .expect("parses");
         assert_eq!(request.token.as_deref(), Some("abc"));
         assert_eq!(request.list("fields"), Some(vec!["name".to_owned()]));
     }

@@ -96,10 +96,9 @@ async fn picture(State(emulator): State<Emulator>, Path(file): Path<String>) -> 
 
 /// A round avatar with initials, its colour derived from the PSID.
 pub fn avatar_svg(psid: &str, first_name: &str, last_name: &str) -> String {
-    let hue = psid
-        .bytes()
-        .fold(0u32, |acc, b| acc.wrapping_mul(31).wrapping_add(u32::from(b)))
-        % 360;
+    let hue = psid.bytes().fold(0u32, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(u32::from(b))
+    }) % 360;
     let initials: String = [first_name, last_name]
         .iter()
         .filter_map(|name| name.chars().next())

@@ -377,7 +377,10 @@ impl Settings {
         set(&mut self.read_on_page_open, read_on_page_open);
         set(&mut self.attachment_ttl_secs, attachment_ttl_secs);
         set(&mut self.attachment_max_fetches, attachment_max_fetches);
-        set(&mut self.thread_rate_limit_per_sec, thread_rate_limit_per_sec);
+        set(
+            &mut self.thread_rate_limit_per_sec,
+            thread_rate_limit_per_sec,
+        );
     }
 }
 

@@ -80,9 +80,9 @@ pub fn events_of(payload: &Value) -> Vec<Value> {
         .into_iter()
         .flatten()
         .flat_map(|entry| {
-            ["messaging", "standby"].into_iter().flat_map(move |key| {
-                entry[key].as_array().cloned().unwrap_or_default()
-            })
+            ["messaging", "standby"]
+                .into_iter()
+                .flat_map(move |key| entry[key].as_array().cloned().unwrap_or_default())
         })
         .collect()
 }
@@ -94,7 +94,9 @@ pub async fn verify(emulator: &Emulator) -> Verification {
         (
             w.app.callback_url.clone(),
             w.cfg.verify_token.clone(),
-            w.rng.random_range(1_000_000_000u64..10_000_000_000u64).to_string(),
+            w.rng
+                .random_range(1_000_000_000u64..10_000_000_000u64)
+                .to_string(),
             w.cfg.webhook_timeout,
         )
     });
@@ -152,7 +154,8 @@ mod tests {
     //   s = json.dumps(v, separators=(',',':'), ensure_ascii=True).replace('/', '\\/')
     //   hmac.new(secret, s.encode(), hashlib.sha256 / hashlib.sha1).hexdigest()
     const SECRET: &str = "sandbox-app-secret-0123456789abcdef";
-    const ESCAPED: &str = r#"{"text":"\u00e4\u00f6\u00e5 \/ \ud83d\ude00 \"q\"\n\u001f https:\/\/youtu.be\/x"}"#;
+    const ESCAPED: &str =
+        r#"{"text":"\u00e4\u00f6\u00e5 \/ \ud83d\ude00 \"q\"\n\u001f https:\/\/youtu.be\/x"}"#;
 
     #[test]
     fn escapes_non_ascii_astral_and_slash_like_meta() {

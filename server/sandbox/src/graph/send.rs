@@ -87,13 +87,15 @@ pub async fn send(
             Err(GraphError::invalid_json_reply())
         }
         Some(fault) => {
-            let page_id = emulator.with(|w| w.cfg.page_id.clone());
-            let pass_through = emulator.with(|w| apply_stateful_fault(w, &fault, &send.psid));
-            match pass_through {
+            let error = emulator.with(|w| {
+                apply_stateful_fault(w, &fault, &send.psid);
+                fault_error(&fault, &w.cfg.page_id)
+            });
+            match error {
                 Some(error) => Err(error),
+                // Blocked / taken over: the normal checks now produce the error.
                 None => finish(emulator, &send),
             }
-            .or_else(|error| Err(fault_error(&fault, &page_id).unwrap_or(error)))
         }
         None => finish(emulator, &send),
     }
@@ -105,27 +107,21 @@ fn finish(emulator: &Emulator, send: &SendRequest) -> Result<Value, GraphError> 
     Ok(value)
 }
 
-/// Faults that change the world and then let the normal checks produce the error.
-/// Returns the error for faults that are plain errors.
-fn apply_stateful_fault(world: &mut World, fault: &SendFault, psid: &str) -> Option<GraphError> {
+/// Faults that change the world before the normal checks run.
+fn apply_stateful_fault(world: &mut World, fault: &SendFault, psid: &str) {
     match fault {
         SendFault::TokenRevoked => {
             world.app.token_revoked = true;
             world.touch();
-            Some(GraphError::token_revoked())
         }
         SendFault::UserBlocks => {
             if let Some(customer) = world.customer_mut(psid) {
                 customer.user.blocked = true;
             }
             world.bump_thread(psid);
-            None
         }
-        SendFault::InboxTakesThread => {
-            world.inbox_takes_thread(psid);
-            None
-        }
-        _ => Some(GraphError::unknown_error()),
+        SendFault::InboxTakesThread => world.inbox_takes_thread(psid),
+        _ => {}
     }
 }
 
@@ -149,7 +145,9 @@ fn fault_error(fault: &SendFault, page_id: &str) -> Option<GraphError> {
                 .unwrap_or(axum::http::StatusCode::BAD_REQUEST),
             *code,
             *subcode,
-            message.clone().unwrap_or_else(|| format!("(#{code}) Injected error")),
+            message
+                .clone()
+                .unwrap_or_else(|| format!("(#{code}) Injected error")),
         ),
         SendFault::TokenRevoked => GraphError::token_revoked(),
         SendFault::UserBlocks
@@ -311,10 +309,14 @@ fn parse_sender_action(action: &Value, payload: Option<&Value>) -> Result<Action
         let payload = payload
             .ok_or_else(|| GraphError::param("param payload is required for react/unreact"))?;
         if payload.get("message_id").and_then(Value::as_str).is_none() {
-            return Err(GraphError::param("param payload[message_id] must be non-empty."));
+            return Err(GraphError::param(
+                "param payload[message_id] must be non-empty.",
+            ));
         }
         if action == "react" && payload.get("reaction").and_then(Value::as_str).is_none() {
-            return Err(GraphError::param("param payload[reaction] must be non-empty."));
+            return Err(GraphError::param(
+                "param payload[reaction] must be non-empty.",
+            ));
         }
     }
     Ok(Action::Sender {
@@ -338,10 +340,9 @@ fn parse_message(message: &Value) -> Result<OutMessage, GraphError> {
     }
     let mut out = OutMessage::default();
     if let Some(text) = message.get("text") {
-        let text = text
-            .as_str()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| GraphError::param("param message[text] must be a non-empty UTF-8 string"))?;
+        let text = text.as_str().filter(|t| !t.is_empty()).ok_or_else(|| {
+            GraphError::param("param message[text] must be a non-empty UTF-8 string")
+        })?;
         if text.chars().count() > 2000 {
             return Err(GraphError::param(
                 "param message[text] must be UTF-8 encoded and have 2000 characters or fewer",
@@ -417,7 +418,11 @@ fn parse_attachment(attachment: &Value) -> Result<Value, GraphError> {
         .and_then(Value::as_object)
         .ok_or_else(|| GraphError::param("param message[attachment][payload] must be an object"))?;
     if kind == "template" {
-        if payload.get("template_type").and_then(Value::as_str).is_none() {
+        if payload
+            .get("template_type")
+            .and_then(Value::as_str)
+            .is_none()
+        {
             return Err(GraphError::param(
                 "param message[attachment][payload][template_type] is required",
             ));
@@ -442,17 +447,18 @@ fn validate_quick_reply(item: &Value) -> Result<(), GraphError> {
             let title = item.get("title").and_then(Value::as_str).unwrap_or("");
             let has_image = item.get("image_url").is_some();
             if title.is_empty() && !has_image {
-                return Err(GraphError::param("param quick_replies[title] must be non-empty"));
+                return Err(GraphError::param(
+                    "param quick_replies[title] must be non-empty",
+                ));
             }
             if title.chars().count() > 20 {
                 return Err(GraphError::param(
                     "param quick_replies[title] has a 20 character limit",
                 ));
             }
-            let payload = item
-                .get("payload")
-                .and_then(id_string)
-                .ok_or_else(|| GraphError::param("param quick_replies[payload] must be non-empty"))?;
+            let payload = item.get("payload").and_then(id_string).ok_or_else(|| {
+                GraphError::param("param quick_replies[payload] must be non-empty")
+            })?;
             if payload.chars().count() > 1000 {
                 return Err(GraphError::param(
                     "param quick_replies[payload] has a 1000 character limit",
@@ -483,7 +489,13 @@ fn process(
         return Err(GraphError::user_unavailable());
     }
     let thread = &mut customer.thread;
-    check_window(send, thread.last_user_action_ms, thread.last_user_message_ms, now, &settings)?;
+    check_window(
+        send,
+        thread.last_user_action_ms,
+        thread.last_user_message_ms,
+        now,
+        &settings,
+    )?;
     if settings.routing
         && let Some(owner) = &thread.owner_app_id
         && *owner != app_id
@@ -504,7 +516,9 @@ fn process(
     if let Some(reply_to) = &send.reply_to
         && !thread.messages.iter().any(|m| &m.mid == reply_to)
     {
-        return Err(GraphError::param("param reply_to[mid] is not a message in this thread"));
+        return Err(GraphError::param(
+            "param reply_to[mid] is not a message in this thread",
+        ));
     }
     let message = match &send.action {
         Action::Sender { action, payload } => {
@@ -521,7 +535,11 @@ fn process(
                         .messages
                         .iter_mut()
                         .find(|m| m.mid == target)
-                        .ok_or_else(|| GraphError::param("param payload[message_id] is not a message in this thread"))?;
+                        .ok_or_else(|| {
+                            GraphError::param(
+                                "param payload[message_id] is not a message in this thread",
+                            )
+                        })?;
                     message.reaction = (action == "react").then(|| {
                         payload
                             .as_ref()
@@ -539,7 +557,14 @@ fn process(
         Action::Message(message) => message.clone(),
     };
     let mid = world.mint_mid();
-    let mut record = ThreadMessage::new(mid.clone(), Author::Page { app_id: app_id.clone() }, now, "message");
+    let mut record = ThreadMessage::new(
+        mid.clone(),
+        Author::Page {
+            app_id: app_id.clone(),
+        },
+        now,
+        "message",
+    );
     record.text = message.text;
     record.attachments = message.attachments;
     record.quick_replies = message.quick_replies;
@@ -547,7 +572,8 @@ fn process(
     record.sticker_id = message.sticker_id.clone();
     if let Some(sticker_id) = message.sticker_id {
         let url = world.add_media("image");
-        record.attachments = vec![json!({ "type": "image", "payload": { "url": url, "sticker_id": sticker_id } })];
+        record.attachments =
+            vec![json!({ "type": "image", "payload": { "url": url, "sticker_id": sticker_id } })];
     }
     record.messaging_type = send.messaging_type.clone();
     record.tag = send.tag.clone();
@@ -632,7 +658,9 @@ mod tests {
     #[test]
     fn a_plain_text_send_parses() {
         let send = parse(
-            &params(json!({"recipient":{"id":"1"},"messaging_type":"RESPONSE","message":{"text":"hi"}})),
+            &params(
+                json!({"recipient":{"id":"1"},"messaging_type":"RESPONSE","message":{"text":"hi"}}),
+            ),
             true,
             0,
         )
@@ -659,7 +687,9 @@ mod tests {
             let error = parse_err(case.clone());
             assert_eq!(error.code, 100, "{case}");
         }
-        let error = parse_err(json!({"recipient":{"id":"1"},"sender_action":"typing_on","message":{"text":"a"}}));
+        let error = parse_err(
+            json!({"recipient":{"id":"1"},"sender_action":"typing_on","message":{"text":"a"}}),
+        );
         assert_eq!((error.code, error.subcode), (100, Some(2018014)));
     }
 
@@ -667,7 +697,9 @@ mod tests {
     fn limits_are_inclusive_where_meta_says_so() {
         let ok = |message: Value| {
             parse(
-                &params(json!({"recipient":{"id":"1"},"messaging_type":"RESPONSE","message":message})),
+                &params(
+                    json!({"recipient":{"id":"1"},"messaging_type":"RESPONSE","message":message}),
+                ),
                 true,
                 0,
             )
@@ -676,13 +708,17 @@ mod tests {
         assert!(ok(json!({"text": "é".repeat(2000)})));
         assert!(ok(json!({"text": "a", "metadata": "m".repeat(999)})));
         let qr = json!({"content_type":"text","title":"t","payload":"p"});
-        assert!(ok(json!({"text": "a", "quick_replies": vec![qr.clone(); 13]})));
+        assert!(ok(
+            json!({"text": "a", "quick_replies": vec![qr.clone(); 13]})
+        ));
         assert!(!ok(json!({"text": "a", "quick_replies": vec![qr; 14]})));
     }
 
     #[test]
     fn deprecated_tags_work_before_the_cutoff() {
-        let body = params(json!({"recipient":{"id":"1"},"messaging_type":"MESSAGE_TAG","tag":"POST_PURCHASE_UPDATE","message":{"text":"a"}}));
+        let body = params(
+            json!({"recipient":{"id":"1"},"messaging_type":"MESSAGE_TAG","tag":"POST_PURCHASE_UPDATE","message":{"text":"a"}}),
+        );
         assert!(parse(&body, true, DEPRECATED_TAGS_CUTOFF_MS - 1).is_ok());
         assert!(parse(&body, true, DEPRECATED_TAGS_CUTOFF_MS).is_err());
     }

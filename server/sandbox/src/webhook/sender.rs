@@ -171,7 +171,13 @@ async fn deliver(emulator: &Emulator, payload: Payload, duplicate_of: Option<u64
         let step = emulator.with(|w| next_step(w, &payload));
         let (url, secret, timeout, bad_signature, at_ms) = match step {
             Step::Stop(reason) => {
-                finish(emulator, id, pending, payload.generation, DeliveryStatus::Dropped { reason });
+                finish(
+                    emulator,
+                    id,
+                    pending,
+                    payload.generation,
+                    DeliveryStatus::Dropped { reason },
+                );
                 return id;
             }
             Step::Send {
@@ -182,6 +188,8 @@ async fn deliver(emulator: &Emulator, payload: Payload, duplicate_of: Option<u64
                 at_ms,
             } => (url, secret, timeout, bad_signature, at_ms),
         };
+        // A clock jump from now on wakes the backoff below.
+        clock.borrow_and_update();
         let started = Instant::now();
         let signing_key = if bad_signature {
             format!("{secret}-wrong")
@@ -192,8 +200,14 @@ async fn deliver(emulator: &Emulator, payload: Payload, duplicate_of: Option<u64
             .http()
             .post(&url)
             .header("content-type", "application/json")
-            .header("x-hub-signature-256", signature_256(&signing_key, payload.body.as_bytes()))
-            .header("x-hub-signature", signature_sha1(&signing_key, payload.body.as_bytes()))
+            .header(
+                "x-hub-signature-256",
+                signature_256(&signing_key, payload.body.as_bytes()),
+            )
+            .header(
+                "x-hub-signature",
+                signature_sha1(&signing_key, payload.body.as_bytes()),
+            )
             .body(payload.body.clone())
             .timeout(timeout)
             .send()
@@ -227,18 +241,29 @@ async fn deliver(emulator: &Emulator, payload: Payload, duplicate_of: Option<u64
             }
         });
         if success {
-            finish(emulator, id, pending, payload.generation, DeliveryStatus::Delivered);
+            finish(
+                emulator,
+                id,
+                pending,
+                payload.generation,
+                DeliveryStatus::Delivered,
+            );
             return id;
         }
         if disabled {
             let reason = "webhooks disabled: the app was unsubscribed from the Page".to_owned();
-            finish(emulator, id, pending, payload.generation, DeliveryStatus::Dropped { reason });
+            finish(
+                emulator,
+                id,
+                pending,
+                payload.generation,
+                DeliveryStatus::Dropped { reason },
+            );
             return id;
         }
         retry += 1;
         let delay = emulator.with(|w| w.cfg.retry.delay_before(retry));
         if !delay.is_zero() {
-            clock.borrow_and_update();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = clock.changed() => {}
