@@ -35,6 +35,7 @@ pub enum ClientMsg {
 }
 
 /// Frames the server sends to the console.
+#[allow(clippy::large_enum_variant)] // a wire type: boxing would not change the JSON and frames are short-lived
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
@@ -69,6 +70,13 @@ pub enum ServerMsg {
         client_id: Option<String>,
     },
     Pong,
+    /// Something agents must know about (shown as a banner), e.g. the Facebook Page token stopped working.
+    Alert {
+        /// Stable key, e.g. `messenger_token`; an alert with `message: None` clears it.
+        key: String,
+        #[serde(default)]
+        message: Option<String>,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -103,6 +111,23 @@ pub struct ConversationSummary {
     pub visitor_read_seq: u64,
     #[serde(default)]
     pub visitor: VisitorDetails,
+    /// Set when the customer is reachable on Messenger.
+    #[serde(default)]
+    pub messenger: Option<MessengerInfo>,
+}
+
+/// The customer's Messenger side and the reply window that is open now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessengerInfo {
+    /// The customer's name on Messenger.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Until when (epoch ms) a reply goes out as a normal response (24 h after the customer's last action).
+    #[serde(default)]
+    pub response_until: Option<i64>,
+    /// Until when (epoch ms) a human agent may still reply with the HUMAN_AGENT tag (7 days), if the Page has it.
+    #[serde(default)]
+    pub human_agent_until: Option<i64>,
 }
 
 /// What agents see about the visitor.
@@ -124,6 +149,9 @@ pub struct VisitorDetails {
     pub utc_offset_minutes: Option<i32>,
     #[serde(default)]
     pub language: Option<String>,
+    /// Picture of the customer (e.g. from Messenger), served by the chat server.
+    #[serde(default)]
+    pub avatar_url: Option<String>,
     /// Whether a widget of this visitor is connected right now.
     #[serde(default)]
     pub online: bool,

@@ -33,6 +33,23 @@ pub enum EventKind {
         #[serde(default)]
         by: Option<String>,
     },
+    /// A message's delivery on another channel changed (e.g. sent to, delivered or read on Messenger, or not sent).
+    Delivery {
+        message_id: String,
+        channel: Channel,
+        state: DeliveryState,
+        /// Plain words for agents when the state needs explaining (why it was not sent, ...).
+        #[serde(default)]
+        detail: Option<String>,
+    },
+    /// The customer joined or left a channel, e.g. continued the conversation on Messenger.
+    Channel {
+        channel: Channel,
+        linked: bool,
+        /// The customer's first name there, when known.
+        #[serde(default)]
+        name: Option<String>,
+    },
     /// An event kind this peer does not know yet; it still advances `seq`.
     #[serde(other)]
     Unknown,
@@ -53,6 +70,40 @@ pub struct ChatMessage {
     /// Where the message came from or was written.
     #[serde(default)]
     pub channel: Channel,
+    /// Files and images that came with the message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file attached to a message, served by the Parley server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Path on the chat server, e.g. `/attachments/<id>`.
+    pub url: String,
+    /// `image`, `video`, `audio` or `file`.
+    pub kind: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Where a message stands on a channel other than the one it was written on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Queued for sending.
+    Pending,
+    /// Accepted by the channel.
+    Sent,
+    /// Reached the customer's device.
+    Delivered,
+    /// Seen by the customer.
+    Read,
+    /// The channel refused it; `detail` says why.
+    Failed,
+    /// Deliberately not sent (e.g. outside Messenger's reply window); `detail` says why.
+    NotSent,
+    #[serde(other)]
+    Unknown,
 }
 
 /// Who wrote a message.

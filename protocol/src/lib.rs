@@ -10,7 +10,7 @@ pub mod console;
 pub mod event;
 pub mod widget;
 
-pub use event::{Author, Channel, ChatMessage, ConversationStatus, Event, EventKind, Party};
+pub use event::{Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
 
 /// Version of the WebSocket protocol; sent by clients in their first frame.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -37,6 +37,10 @@ pub enum ClientMsg {
     Read { up_to_seq: u64 },
     /// Keep-alive; answered by `Pong`.
     Ping,
+    /// Ask for a fresh "Continue on Messenger" link (answered by `MessengerLink`).
+    MessengerLink,
+    /// Undo the Messenger link ("not me").
+    UnlinkMessenger,
 }
 
 /// What the host page told the widget about the visitor's whereabouts.
@@ -101,6 +105,14 @@ pub enum ServerMsg {
         client_id: Option<String>,
     },
     Pong,
+    /// A signed, single-use link that continues this conversation on Messenger, and a short code to send there
+    /// instead if the link does not carry over.
+    MessengerLink {
+        url: String,
+        code: String,
+        /// Epoch ms after which the link and the code stop working.
+        expires_at: i64,
+    },
     /// A frame this client does not know yet.
     #[serde(other)]
     Unknown,

@@ -152,6 +152,8 @@ pub struct MessengerSettings {
     pub link_ttl_secs: u32,
     /// Timeout of one Graph API call, in seconds.
     pub timeout_secs: u64,
+    /// Folder where signed webhook deliveries are spooled before they reach the database.
+    pub spool_dir: PathBuf,
 }
 
 impl Default for MessengerSettings {
@@ -171,6 +173,7 @@ impl Default for MessengerSettings {
             human_agent: false,
             link_ttl_secs: 600,
             timeout_secs: 10,
+            spool_dir: PathBuf::from("data/webhook-spool"),
         }
     }
 }

@@ -30,6 +30,8 @@ pub enum HubMsg {
     },
     /// An inbox row changed (for agents).
     Summary(ConversationSummary),
+    /// An operational alert for agents (`message: None` clears it).
+    Alert { key: String, message: Option<String> },
 }
 
 pub type HubReceiver = mpsc::Receiver<Arc<HubMsg>>;
@@ -40,6 +42,8 @@ struct Inner {
     visitors: HashMap<String, HashMap<u64, mpsc::Sender<Arc<HubMsg>>>>,
     /// Every agent connection.
     agents: HashMap<u64, mpsc::Sender<Arc<HubMsg>>>,
+    /// Alerts in force, by key.
+    alerts: HashMap<String, String>,
 }
 
 /// The registry of live connections. Cheap to clone.
@@ -117,6 +121,25 @@ impl Hub {
         self.lock().visitors.contains_key(contact_id)
     }
 
+    /// Raises (`Some`) or clears (`None`) an alert; agents are told only when it changes.
+    pub fn set_alert(&self, key: &str, message: Option<String>) {
+        let changed = {
+            let mut inner = self.lock();
+            match &message {
+                Some(m) => inner.alerts.insert(key.to_string(), m.clone()).as_ref() != Some(m),
+                None => inner.alerts.remove(key).is_some(),
+            }
+        };
+        if changed {
+            self.publish(HubMsg::Alert { key: key.to_string(), message });
+        }
+    }
+
+    /// Alerts in force.
+    pub fn alerts(&self) -> Vec<(String, String)> {
+        self.lock().alerts.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// Delivers to the contact's visitor connections and to every agent connection.
     pub fn publish(&self, msg: HubMsg) {
         let msg = Arc::new(msg);
@@ -124,7 +147,7 @@ impl Hub {
         let contact = match &*msg {
             HubMsg::Event { contact_id, .. } => Some(contact_id.clone()),
             HubMsg::Typing { contact_id, from_visitor: false, .. } => Some(contact_id.clone()),
-            HubMsg::Typing { .. } | HubMsg::Summary(_) => None,
+            HubMsg::Typing { .. } | HubMsg::Summary(_) | HubMsg::Alert { .. } => None,
         };
         if let Some(contact) = contact
             && let Some(conns) = inner.visitors.get_mut(&contact)

@@ -2,7 +2,14 @@
 //! API via a persistent outbox. Meta's payloads stay in `graph_types`; the rest of the server sees only
 //! conversations and messages.
 
+pub mod channel;
 pub mod graph_types;
+pub mod intake;
 pub mod link;
+pub mod outbox;
 pub mod send_api;
 pub mod signature;
+pub mod spool;
+pub mod webhook;
+
+pub use channel::Messenger;

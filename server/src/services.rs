@@ -2,12 +2,15 @@
 //! socket, agent socket, console, and later the Messenger webhook): validate → persist (commit) → fan out.
 //! Messenger delivery will hook in here, after the commit, through the outbox written in the same transaction.
 
-use protocol::console::{ConversationSummary, VisitorDetails};
-use protocol::{Author, Channel, ChatMessage, ConversationStatus, Event, Party};
+use std::sync::Arc;
+
+use protocol::console::{ConversationSummary, MessengerInfo, VisitorDetails};
+use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, Event, Party};
+use tokio::sync::Notify;
 
 use crate::hub::{Hub, HubMsg};
 use crate::store::models::{Conversation, SummaryRow};
-use crate::store::{AppendOutcome, NewMessage, Store, StoreError};
+use crate::store::{AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS, Store, StoreError};
 use crate::useragent;
 
 /// Why a change was refused.
@@ -30,9 +33,46 @@ pub struct Posted {
 }
 
 /// Who is posting.
+#[derive(Clone, Copy)]
 pub enum Poster<'a> {
+    /// The customer, on the web or on Messenger.
     Visitor,
+    /// A signed-in agent.
     Agent { id: &'a str, name: &'a str },
+    /// Someone answering from the Page's own inbox on Meta's side.
+    Page { name: &'a str },
+    /// Parley itself (e.g. the recap sent when a conversation moves to Messenger).
+    System,
+}
+
+/// A message to post.
+pub struct PostInput<'a> {
+    pub contact_id: &'a str,
+    pub site_id: &'a str,
+    pub poster: Poster<'a>,
+    pub client_id: &'a str,
+    pub body: &'a str,
+    pub channel: Channel,
+    pub external_id: Option<String>,
+    pub attachments: Vec<Attachment>,
+    pub messenger_action_at: Option<i64>,
+}
+
+impl<'a> PostInput<'a> {
+    /// A plain web message.
+    pub fn new(contact_id: &'a str, site_id: &'a str, poster: Poster<'a>, client_id: &'a str, body: &'a str) -> Self {
+        Self {
+            contact_id,
+            site_id,
+            poster,
+            client_id,
+            body,
+            channel: Channel::Web,
+            external_id: None,
+            attachments: Vec::new(),
+            messenger_action_at: None,
+        }
+    }
 }
 
 /// Shared service handle.
@@ -40,49 +80,55 @@ pub enum Poster<'a> {
 pub struct Conversations {
     pub store: Store,
     pub hub: Hub,
+    /// Whether (and how) replies are mirrored to Messenger; `None` when the channel is off.
+    pub mirror: Option<MirrorPolicy>,
+    /// Wakes the Messenger outbox after a commit that queued a send.
+    pub outbox_wake: Arc<Notify>,
 }
 
 impl Conversations {
     /// Posts a message into the contact's conversation. Returns only after the message is on disk; a repeated
-    /// `client_id` returns the original message and writes nothing.
-    pub async fn post(
-        &self,
-        contact_id: &str,
-        site_id: &str,
-        poster: Poster<'_>,
-        client_id: &str,
-        body: &str,
-        channel: Channel,
-    ) -> Result<Posted, ServiceError> {
-        protocol::validate_client_id(client_id).map_err(ServiceError::Invalid)?;
-        protocol::validate_body(body).map_err(ServiceError::Invalid)?;
-        let (author, agent_id) = match poster {
+    /// `client_id` (or channel id) returns the original message and writes nothing.
+    pub async fn post(&self, input: PostInput<'_>) -> Result<Posted, ServiceError> {
+        protocol::validate_client_id(input.client_id).map_err(ServiceError::Invalid)?;
+        if input.attachments.is_empty() || !input.body.is_empty() {
+            protocol::validate_body(input.body).map_err(ServiceError::Invalid)?;
+        }
+        let (author, agent_id) = match input.poster {
             Poster::Visitor => (Author::Visitor, None),
             Poster::Agent { id, name } => (Author::Agent { name: name.to_string() }, Some(id.to_string())),
+            Poster::Page { name } => (Author::Agent { name: name.to_string() }, None),
+            Poster::System => (Author::System, None),
+        };
+        // Replies written here go to Messenger too; messages that came from there (customer or Page inbox) do not.
+        let mirror = match input.poster {
+            Poster::Agent { .. } | Poster::System => self.mirror,
+            Poster::Visitor | Poster::Page { .. } => None,
         };
         let msg = NewMessage {
-            client_id: client_id.to_string(),
-            body: body.to_string(),
+            client_id: input.client_id.to_string(),
+            body: input.body.to_string(),
             author,
             agent_id,
-            channel,
+            channel: input.channel,
+            external_id: input.external_id,
+            attachments: input.attachments,
+            messenger_action_at: input.messenger_action_at,
+            mirror,
         };
-        match self.store.append_message(contact_id, site_id, msg).await? {
-            AppendOutcome::Duplicate { message, seq } => {
-                let conversation = self
-                    .store
-                    .conversation_for_contact(contact_id)
-                    .await?
-                    .ok_or(ServiceError::NotFound)?;
-                Ok(Posted { conversation_id: conversation.id, message, seq })
-            }
+        let outcome = self.store.append_message(input.contact_id, input.site_id, msg).await?;
+        let conversation = self
+            .store
+            .conversation_for_contact(input.contact_id)
+            .await?
+            .ok_or(ServiceError::NotFound)?;
+        match outcome {
+            AppendOutcome::Duplicate { message, seq } => Ok(Posted { conversation_id: conversation.id, message, seq }),
             AppendOutcome::Created { message, seq, events } => {
-                let conversation = self
-                    .store
-                    .conversation_for_contact(contact_id)
-                    .await?
-                    .ok_or(ServiceError::NotFound)?;
                 self.fan_out(&conversation, events).await?;
+                if mirror.is_some() {
+                    self.outbox_wake.notify_one();
+                }
                 Ok(Posted { conversation_id: conversation.id, message, seq })
             }
         }
@@ -98,14 +144,13 @@ impl Conversations {
         body: &str,
     ) -> Result<Posted, ServiceError> {
         let conversation = self.store.conversation(conversation_id).await?.ok_or(ServiceError::NotFound)?;
-        self.post(
+        self.post(PostInput::new(
             &conversation.contact_id,
             &conversation.site_id,
             Poster::Agent { id: agent_id, name: agent_name },
             client_id,
             body,
-            Channel::Web,
-        )
+        ))
         .await
     }
 
@@ -154,6 +199,20 @@ impl Conversations {
         self.publish_summary(&conversation.id).await
     }
 
+    /// Publishes events committed elsewhere (Messenger intake, outbox) for a conversation.
+    pub async fn publish_events(&self, conversation_id: &str, events: Vec<Event>) -> Result<(), ServiceError> {
+        let conversation = self.store.conversation(conversation_id).await?.ok_or(ServiceError::NotFound)?;
+        self.fan_out(&conversation, events).await
+    }
+
+    /// Publishes the inbox row of a contact's conversation, if there is one.
+    pub async fn publish_contact_summary(&self, contact_id: &str) -> Result<(), ServiceError> {
+        if let Some(conversation) = self.store.conversation_for_contact(contact_id).await? {
+            self.publish_summary(&conversation.id).await?;
+        }
+        Ok(())
+    }
+
     /// Publishes a conversation's inbox row (after any change, or when the visitor comes or goes).
     pub async fn publish_summary(&self, conversation_id: &str) -> Result<(), ServiceError> {
         if let Some(summary) = self.summary(conversation_id).await? {
@@ -172,11 +231,19 @@ impl Conversations {
 
     fn to_summary(&self, row: SummaryRow) -> ConversationSummary {
         let online = self.hub.visitor_online(&row.contact_id);
+        let messenger = row.psid.as_ref().map(|_| MessengerInfo {
+            name: row.display_name.clone(),
+            response_until: row.messenger_last_action_at.map(|t| t + RESPONSE_WINDOW_MS),
+            human_agent_until: row
+                .messenger_last_message_at
+                .filter(|_| self.mirror.is_some_and(|m| m.human_agent))
+                .map(|t| t + HUMAN_AGENT_WINDOW_MS),
+        });
         ConversationSummary {
             id: row.id,
             site_key: row.site_key,
             site_name: row.site_name,
-            visitor_name: row.label,
+            visitor_name: row.display_name.clone().unwrap_or(row.label),
             status: ConversationStatus::parse(&row.status).unwrap_or_default(),
             last_message: row.last_message,
             last_activity_at: row.last_activity_at,
@@ -191,8 +258,10 @@ impl Conversations {
                 timezone: row.timezone,
                 utc_offset_minutes: row.utc_offset_minutes,
                 language: row.language,
+                avatar_url: row.avatar_id.map(|id| format!("/attachments/{id}")),
                 online,
             },
+            messenger,
         }
     }
 }

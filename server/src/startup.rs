@@ -27,7 +27,10 @@ use crate::hub::Hub;
 use crate::services::Conversations;
 use crate::state::AppState;
 use crate::store::Store;
-use crate::{error, http, ws};
+use crate::messenger::{Messenger, intake, outbox, spool::Spool};
+use crate::store::MirrorPolicy;
+use crate::{error, http, messenger, ws};
+use tokio::sync::Notify;
 
 /// A built, not yet running, server.
 pub struct Application {
@@ -60,8 +63,24 @@ impl Application {
             .site_addr(addr)
             .build();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let conversations = Conversations {
+            store: store.clone(),
+            hub: hub.clone(),
+            mirror: settings
+                .messenger
+                .enabled
+                .then_some(MirrorPolicy { human_agent: settings.messenger.human_agent }),
+            outbox_wake: Arc::new(Notify::new()),
+        };
+        let messenger = if settings.messenger.enabled {
+            let spool = Spool::open(&settings.messenger.spool_dir)?;
+            Some(Messenger::new(settings.messenger.clone(), conversations.clone(), spool)?)
+        } else {
+            None
+        };
         let state = AppState {
-            conversations: Conversations { store: store.clone(), hub: hub.clone() },
+            conversations,
+            messenger,
             store,
             hub,
             settings: Arc::new(settings),
@@ -85,6 +104,9 @@ impl Application {
     /// Serves until `shutdown` resolves.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self { listener, router, state, shutdown_tx } = self;
+        let workers = state.messenger.clone().map(|m| {
+            (tokio::spawn(intake::run(Arc::clone(&m))), tokio::spawn(outbox::run(m)))
+        });
         let signal = async move {
             shutdown.await;
             // Tell sockets to close so the graceful shutdown below can finish.
@@ -94,6 +116,10 @@ impl Application {
             .with_graceful_shutdown(signal)
             .await
             .context("server failed")?;
+        if let Some((intake, outbox)) = workers {
+            intake.abort();
+            outbox.abort();
+        }
         state.store.close().await;
         Ok(())
     }
@@ -118,6 +144,8 @@ pub fn build_router(state: AppState) -> Router {
         .route("/frame/{site_key}", get(http::frame::get))
         .route("/ws/visitor", get(ws::visitor::upgrade))
         .route("/ws/agent", get(ws::agent::upgrade))
+        .route("/webhooks/messenger", get(messenger::webhook::verify).post(messenger::webhook::receive))
+        .route("/attachments/{id}", get(http::attachments::get))
         .route("/", get(|| async { Redirect::to("/console") }))
         .leptos_routes_with_context(&state, console_routes, context, move || app::shell(leptos.clone()))
         .merge(http::static_files::router(&state.assets.dir))

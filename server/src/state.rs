@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use crate::assets::Assets;
 use crate::config::Settings;
 use crate::hub::Hub;
+use crate::messenger::Messenger;
 use crate::services::Conversations;
 use crate::store::Store;
 
@@ -22,6 +23,8 @@ pub struct AppState {
     pub public_origin: Arc<str>,
     pub assets: Arc<Assets>,
     pub leptos: LeptosOptions,
+    /// The Messenger channel, when enabled.
+    pub messenger: Option<Arc<Messenger>>,
     /// Flips to `true` when the server is shutting down; sockets close with 1001 so clients reconnect elsewhere.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -7,6 +7,7 @@
 
 mod agents;
 mod conversations;
+mod messenger;
 mod sites;
 
 pub mod models;
@@ -17,7 +18,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-pub use conversations::{AppendOutcome, NewMessage};
+pub use messenger::{LinkRow, OutboxRow};
+pub use conversations::{AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS};
 
 /// Errors from the store, sorted by what a caller can do about them.
 #[derive(Debug, thiserror::Error)]

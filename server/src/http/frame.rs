@@ -22,6 +22,8 @@ struct Boot<'a> {
     greeting: &'a str,
     allowed_origins: Vec<String>,
     ws_url: String,
+    /// Whether "Continue on Messenger" is offered.
+    messenger: bool,
 }
 
 /// JSON that is safe inside `<script type="application/json">`: no `<` can close the element.
@@ -52,6 +54,7 @@ pub async fn get(State(state): State<AppState>, Path(site_key): Path<String>) ->
         greeting: &site.greeting,
         allowed_origins: origins.clone(),
         ws_url: format!("/ws/visitor?site={}", site.key),
+        messenger: state.messenger.is_some(),
     };
     let manifest = &state.assets.manifest;
     let head_assets = match (Assets::url(&manifest.widget_css), Assets::url(&manifest.widget_boot)) {

@@ -3,7 +3,7 @@
 //! Every durable change to a conversation appends an [`Event`] with the next `seq` in the same transaction as the
 //! change itself, so the log and the tables never disagree and replaying the log from any `seq` is exact.
 
-use protocol::{Author, Channel, ChatMessage, ConversationStatus, Event, EventKind, Party};
+use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
 use sqlx::{Sqlite, Transaction};
 
 use super::models::{Contact, ContactContext, Conversation, SummaryRow};
@@ -18,7 +18,25 @@ pub struct NewMessage {
     /// The agent who wrote it, for agent messages.
     pub agent_id: Option<String>,
     pub channel: Channel,
+    /// Id on the channel it came from (Messenger `mid`); unique, so a redelivered message is stored once.
+    pub external_id: Option<String>,
+    pub attachments: Vec<Attachment>,
+    /// For messages from the customer on Messenger: when they wrote (epoch ms), which opens the reply window.
+    pub messenger_action_at: Option<i64>,
+    /// Mirror this message to the contact's Messenger thread (agent replies, recaps), under these rules.
+    pub mirror: Option<MirrorPolicy>,
 }
+
+/// How a message written here is mirrored to Messenger.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MirrorPolicy {
+    /// The Page may reply with the HUMAN_AGENT tag from 24 h to 7 d after the customer's last message.
+    pub human_agent: bool,
+}
+
+/// The Messenger reply windows.
+pub const RESPONSE_WINDOW_MS: i64 = 24 * 3600 * 1000;
+pub const HUMAN_AGENT_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// What appending a message did.
 #[derive(Clone, Debug)]
@@ -29,18 +47,23 @@ pub enum AppendOutcome {
     Duplicate { message: ChatMessage, seq: u64 },
 }
 
+/// Columns of [`Contact`], in its field order.
+pub(super) const CONTACT_COLUMNS: &str = "id, site_id, label, page_url, referrer, user_agent, timezone, utc_offset_minutes,
+    language, psid, display_name, avatar_id, messenger_last_action_at, messenger_last_message_at";
+
 const SUMMARY_SELECT: &str = "select c.id, c.contact_id, s.key as site_key, s.name as site_name, k.label, c.status,
         c.last_message, c.last_activity_at, c.last_seq, c.visitor_read_seq,
         (select count(*) from messages m where m.conversation_id = c.id and m.author_role = 'visitor'
             and m.seq > c.agent_read_seq) as unread,
-        k.page_url, k.referrer, k.user_agent, k.timezone, k.utc_offset_minutes, k.language
+        k.page_url, k.referrer, k.user_agent, k.timezone, k.utc_offset_minutes, k.language,
+        k.psid, k.display_name, k.avatar_id, k.messenger_last_action_at, k.messenger_last_message_at
     from conversations c join sites s on s.id = c.site_id join contacts k on k.id = c.contact_id";
 
-fn seq_of(v: i64) -> u64 {
+pub(super) fn seq_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn seq_param(v: u64) -> i64 {
+pub(super) fn seq_param(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -70,12 +93,12 @@ impl Store {
         ctx: &ContactContext,
     ) -> StoreResult<Contact> {
         let now = now_ms();
-        sqlx::query_as::<_, Contact>(
+        sqlx::query_as::<_, Contact>(&format!(
             "insert into contacts (id, site_id, web_token_hash, label, page_url, referrer, user_agent, timezone,
                 utc_offset_minutes, language, created_at, updated_at)
              values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             returning id, site_id, label, page_url, referrer, user_agent, timezone, utc_offset_minutes, language",
-        )
+             returning {CONTACT_COLUMNS}"
+        ))
         .bind(new_id())
         .bind(site_id)
         .bind(token_hash)
@@ -95,10 +118,9 @@ impl Store {
 
     /// The contact holding a web token on a site.
     pub async fn contact_by_token(&self, site_id: &str, token_hash: &[u8]) -> StoreResult<Option<Contact>> {
-        Ok(sqlx::query_as::<_, Contact>(
-            "select id, site_id, label, page_url, referrer, user_agent, timezone, utc_offset_minutes, language
-             from contacts where web_token_hash = ? and site_id = ?",
-        )
+        Ok(sqlx::query_as::<_, Contact>(&format!(
+            "select {CONTACT_COLUMNS} from contacts where web_token_hash = ? and site_id = ?"
+        ))
         .bind(token_hash)
         .bind(site_id)
         .fetch_optional(&self.pool)
@@ -156,6 +178,18 @@ impl Store {
             .collect()
     }
 
+    /// The message a channel id (Messenger `mid`) names, if it exists.
+    pub async fn message_by_external_id(&self, external_id: &str) -> StoreResult<Option<(String, ChatMessage, u64)>> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("select conversation_id, client_id from messages where external_id = ?")
+                .bind(external_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((conversation_id, client_id)) = row else { return Ok(None) };
+        let found = self.message_by_client_id(&conversation_id, &client_id).await?;
+        Ok(found.map(|(message, seq)| (conversation_id, message, seq)))
+    }
+
     /// The message a client id names in a conversation, if it exists.
     pub async fn message_by_client_id(
         &self,
@@ -187,6 +221,11 @@ impl Store {
     /// Idempotent on `client_id`: a repeat returns [`AppendOutcome::Duplicate`] with the stored message.
     /// A visitor message in a resolved conversation reopens it.
     pub async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {
+        if let Some(external_id) = &msg.external_id
+            && let Some((_, message, seq)) = self.message_by_external_id(external_id).await?
+        {
+            return Ok(AppendOutcome::Duplicate { message, seq });
+        }
         if let Some(conversation) = self.conversation_for_contact(contact_id).await?
             && let Some((message, seq)) = self.message_by_client_id(&conversation.id, &msg.client_id).await?
         {
@@ -194,7 +233,12 @@ impl Store {
         }
         match self.append_message_tx(contact_id, site_id, &msg).await {
             Err(StoreError::Conflict(_)) => {
-                // Lost a race with the same client id: report the winner.
+                // Lost a race with the same client id (or channel id): report the winner.
+                if let Some(external_id) = &msg.external_id
+                    && let Some((_, message, seq)) = self.message_by_external_id(external_id).await?
+                {
+                    return Ok(AppendOutcome::Duplicate { message, seq });
+                }
                 let conversation = self.conversation_for_contact(contact_id).await?.ok_or(StoreError::NotFound)?;
                 let (message, seq) = self
                     .message_by_client_id(&conversation.id, &msg.client_id)
@@ -236,6 +280,7 @@ impl Store {
             body: msg.body.clone(),
             sent_at: now,
             channel: msg.channel,
+            attachments: msg.attachments.clone(),
         };
         let (role, name) = match &msg.author {
             Author::Visitor => ("visitor", None),
@@ -244,7 +289,7 @@ impl Store {
         };
         sqlx::query(
             "insert into messages (id, conversation_id, seq, client_id, author_role, agent_id, author_name, channel,
-                body, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                body, external_id, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&message.id)
         .bind(&conversation.id)
@@ -255,6 +300,7 @@ impl Store {
         .bind(name)
         .bind(channel_str(msg.channel))
         .bind(&message.body)
+        .bind(&msg.external_id)
         .bind(now)
         .execute(&mut *tx)
         .await
@@ -262,6 +308,22 @@ impl Store {
         let mut events = vec![
             insert_event(&mut tx, &conversation.id, seq, now, EventKind::Message { message: message.clone() }).await?,
         ];
+        if let Some(at) = msg.messenger_action_at {
+            sqlx::query(
+                "update contacts set messenger_last_action_at = max(coalesce(messenger_last_action_at, 0), ?),
+                    messenger_last_message_at = max(coalesce(messenger_last_message_at, 0), ?) where id = ?",
+            )
+            .bind(at)
+            .bind(at)
+            .bind(contact_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(policy) = msg.mirror
+            && let Some(event) = mirror_to_messenger(&mut tx, &conversation.id, contact_id, &message, policy, now).await?
+        {
+            events.push(event);
+        }
 
         if matches!(msg.author, Author::Visitor) && conversation.status == ConversationStatus::Resolved {
             let status_seq = bump_seq(&mut tx, &conversation.id, now).await?;
@@ -370,6 +432,63 @@ impl Store {
     }
 }
 
+/// Queues a message for Messenger in the message's own transaction, or records why it is not sent.
+async fn mirror_to_messenger(
+    tx: &mut Transaction<'_, Sqlite>,
+    conversation_id: &str,
+    contact_id: &str,
+    message: &ChatMessage,
+    policy: MirrorPolicy,
+    now: i64,
+) -> StoreResult<Option<Event>> {
+    let row: Option<(Option<String>, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "select psid, messenger_last_action_at, messenger_last_message_at from contacts where id = ?",
+    )
+    .bind(contact_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((Some(psid), last_action, last_message)) = row else { return Ok(None) };
+    let in_response_window = last_action.is_some_and(|t| now - t < RESPONSE_WINDOW_MS);
+    let in_human_window = policy.human_agent
+        && matches!(message.author, Author::Agent { .. })
+        && last_message.is_some_and(|t| now - t < HUMAN_AGENT_WINDOW_MS);
+    let messaging_type = if in_response_window {
+        "RESPONSE"
+    } else if in_human_window {
+        "HUMAN_AGENT"
+    } else {
+        let seq = bump_seq(tx, conversation_id, now).await?;
+        let detail = if policy.human_agent {
+            "Not sent to Messenger: more than 7 days since the customer last wrote there. They must write first."
+        } else {
+            "Not sent to Messenger: more than 24 hours since the customer last wrote there. They must write first."
+        };
+        let kind = EventKind::Delivery {
+            message_id: message.id.clone(),
+            channel: Channel::Messenger,
+            state: DeliveryState::NotSent,
+            detail: Some(detail.to_string()),
+        };
+        return Ok(Some(insert_event(tx, conversation_id, seq, now, kind).await?));
+    };
+    let body = message.body.clone();
+    sqlx::query(
+        "insert into outbox (conversation_id, message_id, psid, body, messaging_type, next_attempt_at, created_at,
+            updated_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(conversation_id)
+    .bind(&message.id)
+    .bind(psid)
+    .bind(body)
+    .bind(messaging_type)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(None)
+}
+
 fn channel_str(channel: Channel) -> &'static str {
     match channel {
         Channel::Web => "web",
@@ -377,7 +496,7 @@ fn channel_str(channel: Channel) -> &'static str {
     }
 }
 
-async fn bump_seq(tx: &mut Transaction<'_, Sqlite>, conversation_id: &str, now: i64) -> StoreResult<u64> {
+pub(super) async fn bump_seq(tx: &mut Transaction<'_, Sqlite>, conversation_id: &str, now: i64) -> StoreResult<u64> {
     let seq: i64 =
         sqlx::query_scalar("update conversations set last_seq = last_seq + 1, updated_at = ? where id = ? returning last_seq")
             .bind(now)
@@ -388,7 +507,7 @@ async fn bump_seq(tx: &mut Transaction<'_, Sqlite>, conversation_id: &str, now: 
     Ok(seq_of(seq))
 }
 
-async fn insert_event(
+pub(super) async fn insert_event(
     tx: &mut Transaction<'_, Sqlite>,
     conversation_id: &str,
     seq: u64,

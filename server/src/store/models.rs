@@ -44,6 +44,11 @@ pub struct Contact {
     pub timezone: Option<String>,
     pub utc_offset_minutes: Option<i32>,
     pub language: Option<String>,
+    pub psid: Option<String>,
+    pub display_name: Option<String>,
+    pub avatar_id: Option<String>,
+    pub messenger_last_action_at: Option<i64>,
+    pub messenger_last_message_at: Option<i64>,
 }
 
 /// What a contact's browser said about itself on connect.
@@ -89,4 +94,9 @@ pub struct SummaryRow {
     pub timezone: Option<String>,
     pub utc_offset_minutes: Option<i32>,
     pub language: Option<String>,
+    pub psid: Option<String>,
+    pub display_name: Option<String>,
+    pub avatar_id: Option<String>,
+    pub messenger_last_action_at: Option<i64>,
+    pub messenger_last_message_at: Option<i64>,
 }

@@ -75,6 +75,11 @@ async fn run(state: AppState, agent: AgentInfo, socket: WebSocket) {
     if send_json(&mut sink, &inbox).await.is_err() {
         return;
     }
+    for (key, message) in state.hub.alerts() {
+        if send_json(&mut sink, &ServerMsg::Alert { key, message: Some(message) }).await.is_err() {
+            return;
+        }
+    }
     let mut session = Session { state: state.clone(), agent, open: HashMap::new() };
     let mut ping = tokio::time::interval(Duration::from_secs(PING_SECS));
     ping.reset();
@@ -131,6 +136,12 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
                 Ok(events) => {
                     let last_seq = events.last().map_or(from, |e| e.seq);
                     session.open.insert(conversation_id.clone(), Relay::starting_at(last_seq));
+                    if let Some(messenger) = &state.messenger
+                        && let Ok(Some(contact)) = state.store.contact(&conversation.contact_id).await
+                        && let Some(psid) = contact.psid
+                    {
+                        messenger.mark_seen(psid);
+                    }
                     send_json(sink, &ServerMsg::History { conversation_id, events, last_seq }).await
                 }
                 Err(e) => {
@@ -167,6 +178,13 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
         ClientMsg::Typing { conversation_id, typing } => {
             if let Ok(Some(conversation)) = state.store.conversation(&conversation_id).await {
                 state.conversations.typing(&conversation, false, typing, Some(session.agent.name.clone()));
+                if typing
+                    && let Some(messenger) = &state.messenger
+                    && let Ok(Some(contact)) = state.store.contact(&conversation.contact_id).await
+                    && let Some(psid) = contact.psid
+                {
+                    messenger.typing(psid);
+                }
             }
             Ok(())
         }
@@ -200,6 +218,9 @@ async fn handle_hub(session: &mut Session, sink: &mut Sink, msg: &HubMsg) -> Res
             send_json(sink, &ServerMsg::Typing { conversation_id: conversation_id.clone(), typing: *typing }).await
         }
         HubMsg::Typing { .. } => Ok(()),
+        HubMsg::Alert { key, message } => {
+            send_json(sink, &ServerMsg::Alert { key: key.clone(), message: message.clone() }).await
+        }
         HubMsg::Event { conversation_id, event, .. } => {
             let Some(relay) = session.open.get_mut(conversation_id) else { return Ok(()) };
             let events = match relay.next(&session.state.store, conversation_id, event).await {

@@ -14,14 +14,14 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
-use protocol::{Channel, ErrorCode, Party};
+use protocol::{ErrorCode, Party};
 use serde::Deserialize;
 
 use super::{PING_SECS, Relay, Sink, close, send_close, send_json};
 use crate::auth;
 use crate::error::ApiError;
 use crate::hub::HubMsg;
-use crate::services::{Poster, ServiceError};
+use crate::services::{PostInput, Poster, ServiceError};
 use crate::state::AppState;
 use crate::store::models::{Contact, ContactContext, Conversation, Site};
 
@@ -237,7 +237,7 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
             let result = session
                 .state
                 .conversations
-                .post(&session.contact.id, &session.site.id, Poster::Visitor, &client_id, &body, Channel::Web)
+                .post(PostInput::new(&session.contact.id, &session.site.id, Poster::Visitor, &client_id, &body))
                 .await;
             let reply = match result {
                 Ok(posted) => {
@@ -255,6 +255,30 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
         ClientMsg::Typing { typing } => {
             if let Ok(Some(conversation)) = session.conversation().await {
                 session.state.conversations.typing(&conversation, true, typing, None);
+            }
+            Ok(())
+        }
+        ClientMsg::MessengerLink => {
+            let Some(messenger) = session.state.messenger.clone() else {
+                return send_json(sink, &error_frame(ErrorCode::InvalidInput, "Messenger is not available", None)).await;
+            };
+            match messenger.offer_link(&session.contact.id).await {
+                Ok(offer) => {
+                    send_json(sink, &ServerMsg::MessengerLink { url: offer.url, code: offer.code, expires_at: offer.expires_at })
+                        .await
+                }
+                Err(e) => {
+                    tracing::error!(error = ?e, "no Messenger link");
+                    send_json(sink, &error_frame(ErrorCode::Internal, "could not create a Messenger link", None)).await
+                }
+            }
+        }
+        ClientMsg::UnlinkMessenger => {
+            if let Some(messenger) = session.state.messenger.clone()
+                && let Err(e) = messenger.unlink(&session.contact.id).await
+            {
+                tracing::error!(error = ?e, "unlink failed");
+                return send_json(sink, &error_frame(ErrorCode::Internal, "could not unlink; try again", None)).await;
             }
             Ok(())
         }
@@ -288,6 +312,6 @@ async fn handle_hub(session: &mut Session, sink: &mut Sink, msg: &HubMsg) -> Res
         HubMsg::Typing { typing, name, from_visitor: false, .. } => {
             send_json(sink, &ServerMsg::Typing { typing: *typing, name: name.clone() }).await
         }
-        HubMsg::Typing { .. } | HubMsg::Summary(_) => Ok(()),
+        HubMsg::Typing { .. } | HubMsg::Summary(_) | HubMsg::Alert { .. } => Ok(()),
     }
 }

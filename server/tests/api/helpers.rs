@@ -206,3 +206,64 @@ impl Ws {
         drop(self.inner);
     }
 }
+
+/// A Parley server with the Messenger channel on, wired to a fresh sandbox (both on port 0).
+pub struct MessengerApp {
+    pub app: TestApp,
+    pub sandbox: messenger_sandbox::Sandbox,
+}
+
+pub async fn spawn_messenger_app(configure: impl FnOnce(&mut messenger_sandbox::SandboxConfig, &mut Settings)) -> MessengerApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::default();
+    settings.database.url = format!("sqlite://{}", dir.path().join("parley.db").display());
+    settings.assets.dir = dir.path().join("site");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let sandbox_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+
+    let mut sandbox_config = messenger_sandbox::SandboxConfig {
+        callback_url: Some(format!("http://{addr}/webhooks/messenger")),
+        ..Default::default()
+    };
+    let m = &mut settings.messenger;
+    m.enabled = true;
+    m.app_id = sandbox_config.app_id.clone();
+    m.page_id = sandbox_config.page_id.clone();
+    m.page_username = sandbox_config.page_username.clone();
+    m.page_token = sandbox_config.page_token.clone().into();
+    m.app_secret = sandbox_config.app_secret.clone().into();
+    m.verify_token = sandbox_config.verify_token.clone().into();
+    m.spool_dir = dir.path().join("spool");
+    m.site_key = SITE_KEY.into();
+    m.timeout_secs = 2;
+    configure(&mut sandbox_config, &mut settings);
+    let sandbox = messenger_sandbox::launch(sandbox_config, sandbox_listener).await.expect("sandbox starts");
+    settings.messenger.graph_url = sandbox.base_url().to_string();
+    settings.messenger.m_me_url = sandbox.m_me_base();
+
+    let store = Store::connect(&settings.database.url, 4).await.expect("store opens");
+    store
+        .create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there")
+        .await
+        .expect("site");
+    let agent = parley::cli::create_agent(&store, "alex@example.com", AGENT_NAME, "correct horse battery")
+        .await
+        .expect("agent");
+    let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    MessengerApp {
+        app: TestApp {
+            addr,
+            store,
+            agent_id: agent.id,
+            http: reqwest::Client::new(),
+            _dir: dir,
+            _shutdown: tx,
+        },
+        sandbox,
+    }
+}

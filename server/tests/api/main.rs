@@ -5,4 +5,5 @@ mod helpers;
 
 mod agent_ws;
 mod http;
+mod messenger;
 mod visitor_ws;

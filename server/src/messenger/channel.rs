@@ -1,0 +1,109 @@
+//! The Messenger channel's shared handle: settings, the Graph client, the spool, the link-token key, and the
+//! operations other parts of the server call (offer a link, unlink, typing, mark seen).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use super::link;
+use super::send_api::GraphClient;
+use super::spool::Spool;
+use crate::config::MessengerSettings;
+use crate::services::{Conversations, ServiceError};
+use crate::store::now_ms;
+
+/// A link to continue on Messenger.
+pub struct LinkOffer {
+    pub url: String,
+    pub code: String,
+    pub expires_at: i64,
+}
+
+pub struct Messenger {
+    pub settings: MessengerSettings,
+    pub graph: GraphClient,
+    pub spool: Spool,
+    pub conversations: Conversations,
+    /// Wakes the intake worker when a delivery was spooled.
+    pub intake_wake: Notify,
+    link_key: [u8; 32],
+    /// Last `typing_on` per PSID, to send it at most every few seconds.
+    typing_sent: Mutex<HashMap<String, Instant>>,
+}
+
+impl Messenger {
+    pub fn new(settings: MessengerSettings, conversations: Conversations, spool: Spool) -> anyhow::Result<Arc<Self>> {
+        let graph = GraphClient::new(&settings)?;
+        let link_key: [u8; 32] =
+            Sha256::digest([b"parley messenger link v1:".as_slice(), settings.app_secret.expose_secret().as_bytes()].concat())
+                .into();
+        Ok(Arc::new(Self {
+            settings,
+            graph,
+            spool,
+            conversations,
+            intake_wake: Notify::new(),
+            link_key,
+            typing_sent: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn link_key(&self) -> &[u8] {
+        &self.link_key
+    }
+
+    /// Mints a signed single-use link (and a fallback code) for a contact.
+    pub async fn offer_link(&self, contact_id: &str) -> Result<LinkOffer, ServiceError> {
+        let ttl = self.settings.link_ttl_secs.max(60);
+        let expires_secs = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX).saturating_add(ttl);
+        let (token, minted) = link::mint(&self.link_key, expires_secs);
+        let code = link::short_code();
+        let expires_at = i64::from(minted.expires_at) * 1000;
+        self.conversations.store.create_link(&minted.nonce, contact_id, &code, expires_at).await?;
+        let page = if self.settings.page_username.is_empty() { &self.settings.page_id } else { &self.settings.page_username };
+        Ok(LinkOffer {
+            url: format!("{}/{page}?ref={token}", self.settings.m_me_url.trim_end_matches('/')),
+            code,
+            expires_at,
+        })
+    }
+
+    /// "Not me": detaches the Messenger user from this contact.
+    pub async fn unlink(&self, contact_id: &str) -> Result<(), ServiceError> {
+        if let Some((conversation_id, event)) = self.conversations.store.unbind_psid(contact_id).await? {
+            self.conversations.publish_events(&conversation_id, vec![event]).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells Messenger the agent is typing (at most every 5 s per person; failures only logged).
+    pub fn typing(self: &Arc<Self>, psid: String) {
+        {
+            let mut sent = self.typing_sent.lock().unwrap_or_else(|p| p.into_inner());
+            if sent.get(&psid).is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+                return;
+            }
+            sent.insert(psid.clone(), Instant::now());
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = this.graph.sender_action(&psid, "typing_on").await {
+                tracing::debug!(error = %e, "typing_on not sent");
+            }
+        });
+    }
+
+    /// Tells Messenger the agent has seen the conversation.
+    pub fn mark_seen(self: &Arc<Self>, psid: String) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = this.graph.sender_action(&psid, "mark_seen").await {
+                tracing::debug!(error = %e, "mark_seen not sent");
+            }
+        });
+    }
+}

@@ -1,0 +1,60 @@
+//! `GET|POST /webhooks/messenger`: Meta's verification handshake and event deliveries.
+//!
+//! POST checks the signature over the exact raw bytes before anything else; a bad or missing one gets 403 and
+//! nothing is stored. A good one is spooled durably and answered 200 at once; the intake worker applies it.
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use super::signature;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct Handshake {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    verify_token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+/// Answers the subscription handshake with the raw challenge.
+pub async fn verify(State(state): State<AppState>, Query(query): Query<Handshake>) -> Response {
+    let Some(messenger) = &state.messenger else { return StatusCode::NOT_FOUND.into_response() };
+    let expected = messenger.settings.verify_token.expose_secret().as_bytes();
+    let given = query.verify_token.as_deref().unwrap_or("").as_bytes();
+    let token_ok = !expected.is_empty() && bool::from(expected.ct_eq(given));
+    match (query.mode.as_deref(), token_ok, query.challenge) {
+        (Some("subscribe"), true, Some(challenge)) => {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain")], challenge).into_response()
+        }
+        _ => {
+            tracing::info!("webhook verification refused");
+            StatusCode::FORBIDDEN.into_response()
+        }
+    }
+}
+
+/// Receives a delivery.
+pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(messenger) = &state.messenger else { return StatusCode::NOT_FOUND.into_response() };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let secret = messenger.settings.app_secret.expose_secret().as_bytes();
+    if let Err(e) = signature::verify(secret, &body, header("x-hub-signature-256"), header("x-hub-signature")) {
+        tracing::warn!(reason = %e, "webhook delivery refused");
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    if let Err(e) = messenger.spool.write(&body).await {
+        // Not stored: let Meta retry.
+        tracing::error!(error = %e, "cannot spool a webhook delivery");
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    messenger.intake_wake.notify_one();
+    (StatusCode::OK, "EVENT_RECEIVED").into_response()
+}

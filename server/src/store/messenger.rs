@@ -1,0 +1,491 @@
+//! Messenger state: PSID identities, link tokens, raw webhook deliveries, the send outbox and its delivery states,
+//! and cached attachments.
+
+use protocol::{Channel, DeliveryState, Event, EventKind, Party};
+
+use super::conversations::{CONTACT_COLUMNS, bump_seq, insert_event, seq_of};
+use super::models::Contact;
+use super::{Store, StoreResult, new_id, now_ms};
+
+/// A redeemed link token.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct LinkRow {
+    pub nonce: String,
+    pub contact_id: String,
+    pub code: String,
+    pub expires_at: i64,
+}
+
+/// One queued send.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub conversation_id: String,
+    pub message_id: Option<String>,
+    pub psid: String,
+    pub body: String,
+    pub messaging_type: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+impl Store {
+    pub async fn contact_by_psid(&self, psid: &str) -> StoreResult<Option<Contact>> {
+        Ok(sqlx::query_as::<_, Contact>(&format!("select {CONTACT_COLUMNS} from contacts where psid = ?"))
+            .bind(psid)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn contact(&self, id: &str) -> StoreResult<Option<Contact>> {
+        Ok(sqlx::query_as::<_, Contact>(&format!("select {CONTACT_COLUMNS} from contacts where id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// A contact who first wrote on Messenger.
+    pub async fn create_messenger_contact(&self, site_id: &str, psid: &str, label: &str) -> StoreResult<Contact> {
+        let now = now_ms();
+        let id = new_id();
+        sqlx::query(
+            "insert into contacts (id, site_id, label, psid, messenger_linked_at, created_at, updated_at)
+             values (?, ?, ?, ?, ?, ?, ?) on conflict do nothing",
+        )
+        .bind(&id)
+        .bind(site_id)
+        .bind(label)
+        .bind(psid)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        // Either ours, or one a concurrent delivery created first.
+        self.contact_by_psid(psid).await?.ok_or(super::StoreError::NotFound)
+    }
+
+    pub async fn set_contact_profile(&self, contact_id: &str, name: Option<&str>, avatar_id: Option<&str>) -> StoreResult<()> {
+        sqlx::query(
+            "update contacts set display_name = coalesce(?, display_name), avatar_id = coalesce(?, avatar_id),
+                updated_at = ? where id = ?",
+        )
+        .bind(name)
+        .bind(avatar_id)
+        .bind(now_ms())
+        .bind(contact_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A non-message user action on Messenger (referral, postback) reopens the 24 h window.
+    pub async fn record_messenger_action(&self, contact_id: &str, at: i64) -> StoreResult<()> {
+        sqlx::query(
+            "update contacts set messenger_last_action_at = max(coalesce(messenger_last_action_at, 0), ?) where id = ?",
+        )
+        .bind(at)
+        .bind(contact_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn create_link(&self, nonce: &str, contact_id: &str, code: &str, expires_at: i64) -> StoreResult<()> {
+        sqlx::query(
+            "insert into messenger_links (nonce, contact_id, code, expires_at, created_at) values (?, ?, ?, ?, ?)",
+        )
+        .bind(nonce)
+        .bind(contact_id)
+        .bind(code)
+        .bind(expires_at)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Uses a link token once: only the first redeemer of an unexpired token gets its row.
+    pub async fn redeem_link(&self, nonce: &str, psid: &str) -> StoreResult<Option<LinkRow>> {
+        Ok(sqlx::query_as::<_, LinkRow>(
+            "update messenger_links set used_at = ?, psid = ? where nonce = ? and used_at is null and expires_at > ?
+             returning nonce, contact_id, code, expires_at",
+        )
+        .bind(now_ms())
+        .bind(psid)
+        .bind(nonce)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Uses a fallback short code once (the newest unexpired link with that code).
+    pub async fn redeem_code(&self, code: &str, psid: &str) -> StoreResult<Option<LinkRow>> {
+        Ok(sqlx::query_as::<_, LinkRow>(
+            "update messenger_links set used_at = ?, psid = ?
+             where nonce = (select nonce from messenger_links where code = ? and used_at is null and expires_at > ?
+                            order by created_at desc limit 1)
+             returning nonce, contact_id, code, expires_at",
+        )
+        .bind(now_ms())
+        .bind(psid)
+        .bind(code)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Binds a PSID to a contact (moving it off any other contact) and logs the link in the contact's conversation.
+    pub async fn bind_psid(&self, contact_id: &str, psid: &str, name: Option<String>) -> StoreResult<Option<(String, Event)>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("update contacts set psid = null where psid = ? and id <> ?")
+            .bind(psid)
+            .bind(contact_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("update contacts set psid = ?, messenger_linked_at = ?, updated_at = ? where id = ?")
+            .bind(psid)
+            .bind(now)
+            .bind(now)
+            .bind(contact_id)
+            .execute(&mut *tx)
+            .await?;
+        let conversation: Option<String> = sqlx::query_scalar("select id from conversations where contact_id = ?")
+            .bind(contact_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let event = match conversation {
+            Some(conversation_id) => {
+                let seq = bump_seq(&mut tx, &conversation_id, now).await?;
+                let kind = EventKind::Channel { channel: Channel::Messenger, linked: true, name };
+                Some((conversation_id.clone(), insert_event(&mut tx, &conversation_id, seq, now, kind).await?))
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    /// Undoes a link ("not me"): pending sends to that PSID are dropped.
+    pub async fn unbind_psid(&self, contact_id: &str) -> StoreResult<Option<(String, Event)>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let psid: Option<Option<String>> =
+            sqlx::query_scalar("update contacts set psid = null, updated_at = ? where id = ? returning psid")
+                .bind(now)
+                .bind(contact_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let conversation: Option<String> = sqlx::query_scalar("select id from conversations where contact_id = ?")
+            .bind(contact_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let event = match (psid, conversation) {
+            (Some(_), Some(conversation_id)) => {
+                sqlx::query("update outbox set status = 'failed', last_error = 'unlinked', updated_at = ?
+                             where conversation_id = ? and status = 'pending'")
+                    .bind(now)
+                    .bind(&conversation_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let seq = bump_seq(&mut tx, &conversation_id, now).await?;
+                let kind = EventKind::Channel { channel: Channel::Messenger, linked: false, name: None };
+                Some((conversation_id.clone(), insert_event(&mut tx, &conversation_id, seq, now, kind).await?))
+            }
+            _ => None,
+        };
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    /// Stores a signed webhook delivery exactly as received.
+    pub async fn insert_webhook_delivery(&self, body: &[u8]) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("insert into webhook_deliveries (body, received_at) values (?, ?) returning id")
+            .bind(body)
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        Ok(sqlx::query_as("select id, body from webhook_deliveries where processed_at is null order by id limit ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn mark_webhook_processed(&self, id: i64, error: Option<&str>) -> StoreResult<()> {
+        sqlx::query("update webhook_deliveries set processed_at = ?, error = ? where id = ?")
+            .bind(now_ms())
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that a webhook event was applied; `false` if it already was (a redelivery).
+    pub async fn mark_applied(&self, key: &str) -> StoreResult<bool> {
+        let inserted = sqlx::query("insert into webhook_applied (key, created_at) values (?, ?) on conflict do nothing")
+            .bind(key)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// Sends due now, oldest first.
+    pub async fn due_outbox(&self, limit: i64) -> StoreResult<Vec<OutboxRow>> {
+        Ok(sqlx::query_as::<_, OutboxRow>(
+            "select id, conversation_id, message_id, psid, body, messaging_type, attempts, last_error from outbox
+             where status = 'pending' and next_attempt_at <= ? order by id limit ?",
+        )
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The oldest pending send of each PSID blocks the later ones (Messenger order matters per person).
+    pub async fn first_pending_for_psid(&self, psid: &str) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar("select min(id) from outbox where psid = ? and status = 'pending'")
+            .bind(psid)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Earliest time a pending send is due, to sleep until then.
+    pub async fn next_outbox_due(&self) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar("select min(next_attempt_at) from outbox where status = 'pending'")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Marks a send done (from the Send API's answer or from our own echo) and logs `Sent`. Idempotent.
+    pub async fn outbox_sent(&self, id: i64, external_id: &str) -> StoreResult<Option<(String, Event)>> {
+        self.outbox_settle(id, "sent", Some(external_id), None, DeliveryState::Sent).await
+    }
+
+    /// Marks a send failed for good and logs why.
+    pub async fn outbox_failed(&self, id: i64, detail: &str, state: DeliveryState) -> StoreResult<Option<(String, Event)>> {
+        self.outbox_settle(id, "failed", None, Some(detail), state).await
+    }
+
+    async fn outbox_settle(
+        &self,
+        id: i64,
+        status: &str,
+        external_id: Option<&str>,
+        detail: Option<&str>,
+        state: DeliveryState,
+    ) -> StoreResult<Option<(String, Event)>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "update outbox set status = ?, external_id = coalesce(?, external_id), last_error = coalesce(?, last_error),
+                updated_at = ? where id = ? and status = 'pending' returning conversation_id, message_id",
+        )
+        .bind(status)
+        .bind(external_id)
+        .bind(detail)
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((conversation_id, message_id)) = row else { return Ok(None) };
+        let Some(message_id) = message_id else {
+            // A send that carries no conversation message (the recap): nothing to log.
+            tx.commit().await?;
+            return Ok(None);
+        };
+        if let Some(external_id) = external_id {
+            sqlx::query("update messages set external_id = coalesce(external_id, ?) where id = ?")
+                .bind(external_id)
+                .bind(&message_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let seq = bump_seq(&mut tx, &conversation_id, now).await?;
+        let kind = EventKind::Delivery {
+            message_id,
+            channel: Channel::Messenger,
+            state,
+            detail: detail.map(str::to_string),
+        };
+        let event = insert_event(&mut tx, &conversation_id, seq, now, kind).await?;
+        tx.commit().await?;
+        Ok(Some((conversation_id, event)))
+    }
+
+    /// Schedules another try.
+    pub async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> StoreResult<()> {
+        sqlx::query(
+            "update outbox set attempts = attempts + 1, next_attempt_at = ?, last_error = ?, updated_at = ?
+             where id = ? and status = 'pending'",
+        )
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Queues a send that is not a conversation message (the recap sent when a conversation moves to Messenger).
+    pub async fn enqueue_outbox(&self, conversation_id: &str, psid: &str, body: &str) -> StoreResult<()> {
+        let now = now_ms();
+        sqlx::query(
+            "insert into outbox (conversation_id, psid, body, messaging_type, next_attempt_at, created_at, updated_at)
+             values (?, ?, ?, 'RESPONSE', ?, ?, ?)",
+        )
+        .bind(conversation_id)
+        .bind(psid)
+        .bind(body)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Mids of our sends to a PSID accepted at or before `watermark` and not yet marked delivered.
+    pub async fn sent_mids_until(&self, psid: &str, watermark: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "select external_id from outbox where psid = ? and status = 'sent' and external_id is not null
+                and updated_at <= ? order by id",
+        )
+        .bind(psid)
+        .bind(watermark.saturating_add(60_000))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The pending send that carries one of our messages (our message id travels in Send API `metadata`).
+    pub async fn outbox_for_message(&self, message_id: &str) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar("select id from outbox where message_id = ? and status = 'pending'")
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Messenger says these messages reached the customer's device.
+    pub async fn messenger_delivered(&self, mids: &[String]) -> StoreResult<Vec<(String, Event)>> {
+        let mut out = Vec::new();
+        for mid in mids {
+            let row: Option<(String, String)> =
+                sqlx::query_as("select conversation_id, id from messages where external_id = ?")
+                    .bind(mid)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            let Some((conversation_id, message_id)) = row else { continue };
+            if !self.mark_applied(&format!("delivered:{mid}")).await? {
+                continue;
+            }
+            let now = now_ms();
+            let mut tx = self.pool.begin().await?;
+            let seq = bump_seq(&mut tx, &conversation_id, now).await?;
+            let kind = EventKind::Delivery {
+                message_id,
+                channel: Channel::Messenger,
+                state: DeliveryState::Delivered,
+                detail: None,
+            };
+            let event = insert_event(&mut tx, &conversation_id, seq, now, kind).await?;
+            tx.commit().await?;
+            out.push((conversation_id, event));
+        }
+        Ok(out)
+    }
+
+    /// Messenger says the customer read everything the Page sent up to `watermark` (epoch ms): moves the
+    /// customer's read cursor to the last message sent to Messenger by then.
+    pub async fn messenger_read(&self, contact_id: &str, watermark: i64) -> StoreResult<Option<(String, Event)>> {
+        let row: Option<(String, Option<i64>)> = sqlx::query_as(
+            "select c.id, (select max(m.seq) from messages m join outbox o on o.message_id = m.id
+                 where m.conversation_id = c.id and o.status = 'sent' and o.updated_at <= ?)
+             from conversations c where c.contact_id = ?",
+        )
+        .bind(watermark.saturating_add(60_000))
+        .bind(contact_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((conversation_id, Some(seq))) = row else { return Ok(None) };
+        Ok(self
+            .mark_read(&conversation_id, Party::Visitor, seq_of(seq))
+            .await?
+            .map(|event| (conversation_id, event)))
+    }
+
+    pub async fn insert_attachment(
+        &self,
+        conversation_id: Option<&str>,
+        content_type: &str,
+        name: Option<&str>,
+        bytes: &[u8],
+    ) -> StoreResult<String> {
+        let id = crate::auth::new_token();
+        sqlx::query(
+            "insert into attachments (id, conversation_id, content_type, name, bytes, created_at) values (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(conversation_id)
+        .bind(content_type)
+        .bind(name)
+        .bind(bytes)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    pub async fn attachment(&self, id: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
+        Ok(sqlx::query_as("select content_type, bytes from attachments where id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The last `limit` messages of a conversation, oldest first (for the recap sent to Messenger).
+    pub async fn recent_messages(&self, conversation_id: &str, limit: i64) -> StoreResult<Vec<(String, String)>> {
+        let mut rows: Vec<(String, String)> = sqlx::query_as(
+            "select coalesce(author_name, case author_role when 'visitor' then 'You' else 'Us' end), body
+             from messages where conversation_id = ? and author_role <> 'system' order by seq desc limit ?",
+        )
+        .bind(conversation_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// Moves a contact's Messenger activity `by_ms` into the past, as if that time had passed. Tests use it to
+    /// cross the 24 h and 7 d windows together with the sandbox's virtual clock.
+    pub async fn age_messenger_activity(&self, contact_id: &str, by_ms: i64) -> StoreResult<()> {
+        sqlx::query(
+            "update contacts set messenger_last_action_at = messenger_last_action_at - ?,
+                messenger_last_message_at = messenger_last_message_at - ? where id = ?",
+        )
+        .bind(by_ms)
+        .bind(by_ms)
+        .bind(contact_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Number of stored webhook deliveries (for tests and diagnostics).
+    pub async fn webhook_delivery_count(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("select count(*) from webhook_deliveries").fetch_one(&self.pool).await?)
+    }
+
+    /// Sites ordered by age (the oldest is the default home of Messenger-first conversations).
+    pub async fn oldest_site_id(&self) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("select id from sites order by created_at limit 1").fetch_optional(&self.pool).await?)
+    }
+
+}

@@ -1,0 +1,589 @@
+//! The controller of the chat frame: speaks the visitor protocol over the [`Connection`], keeps [`Chat`] and the
+//! other UI signals up to date, persists the token and the outbox, and reports to the host page through [`Host`].
+//!
+//! Rules it enforces: `Hello` (token + last applied seq) first on every socket; after `Welcome`, every unacked
+//! message is re-sent with its same client id, in order; a gap in live events resumes instead of applying out of
+//! order; `Read` is sent only while the panel is open and the document visible. No `RefCell` borrow is held across
+//! a call into the connection, the host or a signal.
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use leptos::prelude::*;
+use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
+use protocol::{ErrorCode, PROTOCOL_VERSION};
+use wasm_bindgen::prelude::*;
+use web_sys::VisibilityState;
+
+use crate::boot::{self, BootConfig};
+use crate::components::panel::Panel;
+use crate::connection::{ConnEvent, Connection};
+use crate::host::{Host, HostMsg};
+use crate::js::{new_client_id, now_ms, warn};
+use crate::state::{Applied, Chat};
+use crate::storage::Store;
+use crate::typing::{self, Throttle};
+
+/// How long to wait for the loader's `init` (page URL, referrer) before connecting without it.
+const INIT_WAIT_MS: u64 = 1_500;
+/// Retry delay for sends the server refused with a retryable error.
+const RESEND_AFTER_MS: u64 = 3_000;
+
+/// State of the link to the server, as shown to the visitor.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Connecting,
+    Online,
+    Reconnecting,
+}
+
+/// The reactive state the components render. `Copy`, so views can capture it freely.
+#[derive(Clone, Copy)]
+pub struct Ui {
+    pub chat: RwSignal<Chat>,
+    pub link: RwSignal<Link>,
+    /// Name of the agent currently typing.
+    pub agent_typing: RwSignal<Option<String>>,
+    /// Whether the panel is shown on the host page.
+    pub open: RwSignal<bool>,
+    /// Bumped whenever the composer should take focus.
+    pub focus_request: RwSignal<u32>,
+    /// The current "Continue on Messenger" link and fallback code.
+    pub messenger_offer: RwSignal<Option<MessengerOffer>>,
+}
+
+/// A signed link that continues the conversation on Messenger, and the code to send there instead.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MessengerOffer {
+    pub url: String,
+    pub code: String,
+    pub expires_at: i64,
+}
+
+/// Links are asked for again this long before they expire.
+const LINK_REFRESH_MARGIN_MS: i64 = 120_000;
+
+pub struct Session {
+    pub ui: Ui,
+    pub cfg: BootConfig,
+    store: Store,
+    host: Option<Host>,
+    conn: Connection,
+    st: RefCell<St>,
+    /// Handle to itself, for timers and listeners that must not keep the session alive.
+    me: Weak<Session>,
+}
+
+#[derive(Default)]
+struct St {
+    token: Option<String>,
+    context: VisitorContext,
+    started: bool,
+    welcomed: bool,
+    ever_welcomed: bool,
+    typing: Throttle,
+    typing_idle: Option<TimeoutHandle>,
+    agent_typing_ttl: Option<TimeoutHandle>,
+    resend: Option<TimeoutHandle>,
+    posted_unread: Option<u32>,
+}
+
+/// Builds the session, mounts the panel into `<body>` and starts talking to the host page and the server.
+pub fn mount(cfg: BootConfig) {
+    let session = Session::new(cfg);
+    let for_view = session.clone();
+    leptos::mount::mount_to_body(move || view! { <Panel session=for_view/> });
+    session.after_mount();
+}
+
+impl Session {
+    fn new(cfg: BootConfig) -> Rc<Self> {
+        let location = window().location();
+        let url = boot::ws_absolute(
+            &location.protocol().unwrap_or_default(),
+            &location.host().unwrap_or_default(),
+            &cfg.ws_url,
+        );
+        let store = Store::new(&cfg.site_key);
+        let host = Host::detect(&cfg);
+        let mut chat = Chat::default();
+        chat.restore_outbox(store.outbox());
+        let ui = Ui {
+            chat: RwSignal::new(chat),
+            link: RwSignal::new(Link::Connecting),
+            agent_typing: RwSignal::new(None),
+            // Opened directly (not embedded), the page is the panel.
+            open: RwSignal::new(host.is_none()),
+            focus_request: RwSignal::new(0),
+            messenger_offer: RwSignal::new(None),
+        };
+        let st = St {
+            token: store.token(),
+            context: local_context(),
+            ..St::default()
+        };
+        Rc::new_cyclic(|weak: &Weak<Session>| {
+            let w = weak.clone();
+            let conn = Connection::new(
+                url,
+                Box::new(move |ev| {
+                    if let Some(s) = w.upgrade() {
+                        s.on_conn(ev);
+                    }
+                }),
+            );
+            Session {
+                ui,
+                cfg,
+                store,
+                host,
+                conn,
+                st: RefCell::new(st),
+                me: weak.clone(),
+            }
+        })
+    }
+
+    /// Whether the frame is embedded by an allowed host page (and so has a close button).
+    pub fn is_embedded(&self) -> bool {
+        self.host.is_some()
+    }
+
+    fn after_mount(self: &Rc<Self>) {
+        let weak = Rc::downgrade(self);
+        let w = weak.clone();
+        let _ = window_event_listener_untyped("online", move |_| {
+            if let Some(s) = w.upgrade() {
+                s.conn.kick();
+            }
+        });
+        let w = weak.clone();
+        let on_visibility = Closure::<dyn FnMut()>::new(move || {
+            if let Some(s) = w.upgrade() {
+                if document_visible() {
+                    s.conn.kick();
+                }
+                s.after_change();
+            }
+        });
+        let _ = document().add_event_listener_with_callback(
+            "visibilitychange",
+            on_visibility.as_ref().unchecked_ref(),
+        );
+        // Lives as long as the page.
+        on_visibility.forget();
+
+        let w = weak.clone();
+        let _ = window_event_listener(leptos::ev::keydown, move |ev| {
+            if ev.key() == "Escape"
+                && !ev.is_composing()
+                && let Some(s) = w.upgrade()
+            {
+                s.request_close();
+            }
+        });
+
+        match &self.host {
+            Some(host) => {
+                let w = weak.clone();
+                host.listen(move |m| {
+                    if let Some(s) = w.upgrade() {
+                        s.on_host(m);
+                    }
+                });
+                host.ready();
+                let w = weak;
+                set_timeout(
+                    move || {
+                        if let Some(s) = w.upgrade() {
+                            s.start();
+                        }
+                    },
+                    Duration::from_millis(INIT_WAIT_MS),
+                );
+            }
+            None => self.start(),
+        }
+    }
+
+    fn start(&self) {
+        if std::mem::replace(&mut self.st.borrow_mut().started, true) {
+            return;
+        }
+        self.conn.start();
+    }
+
+    fn on_host(&self, m: HostMsg) {
+        match m {
+            HostMsg::Init { page_url, referrer } => {
+                {
+                    let mut st = self.st.borrow_mut();
+                    st.context.page_url = page_url;
+                    st.context.referrer = referrer;
+                }
+                self.start();
+            }
+            HostMsg::Open => {
+                self.ui.open.set(true);
+                self.ui.focus_request.update(|n| *n = n.wrapping_add(1));
+                self.after_change();
+            }
+            HostMsg::Close => self.ui.open.set(false),
+        }
+    }
+
+    /// Asks for a fresh Messenger link when the site offers Messenger, the conversation is not there yet, and the
+    /// current link is missing or about to expire.
+    pub fn refresh_messenger_link(&self) {
+        if !self.cfg.messenger || !self.st.borrow().welcomed {
+            return;
+        }
+        if self.ui.chat.with_untracked(|c| c.messenger().is_some()) {
+            return;
+        }
+        let fresh = self
+            .ui
+            .messenger_offer
+            .with_untracked(|o| o.as_ref().is_some_and(|o| o.expires_at - now_ms() > LINK_REFRESH_MARGIN_MS));
+        if !fresh {
+            self.conn.send(&ClientMsg::MessengerLink);
+        }
+    }
+
+    fn schedule_link_refresh(&self, expires_at: i64) {
+        let wait = (expires_at - now_ms() - LINK_REFRESH_MARGIN_MS + 1_000).max(5_000);
+        let w = self.me.clone();
+        set_timeout(
+            move || {
+                if let Some(s) = w.upgrade() {
+                    s.refresh_messenger_link();
+                }
+            },
+            Duration::from_millis(u64::try_from(wait).unwrap_or(5_000)),
+        );
+    }
+
+    /// "Not you?": detach the Messenger user from this conversation.
+    pub fn unlink_messenger(&self) {
+        self.conn.send(&ClientMsg::UnlinkMessenger);
+        self.ui.messenger_offer.set(None);
+    }
+
+    /// The visitor closed the panel (close button or Escape).
+    pub fn request_close(&self) {
+        if let Some(host) = &self.host {
+            self.ui.open.set(false);
+            host.close();
+        }
+    }
+
+    fn on_conn(&self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Open => {
+                let hello = {
+                    let st = self.st.borrow();
+                    ClientMsg::Hello {
+                        protocol: PROTOCOL_VERSION,
+                        token: st.token.clone(),
+                        last_seq: self.ui.chat.with_untracked(Chat::last_seq),
+                        context: st.context.clone(),
+                    }
+                };
+                self.conn.send(&hello);
+            }
+            ConnEvent::Frame(msg) => self.on_frame(msg),
+            ConnEvent::Down => self.on_down(),
+        }
+    }
+
+    fn on_down(&self) {
+        {
+            let mut st = self.st.borrow_mut();
+            st.welcomed = false;
+            st.typing.stop();
+        }
+        self.ui.link.set(Link::Reconnecting);
+        self.ui.agent_typing.set(None);
+    }
+
+    fn on_frame(&self, msg: ServerMsg) {
+        match msg {
+            ServerMsg::Welcome {
+                token,
+                events,
+                last_seq,
+                agent_read_seq,
+                reset,
+            } => self.on_welcome(token, events, last_seq, agent_read_seq, reset),
+            ServerMsg::Event { event } => {
+                match self.ui.chat.try_update(|c| c.apply_event(event)) {
+                    Some(Applied::Gap) => {
+                        // Never apply out of order: resume from the last applied seq.
+                        self.conn.restart(true);
+                        self.on_down();
+                    }
+                    Some(Applied::Done(agent_msg)) => {
+                        if let Some(m) = agent_msg {
+                            self.ui.agent_typing.set(None);
+                            if let (Some(host), crate::state::Who::Agent(name)) =
+                                (&self.host, &m.who)
+                            {
+                                host.agent_message(name, &m.body);
+                            }
+                        }
+                        self.after_change();
+                    }
+                    Some(Applied::Stale) | None => {}
+                }
+            }
+            ServerMsg::Ack {
+                client_id,
+                message_id,
+                seq,
+            } => {
+                self.ui.chat.update(|c| {
+                    c.ack(&client_id, message_id, seq);
+                });
+                self.store.outbox_remove(&client_id);
+            }
+            ServerMsg::Typing { typing, name } => self.on_agent_typing(typing, name),
+            ServerMsg::Error {
+                code,
+                message,
+                client_id,
+            } => self.on_error(code, message, client_id),
+            ServerMsg::MessengerLink { url, code, expires_at } => {
+                self.ui.messenger_offer.set(Some(MessengerOffer { url, code, expires_at }));
+                self.schedule_link_refresh(expires_at);
+            }
+            ServerMsg::Pong | ServerMsg::Unknown => {}
+        }
+    }
+
+    fn on_welcome(
+        &self,
+        token: String,
+        events: Vec<protocol::Event>,
+        last_seq: u64,
+        agent_read_seq: u64,
+        reset: bool,
+    ) {
+        self.store.set_token(Some(&token));
+        self.st.borrow_mut().token = Some(token);
+        let Some(w) = self
+            .ui
+            .chat
+            .try_update(|c| c.apply_welcome(events, last_seq, agent_read_seq, reset))
+        else {
+            return;
+        };
+        if w.resync {
+            // Our history does not line up with the server's: rebuild it from seq 1.
+            self.ui.chat.update(Chat::reset_committed);
+            self.conn.restart(false);
+            self.on_down();
+            return;
+        }
+        let first = {
+            let mut st = self.st.borrow_mut();
+            st.welcomed = true;
+            !std::mem::replace(&mut st.ever_welcomed, true)
+        };
+        self.conn.welcomed();
+        self.ui.link.set(Link::Online);
+        self.resend_outbox();
+        self.refresh_messenger_link();
+        // The first Welcome replays history; later ones deliver what arrived while we were away.
+        if !first && let Some(host) = &self.host {
+            for m in &w.agent_messages {
+                if let crate::state::Who::Agent(name) = &m.who {
+                    host.agent_message(name, &m.body);
+                }
+            }
+        }
+        self.after_change();
+    }
+
+    fn on_error(&self, code: ErrorCode, message: String, client_id: Option<String>) {
+        match client_id {
+            Some(cid) => match code {
+                ErrorCode::RateLimited | ErrorCode::Internal => self.schedule_resend(),
+                _ => {
+                    self.ui.chat.update(|c| {
+                        c.fail(&cid, message);
+                    });
+                    self.store.outbox_remove(&cid);
+                }
+            },
+            None if code == ErrorCode::Unauthorized && !self.st.borrow().welcomed => {
+                // The token is unknown or expired: forget it and start as a new visitor.
+                let had_token = self.st.borrow_mut().token.take().is_some();
+                self.store.set_token(None);
+                self.ui.chat.update(Chat::reset_committed);
+                self.conn.restart(had_token);
+                self.on_down();
+            }
+            None => warn(&format!("parley: server error: {message}")),
+        }
+    }
+
+    fn on_agent_typing(&self, typing: bool, name: Option<String>) {
+        if let Some(h) = self.st.borrow_mut().agent_typing_ttl.take() {
+            h.clear();
+        }
+        if !typing {
+            self.ui.agent_typing.set(None);
+            return;
+        }
+        let name = name
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                self.ui
+                    .chat
+                    .with_untracked(|c| c.agent_name().map(str::to_string))
+            })
+            .unwrap_or_else(|| "Agent".into());
+        self.ui.agent_typing.set(Some(name));
+        // A lost `typing: false` must not leave the indicator up forever.
+        let agent_typing = self.ui.agent_typing;
+        self.st.borrow_mut().agent_typing_ttl = set_timeout_with_handle(
+            move || agent_typing.set(None),
+            Duration::from_millis(typing::AGENT_TYPING_TTL_MS.into()),
+        )
+        .ok();
+    }
+
+    fn resend_outbox(&self) {
+        for item in self.ui.chat.with_untracked(Chat::outbox) {
+            self.conn.send(&ClientMsg::Send {
+                client_id: item.client_id,
+                body: item.body,
+            });
+        }
+    }
+
+    /// Re-sends the outbox a little later (after a retryable error); at most one retry is pending at a time.
+    fn schedule_resend(&self) {
+        if self.st.borrow().resend.is_some() {
+            return;
+        }
+        let me = self.me.clone();
+        let handle = set_timeout_with_handle(
+            move || {
+                if let Some(s) = me.upgrade() {
+                    s.st.borrow_mut().resend = None;
+                    if s.st.borrow().welcomed {
+                        s.resend_outbox();
+                    }
+                }
+            },
+            Duration::from_millis(RESEND_AFTER_MS),
+        );
+        self.st.borrow_mut().resend = handle.ok();
+    }
+
+    /// Sends a message the visitor wrote. `Err` is a reason to show under the composer.
+    pub fn send_message(&self, body: &str) -> Result<(), &'static str> {
+        let body = body.trim();
+        protocol::validate_body(body)?;
+        let item = self
+            .ui
+            .chat
+            .try_update(|c| c.add_pending(new_client_id(), body.to_string(), now_ms()))
+            .ok_or("the chat is not available")?;
+        self.store.outbox_add(&item);
+        self.stop_typing();
+        if self.st.borrow().welcomed {
+            self.conn.send(&ClientMsg::Send {
+                client_id: item.client_id,
+                body: item.body,
+            });
+        }
+        Ok(())
+    }
+
+    /// The composer's text changed.
+    pub fn on_input(&self, has_text: bool) {
+        if !has_text {
+            self.stop_typing();
+            return;
+        }
+        let send = {
+            let mut st = self.st.borrow_mut();
+            if let Some(h) = st.typing_idle.take() {
+                h.clear();
+            }
+            st.welcomed && st.typing.input(now_ms())
+        };
+        if send {
+            self.conn.send(&ClientMsg::Typing { typing: true });
+        }
+        let weak = self.me.clone();
+        self.st.borrow_mut().typing_idle = set_timeout_with_handle(
+            move || {
+                if let Some(s) = weak.upgrade() {
+                    s.stop_typing();
+                }
+            },
+            Duration::from_millis(typing::IDLE_MS.into()),
+        )
+        .ok();
+    }
+
+    fn stop_typing(&self) {
+        let send = {
+            let mut st = self.st.borrow_mut();
+            if let Some(h) = st.typing_idle.take() {
+                h.clear();
+            }
+            st.typing.stop() && st.welcomed
+        };
+        if send {
+            self.conn.send(&ClientMsg::Typing { typing: false });
+        }
+    }
+
+    /// After anything that may change what is read or unread: mark read if the visitor can see the panel, and
+    /// report the unread count to the host page when it changed.
+    fn after_change(&self) {
+        let welcomed = self.st.borrow().welcomed;
+        let looking = self.ui.open.get_untracked() && document_visible();
+        if welcomed
+            && looking
+            && self.ui.chat.with_untracked(Chat::unread) > 0
+            && let Some(Some(up_to_seq)) = self.ui.chat.try_update(Chat::mark_read)
+        {
+            self.conn.send(&ClientMsg::Read { up_to_seq });
+        }
+        let unread = self.ui.chat.with_untracked(Chat::unread);
+        let changed = {
+            let mut st = self.st.borrow_mut();
+            st.posted_unread.replace(unread) != Some(unread)
+        };
+        if changed && let Some(host) = &self.host {
+            host.unread(unread);
+        }
+    }
+}
+
+fn document_visible() -> bool {
+    document().visibility_state() == VisibilityState::Visible
+}
+
+/// What the frame knows about the visitor itself; the loader adds the page URL and referrer.
+fn local_context() -> VisitorContext {
+    let timezone = js_sys::Intl::DateTimeFormat::new(&js_sys::Array::new(), &js_sys::Object::new())
+        .resolved_options()
+        .dyn_into::<js_sys::Object>()
+        .ok()
+        .and_then(|o| js_sys::Reflect::get(&o, &JsValue::from_str("timeZone")).ok())
+        .and_then(|v| v.as_string());
+    VisitorContext {
+        page_url: None,
+        referrer: None,
+        timezone,
+        utc_offset_minutes: Some(crate::js::utc_offset_minutes(now_ms())),
+        language: window().navigator().language(),
+    }
+}

@@ -1,0 +1,74 @@
+//! The frame's persistence: its own origin's `localStorage` only (never cookies, never URLs), under keys
+//! `parley:<site_key>:…`. When storage is blocked or full, values are kept in memory for this page's lifetime, so the
+//! chat keeps working; nothing here may fail loudly.
+
+use std::cell::RefCell;
+
+use crate::state::{self, OutboxItem};
+
+pub struct Store {
+    prefix: String,
+    local: Option<web_sys::Storage>,
+    memory: RefCell<Vec<(String, String)>>,
+}
+
+impl Store {
+    pub fn new(site_key: &str) -> Self {
+        // `localStorage` throws (SecurityError) when the browser blocks third-party storage: treat as absent.
+        let local = web_sys::window().and_then(|w| w.local_storage().ok().flatten());
+        Self {
+            prefix: format!("parley:{site_key}:"),
+            local,
+            memory: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        let key = format!("{}{name}", self.prefix);
+        if let Some(v) = self.memory.borrow().iter().find(|(k, _)| *k == key) {
+            return Some(v.1.clone());
+        }
+        self.local
+            .as_ref()
+            .and_then(|s| s.get_item(&key).ok().flatten())
+    }
+
+    fn set(&self, name: &str, value: Option<String>) {
+        let key = format!("{}{name}", self.prefix);
+        let stored = match (&self.local, &value) {
+            (Some(s), Some(v)) => s.set_item(&key, v).is_ok(),
+            (Some(s), None) => s.remove_item(&key).is_ok(),
+            (None, _) => false,
+        };
+        let mut memory = self.memory.borrow_mut();
+        memory.retain(|(k, _)| *k != key);
+        if !stored && let Some(v) = value {
+            memory.push((key, v));
+        }
+    }
+
+    pub fn token(&self) -> Option<String> {
+        self.get("token").filter(|t| !t.is_empty())
+    }
+
+    pub fn set_token(&self, token: Option<&str>) {
+        self.set("token", token.map(str::to_string));
+    }
+
+    pub fn outbox(&self) -> Vec<OutboxItem> {
+        self.get("outbox")
+            .map(|s| state::decode_outbox(&s))
+            .unwrap_or_default()
+    }
+
+    /// Read-modify-write, so entries written by other tabs of this visitor survive.
+    pub fn outbox_add(&self, item: &OutboxItem) {
+        let next = state::outbox_with(self.get("outbox").as_deref(), item);
+        self.set("outbox", Some(next));
+    }
+
+    pub fn outbox_remove(&self, client_id: &str) {
+        let next = state::outbox_without(self.get("outbox").as_deref(), client_id);
+        self.set("outbox", next);
+    }
+}
