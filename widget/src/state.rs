@@ -439,7 +439,6 @@ pub fn hex_id(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::Channel;
 
     fn msg_event(seq: u64, id: &str, client_id: &str, author: Author, body: &str) -> Event {
         Event {
@@ -453,6 +452,7 @@ mod tests {
                     body: body.into(),
                     sent_at: 1000 + seq as i64,
                     channel: Channel::Web,
+                    attachments: Vec::new(),
                 },
             },
         }
@@ -781,5 +781,25 @@ mod tests {
         let id = hex_id(&[0, 1, 0xab, 0xff, 16, 32, 64, 128, 9, 8, 7, 6, 5, 4, 3, 2]);
         assert_eq!(id, "0001abff102040800908070605040302");
         assert!(protocol::validate_client_id(&id).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod messenger_tests {
+    use super::*;
+
+    #[test]
+    fn channel_events_track_the_messenger_link_and_undo() {
+        let mut chat = Chat::default();
+        let linked = Event {
+            seq: 1,
+            at: 1,
+            kind: EventKind::Channel { channel: Channel::Messenger, linked: true, name: Some("Peter".into()) },
+        };
+        assert!(matches!(chat.apply_event(linked), Applied::Done(None)));
+        assert_eq!(chat.messenger(), Some(Some("Peter")));
+        let unlinked = Event { seq: 2, at: 2, kind: EventKind::Channel { channel: Channel::Messenger, linked: false, name: None } };
+        chat.apply_event(unlinked);
+        assert_eq!(chat.messenger(), None);
     }
 }
