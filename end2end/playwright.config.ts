@@ -8,6 +8,7 @@ import * as path from 'node:path';
 
 const chatPort = Number(process.env.PARLEY_E2E_CHAT_PORT ?? 3917);
 const hostPort = Number(process.env.PARLEY_E2E_HOST_PORT ?? 8917);
+const messengerPort = Number(process.env.PARLEY_E2E_MESSENGER_PORT ?? 3918);
 export const CHAT_ORIGIN = `http://127.0.0.1:${chatPort}`;
 export const HOST_ORIGIN = `http://127.0.0.1:${hostPort}`;
 
@@ -41,7 +42,7 @@ export default defineConfig({
     },
   },
   webServer: {
-    command: `"${bin}" demo --host-bind 127.0.0.1:${hostPort}`,
+    command: `"${bin}" demo --host-bind 127.0.0.1:${hostPort} --messenger-bind 127.0.0.1:${messengerPort}`,
     url: `${CHAT_ORIGIN}/healthz`,
     reuseExistingServer: false,
     timeout: 60_000,
@@ -50,6 +51,7 @@ export default defineConfig({
     env: {
       PARLEY_HTTP__BIND: `127.0.0.1:${chatPort}`,
       PARLEY_DATABASE__URL: `sqlite://${data}/parley.db`,
+      PARLEY_MESSENGER__SPOOL_DIR: `${data}/webhook-spool`,
       PARLEY_ASSETS__DIR: site,
       PARLEY_DEMO_EMAIL: 'agent@demo.parley',
       PARLEY_DEMO_PASSWORD: 'e2e-password-1',

@@ -4,6 +4,9 @@
 //! the agent's credentials, serves the chat server (default http://127.0.0.1:3000) and, on a *different origin*
 //! (default http://127.0.0.1:8080), a host page that embeds the widget with the one script tag, exactly as a
 //! customer's site would. The host page sends a strict CSP without `'wasm-unsafe-eval'`, to show it is not needed.
+//! Unless `--no-messenger` is given, it also starts the Messenger sandbox (default http://127.0.0.1:3001) and wires
+//! the server to it, so "Continue on Messenger" opens the sandbox's Messenger-like page for a simulated customer and
+//! the whole loop works locally without a Facebook account.
 
 use std::net::SocketAddr;
 
@@ -26,6 +29,12 @@ pub struct DemoArgs {
     /// Address of the demo host page (a different origin from the chat server).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub host_bind: SocketAddr,
+    /// Address of the Messenger sandbox (Graph API emulator and simulated customer page).
+    #[arg(long, default_value = "127.0.0.1:3001")]
+    pub messenger_bind: SocketAddr,
+    /// Run without the Messenger channel.
+    #[arg(long)]
+    pub no_messenger: bool,
     /// Demo agent email.
     #[arg(long, default_value = "agent@demo.parley", env = "PARLEY_DEMO_EMAIL")]
     pub email: String,
@@ -34,7 +43,7 @@ pub struct DemoArgs {
     pub password: String,
 }
 
-pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let host_listener = TcpListener::bind(args.host_bind)
         .await
         .with_context(|| format!("cannot listen on {} for the demo host page", args.host_bind))?;
@@ -42,6 +51,12 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(settings.http.bind)
         .await
         .with_context(|| format!("cannot listen on {}", settings.http.bind))?;
+    let chat_addr = listener.local_addr()?;
+    let sandbox = if args.no_messenger {
+        None
+    } else {
+        Some(start_sandbox(&mut settings, args.messenger_bind, chat_addr).await?)
+    };
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
     if store.site_by_key("demo").await?.is_none() {
         store
@@ -61,6 +76,9 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     println!("  Parley demo");
     println!("  host page (a customer's site):  {host_origin}/");
     println!("  agent console:                  {chat_origin}/console");
+    if let Some(sandbox) = &sandbox {
+        println!("  Messenger sandbox:              {}/__emu (simulated customers open {}/…)", sandbox.base_url(), sandbox.m_me_base());
+    }
     if agent_created {
         println!("  agent sign-in:                  {} / {}", args.email, args.password);
     } else {
@@ -72,7 +90,44 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let host_server = axum::serve(host_listener, host).with_graceful_shutdown(shutdown_signal());
     let (chat, host) = tokio::join!(app.run_until_stopped(shutdown_signal()), host_server);
     chat?;
+    if let Some(sandbox) = sandbox {
+        sandbox.shutdown().await;
+    }
     host.context("demo host page server failed")
+}
+
+/// Starts the sandbox and points the Messenger settings at it (same app, page and secrets on both sides).
+async fn start_sandbox(
+    settings: &mut Settings,
+    bind: SocketAddr,
+    chat_addr: SocketAddr,
+) -> anyhow::Result<messenger_sandbox::Sandbox> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind} for the Messenger sandbox"))?;
+    let public = if settings.http.public_url.is_empty() {
+        format!("http://{chat_addr}")
+    } else {
+        settings.public_origin()
+    };
+    let config = messenger_sandbox::SandboxConfig {
+        callback_url: Some(format!("{public}/webhooks/messenger")),
+        ..Default::default()
+    };
+    let m = &mut settings.messenger;
+    m.enabled = true;
+    m.app_id = config.app_id.clone();
+    m.page_id = config.page_id.clone();
+    m.page_username = config.page_username.clone();
+    m.page_token = config.page_token.clone().into();
+    m.app_secret = config.app_secret.clone().into();
+    m.verify_token = config.verify_token.clone().into();
+    m.site_key = "demo".into();
+    m.human_agent = config.human_agent_feature;
+    let sandbox = messenger_sandbox::launch(config, listener).await?;
+    settings.messenger.graph_url = sandbox.base_url().to_string();
+    settings.messenger.m_me_url = sandbox.m_me_base();
+    Ok(sandbox)
 }
 
 /// The demo customer site: one page embedding the widget, plus its own script using the JS API.
