@@ -87,9 +87,28 @@ impl Store {
         Ok(())
     }
 
+    /// Takes SQLite's write lock and holds it until [`WriteLock::release`]: lets tests (and operators checking
+    /// behaviour under a busy database) see what the server does while the database cannot be written.
+    pub async fn hold_write_lock(&self) -> StoreResult<WriteLock> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("begin immediate").execute(&mut *conn).await?;
+        Ok(WriteLock { conn })
+    }
+
     /// Closes the pool, waiting for connections to return.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// SQLite's write lock, held by [`Store::hold_write_lock`].
+pub struct WriteLock {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+}
+
+impl WriteLock {
+    pub async fn release(mut self) {
+        let _ = sqlx::query("commit").execute(&mut *self.conn).await;
     }
 }
 

@@ -143,6 +143,8 @@ fn build_frontend(root: &Path, assets: &Path, frontend: &Frontend) -> anyhow::Re
         .input_path(&wasm)
         .out_name(frontend.name)
         .typescript(false)
+        .remove_name_section(true)
+        .remove_producers_section(true)
         .web(true)
         .map_err(|e| anyhow::anyhow!("wasm-bindgen: {e}"))?
         .generate(&tmp)

@@ -102,14 +102,14 @@ async fn apply(messenger: &Messenger, page: &str, event: Messaging) -> Result<()
         let Some(mid) = message.mid.clone() else { return Ok(()) };
         let text = message.text.clone().unwrap_or_default();
         let mut contact = store.contact_by_psid(&psid).await?;
-        if contact.is_none() {
-            // A customer sending the code shown on the website links this thread to that conversation.
-            for code in link::short_code_candidates(&text) {
-                if let Some(row) = store.redeem_code(&code, &psid).await? {
-                    link_contact(messenger, &row.contact_id, &psid, event.timestamp).await?;
-                    contact = store.contact(&row.contact_id).await?;
-                    break;
-                }
+        // A customer sending the code shown on the website links this thread to that conversation (also when the
+        // thread already exists on its own, e.g. after a Get Started whose referral Android dropped).
+        for code in link::short_code_candidates(&text) {
+            if let Some(row) = store.redeem_code(&code, &psid).await? {
+                link_contact(messenger, &row.contact_id, &psid, event.timestamp).await?;
+                send_recap(messenger, &row.contact_id, &psid).await?;
+                contact = store.contact(&row.contact_id).await?;
+                break;
             }
         }
         let contact = match contact {

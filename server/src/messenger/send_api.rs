@@ -80,6 +80,10 @@ impl GraphError {
 
     /// Plain words for agents.
     pub fn for_agents(&self) -> String {
+        if self.subcode == Some(2_018_300) {
+            return "Not sent to Messenger: another inbox (such as Meta Business Suite) controls this conversation now."
+                .into();
+        }
         match self.disposition() {
             Disposition::Retry | Disposition::Ambiguous => "Messenger is not answering; Parley keeps trying.".into(),
             Disposition::TokenInvalid => "The Facebook Page token is invalid or revoked; an admin must renew it.".into(),

@@ -473,3 +473,127 @@ async fn attachments_from_messenger_are_downloaded_and_served() {
     assert_eq!(response.status(), 200);
     assert!(!response.bytes().await.expect("bytes").is_empty());
 }
+
+#[tokio::test]
+async fn a_delivery_is_acknowledged_while_the_database_is_locked_and_stored_once_it_is_free() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let psid = customer(&sandbox, "Slow");
+    // Another writer holds SQLite's write lock: the webhook must still be answered (from the spool).
+    let blocker = app.store.hold_write_lock().await.expect("lock");
+    sandbox.user_sends_text(&psid, "while the database is busy").expect("send");
+    let deliveries = sandbox.wait_for_deliveries(1, WAIT).await.expect("acknowledged while locked");
+    assert!(deliveries.iter().all(|d| d.attempts.last().is_some_and(|a| a.status == Some(200))));
+    blocker.release().await;
+    let events = wait_for_messages(&app, &psid, 1).await;
+    assert!(events.iter().any(|e| is_message(e, "while the database is busy")));
+}
+
+#[tokio::test]
+async fn batched_deliveries_are_all_applied() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let psid = customer(&sandbox, "Batch");
+    sandbox.push_webhook_fault(FaultRule::once(WebhookFault::Batch { events: 3, entries: 2 }));
+    for text in ["a", "b", "c"] {
+        sandbox.user_sends_text(&psid, text).expect("send");
+        sandbox.advance(Duration::from_secs(1));
+    }
+    let events = wait_for_messages(&app, &psid, 3).await;
+    let bodies: Vec<String> = events
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Message { message } => Some(message.body),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, vec!["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn a_badly_signed_delivery_is_refused_and_the_retry_applies_once() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let psid = customer(&sandbox, "Sig");
+    sandbox.push_webhook_fault(FaultRule::once(WebhookFault::BadSignature));
+    sandbox.user_sends_text(&psid, "signed twice").expect("send");
+    let deliveries = sandbox.wait_for_deliveries(1, WAIT).await.expect("delivered on retry");
+    assert!(deliveries[0].attempts.iter().any(|a| a.status == Some(403)), "{:?}", deliveries[0].attempts);
+    let events = wait_for_messages(&app, &psid, 1).await;
+    assert_eq!(events.iter().filter(|e| is_message(e, "signed twice")).count(), 1);
+}
+
+#[tokio::test]
+async fn when_android_drops_the_referral_the_short_code_still_links() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let (mut visitor, reference, code) = web_visitor_with_link(&app, "question").await;
+    let psid = customer(&sandbox, "Droid");
+    sandbox.push_webhook_fault(FaultRule::once(WebhookFault::DropReferral));
+    sandbox.user_taps_get_started(&psid, Some(&reference)).expect("tap");
+    sandbox.wait_idle(WAIT).await.expect("delivered");
+    sandbox.user_sends_text(&psid, &code).expect("send");
+    let linked = next_event(&mut visitor, |e| matches!(e.kind, EventKind::Channel { linked: true, .. })).await;
+    assert!(matches!(linked.kind, EventKind::Channel { name: Some(ref n), .. } if n == "Droid"));
+}
+
+#[tokio::test]
+async fn delivery_without_mids_and_read_watermarks_become_message_states() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let (_visitor, mut agent, conversation_id, psid) = linked(&app, &sandbox).await;
+    sandbox.push_webhook_fault(FaultRule::times(WebhookFault::NoDeliveryMids, 5));
+    let id = agent_says(&mut agent, &conversation_id, "a-1", "did you get this?").await;
+    agent_event(&mut agent, |e| {
+        matches!(&e.kind, EventKind::Delivery { message_id, state: DeliveryState::Delivered, .. } if *message_id == id)
+    })
+    .await;
+    sandbox.user_reads(&psid).expect("read");
+    let read = agent_event(&mut agent, |e| matches!(e.kind, EventKind::Read { by: protocol::Party::Visitor, .. })).await;
+    let seq_of_reply = app
+        .store
+        .events_after(&conversation_id, 0)
+        .await
+        .expect("events")
+        .into_iter()
+        .find(|e| matches!(&e.kind, EventKind::Message { message } if message.id == id))
+        .expect("the reply")
+        .seq;
+    assert!(matches!(read.kind, EventKind::Read { up_to_seq, .. } if up_to_seq >= seq_of_reply));
+}
+
+#[tokio::test]
+async fn undoing_the_link_stops_the_mirror() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let (mut visitor, mut agent, conversation_id, _psid) = linked(&app, &sandbox).await;
+    visitor.send(&ClientMsg::UnlinkMessenger).await;
+    next_event(&mut visitor, |e| matches!(e.kind, EventKind::Channel { linked: false, .. })).await;
+    agent_says(&mut agent, &conversation_id, "a-1", "web only now").await;
+    next_event(&mut visitor, |e| is_message(e, "web only now")).await;
+    // Sent to Messenger: only the recap.
+    assert_eq!(sandbox.sent_messages().len(), 1);
+    let summary = app.store.summaries().await.expect("summaries").remove(0);
+    assert!(summary.psid.is_none());
+}
+
+#[tokio::test]
+async fn agent_typing_shows_in_messenger() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let (_visitor, mut agent, conversation_id, psid) = linked(&app, &sandbox).await;
+    agent.send(&console::ClientMsg::Typing { conversation_id, typing: true }).await;
+    sandbox
+        .wait_until(WAIT, |s| s.thread(&psid).filter(|t| t.typing).map(|_| ()))
+        .await
+        .expect("typing_on reached Messenger");
+}
+
+#[tokio::test]
+async fn page_inbox_owning_the_thread_and_server_errors_are_told_apart() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let (_visitor, mut agent, conversation_id, _psid) = linked(&app, &sandbox).await;
+    // A 502 with an HTML page is retried.
+    sandbox.push_send_fault(FaultRule::once(SendFault::ServerError { status: 502 }));
+    let retried = agent_says(&mut agent, &conversation_id, "a-1", "after a 502").await;
+    assert_eq!(delivery_state(&mut agent, &retried).await.0, DeliveryState::Sent);
+    // The Page inbox taking the thread is not retried, and agents are told why.
+    sandbox.push_send_fault(FaultRule::once(SendFault::InboxTakesThread));
+    let refused = agent_says(&mut agent, &conversation_id, "a-2", "owned elsewhere").await;
+    let (state, detail) = delivery_state(&mut agent, &refused).await;
+    assert_eq!(state, DeliveryState::Failed);
+    assert!(detail.unwrap_or_default().contains("another inbox"));
+}
