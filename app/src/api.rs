@@ -1,0 +1,223 @@
+//! The console's server functions (mounted under `/api/console/…`) and the error type they share.
+//!
+//! They stay thin: read the session cookie from the request, call the [`ConsoleBackend`](crate::backend::ConsoleBackend)
+//! the server put in context, and translate failures into [`ConsoleError`], worded for the agent. The session token
+//! only ever travels in the HttpOnly cookie: it is never logged, returned to the page, or put in a URL.
+
+use leptos::prelude::*;
+use leptos::server_fn::codec::JsonEncoding;
+use leptos::server_fn::error::{FromServerFnError, ServerFnErrorErr};
+use protocol::Event;
+use protocol::console::{AgentInfo, ConversationSummary};
+use serde::{Deserialize, Serialize};
+
+/// Why a console request failed; `Display` is the sentence shown to the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleError {
+    /// Login with an unknown email or a wrong password.
+    WrongCredentials,
+    /// No valid session (never signed in, signed out, or expired).
+    SignedOut,
+    /// The conversation does not exist.
+    NotFound,
+    /// The server refused, and says why (e.g. too many login attempts).
+    Refused(String),
+    /// The server failed; details are in its log.
+    Server,
+    /// The request did not reach the server.
+    Unreachable,
+}
+
+impl std::fmt::Display for ConsoleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::WrongCredentials => "Wrong email or password.",
+            Self::SignedOut => "Your session has ended. Sign in again.",
+            Self::NotFound => "This conversation does not exist.",
+            Self::Refused(why) => why,
+            Self::Server => "Something went wrong on the server. Try again.",
+            Self::Unreachable => "Could not reach the server. Check your connection and try again.",
+        })
+    }
+}
+
+impl std::error::Error for ConsoleError {}
+
+impl FromServerFnError for ConsoleError {
+    type Encoder = JsonEncoding;
+
+    fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
+        match value {
+            ServerFnErrorErr::Request(_) => Self::Unreachable,
+            _ => Self::Server,
+        }
+    }
+}
+
+/// The signed-in agent and the inbox, for the server-rendered console.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxSnapshot {
+    pub agent: AgentInfo,
+    pub conversations: Vec<ConversationSummary>,
+    /// Server time (epoch ms), so relative times render the same on the server and during hydration.
+    pub now: i64,
+}
+
+/// One conversation and its whole log, for the server-rendered conversation view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationSnapshot {
+    pub summary: ConversationSummary,
+    pub events: Vec<Event>,
+}
+
+/// Checks the credentials; on success sets the session cookie and redirects to the inbox.
+#[server(endpoint = "console/login")]
+pub async fn login(email: String, password: String) -> Result<(), ConsoleError> {
+    let email = email.trim();
+    if email.is_empty() || password.is_empty() {
+        return Err(ConsoleError::WrongCredentials);
+    }
+    let backend = ssr::backend()?;
+    let session = backend
+        .login(email, &password)
+        .await
+        .map_err(ssr::from_backend)?
+        .ok_or(ConsoleError::WrongCredentials)?;
+    let mut cookie = format!(
+        "{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        crate::backend::SESSION_COOKIE,
+        session.token,
+        session.max_age_secs.max(0)
+    );
+    if backend.secure_cookies() {
+        cookie.push_str("; Secure");
+    }
+    ssr::set_cookie(&cookie)?;
+    leptos_axum::redirect("/console");
+    Ok(())
+}
+
+/// Ends the session, clears the cookie and redirects to the login page.
+#[server(endpoint = "console/logout")]
+pub async fn logout() -> Result<(), ConsoleError> {
+    let backend = ssr::backend()?;
+    if let Some(token) = ssr::session_token() {
+        backend.logout(&token).await.map_err(ssr::from_backend)?;
+    }
+    let mut cookie = format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        crate::backend::SESSION_COOKIE
+    );
+    if backend.secure_cookies() {
+        cookie.push_str("; Secure");
+    }
+    ssr::set_cookie(&cookie)?;
+    leptos_axum::redirect("/console/login");
+    Ok(())
+}
+
+/// The signed-in agent, or `None` without a valid session.
+#[server(endpoint = "console/session")]
+pub async fn current_agent() -> Result<Option<AgentInfo>, ConsoleError> {
+    ssr::no_store();
+    ssr::agent().await
+}
+
+/// The agent and every conversation, most recent activity first.
+#[server(endpoint = "console/inbox")]
+pub async fn load_inbox() -> Result<InboxSnapshot, ConsoleError> {
+    ssr::no_store();
+    let agent = ssr::agent().await?.ok_or(ConsoleError::SignedOut)?;
+    let conversations = ssr::backend()?.inbox().await.map_err(ssr::from_backend)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    Ok(InboxSnapshot {
+        agent,
+        conversations,
+        now,
+    })
+}
+
+/// One conversation with its whole log.
+#[server(endpoint = "console/conversation")]
+pub async fn load_conversation(id: String) -> Result<ConversationSnapshot, ConsoleError> {
+    ssr::no_store();
+    ssr::agent().await?.ok_or(ConsoleError::SignedOut)?;
+    let (summary, events) = ssr::backend()?
+        .conversation(&id)
+        .await
+        .map_err(ssr::from_backend)?
+        .ok_or(ConsoleError::NotFound)?;
+    Ok(ConversationSnapshot { summary, events })
+}
+
+#[cfg(feature = "ssr")]
+mod ssr {
+    use std::sync::Arc;
+
+    use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
+    use http::{HeaderValue, request::Parts};
+    use leptos::prelude::*;
+    use leptos_axum::ResponseOptions;
+    use protocol::console::AgentInfo;
+
+    use super::ConsoleError;
+    use crate::backend::{BackendError, ConsoleBackend, SESSION_COOKIE};
+
+    pub fn backend() -> Result<Arc<dyn ConsoleBackend>, ConsoleError> {
+        use_context::<Arc<dyn ConsoleBackend>>().ok_or_else(|| {
+            leptos::logging::error!(
+                "console: no ConsoleBackend in context; the server must provide it"
+            );
+            ConsoleError::Server
+        })
+    }
+
+    pub fn from_backend(e: BackendError) -> ConsoleError {
+        match e {
+            BackendError::Refused(why) => ConsoleError::Refused(why),
+            BackendError::Internal => ConsoleError::Server,
+        }
+    }
+
+    /// The session token from the request's `Cookie` header(s).
+    pub fn session_token() -> Option<String> {
+        let parts = use_context::<Parts>()?;
+        parts
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
+            .map(|(_, value)| value.to_owned())
+    }
+
+    pub async fn agent() -> Result<Option<AgentInfo>, ConsoleError> {
+        let Some(token) = session_token() else {
+            return Ok(None);
+        };
+        backend()?
+            .agent_for_session(&token)
+            .await
+            .map_err(from_backend)
+    }
+
+    pub fn set_cookie(cookie: &str) -> Result<(), ConsoleError> {
+        let value = HeaderValue::from_str(cookie).map_err(|_| ConsoleError::Server)?;
+        if let Some(res) = use_context::<ResponseOptions>() {
+            res.append_header(SET_COOKIE, value);
+        }
+        Ok(())
+    }
+
+    /// Console data is per agent: keep it out of shared caches and the back-forward cache of other users.
+    pub fn no_store() {
+        if let Some(res) = use_context::<ResponseOptions>() {
+            res.insert_header(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+    }
+}
