@@ -13,8 +13,8 @@ export const CHAT_ORIGIN = `http://127.0.0.1:${chatPort}`;
 export const HOST_ORIGIN = `http://127.0.0.1:${hostPort}`;
 
 const root = path.resolve(__dirname, '..');
-const bin = process.env.PARLEY_BIN ?? path.join(root, 'target/debug/parley');
-const site = process.env.PARLEY_SITE_DIR ?? path.join(root, 'target/site');
+const bin = process.env.PARLEY_E2E_BIN ?? path.join(root, 'target/debug/parley');
+const site = process.env.PARLEY_E2E_SITE_DIR ?? path.join(root, 'target/site');
 const data = fs.mkdtempSync(path.join(os.tmpdir(), 'parley-e2e-'));
 
 export default defineConfig({

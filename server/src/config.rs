@@ -191,7 +191,9 @@ impl Settings {
             anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("PARLEY_").split("__").ignore(&["config"]));
+        // Only `PARLEY_<SECTION>__<KEY>` names are settings; other PARLEY_* variables (PARLEY_CONFIG,
+        // PARLEY_DEMO_PASSWORD, ...) belong to the command line.
+        figment = figment.merge(Env::prefixed("PARLEY_").filter(|key| key.as_str().contains("__")).split("__"));
         figment.extract().context("invalid configuration")
     }
 
@@ -219,6 +221,18 @@ mod tests {
             assert_eq!(s.http.bind.port(), 4000);
             assert_eq!(s.database.url, "sqlite://y.db");
             assert_eq!(s.limits.connection_queue, 256);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn parley_variables_that_are_not_settings_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PARLEY_DEMO_PASSWORD", "x");
+            jail.set_env("PARLEY_CONFIG", "nope.toml");
+            jail.set_env("PARLEY_HTTP__PUBLIC_URL", "https://chat.example");
+            let s = Settings::load(Some(Path::new("/dev/null"))).expect("loads");
+            assert_eq!(s.public_origin(), "https://chat.example");
             Ok(())
         });
     }

@@ -83,8 +83,8 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
             std::process::Command::new("npx")
                 .args(["playwright", "test"])
                 .current_dir(root.join("end2end"))
-                .env("PARLEY_BIN", build::target_dir(root).join("debug/parley"))
-                .env("PARLEY_SITE_DIR", build::target_dir(root).join("site")),
+                .env("PARLEY_E2E_BIN", build::target_dir(root).join("debug/parley"))
+                .env("PARLEY_E2E_SITE_DIR", build::target_dir(root).join("site")),
         )?;
     }
     println!("xtask: all tests passed in {:.0?}", started.elapsed());
