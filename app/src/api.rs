@@ -81,8 +81,11 @@ pub async fn login(email: String, password: String) -> Result<(), ConsoleError> 
     let session = backend
         .login(email, &password)
         .await
-        .map_err(ssr::from_backend)?
-        .ok_or(ConsoleError::WrongCredentials)?;
+        .map_err(ssr::from_backend)?;
+    let Some(session) = session else {
+        ssr::set_status(http::StatusCode::UNAUTHORIZED);
+        return Err(ConsoleError::WrongCredentials);
+    };
     let mut cookie = format!(
         "{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         crate::backend::SESSION_COOKIE,
@@ -212,6 +215,12 @@ mod ssr {
             res.append_header(SET_COOKIE, value);
         }
         Ok(())
+    }
+
+    pub fn set_status(status: http::StatusCode) {
+        if let Some(res) = use_context::<ResponseOptions>() {
+            res.set_status(status);
+        }
     }
 
     /// Console data is per agent: keep it out of shared caches and the back-forward cache of other users.

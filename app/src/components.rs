@@ -4,4 +4,5 @@ pub mod composer;
 pub mod connection_banner;
 pub mod conversation_list;
 pub mod message_log;
+pub mod messenger_window;
 pub mod visitor_details;

@@ -93,6 +93,17 @@ pub fn ago(ms: i64, now: i64, offset_minutes: i32) -> String {
 }
 
 /// A duration for countdowns: "45 min", "5 h 20 min", "3 d 4 h".
+/// The Messenger reply window open now, in words, e.g. "Open, 3 h 20 min left".
+pub fn messenger_window(m: &protocol::console::MessengerInfo, now: i64) -> String {
+    match (m.response_until, m.human_agent_until) {
+        (Some(until), _) if until > now => format!("Open, {} left", remaining(until - now)),
+        (_, Some(until)) if until > now => {
+            format!("Human agent replies only, {} left", remaining(until - now))
+        }
+        _ => "Closed: the customer has to write first".to_owned(),
+    }
+}
+
 pub fn remaining(ms: i64) -> String {
     let ms = ms.max(0);
     if ms < HOUR {

@@ -28,6 +28,8 @@ test('a web chat continues on Messenger as one conversation', async ({ browser }
   const agent = await signInAgent(browser);
   await agentOpens(agent, fromMessenger);
   await expect(agent.getByRole('log')).toContainText(first);
+  // Before typing, the agent sees that the Messenger window is open and how long for.
+  await expect(agent.getByText(/Messenger reply window: Open, .* left/)).toBeVisible();
   const reply = unique('Yes, I changed it for you.');
   await agentReplies(agent, reply);
   await expect(thread).toContainText(reply);

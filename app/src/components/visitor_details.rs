@@ -35,20 +35,7 @@ pub fn VisitorDetails(summary: Memo<Option<ConversationSummary>>) -> impl IntoVi
     let messenger =
         Memo::new(move |_| summary.with(|s| s.as_ref().and_then(|s| s.messenger.clone())));
     let window = move || {
-        messenger.with(|m| {
-            let m = m.as_ref()?;
-            let now = live.now.get();
-            Some(match (m.response_until, m.human_agent_until) {
-                (Some(until), _) if until > now => {
-                    format!("Open, {} left", time::remaining(until - now))
-                }
-                (_, Some(until)) if until > now => format!(
-                    "Human agent replies only, {} left",
-                    time::remaining(until - now)
-                ),
-                _ => "Closed: the customer has to write first".to_owned(),
-            })
-        })
+        messenger.with(|m| m.as_ref().map(|m| time::messenger_window(m, live.now.get())))
     };
     let local_time = move || {
         summary.with(|s| {

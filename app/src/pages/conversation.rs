@@ -10,6 +10,7 @@ use protocol::ConversationStatus;
 
 use crate::api::{ConsoleError, load_conversation};
 use crate::components::composer::Composer;
+use crate::components::messenger_window::MessengerWindow;
 use crate::components::message_log::MessageLog;
 use crate::components::visitor_details::VisitorDetails;
 use crate::live::use_live;
@@ -135,6 +136,7 @@ fn Conversation(id: Memo<String>) -> impl IntoView {
                     }}
                 </header>
                 <MessageLog id />
+                <MessengerWindow summary />
                 <Composer id />
             </section>
             <VisitorDetails summary />
