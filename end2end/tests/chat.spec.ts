@@ -38,6 +38,10 @@ test('a visitor and an agent chat live across origins', async ({ browser }) => {
   await agentOpens(agent, question);
   // The agent read it: the visitor's message turns to "Read".
   await expect(visitor.chat.getByText('Read').first()).toBeVisible();
+  // Visitor details: the page they are on, the browser, their local time.
+  await expect(agent.getByRole('link', { name: `${HOST_ORIGIN}/` })).toBeVisible();
+  await expect(agent.getByText(/Chrome.* on Linux/)).toBeVisible();
+  await expect(agent.getByText('Local time')).toBeVisible();
 
   // Typing indicators both ways.
   await visitor.chat.getByRole('textbox', { name: 'Type a message' }).pressSequentially('Also', { delay: 20 });
@@ -58,6 +62,13 @@ test('a visitor and an agent chat live across origins', async ({ browser }) => {
   await expect(composer).toHaveValue('line one\nline two');
   await composer.press('Enter');
   await expect(agent.getByRole('log')).toContainText('line two');
+
+  // Resolve and reopen.
+  await agent.getByRole('button', { name: 'Resolve' }).click();
+  await expect(agent.getByRole('button', { name: 'Reopen' })).toBeVisible();
+  await expect(visitor.chat.getByText('This conversation was marked as resolved.')).toBeVisible();
+  await agent.getByRole('button', { name: 'Reopen' }).click();
+  await expect(agent.getByRole('button', { name: 'Resolve' })).toBeVisible();
 
   // Visitor text is rendered as text, never as HTML.
   const hostile = `<img src=x onerror="document.title='pwned'"> ${unique('tag')}`;

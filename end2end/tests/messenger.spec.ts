@@ -34,6 +34,9 @@ test('a web chat continues on Messenger as one conversation', async ({ browser }
   await agentReplies(agent, reply);
   await expect(thread).toContainText(reply);
   await expect(visitor.chat.getByRole('log')).toContainText(reply);
+  // The reply's Messenger delivery shows in the widget and the console.
+  await expect(visitor.chat.getByText(/(Sent to|Delivered on|Seen on) Messenger/).first()).toBeVisible();
+  await expect(agent.getByText(/(Sent|Delivered|Read) on Messenger/).first()).toBeVisible();
 
   await visitor.context.close();
   await agent.context().close();

@@ -6,7 +6,7 @@
 //! host. Invariants: a message appears once (keyed by its client id for the visitor's own messages, by server id
 //! otherwise); committed messages are ordered by `seq`; pending ones follow in the order they were written.
 
-use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, Event, EventKind, Party};
+use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
 use serde::{Deserialize, Serialize};
 
 /// Who wrote a message.
@@ -51,6 +51,8 @@ pub struct Msg {
     pub via_messenger: bool,
     /// Files that came with it (served by the chat server).
     pub attachments: Vec<Attachment>,
+    /// How far an agent reply got on Messenger (sent, delivered, seen), when it was mirrored there.
+    pub messenger_state: Option<DeliveryState>,
 }
 
 impl Msg {
@@ -112,6 +114,11 @@ impl Chat {
     /// Name of the agent who wrote last.
     pub fn agent_name(&self) -> Option<&str> {
         self.agent_name.as_deref()
+    }
+
+    /// How far the message with this render key got on Messenger.
+    pub fn messenger_state(&self, key: &str) -> Option<DeliveryState> {
+        self.messages.iter().find(|m| m.key == key).and_then(|m| m.messenger_state)
     }
 
     /// `Some(first name)` while the conversation continues on Messenger.
@@ -297,6 +304,7 @@ impl Chat {
                         failed: None,
                         via_messenger: false,
                         attachments: Vec::new(),
+                        messenger_state: None,
                     });
                     self.sort();
                 }
@@ -304,6 +312,19 @@ impl Chat {
             }
             EventKind::Channel { channel: Channel::Messenger, linked, name } => {
                 self.messenger = linked.then_some(name);
+            }
+            EventKind::Delivery { message_id, channel: Channel::Messenger, state, .. } => {
+                let rank = |s: DeliveryState| match s {
+                    DeliveryState::Sent => 1,
+                    DeliveryState::Delivered => 2,
+                    DeliveryState::Read => 3,
+                    _ => 0,
+                };
+                if let Some(m) = self.messages.iter_mut().find(|m| m.id.as_deref() == Some(message_id.as_str()))
+                    && rank(state) > m.messenger_state.map_or(0, rank)
+                {
+                    m.messenger_state = Some(state);
+                }
             }
             EventKind::Channel { .. } | EventKind::Delivery { .. } | EventKind::Unknown => {}
         }
@@ -354,6 +375,7 @@ impl Chat {
             failed: None,
             via_messenger: msg.channel == Channel::Messenger,
             attachments: msg.attachments,
+            messenger_state: None,
         };
         let agent = matches!(m.who, Who::Agent(_)).then(|| m.clone());
         self.messages.push(m);
@@ -386,6 +408,7 @@ fn pending(item: OutboxItem) -> Msg {
         failed: None,
         via_messenger: false,
         attachments: Vec::new(),
+        messenger_state: None,
     }
 }
 

@@ -186,6 +186,8 @@ pub struct Thread {
     pub delivered_watermark: i64,
     /// The Page shows a typing indicator.
     pub typing: bool,
+    /// How many `mark_seen` sender actions the Page sent.
+    pub page_seen_count: u32,
     /// World version of the last change (for long polls).
     pub version: u64,
     /// Real instants of recent sends (per-thread rate limit).
@@ -216,6 +218,9 @@ pub struct ThreadView {
     pub messages: Vec<ThreadMessage>,
     /// The Page shows a typing indicator.
     pub typing: bool,
+    /// How many `mark_seen` sender actions the Page sent.
+    #[serde(default)]
+    pub page_seen_count: u32,
     /// Version for `?since=` long polls.
     pub version: u64,
     /// Last user action (virtual epoch ms).
@@ -675,6 +680,7 @@ impl World {
             get_started_available: self.get_started_payload().is_some(),
             messages: thread.messages.clone(),
             typing: thread.typing,
+            page_seen_count: thread.page_seen_count,
             version: thread.version,
             last_user_action_ms: thread.last_user_action_ms,
             last_user_message_ms: thread.last_user_message_ms,

@@ -572,9 +572,14 @@ async fn undoing_the_link_stops_the_mirror() {
 }
 
 #[tokio::test]
-async fn agent_typing_shows_in_messenger() {
+async fn agent_typing_shows_in_messenger_and_opening_the_conversation_marks_it_seen() {
     let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
     let (_visitor, mut agent, conversation_id, psid) = linked(&app, &sandbox).await;
+    // `linked` opened the conversation in the console.
+    sandbox
+        .wait_until(WAIT, |s| s.thread(&psid).filter(|t| t.page_seen_count > 0).map(|_| ()))
+        .await
+        .expect("mark_seen reached Messenger");
     agent.send(&console::ClientMsg::Typing { conversation_id, typing: true }).await;
     sandbox
         .wait_until(WAIT, |s| s.thread(&psid).filter(|t| t.typing).map(|_| ()))

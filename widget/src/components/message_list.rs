@@ -92,6 +92,17 @@ fn row(chat: RwSignal<Chat>, m: Msg) -> impl IntoView {
     let author =
         (!author.is_empty()).then(|| view! { <span class="msg-author">{author}</span> " " });
     let channel = m.via_messenger.then(|| view! { <span class="msg-channel">"via Messenger"</span> " " });
+    let mirrored = matches!(m.who, Who::Agent(_)).then(|| {
+        let key = m.key.clone();
+        let state = Memo::new(move |_| chat.with(|c| c.messenger_state(&key)));
+        let text = move || match state.get() {
+            Some(protocol::DeliveryState::Sent) => "Sent to Messenger",
+            Some(protocol::DeliveryState::Delivered) => "Delivered on Messenger",
+            Some(protocol::DeliveryState::Read) => "Seen on Messenger",
+            _ => "",
+        };
+        view! { <p class="msg-status" hidden=move || text().is_empty()>{text}</p> }
+    });
     let attachments = (!m.attachments.is_empty()).then(|| {
         m.attachments
             .iter()
@@ -113,6 +124,7 @@ fn row(chat: RwSignal<Chat>, m: Msg) -> impl IntoView {
             <p class="msg-meta">{author}{channel}<span class="msg-time">{time}</span></p>
             <p class="msg-body">{m.body}</p>
             {attachments}
+            {mirrored}
             {delivery}
         </div>
     }

@@ -525,6 +525,7 @@ fn process(
             match action.as_str() {
                 "typing_on" => thread.typing = true,
                 "typing_off" => thread.typing = false,
+                "mark_seen" => thread.page_seen_count += 1,
                 "react" | "unreact" => {
                     let target = payload
                         .as_ref()
