@@ -7,12 +7,18 @@
 pub mod agent;
 pub mod visitor;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::SplitSink;
-use futures_util::SinkExt;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use protocol::Event;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
+use crate::hub::{HubMsg, HubReceiver};
 use crate::store::{Store, StoreResult};
 
 /// Close codes we use.
@@ -62,6 +68,84 @@ impl Relay {
 }
 
 type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+/// Reads the next client frame; `None` when the socket ended. Control frames are skipped.
+async fn next_frame<T: DeserializeOwned>(stream: &mut Stream) -> Option<Result<T, String>> {
+    loop {
+        match stream.next().await? {
+            Ok(Message::Text(text)) => {
+                return Some(serde_json::from_str(text.as_str()).map_err(|e| format!("bad frame: {e}")));
+            }
+            Ok(Message::Binary(_)) => return Some(Err("binary frames are not supported".into())),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+        }
+    }
+}
+
+/// One side's handling of an established socket (visitor or agent).
+trait Connection {
+    type Client: DeserializeOwned;
+
+    /// Answers a client frame; an error ends the connection.
+    async fn on_client(&mut self, sink: &mut Sink, msg: Self::Client) -> Result<(), axum::Error>;
+    /// Forwards a hub message; an error ends the connection.
+    async fn on_hub(&mut self, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error>;
+    /// The frame telling the client its frame could not be read.
+    fn bad_frame(&self, why: &str) -> impl Serialize;
+}
+
+/// Runs a socket until it ends: client frames, hub messages, pings every [`PING_SECS`], and shutdown (1001).
+/// A hub queue that overflowed closes with 1013 so the client resumes from its last seq.
+async fn serve<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    hub_rx: &mut HubReceiver,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ping = tokio::time::interval(Duration::from_secs(PING_SECS));
+    ping.reset();
+    loop {
+        tokio::select! {
+            frame = next_frame::<C::Client>(stream) => match frame {
+                None => break,
+                Some(Ok(msg)) => {
+                    if conn.on_client(sink, msg).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Err(why)) => {
+                    if send_json(sink, &conn.bad_frame(&why)).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            hub = hub_rx.recv() => match hub {
+                None => {
+                    send_close(sink, close::TRY_AGAIN_LATER, "too slow; resume").await;
+                    break;
+                }
+                Some(msg) => {
+                    let msg: Arc<HubMsg> = msg;
+                    if conn.on_hub(sink, &msg).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            _ = shutdown.changed() => {
+                send_close(sink, close::GOING_AWAY, "server restarting").await;
+                break;
+            }
+        }
+    }
+}
 
 /// Sends one JSON frame.
 async fn send_json<T: Serialize>(sink: &mut Sink, msg: &T) -> Result<(), axum::Error> {

@@ -116,24 +116,8 @@ async fn apply(messenger: &Messenger, page: &str, event: Messaging) -> Result<()
             Some(c) => c,
             None => new_messenger_contact(messenger, &psid).await?,
         };
-        let attachments = download_attachments(messenger, &message.attachments).await;
-        let body = if text.is_empty() && attachments.is_empty() { "[unsupported message]".to_string() } else { text };
-        let client_id = format!("fb-{}", short_hash(&mid));
-        messenger
-            .conversations
-            .post(PostInput {
-                contact_id: &contact.id,
-                site_id: &contact.site_id,
-                poster: Poster::Visitor,
-                client_id: &client_id,
-                body: body.trim(),
-                channel: Channel::Messenger,
-                external_id: Some(mid),
-                attachments,
-                messenger_action_at: Some(event.timestamp.min(now_ms())),
-            })
-            .await?;
-        return Ok(());
+        let action_at = Some(event.timestamp.min(now_ms()));
+        return post_from_messenger(messenger, &contact, Poster::Visitor, mid, message, action_at).await;
     }
 
     if let Some(postback) = &event.postback {
@@ -199,6 +183,19 @@ async fn apply_echo(messenger: &Messenger, psid: &str, message: &super::graph_ty
         None => new_messenger_contact(messenger, psid).await?,
     };
     let name = if message.app_id.as_deref() == Some(PAGE_INBOX_APP_ID) { "Page inbox" } else { "Page" };
+    post_from_messenger(messenger, &contact, Poster::Page { name }, mid, message, None).await
+}
+
+/// Posts a message that arrived from Messenger (the customer's, or one the Page sent from elsewhere), keyed by
+/// its `mid` so a redelivery is stored once.
+async fn post_from_messenger(
+    messenger: &Messenger,
+    contact: &Contact,
+    poster: Poster<'_>,
+    mid: String,
+    message: &super::graph_types::Message,
+    messenger_action_at: Option<i64>,
+) -> Result<(), ServiceError> {
     let text = message.text.clone().unwrap_or_default();
     let attachments = download_attachments(messenger, &message.attachments).await;
     let body = if text.is_empty() && attachments.is_empty() { "[unsupported message]".to_string() } else { text };
@@ -208,13 +205,13 @@ async fn apply_echo(messenger: &Messenger, psid: &str, message: &super::graph_ty
         .post(PostInput {
             contact_id: &contact.id,
             site_id: &contact.site_id,
-            poster: Poster::Page { name },
+            poster,
             client_id: &client_id,
             body: body.trim(),
             channel: Channel::Messenger,
             external_id: Some(mid),
             attachments,
-            messenger_action_at: None,
+            messenger_action_at,
         })
         .await?;
     Ok(())

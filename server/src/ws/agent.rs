@@ -5,19 +5,17 @@
 //! only after `open`, each through its own [`Relay`].
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
 use axum::response::Response;
 use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
 use protocol::console::{AgentInfo, ClientMsg, ServerMsg};
 use protocol::{ErrorCode, Party};
 
-use super::{PING_SECS, Relay, Sink, close, send_close, send_json};
+use super::{Connection, Relay, Sink, close, send_close, send_json, serve};
 use crate::console::session_agent;
 use crate::error::ApiError;
 use crate::hub::HubMsg;
@@ -36,19 +34,6 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebS
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| run(state, agent, socket)))
-}
-
-async fn next_frame(stream: &mut SplitStream<WebSocket>) -> Option<Result<ClientMsg, String>> {
-    loop {
-        match stream.next().await? {
-            Ok(Message::Text(text)) => {
-                return Some(serde_json::from_str(text.as_str()).map_err(|e| format!("bad frame: {e}")));
-            }
-            Ok(Message::Binary(_)) => return Some(Err("binary frames are not supported".into())),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
-        }
-    }
 }
 
 struct Session {
@@ -81,45 +66,22 @@ async fn run(state: AppState, agent: AgentInfo, socket: WebSocket) {
         }
     }
     let mut session = Session { state: state.clone(), agent, open: HashMap::new() };
-    let mut ping = tokio::time::interval(Duration::from_secs(PING_SECS));
-    ping.reset();
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        tokio::select! {
-            frame = next_frame(&mut stream) => match frame {
-                None => break,
-                Some(Ok(msg)) => {
-                    if handle_client(&mut session, &mut sink, msg).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Err(why)) => {
-                    if send_json(&mut sink, &error_frame(ErrorCode::BadFrame, &why, None)).await.is_err() {
-                        break;
-                    }
-                }
-            },
-            hub = hub_rx.recv() => match hub {
-                None => {
-                    send_close(&mut sink, close::TRY_AGAIN_LATER, "too slow; resume").await;
-                    break;
-                }
-                Some(msg) => {
-                    if handle_hub(&mut session, &mut sink, &msg).await.is_err() {
-                        break;
-                    }
-                }
-            },
-            _ = ping.tick() => {
-                if futures_util::SinkExt::send(&mut sink, Message::Ping(Default::default())).await.is_err() {
-                    break;
-                }
-            }
-            _ = shutdown.changed() => {
-                send_close(&mut sink, close::GOING_AWAY, "server restarting").await;
-                break;
-            }
-        }
+    serve(&mut session, &mut sink, &mut stream, &mut hub_rx, state.shutdown.clone()).await;
+}
+
+impl Connection for Session {
+    type Client = ClientMsg;
+
+    async fn on_client(&mut self, sink: &mut Sink, msg: ClientMsg) -> Result<(), axum::Error> {
+        handle_client(self, sink, msg).await
+    }
+
+    async fn on_hub(&mut self, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error> {
+        handle_hub(self, sink, msg).await
+    }
+
+    fn bad_frame(&self, why: &str) -> impl serde::Serialize {
+        error_frame(ErrorCode::BadFrame, why, None)
     }
 }
 

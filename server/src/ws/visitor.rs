@@ -6,18 +6,17 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::{ORIGIN, USER_AGENT};
 use axum::response::Response;
 use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
 use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
 use protocol::{ErrorCode, Party};
 use serde::Deserialize;
 
-use super::{PING_SECS, Relay, Sink, close, send_close, send_json};
+use super::{Connection, Relay, Sink, close, next_frame, send_close, send_json, serve};
 use crate::auth;
 use crate::error::ApiError;
 use crate::hub::HubMsg;
@@ -65,20 +64,6 @@ fn contact_context(ctx: VisitorContext, user_agent: Option<String>) -> ContactCo
         timezone: clip(ctx.timezone, 64),
         utc_offset_minutes: ctx.utc_offset_minutes.filter(|m| (-16 * 60..=16 * 60).contains(m)),
         language: clip(ctx.language, 35),
-    }
-}
-
-/// Reads the next client frame; `None` when the socket ended. Pings/pongs are skipped.
-async fn next_frame(stream: &mut SplitStream<WebSocket>) -> Option<Result<ClientMsg, String>> {
-    loop {
-        match stream.next().await? {
-            Ok(Message::Text(text)) => {
-                return Some(serde_json::from_str(text.as_str()).map_err(|e| format!("bad frame: {e}")));
-            }
-            Ok(Message::Binary(_)) => return Some(Err("binary frames are not supported".into())),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
-        }
     }
 }
 
@@ -133,46 +118,7 @@ async fn run(state: AppState, site: Site, user_agent: Option<String>, socket: We
     }
     announce_presence(&session).await;
 
-    let mut ping = tokio::time::interval(Duration::from_secs(PING_SECS));
-    ping.reset();
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        tokio::select! {
-            frame = next_frame(&mut stream) => match frame {
-                None => break,
-                Some(Ok(msg)) => {
-                    if handle_client(&mut session, &mut sink, msg).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Err(why)) => {
-                    if send_json(&mut sink, &error_frame(ErrorCode::BadFrame, &why, None)).await.is_err() {
-                        break;
-                    }
-                }
-            },
-            hub = hub_rx.recv() => match hub {
-                None => {
-                    send_close(&mut sink, close::TRY_AGAIN_LATER, "too slow; resume").await;
-                    break;
-                }
-                Some(msg) => {
-                    if handle_hub(&mut session, &mut sink, &msg).await.is_err() {
-                        break;
-                    }
-                }
-            },
-            _ = ping.tick() => {
-                if futures_util::SinkExt::send(&mut sink, Message::Ping(Default::default())).await.is_err() {
-                    break;
-                }
-            }
-            _ = shutdown.changed() => {
-                send_close(&mut sink, close::GOING_AWAY, "server restarting").await;
-                break;
-            }
-        }
-    }
+    serve(&mut session, &mut sink, &mut stream, &mut hub_rx, state.shutdown.clone()).await;
     drop(registration);
     announce_presence(&session).await;
 }
@@ -225,6 +171,22 @@ async fn announce_presence(session: &Session) {
 
 fn error_frame(code: ErrorCode, message: &str, client_id: Option<String>) -> ServerMsg {
     ServerMsg::Error { code, message: message.to_string(), client_id }
+}
+
+impl Connection for Session {
+    type Client = ClientMsg;
+
+    async fn on_client(&mut self, sink: &mut Sink, msg: ClientMsg) -> Result<(), axum::Error> {
+        handle_client(self, sink, msg).await
+    }
+
+    async fn on_hub(&mut self, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error> {
+        handle_hub(self, sink, msg).await
+    }
+
+    fn bad_frame(&self, why: &str) -> impl serde::Serialize {
+        error_frame(ErrorCode::BadFrame, why, None)
+    }
 }
 
 async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -> Result<(), axum::Error> {

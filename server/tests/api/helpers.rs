@@ -31,9 +31,20 @@ pub struct TestApp {
 /// Boots the app on port 0 with a fresh database holding one site and one agent.
 pub async fn spawn_app() -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
+    let settings = test_settings(&dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    start(settings, listener, dir).await
+}
+
+fn test_settings(dir: &tempfile::TempDir) -> Settings {
     let mut settings = Settings::default();
     settings.database.url = format!("sqlite://{}", dir.path().join("parley.db").display());
     settings.assets.dir = dir.path().join("site");
+    settings
+}
+
+/// Seeds the database and runs the app on `listener` until the returned `TestApp` is dropped.
+async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempfile::TempDir) -> TestApp {
     let store = Store::connect(&settings.database.url, 4).await.expect("store opens");
     store
         .create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there")
@@ -42,9 +53,8 @@ pub async fn spawn_app() -> TestApp {
     let agent = parley::cli::create_agent(&store, "alex@example.com", AGENT_NAME, "correct horse battery")
         .await
         .expect("agent");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
     let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
-    let addr = app.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
@@ -213,11 +223,11 @@ pub struct MessengerApp {
     pub sandbox: messenger_sandbox::Sandbox,
 }
 
-pub async fn spawn_messenger_app(configure: impl FnOnce(&mut messenger_sandbox::SandboxConfig, &mut Settings)) -> MessengerApp {
+pub async fn spawn_messenger_app(
+    configure: impl FnOnce(&mut messenger_sandbox::SandboxConfig, &mut Settings),
+) -> MessengerApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings::default();
-    settings.database.url = format!("sqlite://{}", dir.path().join("parley.db").display());
-    settings.assets.dir = dir.path().join("site");
+    let mut settings = test_settings(&dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let sandbox_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -241,29 +251,5 @@ pub async fn spawn_messenger_app(configure: impl FnOnce(&mut messenger_sandbox::
     let sandbox = messenger_sandbox::launch(sandbox_config, sandbox_listener).await.expect("sandbox starts");
     settings.messenger.graph_url = sandbox.base_url().to_string();
     settings.messenger.m_me_url = sandbox.m_me_base();
-
-    let store = Store::connect(&settings.database.url, 4).await.expect("store opens");
-    store
-        .create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there")
-        .await
-        .expect("site");
-    let agent = parley::cli::create_agent(&store, "alex@example.com", AGENT_NAME, "correct horse battery")
-        .await
-        .expect("agent");
-    let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
-    MessengerApp {
-        app: TestApp {
-            addr,
-            store,
-            agent_id: agent.id,
-            http: reqwest::Client::new(),
-            _dir: dir,
-            _shutdown: tx,
-        },
-        sandbox,
-    }
+    MessengerApp { app: start(settings, listener, dir).await, sandbox }
 }
