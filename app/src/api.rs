@@ -78,10 +78,7 @@ pub async fn login(email: String, password: String) -> Result<(), ConsoleError> 
         return Err(ConsoleError::WrongCredentials);
     }
     let backend = ssr::backend()?;
-    let session = backend
-        .login(email, &password)
-        .await
-        .map_err(ssr::from_backend)?;
+    let session = backend.login(email, &password).await.map_err(ssr::from_backend)?;
     let Some(session) = session else {
         ssr::set_status(http::StatusCode::UNAUTHORIZED);
         return Err(ConsoleError::WrongCredentials);
@@ -107,10 +104,7 @@ pub async fn logout() -> Result<(), ConsoleError> {
     if let Some(token) = ssr::session_token() {
         backend.logout(&token).await.map_err(ssr::from_backend)?;
     }
-    let mut cookie = format!(
-        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-        crate::backend::SESSION_COOKIE
-    );
+    let mut cookie = format!("{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0", crate::backend::SESSION_COOKIE);
     if backend.secure_cookies() {
         cookie.push_str("; Secure");
     }
@@ -136,11 +130,7 @@ pub async fn load_inbox() -> Result<InboxSnapshot, ConsoleError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    Ok(InboxSnapshot {
-        agent,
-        conversations,
-        now,
-    })
+    Ok(InboxSnapshot { agent, conversations, now })
 }
 
 /// One conversation with its whole log.
@@ -148,11 +138,8 @@ pub async fn load_inbox() -> Result<InboxSnapshot, ConsoleError> {
 pub async fn load_conversation(id: String) -> Result<ConversationSnapshot, ConsoleError> {
     ssr::no_store();
     ssr::agent().await?.ok_or(ConsoleError::SignedOut)?;
-    let (summary, events) = ssr::backend()?
-        .conversation(&id)
-        .await
-        .map_err(ssr::from_backend)?
-        .ok_or(ConsoleError::NotFound)?;
+    let (summary, events) =
+        ssr::backend()?.conversation(&id).await.map_err(ssr::from_backend)?.ok_or(ConsoleError::NotFound)?;
     Ok(ConversationSnapshot { summary, events })
 }
 
@@ -171,9 +158,7 @@ mod ssr {
 
     pub fn backend() -> Result<Arc<dyn ConsoleBackend>, ConsoleError> {
         use_context::<Arc<dyn ConsoleBackend>>().ok_or_else(|| {
-            leptos::logging::error!(
-                "console: no ConsoleBackend in context; the server must provide it"
-            );
+            leptos::logging::error!("console: no ConsoleBackend in context; the server must provide it");
             ConsoleError::Server
         })
     }
@@ -203,10 +188,7 @@ mod ssr {
         let Some(token) = session_token() else {
             return Ok(None);
         };
-        backend()?
-            .agent_for_session(&token)
-            .await
-            .map_err(from_backend)
+        backend()?.agent_for_session(&token).await.map_err(from_backend)
     }
 
     pub fn set_cookie(cookie: &str) -> Result<(), ConsoleError> {

@@ -104,16 +104,9 @@ fn ConsoleLayout() -> impl IntoView {
 fn SignedIn() -> impl IntoView {
     let live = crate::live::use_live();
     let logout = ServerAction::<Logout>::new();
-    let agent_name = move || {
-        live.state
-            .with(|s| s.agent.as_ref().map(|a| a.name.clone()).unwrap_or_default())
-    };
+    let agent_name = move || live.state.with(|s| s.agent.as_ref().map(|a| a.name.clone()).unwrap_or_default());
     let location = use_location();
-    let in_conversation = move || {
-        location
-            .pathname
-            .with(|p| p.starts_with("/console/conversations/"))
-    };
+    let in_conversation = move || location.pathname.with(|p| p.starts_with("/console/conversations/"));
     // Effects only run in the browser, after hydration: that is when the live socket opens.
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| live.start());

@@ -59,46 +59,29 @@ impl Live {
         if self.now.get_untracked() == 0 {
             self.now.set(snap.now);
         }
-        self.state
-            .update(|s| s.seed_inbox(snap.agent, snap.conversations));
+        self.state.update(|s| s.seed_inbox(snap.agent, snap.conversations));
     }
 
     /// Takes a server-rendered conversation; events already applied are skipped.
     pub fn seed_conversation(&self, snap: ConversationSnapshot) {
-        let out = self
-            .state
-            .try_update(|s| s.seed_conversation(snap.summary, snap.events))
-            .unwrap_or_default();
+        let out = self.state.try_update(|s| s.seed_conversation(snap.summary, snap.events)).unwrap_or_default();
         self.send_all(out);
     }
 
     /// The UTC offset (minutes) to show a time in: the browser's once hydrated, UTC before.
     pub fn offset_at(&self, ms: i64) -> i32 {
-        if self.local_tz.get() {
-            browser_offset(ms)
-        } else {
-            0
-        }
+        if self.local_tz.get() { browser_offset(ms) } else { 0 }
     }
 
     pub fn open(&self, conversation_id: &str) {
-        let out = self
-            .state
-            .try_update(|s| s.open(conversation_id))
-            .unwrap_or_default();
+        let out = self.state.try_update(|s| s.open(conversation_id)).unwrap_or_default();
         self.send_all(out);
     }
 
     pub fn leave(&self, conversation_id: &str) {
         let out = self
             .state
-            .try_update(|s| {
-                if s.current.as_deref() == Some(conversation_id) {
-                    s.close()
-                } else {
-                    Vec::new()
-                }
-            })
+            .try_update(|s| if s.current.as_deref() == Some(conversation_id) { s.close() } else { Vec::new() })
             .unwrap_or_default();
         self.send_all(out);
     }
@@ -122,19 +105,13 @@ impl Live {
     }
 
     pub fn set_status(&self, conversation_id: &str, status: ConversationStatus) {
-        if let Some(msg) = self
-            .state
-            .try_update(|s| s.set_status(conversation_id, status))
-        {
+        if let Some(msg) = self.state.try_update(|s| s.set_status(conversation_id, status)) {
             self.send(msg);
         }
     }
 
     pub fn typing(&self, conversation_id: &str, typing: bool) {
-        self.send(ClientMsg::Typing {
-            conversation_id: conversation_id.to_owned(),
-            typing,
-        });
+        self.send(ClientMsg::Typing { conversation_id: conversation_id.to_owned(), typing });
     }
 
     /// Reports new visitor messages of the shown conversation as read (no-op if nothing new or tab hidden).
@@ -143,19 +120,10 @@ impl Live {
             return;
         }
         // Check before writing: callers track the state, and a write that changes nothing would still wake them.
-        if self
-            .state
-            .try_with_untracked(|s| s.read_pending(conversation_id))
-            .flatten()
-            .is_none()
-        {
+        if self.state.try_with_untracked(|s| s.read_pending(conversation_id)).flatten().is_none() {
             return;
         }
-        if let Some(msg) = self
-            .state
-            .try_update(|s| s.read_due(conversation_id))
-            .flatten()
-        {
+        if let Some(msg) = self.state.try_update(|s| s.read_due(conversation_id)).flatten() {
             self.send(msg);
         }
     }
@@ -229,8 +197,7 @@ fn new_client_id() -> String {
     let Ok(crypto) = window().crypto() else {
         return fallback_id();
     };
-    let has_uuid =
-        js_sys::Reflect::get(&crypto, &"randomUUID".into()).is_ok_and(|f| f.is_function());
+    let has_uuid = js_sys::Reflect::get(&crypto, &"randomUUID".into()).is_ok_and(|f| f.is_function());
     if has_uuid {
         return crypto.random_uuid();
     }
@@ -261,14 +228,7 @@ fn uuid_v4(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 #[cfg(feature = "hydrate")]
@@ -366,10 +326,8 @@ mod socket {
                     }
                 }
             });
-            let _ = document().add_event_listener_with_callback(
-                "visibilitychange",
-                visibility.as_ref().unchecked_ref(),
-            );
+            let _ =
+                document().add_event_listener_with_callback("visibilitychange", visibility.as_ref().unchecked_ref());
 
             {
                 let mut l = link.borrow_mut();
@@ -398,10 +356,7 @@ mod socket {
                 h.remove();
             }
             if let Some(v) = l.visibility.take() {
-                let _ = document().remove_event_listener_with_callback(
-                    "visibilitychange",
-                    v.as_ref().unchecked_ref(),
-                );
+                let _ = document().remove_event_listener_with_callback("visibilitychange", v.as_ref().unchecked_ref());
             }
             if let Some(ws) = l.ws.take() {
                 detach(&ws);
@@ -424,11 +379,7 @@ mod socket {
 
     fn socket_url() -> Option<String> {
         let location = window().location();
-        let scheme = if location.protocol().ok()? == "https:" {
-            "wss"
-        } else {
-            "ws"
-        };
+        let scheme = if location.protocol().ok()? == "https:" { "wss" } else { "ws" };
         Some(format!("{scheme}://{}/ws/agent", location.host().ok()?))
     }
 
@@ -463,10 +414,7 @@ mod socket {
         let weak = Rc::downgrade(link);
         let on_message = Handler::new(move |ev: JsValue| {
             let Some(link) = weak.upgrade() else { return };
-            let Some(text) = ev
-                .dyn_ref::<MessageEvent>()
-                .and_then(|m| m.data().as_string())
-            else {
+            let Some(text) = ev.dyn_ref::<MessageEvent>().and_then(|m| m.data().as_string()) else {
                 return;
             };
             on_frame(&link, &text);
@@ -493,10 +441,7 @@ mod socket {
         };
         live.conn.try_set(ConnState::Online);
         live.now.try_set(js_sys::Date::now() as i64);
-        let out = live
-            .state
-            .try_update(|s| s.on_connected())
-            .unwrap_or_default();
+        let out = live.state.try_update(|s| s.on_connected()).unwrap_or_default();
         let l = link.borrow();
         for msg in &out {
             l.send(msg);
@@ -518,10 +463,7 @@ mod socket {
             link.borrow_mut().attempt = 0;
         }
         let typing_in = match &msg {
-            ServerMsg::Typing {
-                conversation_id,
-                typing: true,
-            } => Some(conversation_id.clone()),
+            ServerMsg::Typing { conversation_id, typing: true } => Some(conversation_id.clone()),
             _ => None,
         };
         let Some(out) = live.state.try_update(|s| s.apply(msg)) else {
@@ -622,16 +564,12 @@ mod socket {
     }
 
     fn expire_typing_later(live: Live, conversation_id: String) {
-        let Some(generation) = live
-            .state
-            .with_untracked(|s| s.typing_generation(&conversation_id))
-        else {
+        let Some(generation) = live.state.with_untracked(|s| s.typing_generation(&conversation_id)) else {
             return;
         };
         let _ = set_timeout_with_handle(
             move || {
-                live.state
-                    .try_update(|s| s.expire_typing(&conversation_id, generation));
+                live.state.try_update(|s| s.expire_typing(&conversation_id, generation));
             },
             TYPING_TTL,
         );

@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use protocol::console::{AgentInfo, ClientMsg, ConversationSummary, ServerMsg};
 use protocol::{
-    Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, ErrorCode, Event,
-    EventKind, Party,
+    Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, ErrorCode, Event, EventKind, Party,
 };
 
 /// Delivery state of one of the agent's replies, as shown under it.
@@ -171,15 +170,7 @@ impl Thread {
         self.last_seq = event.seq;
         match event.kind {
             EventKind::Message { message } => {
-                let ChatMessage {
-                    id,
-                    client_id,
-                    author,
-                    body,
-                    sent_at,
-                    channel,
-                    attachments,
-                } = message;
+                let ChatMessage { id, client_id, author, body, sent_at, channel, attachments } = message;
                 let duplicate = self.entries.iter().any(|e| match e {
                     Entry::Message { key, .. } => *key == client_id || *key == id,
                     Entry::Status { .. } | Entry::Channel { .. } => false,
@@ -190,11 +181,7 @@ impl Thread {
                 if author == Author::Visitor {
                     self.last_visitor_seq = event.seq;
                 }
-                let key = if client_id.is_empty() {
-                    id.clone()
-                } else {
-                    client_id
-                };
+                let key = if client_id.is_empty() { id.clone() } else { client_id };
                 self.entries.push(Entry::Message {
                     key,
                     id: Some(id),
@@ -206,16 +193,10 @@ impl Thread {
                     attachments,
                 });
             }
-            EventKind::Read {
-                by: Party::Visitor,
-                up_to_seq,
-            } => {
+            EventKind::Read { by: Party::Visitor, up_to_seq } => {
                 self.visitor_read_seq = self.visitor_read_seq.max(up_to_seq);
             }
-            EventKind::Read {
-                by: Party::Agent,
-                up_to_seq,
-            } => {
+            EventKind::Read { by: Party::Agent, up_to_seq } => {
                 self.agent_read_seq = self.agent_read_seq.max(up_to_seq);
             }
             EventKind::Status { status, by } => {
@@ -227,26 +208,10 @@ impl Thread {
                     at: event.at,
                 });
             }
-            EventKind::Delivery {
-                message_id,
-                channel,
-                state,
-                detail,
-            } => {
-                self.deliveries.insert(
-                    message_id,
-                    ChannelDelivery {
-                        channel,
-                        state,
-                        detail,
-                    },
-                );
+            EventKind::Delivery { message_id, channel, state, detail } => {
+                self.deliveries.insert(message_id, ChannelDelivery { channel, state, detail });
             }
-            EventKind::Channel {
-                channel,
-                linked,
-                name,
-            } => {
+            EventKind::Channel { channel, linked, name } => {
                 self.entries.push(Entry::Channel {
                     key: format!("channel-{}", event.seq),
                     channel,
@@ -260,9 +225,7 @@ impl Thread {
     }
 
     fn holds_client_id(&self, client_id: &str) -> bool {
-        self.entries
-            .iter()
-            .any(|e| matches!(e, Entry::Message { key, .. } if key == client_id))
+        self.entries.iter().any(|e| matches!(e, Entry::Message { key, .. } if key == client_id))
     }
 }
 
@@ -304,11 +267,7 @@ impl ConsoleState {
     }
 
     /// Seeds one conversation from the server-rendered snapshot (idempotent: already applied events are skipped).
-    pub fn seed_conversation(
-        &mut self,
-        summary: ConversationSummary,
-        events: Vec<Event>,
-    ) -> Vec<ClientMsg> {
+    pub fn seed_conversation(&mut self, summary: ConversationSummary, events: Vec<Event>) -> Vec<ClientMsg> {
         let id = summary.id.clone();
         self.upsert_if_newer(summary);
         self.apply_events(&id, events)
@@ -323,19 +282,14 @@ impl ConsoleState {
         let mut out = self.close();
         self.current = Some(id.to_owned());
         let thread = self.threads.entry(id.to_owned()).or_default();
-        out.push(ClientMsg::Open {
-            conversation_id: id.to_owned(),
-            since_seq: thread.last_seq,
-        });
+        out.push(ClientMsg::Open { conversation_id: id.to_owned(), since_seq: thread.last_seq });
         out
     }
 
     /// Leaves the current conversation.
     pub fn close(&mut self) -> Vec<ClientMsg> {
         match self.current.take() {
-            Some(id) => vec![ClientMsg::Close {
-                conversation_id: id,
-            }],
+            Some(id) => vec![ClientMsg::Close { conversation_id: id }],
             None => Vec::new(),
         }
     }
@@ -347,10 +301,7 @@ impl ConsoleState {
         let mut out = Vec::new();
         if let Some(id) = &self.current {
             let since_seq = self.threads.get(id).map_or(0, |t| t.last_seq);
-            out.push(ClientMsg::Open {
-                conversation_id: id.clone(),
-                since_seq,
-            });
+            out.push(ClientMsg::Open { conversation_id: id.clone(), since_seq });
         }
         // The server may have forgotten the read cursor we sent while the socket died.
         self.read_sent.clear();
@@ -369,10 +320,7 @@ impl ConsoleState {
     /// Applies one frame from the server; returns frames to send in answer (a re-`Open` when a gap is detected).
     pub fn apply(&mut self, msg: ServerMsg) -> Vec<ClientMsg> {
         match msg {
-            ServerMsg::Inbox {
-                agent,
-                conversations,
-            } => {
+            ServerMsg::Inbox { agent, conversations } => {
                 self.agent = Some(agent);
                 self.conversations = conversations;
                 self.inbox_live = true;
@@ -383,19 +331,9 @@ impl ConsoleState {
                 self.upsert(conversation);
                 Vec::new()
             }
-            ServerMsg::History {
-                conversation_id,
-                events,
-                last_seq: _,
-            } => self.apply_events(&conversation_id, events),
-            ServerMsg::Event {
-                conversation_id,
-                event,
-            } => self.apply_events(&conversation_id, vec![event]),
-            ServerMsg::Typing {
-                conversation_id,
-                typing,
-            } => {
+            ServerMsg::History { conversation_id, events, last_seq: _ } => self.apply_events(&conversation_id, events),
+            ServerMsg::Event { conversation_id, event } => self.apply_events(&conversation_id, vec![event]),
+            ServerMsg::Typing { conversation_id, typing } => {
                 if typing {
                     self.typing_generation += 1;
                     self.typing.insert(conversation_id, self.typing_generation);
@@ -404,16 +342,8 @@ impl ConsoleState {
                 }
                 Vec::new()
             }
-            ServerMsg::Ack {
-                conversation_id,
-                client_id,
-                message_id: _,
-                seq,
-            } => {
-                let committed = self
-                    .threads
-                    .get(&conversation_id)
-                    .is_some_and(|t| t.holds_client_id(&client_id));
+            ServerMsg::Ack { conversation_id, client_id, message_id: _, seq } => {
+                let committed = self.threads.get(&conversation_id).is_some_and(|t| t.holds_client_id(&client_id));
                 if committed {
                     self.outbox.retain(|o| o.client_id != client_id);
                 } else if let Some(o) = self.outbox.iter_mut().find(|o| o.client_id == client_id) {
@@ -422,20 +352,14 @@ impl ConsoleState {
                 }
                 Vec::new()
             }
-            ServerMsg::Error {
-                code,
-                message,
-                client_id,
-            } => {
+            ServerMsg::Error { code, message, client_id } => {
                 match client_id.and_then(|id| self.outbox.iter_mut().find(|o| o.client_id == id)) {
                     // Transient failures keep the reply queued; the next reconnect re-sends it.
                     Some(_) if matches!(code, ErrorCode::Internal | ErrorCode::RateLimited) => {}
                     Some(o) => o.failed = Some(failure_text(code, &message)),
                     None => match code {
                         ErrorCode::Unauthorized => self.signed_out = true,
-                        ErrorCode::NotFound => {
-                            self.notice = Some("This conversation does not exist.".to_owned())
-                        }
+                        ErrorCode::NotFound => self.notice = Some("This conversation does not exist.".to_owned()),
                         _ => {}
                     },
                 }
@@ -470,11 +394,7 @@ impl ConsoleState {
             seq: None,
             failed: None,
         });
-        Ok(ClientMsg::Send {
-            conversation_id: conversation_id.to_owned(),
-            client_id,
-            body: body.to_owned(),
-        })
+        Ok(ClientMsg::Send { conversation_id: conversation_id.to_owned(), client_id, body: body.to_owned() })
     }
 
     /// Re-sends a failed reply with its original client id.
@@ -519,32 +439,18 @@ impl ConsoleState {
     pub fn read_due(&mut self, conversation_id: &str) -> Option<ClientMsg> {
         let up_to_seq = self.read_pending(conversation_id)?;
         self.read_sent.insert(conversation_id.to_owned(), up_to_seq);
-        if let Some(s) = self
-            .conversations
-            .iter_mut()
-            .find(|s| s.id == conversation_id)
-        {
+        if let Some(s) = self.conversations.iter_mut().find(|s| s.id == conversation_id) {
             s.unread = 0;
         }
-        Some(ClientMsg::Read {
-            conversation_id: conversation_id.to_owned(),
-            up_to_seq,
-        })
+        Some(ClientMsg::Read { conversation_id: conversation_id.to_owned(), up_to_seq })
     }
 
     /// Optimistically changes a conversation's status and returns the frame to send.
     pub fn set_status(&mut self, conversation_id: &str, status: ConversationStatus) -> ClientMsg {
-        if let Some(s) = self
-            .conversations
-            .iter_mut()
-            .find(|s| s.id == conversation_id)
-        {
+        if let Some(s) = self.conversations.iter_mut().find(|s| s.id == conversation_id) {
             s.status = status;
         }
-        ClientMsg::SetStatus {
-            conversation_id: conversation_id.to_owned(),
-            status,
-        }
+        ClientMsg::SetStatus { conversation_id: conversation_id.to_owned(), status }
     }
 
     pub fn summary(&self, conversation_id: &str) -> Option<&ConversationSummary> {
@@ -553,31 +459,18 @@ impl ConsoleState {
 
     /// The conversation's lines: the applied log, then replies still in the outbox, oldest first.
     pub fn timeline(&self, conversation_id: &str) -> Vec<Entry> {
-        let mut out = self
-            .threads
-            .get(conversation_id)
-            .map(|t| t.entries.clone())
-            .unwrap_or_default();
-        let name = self
-            .agent
-            .as_ref()
-            .map(|a| a.name.clone())
-            .unwrap_or_default();
-        out.extend(
-            self.outbox
-                .iter()
-                .filter(|o| o.conversation_id == conversation_id)
-                .map(|o| Entry::Message {
-                    key: o.client_id.clone(),
-                    id: None,
-                    seq: o.seq,
-                    author: Author::Agent { name: name.clone() },
-                    body: o.body.clone(),
-                    at: o.created_at,
-                    channel: Channel::Web,
-                    attachments: Vec::new(),
-                }),
-        );
+        let mut out = self.threads.get(conversation_id).map(|t| t.entries.clone()).unwrap_or_default();
+        let name = self.agent.as_ref().map(|a| a.name.clone()).unwrap_or_default();
+        out.extend(self.outbox.iter().filter(|o| o.conversation_id == conversation_id).map(|o| Entry::Message {
+            key: o.client_id.clone(),
+            id: None,
+            seq: o.seq,
+            author: Author::Agent { name: name.clone() },
+            body: o.body.clone(),
+            at: o.created_at,
+            channel: Channel::Web,
+            attachments: Vec::new(),
+        }));
         out
     }
 
@@ -587,49 +480,27 @@ impl ConsoleState {
             return Some(match (&o.failed, o.seq) {
                 (Some(why), _) => Delivery::Failed(why.clone()),
                 (None, None) => Delivery::Sending,
-                (None, Some(seq)) if seq <= self.visitor_read_seq(conversation_id) => {
-                    Delivery::Seen
-                }
+                (None, Some(seq)) if seq <= self.visitor_read_seq(conversation_id) => Delivery::Seen,
                 (None, Some(_)) => Delivery::Sent,
             });
         }
         let thread = self.threads.get(conversation_id)?;
         thread.entries.iter().find_map(|e| match e {
-            Entry::Message {
-                key: k,
-                seq: Some(seq),
-                author: Author::Agent { .. },
-                ..
-            } if k == key => Some(if *seq <= self.visitor_read_seq(conversation_id) {
-                Delivery::Seen
-            } else {
-                Delivery::Sent
-            }),
+            Entry::Message { key: k, seq: Some(seq), author: Author::Agent { .. }, .. } if k == key => {
+                Some(if *seq <= self.visitor_read_seq(conversation_id) { Delivery::Seen } else { Delivery::Sent })
+            }
             _ => None,
         })
     }
 
     /// Delivery of a committed message on another channel, if any was reported.
-    pub fn channel_delivery(
-        &self,
-        conversation_id: &str,
-        message_id: &str,
-    ) -> Option<ChannelDelivery> {
-        self.threads
-            .get(conversation_id)?
-            .deliveries
-            .get(message_id)
-            .cloned()
+    pub fn channel_delivery(&self, conversation_id: &str, message_id: &str) -> Option<ChannelDelivery> {
+        self.threads.get(conversation_id)?.deliveries.get(message_id).cloned()
     }
 
     fn visitor_read_seq(&self, conversation_id: &str) -> u64 {
-        let from_log = self
-            .threads
-            .get(conversation_id)
-            .map_or(0, |t| t.visitor_read_seq);
-        let from_summary = self
-            .summary(conversation_id)
-            .map_or(0, |s| s.visitor_read_seq);
+        let from_log = self.threads.get(conversation_id).map_or(0, |t| t.visitor_read_seq);
+        let from_summary = self.summary(conversation_id).map_or(0, |s| s.visitor_read_seq);
         from_log.max(from_summary)
     }
 
@@ -642,18 +513,13 @@ impl ConsoleState {
         }
         let thread = &*thread;
         // Replies now in the log leave the outbox (matched by client id, so a re-send never shows twice).
-        self.outbox.retain(|o| {
-            o.conversation_id != conversation_id || !thread.holds_client_id(&o.client_id)
-        });
+        self.outbox.retain(|o| o.conversation_id != conversation_id || !thread.holds_client_id(&o.client_id));
         // A visitor message ends their typing signal.
         if thread.last_visitor_seq > visitor_seq_before {
             self.typing.remove(conversation_id);
         }
         if gap && self.current.as_deref() == Some(conversation_id) {
-            return vec![ClientMsg::Open {
-                conversation_id: conversation_id.to_owned(),
-                since_seq: thread.last_seq,
-            }];
+            return vec![ClientMsg::Open { conversation_id: conversation_id.to_owned(), since_seq: thread.last_seq }];
         }
         Vec::new()
     }
@@ -673,11 +539,7 @@ impl ConsoleState {
 }
 
 fn sort(list: &mut [ConversationSummary]) {
-    list.sort_by(|a, b| {
-        b.last_activity_at
-            .cmp(&a.last_activity_at)
-            .then_with(|| a.id.cmp(&b.id))
-    });
+    list.sort_by(|a, b| b.last_activity_at.cmp(&a.last_activity_at).then_with(|| a.id.cmp(&b.id)));
 }
 
 fn failure_text(code: ErrorCode, message: &str) -> String {
@@ -712,11 +574,7 @@ mod tests {
     }
 
     fn agent() -> AgentInfo {
-        AgentInfo {
-            id: "a1".to_owned(),
-            name: "Ada".to_owned(),
-            email: "ada@example.com".to_owned(),
-        }
+        AgentInfo { id: "a1".to_owned(), name: "Ada".to_owned(), email: "ada@example.com".to_owned() }
     }
 
     fn msg(seq: u64, author: Author, client_id: &str) -> Event {
@@ -738,37 +596,22 @@ mod tests {
     }
 
     fn read(seq: u64, by: Party, up_to_seq: u64) -> Event {
-        Event {
-            seq,
-            at: 0,
-            kind: EventKind::Read { by, up_to_seq },
-        }
+        Event { seq, at: 0, kind: EventKind::Read { by, up_to_seq } }
     }
 
     fn keys(state: &ConsoleState, id: &str) -> Vec<String> {
-        state
-            .timeline(id)
-            .iter()
-            .map(|e| e.key().to_owned())
-            .collect()
+        state.timeline(id).iter().map(|e| e.key().to_owned()).collect()
     }
 
     #[test]
     fn inbox_is_sorted_and_a_new_conversation_goes_on_top() {
         let mut s = ConsoleState::default();
-        s.apply(ServerMsg::Inbox {
-            agent: agent(),
-            conversations: vec![summary("a", 10), summary("b", 30)],
-        });
+        s.apply(ServerMsg::Inbox { agent: agent(), conversations: vec![summary("a", 10), summary("b", 30)] });
         assert_eq!(s.conversations[0].id, "b");
-        s.apply(ServerMsg::Summary {
-            conversation: summary("c", 40),
-        });
+        s.apply(ServerMsg::Summary { conversation: summary("c", 40) });
         let ids: Vec<_> = s.conversations.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["c", "b", "a"]);
-        s.apply(ServerMsg::Summary {
-            conversation: summary("a", 50),
-        });
+        s.apply(ServerMsg::Summary { conversation: summary("a", 50) });
         assert_eq!(s.conversations[0].id, "a");
         assert_eq!(s.conversations.len(), 3);
     }
@@ -776,10 +619,7 @@ mod tests {
     #[test]
     fn a_server_rendered_snapshot_never_overwrites_the_live_inbox() {
         let mut s = ConsoleState::default();
-        s.apply(ServerMsg::Inbox {
-            agent: agent(),
-            conversations: vec![summary("live", 10)],
-        });
+        s.apply(ServerMsg::Inbox { agent: agent(), conversations: vec![summary("live", 10)] });
         s.seed_inbox(agent(), vec![summary("stale", 5)]);
         assert_eq!(s.conversations.len(), 1);
         assert_eq!(s.conversations[0].id, "live");
@@ -800,10 +640,7 @@ mod tests {
             events: vec![msg(2, Author::Visitor, "v2"), msg(3, Author::Visitor, "v3")],
             last_seq: 3,
         });
-        s.apply(ServerMsg::Event {
-            conversation_id: "c".into(),
-            event: msg(3, Author::Visitor, "v3"),
-        });
+        s.apply(ServerMsg::Event { conversation_id: "c".into(), event: msg(3, Author::Visitor, "v3") });
         assert_eq!(keys(&s, "c"), ["v1", "v2", "v3"]);
         assert_eq!(s.threads["c"].last_seq, 3);
     }
@@ -812,21 +649,9 @@ mod tests {
     fn an_event_after_a_gap_waits_and_triggers_a_resync() {
         let mut s = ConsoleState::default();
         s.open("c");
-        s.apply(ServerMsg::Event {
-            conversation_id: "c".into(),
-            event: msg(1, Author::Visitor, "v1"),
-        });
-        let out = s.apply(ServerMsg::Event {
-            conversation_id: "c".into(),
-            event: msg(3, Author::Visitor, "v3"),
-        });
-        assert_eq!(
-            out,
-            vec![ClientMsg::Open {
-                conversation_id: "c".into(),
-                since_seq: 1
-            }]
-        );
+        s.apply(ServerMsg::Event { conversation_id: "c".into(), event: msg(1, Author::Visitor, "v1") });
+        let out = s.apply(ServerMsg::Event { conversation_id: "c".into(), event: msg(3, Author::Visitor, "v3") });
+        assert_eq!(out, vec![ClientMsg::Open { conversation_id: "c".into(), since_seq: 1 }]);
         assert_eq!(keys(&s, "c"), ["v1"]);
         let out = s.apply(ServerMsg::History {
             conversation_id: "c".into(),
@@ -841,11 +666,7 @@ mod tests {
     fn unknown_events_still_advance_seq() {
         let mut s = ConsoleState::default();
         s.open("c");
-        let unknown = Event {
-            seq: 1,
-            at: 0,
-            kind: EventKind::Unknown,
-        };
+        let unknown = Event { seq: 1, at: 0, kind: EventKind::Unknown };
         s.apply(ServerMsg::History {
             conversation_id: "c".into(),
             events: vec![unknown, msg(2, Author::Visitor, "v2")],
@@ -858,14 +679,9 @@ mod tests {
     #[test]
     fn a_reply_goes_sending_sent_seen_and_shows_once() {
         let mut s = ConsoleState::default();
-        s.apply(ServerMsg::Inbox {
-            agent: agent(),
-            conversations: vec![summary("c", 1)],
-        });
+        s.apply(ServerMsg::Inbox { agent: agent(), conversations: vec![summary("c", 1)] });
         s.open("c");
-        let send = s
-            .compose("c", "r1".into(), "hello", 5)
-            .expect("valid reply");
+        let send = s.compose("c", "r1".into(), "hello", 5).expect("valid reply");
         assert!(matches!(send, ClientMsg::Send { ref client_id, .. } if client_id == "r1"));
         assert_eq!(s.delivery("c", "r1"), Some(Delivery::Sending));
         s.apply(ServerMsg::Ack {
@@ -882,10 +698,7 @@ mod tests {
         assert_eq!(keys(&s, "c"), ["r1"]);
         assert!(s.outbox.is_empty());
         assert_eq!(s.delivery("c", "r1"), Some(Delivery::Sent));
-        s.apply(ServerMsg::Event {
-            conversation_id: "c".into(),
-            event: read(2, Party::Visitor, 1),
-        });
+        s.apply(ServerMsg::Event { conversation_id: "c".into(), event: read(2, Party::Visitor, 1) });
         assert_eq!(s.delivery("c", "r1"), Some(Delivery::Seen));
     }
 
@@ -893,8 +706,7 @@ mod tests {
     fn the_event_may_arrive_before_the_ack() {
         let mut s = ConsoleState::default();
         s.open("c");
-        s.compose("c", "r1".into(), "hello", 5)
-            .expect("valid reply");
+        s.compose("c", "r1".into(), "hello", 5).expect("valid reply");
         s.apply(ServerMsg::Event {
             conversation_id: "c".into(),
             event: msg(1, Author::Agent { name: "Ada".into() }, "r1"),
@@ -918,8 +730,7 @@ mod tests {
             events: vec![msg(1, Author::Visitor, "v1")],
             last_seq: 1,
         });
-        s.compose("c", "r1".into(), "acked", 5)
-            .expect("valid reply");
+        s.compose("c", "r1".into(), "acked", 5).expect("valid reply");
         s.compose("c", "r2".into(), "lost", 6).expect("valid reply");
         s.apply(ServerMsg::Ack {
             conversation_id: "c".into(),
@@ -931,15 +742,8 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                ClientMsg::Open {
-                    conversation_id: "c".into(),
-                    since_seq: 1
-                },
-                ClientMsg::Send {
-                    conversation_id: "c".into(),
-                    client_id: "r2".into(),
-                    body: "lost".into()
-                },
+                ClientMsg::Open { conversation_id: "c".into(), since_seq: 1 },
+                ClientMsg::Send { conversation_id: "c".into(), client_id: "r2".into(), body: "lost".into() },
             ]
         );
     }
@@ -958,11 +762,7 @@ mod tests {
         let again = s.retry("r1");
         assert_eq!(
             again,
-            Some(ClientMsg::Send {
-                conversation_id: "c".into(),
-                client_id: "r1".into(),
-                body: "hi".into()
-            })
+            Some(ClientMsg::Send { conversation_id: "c".into(), client_id: "r1".into(), body: "hi".into() })
         );
         assert_eq!(s.delivery("c", "r1"), Some(Delivery::Sending));
     }
@@ -979,10 +779,7 @@ mod tests {
         let mut s = ConsoleState::default();
         let mut c = summary("c", 1);
         c.unread = 2;
-        s.apply(ServerMsg::Inbox {
-            agent: agent(),
-            conversations: vec![c],
-        });
+        s.apply(ServerMsg::Inbox { agent: agent(), conversations: vec![c] });
         s.open("c");
         assert_eq!(s.read_due("c"), None, "nothing loaded yet");
         s.apply(ServerMsg::History {
@@ -990,26 +787,11 @@ mod tests {
             events: vec![msg(1, Author::Visitor, "v1"), msg(2, Author::Visitor, "v2")],
             last_seq: 2,
         });
-        assert_eq!(
-            s.read_due("c"),
-            Some(ClientMsg::Read {
-                conversation_id: "c".into(),
-                up_to_seq: 2
-            })
-        );
+        assert_eq!(s.read_due("c"), Some(ClientMsg::Read { conversation_id: "c".into(), up_to_seq: 2 }));
         assert_eq!(s.summary("c").map(|c| c.unread), Some(0));
         assert_eq!(s.read_due("c"), None);
-        s.apply(ServerMsg::Event {
-            conversation_id: "c".into(),
-            event: msg(3, Author::Visitor, "v3"),
-        });
-        assert_eq!(
-            s.read_due("c"),
-            Some(ClientMsg::Read {
-                conversation_id: "c".into(),
-                up_to_seq: 3
-            })
-        );
+        s.apply(ServerMsg::Event { conversation_id: "c".into(), event: msg(3, Author::Visitor, "v3") });
+        assert_eq!(s.read_due("c"), Some(ClientMsg::Read { conversation_id: "c".into(), up_to_seq: 3 }));
         s.apply(ServerMsg::Event {
             conversation_id: "c".into(),
             event: msg(4, Author::Agent { name: "Ada".into() }, "r"),
@@ -1021,45 +803,25 @@ mod tests {
     fn typing_expires_only_for_its_own_generation_and_ends_with_a_message() {
         let mut s = ConsoleState::default();
         s.open("c");
-        s.apply(ServerMsg::Typing {
-            conversation_id: "c".into(),
-            typing: true,
-        });
+        s.apply(ServerMsg::Typing { conversation_id: "c".into(), typing: true });
         let first = s.typing_generation("c").expect("typing");
-        s.apply(ServerMsg::Typing {
-            conversation_id: "c".into(),
-            typing: true,
-        });
+        s.apply(ServerMsg::Typing { conversation_id: "c".into(), typing: true });
         s.expire_typing("c", first);
         assert!(s.visitor_typing("c"));
-        s.apply(ServerMsg::Event {
-            conversation_id: "c".into(),
-            event: msg(1, Author::Visitor, "v1"),
-        });
+        s.apply(ServerMsg::Event { conversation_id: "c".into(), event: msg(1, Author::Visitor, "v1") });
         assert!(!s.visitor_typing("c"));
     }
 
     #[test]
     fn switching_conversations_closes_the_previous_one() {
         let mut s = ConsoleState::default();
-        assert_eq!(
-            s.open("a"),
-            vec![ClientMsg::Open {
-                conversation_id: "a".into(),
-                since_seq: 0
-            }]
-        );
+        assert_eq!(s.open("a"), vec![ClientMsg::Open { conversation_id: "a".into(), since_seq: 0 }]);
         assert!(s.open("a").is_empty());
         assert_eq!(
             s.open("b"),
             vec![
-                ClientMsg::Close {
-                    conversation_id: "a".into()
-                },
-                ClientMsg::Open {
-                    conversation_id: "b".into(),
-                    since_seq: 0
-                }
+                ClientMsg::Close { conversation_id: "a".into() },
+                ClientMsg::Open { conversation_id: "b".into(), since_seq: 0 }
             ]
         );
     }
@@ -1067,25 +829,10 @@ mod tests {
     #[test]
     fn alerts_are_set_replaced_and_cleared_by_key() {
         let mut s = ConsoleState::default();
-        s.apply(ServerMsg::Alert {
-            key: "messenger_token".into(),
-            message: Some("Reconnect the Page".into()),
-        });
-        s.apply(ServerMsg::Alert {
-            key: "messenger_token".into(),
-            message: Some("Reconnect the Page now".into()),
-        });
-        assert_eq!(
-            s.alerts,
-            vec![(
-                "messenger_token".to_owned(),
-                "Reconnect the Page now".to_owned()
-            )]
-        );
-        s.apply(ServerMsg::Alert {
-            key: "messenger_token".into(),
-            message: None,
-        });
+        s.apply(ServerMsg::Alert { key: "messenger_token".into(), message: Some("Reconnect the Page".into()) });
+        s.apply(ServerMsg::Alert { key: "messenger_token".into(), message: Some("Reconnect the Page now".into()) });
+        assert_eq!(s.alerts, vec![("messenger_token".to_owned(), "Reconnect the Page now".to_owned())]);
+        s.apply(ServerMsg::Alert { key: "messenger_token".into(), message: None });
         assert!(s.alerts.is_empty());
     }
 
@@ -1096,12 +843,7 @@ mod tests {
         let delivery = |seq, state| Event {
             seq,
             at: 0,
-            kind: EventKind::Delivery {
-                message_id: "m1".into(),
-                channel: Channel::Messenger,
-                state,
-                detail: None,
-            },
+            kind: EventKind::Delivery { message_id: "m1".into(), channel: Channel::Messenger, state, detail: None },
         };
         s.apply(ServerMsg::History {
             conversation_id: "c".into(),
@@ -1120,11 +862,7 @@ mod tests {
     #[test]
     fn unauthorized_errors_sign_out() {
         let mut s = ConsoleState::default();
-        s.apply(ServerMsg::Error {
-            code: ErrorCode::Unauthorized,
-            message: String::new(),
-            client_id: None,
-        });
+        s.apply(ServerMsg::Error { code: ErrorCode::Unauthorized, message: String::new(), client_id: None });
         assert!(s.signed_out);
     }
 }

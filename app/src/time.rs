@@ -7,9 +7,7 @@ const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 /// A calendar date and wall-clock time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,13 +33,7 @@ pub fn civil(ms: i64, offset_minutes: i32) -> Civil {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    Civil {
-        year,
-        month,
-        day,
-        hour: (in_day / HOUR) as u32,
-        minute: ((in_day % HOUR) / MINUTE) as u32,
-    }
+    Civil { year, month, day, hour: (in_day / HOUR) as u32, minute: ((in_day % HOUR) / MINUTE) as u32 }
 }
 
 /// "14:05".
@@ -63,16 +55,11 @@ pub fn date(ms: i64, now: i64, offset_minutes: i32) -> String {
 
 /// A message's time: "14:05" today, "Nov 24, 14:05" otherwise.
 pub fn message_time(ms: i64, now: i64, offset_minutes: i32) -> String {
-    let same_day =
-        civil(ms, offset_minutes).day == civil(now, offset_minutes).day && (now - ms).abs() < DAY;
+    let same_day = civil(ms, offset_minutes).day == civil(now, offset_minutes).day && (now - ms).abs() < DAY;
     if same_day {
         clock(ms, offset_minutes)
     } else {
-        format!(
-            "{}, {}",
-            date(ms, now, offset_minutes),
-            clock(ms, offset_minutes)
-        )
+        format!("{}, {}", date(ms, now, offset_minutes), clock(ms, offset_minutes))
     }
 }
 
@@ -118,10 +105,7 @@ pub fn remaining(ms: i64) -> String {
 /// Machine-readable UTC timestamp for `<time datetime>`: "2026-11-25T14:05Z".
 pub fn iso(ms: i64) -> String {
     let c = civil(ms, 0);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}Z",
-        c.year, c.month, c.day, c.hour, c.minute
-    )
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}Z", c.year, c.month, c.day, c.hour, c.minute)
 }
 
 /// "UTC+05:30" / "UTC−03:00" / "UTC".
@@ -143,47 +127,11 @@ mod tests {
 
     #[test]
     fn civil_matches_known_dates() {
-        assert_eq!(
-            civil(0, 0),
-            Civil {
-                year: 1970,
-                month: 1,
-                day: 1,
-                hour: 0,
-                minute: 0
-            }
-        );
-        assert_eq!(
-            civil(T, 0),
-            Civil {
-                year: 2026,
-                month: 11,
-                day: 25,
-                hour: 14,
-                minute: 5
-            }
-        );
+        assert_eq!(civil(0, 0), Civil { year: 1970, month: 1, day: 1, hour: 0, minute: 0 });
+        assert_eq!(civil(T, 0), Civil { year: 2026, month: 11, day: 25, hour: 14, minute: 5 });
         // 2024-02-29T23:59Z
-        assert_eq!(
-            civil(1_709_251_140_000, 0),
-            Civil {
-                year: 2024,
-                month: 2,
-                day: 29,
-                hour: 23,
-                minute: 59
-            }
-        );
-        assert_eq!(
-            civil(-MINUTE, 0),
-            Civil {
-                year: 1969,
-                month: 12,
-                day: 31,
-                hour: 23,
-                minute: 59
-            }
-        );
+        assert_eq!(civil(1_709_251_140_000, 0), Civil { year: 2024, month: 2, day: 29, hour: 23, minute: 59 });
+        assert_eq!(civil(-MINUTE, 0), Civil { year: 1969, month: 12, day: 31, hour: 23, minute: 59 });
     }
 
     #[test]

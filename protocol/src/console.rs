@@ -13,9 +13,14 @@ use crate::{ConversationStatus, ErrorCode, Event};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
     /// Stream this conversation's events, starting after `since_seq`.
-    Open { conversation_id: String, since_seq: u64 },
+    Open {
+        conversation_id: String,
+        since_seq: u64,
+    },
     /// Stop streaming this conversation's events.
-    Close { conversation_id: String },
+    Close {
+        conversation_id: String,
+    },
     /// Reply in a conversation.
     Send {
         conversation_id: String,
@@ -23,9 +28,15 @@ pub enum ClientMsg {
         body: String,
     },
     /// The agent started or stopped typing in a conversation.
-    Typing { conversation_id: String, typing: bool },
+    Typing {
+        conversation_id: String,
+        typing: bool,
+    },
     /// The agent has read the conversation up to `up_to_seq`.
-    Read { conversation_id: String, up_to_seq: u64 },
+    Read {
+        conversation_id: String,
+        up_to_seq: u64,
+    },
     /// Resolve or reopen.
     SetStatus {
         conversation_id: String,
@@ -45,7 +56,9 @@ pub enum ServerMsg {
         conversations: Vec<ConversationSummary>,
     },
     /// A conversation was created or changed (new message, status, read cursor).
-    Summary { conversation: ConversationSummary },
+    Summary {
+        conversation: ConversationSummary,
+    },
     /// Answer to `Open`: the events after `since_seq`, in order. Live `Event`s follow.
     History {
         conversation_id: String,
@@ -53,9 +66,15 @@ pub enum ServerMsg {
         last_seq: u64,
     },
     /// A live event of an opened conversation.
-    Event { conversation_id: String, event: Event },
+    Event {
+        conversation_id: String,
+        event: Event,
+    },
     /// The visitor started or stopped typing.
-    Typing { conversation_id: String, typing: bool },
+    Typing {
+        conversation_id: String,
+        typing: bool,
+    },
     /// An agent reply was committed.
     Ack {
         conversation_id: String,

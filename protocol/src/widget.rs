@@ -84,7 +84,9 @@ pub enum ServerMsg {
         reset: bool,
     },
     /// A new conversation event, live.
-    Event { event: Event },
+    Event {
+        event: Event,
+    },
     /// A message from this client was committed.
     Ack {
         client_id: String,

@@ -1,8 +1,8 @@
 //! Secrets: argon2id password hashes, random tokens, and the SHA-256 digests under which tokens are stored.
 //! Raw tokens exist only in the client's hands and in memory during a request; they are never logged.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;

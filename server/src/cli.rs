@@ -212,7 +212,9 @@ pub fn normalize_origins(origins: &[String]) -> anyhow::Result<Vec<String>> {
                 .or_else(|| o.strip_prefix("http://"))
                 .with_context(|| format!("origin {o} must start with http:// or https://"))?;
             anyhow::ensure!(
-                !rest.is_empty() && !rest.contains('/') && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)),
+                !rest.is_empty()
+                    && !rest.contains('/')
+                    && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)),
                 "origin {o} must be scheme://host[:port] with no path"
             );
             Ok(o.to_ascii_lowercase())

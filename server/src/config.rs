@@ -38,10 +38,7 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
-            public_url: String::new(),
-        }
+        Self { bind: SocketAddr::from(([127, 0, 0, 1], 3000)), public_url: String::new() }
     }
 }
 
@@ -56,10 +53,7 @@ pub struct DatabaseSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self {
-            url: "sqlite://data/parley.db".into(),
-            max_connections: 8,
-        }
+        Self { url: "sqlite://data/parley.db".into(), max_connections: 8 }
     }
 }
 
@@ -83,9 +77,7 @@ pub struct AssetSettings {
 
 impl Default for AssetSettings {
     fn default() -> Self {
-        Self {
-            dir: PathBuf::from("target/site"),
-        }
+        Self { dir: PathBuf::from("target/site") }
     }
 }
 
@@ -115,11 +107,7 @@ pub struct LimitSettings {
 
 impl Default for LimitSettings {
     fn default() -> Self {
-        Self {
-            max_frame_bytes: 64 * 1024,
-            connection_queue: 256,
-            hello_timeout_secs: 10,
-        }
+        Self { max_frame_bytes: 64 * 1024, connection_queue: 256, hello_timeout_secs: 10 }
     }
 }
 
@@ -239,10 +227,7 @@ mod tests {
 
     #[test]
     fn database_url_is_redacted_in_debug() {
-        let s = DatabaseSettings {
-            url: "postgres://u:hunter2@db/parley".into(),
-            max_connections: 1,
-        };
+        let s = DatabaseSettings { url: "postgres://u:hunter2@db/parley".into(), max_connections: 1 };
         let printed = format!("{s:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
     }

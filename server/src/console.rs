@@ -30,11 +30,11 @@ pub fn session_token(headers: &HeaderMap) -> Option<String> {
 /// The agent signed in by the request's cookie.
 pub async fn session_agent(state: &AppState, headers: &HeaderMap) -> Result<Option<AgentInfo>, ApiError> {
     let Some(token) = session_token(headers) else { return Ok(None) };
-    Ok(state
-        .store
-        .agent_for_session(&auth::token_hash(&token))
-        .await?
-        .map(|a| AgentInfo { id: a.id, name: a.name, email: a.email }))
+    Ok(state.store.agent_for_session(&auth::token_hash(&token)).await?.map(|a| AgentInfo {
+        id: a.id,
+        name: a.name,
+        email: a.email,
+    }))
 }
 
 /// `ConsoleBackend` over the application state.
@@ -61,9 +61,8 @@ impl ConsoleBackend for Backend {
         let password = password.to_string();
         let hash = agent.as_ref().map_or_else(|| auth::dummy_hash().to_string(), |a| a.password_hash.clone());
         // argon2 is deliberately slow: keep it off the async workers.
-        let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
-            .await
-            .map_err(internal)?;
+        let ok =
+            tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash)).await.map_err(internal)?;
         let Some(agent) = agent.filter(|_| ok) else {
             tracing::info!("console sign-in refused");
             return Ok(None);
@@ -84,13 +83,11 @@ impl ConsoleBackend for Backend {
     }
 
     async fn agent_for_session(&self, token: &str) -> Result<Option<AgentInfo>, BackendError> {
-        Ok(self
-            .state
-            .store
-            .agent_for_session(&auth::token_hash(token))
-            .await
-            .map_err(internal)?
-            .map(|a| AgentInfo { id: a.id, name: a.name, email: a.email }))
+        Ok(self.state.store.agent_for_session(&auth::token_hash(token)).await.map_err(internal)?.map(|a| AgentInfo {
+            id: a.id,
+            name: a.name,
+            email: a.email,
+        }))
     }
 
     async fn logout(&self, token: &str) -> Result<(), BackendError> {

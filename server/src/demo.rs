@@ -60,7 +60,12 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
     if store.site_by_key("demo").await?.is_none() {
         store
-            .create_site("demo", "Parley Demo Shop", std::slice::from_ref(&host_origin), "Hi! Ask us anything — a person will answer.")
+            .create_site(
+                "demo",
+                "Parley Demo Shop",
+                std::slice::from_ref(&host_origin),
+                "Hi! Ask us anything — a person will answer.",
+            )
             .await?;
     }
     let agent_created = if store.agent_by_email(&args.email).await?.is_none() {
@@ -77,7 +82,11 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     println!("  host page (a customer's site):  {host_origin}/");
     println!("  agent console:                  {chat_origin}/console");
     if let Some(sandbox) = &sandbox {
-        println!("  Messenger sandbox:              {}/__emu (simulated customers open {}/…)", sandbox.base_url(), sandbox.m_me_base());
+        println!(
+            "  Messenger sandbox:              {}/__emu (simulated customers open {}/…)",
+            sandbox.base_url(),
+            sandbox.m_me_base()
+        );
     }
     if agent_created {
         println!("  agent sign-in:                  {} / {}", args.email, args.password);
@@ -102,14 +111,10 @@ async fn start_sandbox(
     bind: SocketAddr,
     chat_addr: SocketAddr,
 ) -> anyhow::Result<messenger_sandbox::Sandbox> {
-    let listener = TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("cannot listen on {bind} for the Messenger sandbox"))?;
-    let public = if settings.http.public_url.is_empty() {
-        format!("http://{chat_addr}")
-    } else {
-        settings.public_origin()
-    };
+    let listener =
+        TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind} for the Messenger sandbox"))?;
+    let public =
+        if settings.http.public_url.is_empty() { format!("http://{chat_addr}") } else { settings.public_origin() };
     let config = messenger_sandbox::SandboxConfig {
         callback_url: Some(format!("{public}/webhooks/messenger")),
         ..Default::default()
@@ -151,9 +156,7 @@ pub fn host_router(chat_origin: &str) -> Router {
         )
         .route(
             "/host.js",
-            get(|| async {
-                ([(CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"))], HOST_JS)
-            }),
+            get(|| async { ([(CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"))], HOST_JS) }),
         )
 }
 

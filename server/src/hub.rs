@@ -21,13 +21,7 @@ pub enum HubMsg {
     /// A committed conversation event.
     Event { conversation_id: String, contact_id: String, event: Event },
     /// Someone started or stopped typing.
-    Typing {
-        conversation_id: String,
-        contact_id: String,
-        from_visitor: bool,
-        typing: bool,
-        name: Option<String>,
-    },
+    Typing { conversation_id: String, contact_id: String, from_visitor: bool, typing: bool, name: Option<String> },
     /// An inbox row changed (for agents).
     Summary(ConversationSummary),
     /// An operational alert for agents (`message: None` clears it).
@@ -83,10 +77,7 @@ impl Drop for Registration {
 impl Hub {
     /// A hub whose connections may queue up to `queue` messages.
     pub fn new(queue: usize) -> Self {
-        Self {
-            queue: queue.max(1),
-            ..Self::default()
-        }
+        Self { queue: queue.max(1), ..Self::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -100,11 +91,7 @@ impl Hub {
         let (tx, rx) = mpsc::channel(self.queue);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().visitors.entry(contact_id.to_string()).or_default().insert(id, tx);
-        let registration = Registration {
-            hub: self.clone(),
-            id,
-            contact_id: Some(contact_id.to_string()),
-        };
+        let registration = Registration { hub: self.clone(), id, contact_id: Some(contact_id.to_string()) };
         (registration, rx)
     }
 

@@ -10,7 +10,9 @@ use tokio::sync::Notify;
 
 use crate::hub::{Hub, HubMsg};
 use crate::store::models::{Conversation, SummaryRow};
-use crate::store::{AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS, Store, StoreError};
+use crate::store::{
+    AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS, Store, StoreError,
+};
 use crate::useragent;
 
 /// Why a change was refused.
@@ -117,11 +119,8 @@ impl Conversations {
             mirror,
         };
         let outcome = self.store.append_message(input.contact_id, input.site_id, msg).await?;
-        let conversation = self
-            .store
-            .conversation_for_contact(input.contact_id)
-            .await?
-            .ok_or(ServiceError::NotFound)?;
+        let conversation =
+            self.store.conversation_for_contact(input.contact_id).await?.ok_or(ServiceError::NotFound)?;
         match outcome {
             AppendOutcome::Duplicate { message, seq } => Ok(Posted { conversation_id: conversation.id, message, seq }),
             AppendOutcome::Created { message, seq, events } => {

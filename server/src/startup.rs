@@ -24,11 +24,11 @@ use crate::assets::Assets;
 use crate::config::Settings;
 use crate::console::Backend;
 use crate::hub::Hub;
+use crate::messenger::{Messenger, intake, outbox, spool::Spool};
 use crate::services::Conversations;
 use crate::state::AppState;
-use crate::store::Store;
-use crate::messenger::{Messenger, intake, outbox, spool::Spool};
 use crate::store::MirrorPolicy;
+use crate::store::Store;
 use crate::{error, http, messenger, ws};
 use tokio::sync::Notify;
 
@@ -66,10 +66,7 @@ impl Application {
         let conversations = Conversations {
             store: store.clone(),
             hub: hub.clone(),
-            mirror: settings
-                .messenger
-                .enabled
-                .then_some(MirrorPolicy { human_agent: settings.messenger.human_agent }),
+            mirror: settings.messenger.enabled.then_some(MirrorPolicy { human_agent: settings.messenger.human_agent }),
             outbox_wake: Arc::new(Notify::new()),
         };
         let messenger = if settings.messenger.enabled {
@@ -104,9 +101,8 @@ impl Application {
     /// Serves until `shutdown` resolves.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self { listener, router, state, shutdown_tx } = self;
-        let workers = state.messenger.clone().map(|m| {
-            (tokio::spawn(intake::run(Arc::clone(&m))), tokio::spawn(outbox::run(m)))
-        });
+        let workers =
+            state.messenger.clone().map(|m| (tokio::spawn(intake::run(Arc::clone(&m))), tokio::spawn(outbox::run(m))));
         let signal = async move {
             shutdown.await;
             // Tell sockets to close so the graceful shutdown below can finish.

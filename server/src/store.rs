@@ -18,8 +18,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-pub use messenger::{LinkRow, OutboxRow};
 pub use conversations::{AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS};
+pub use messenger::{LinkRow, OutboxRow};
 
 /// Errors from the store, sorted by what a caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +60,7 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create database folder {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create database folder {}", dir.display()))?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
@@ -75,10 +74,7 @@ impl Store {
 
     /// Applies every pending migration; refuses to continue on failure.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.pool)
-            .await
-            .context("database migration failed")
+        sqlx::migrate!("./migrations/sqlite").run(&self.pool).await.context("database migration failed")
     }
 
     /// Answers when the database answers.

@@ -155,7 +155,5 @@ async fn send_json<T: Serialize>(sink: &mut Sink, msg: &T) -> Result<(), axum::E
 
 /// Sends a close frame (errors ignored: the peer may already be gone).
 async fn send_close(sink: &mut Sink, code: u16, reason: &str) {
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
-        .await;
+    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
 }

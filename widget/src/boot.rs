@@ -38,11 +38,7 @@ impl BootConfig {
 
     /// Whether `origin` may embed the frame and exchange messages with it (exact match).
     pub fn allows(&self, origin: &str) -> bool {
-        !origin.is_empty()
-            && self
-                .allowed_origins
-                .iter()
-                .any(|o| o.trim_end_matches('/') == origin)
+        !origin.is_empty() && self.allowed_origins.iter().any(|o| o.trim_end_matches('/') == origin)
     }
 }
 
@@ -58,11 +54,7 @@ pub fn ws_absolute(page_protocol: &str, page_host: &str, ws_url: &str) -> String
     if let Some(rest) = ws_url.strip_prefix("http://") {
         return format!("ws://{rest}");
     }
-    let scheme = if page_protocol == "https:" {
-        "wss"
-    } else {
-        "ws"
-    };
+    let scheme = if page_protocol == "https:" { "wss" } else { "ws" };
     let sep = if ws_url.starts_with('/') { "" } else { "/" };
     format!("{scheme}://{page_host}{sep}{ws_url}")
 }
@@ -70,10 +62,7 @@ pub fn ws_absolute(page_protocol: &str, page_host: &str, ws_url: &str) -> String
 /// Extracts the host-page origin from a frame URL fragment like `#host=https%3A%2F%2Fshop.example`.
 pub fn host_from_fragment(hash: &str) -> Option<String> {
     let hash = hash.strip_prefix('#').unwrap_or(hash);
-    hash.split('&')
-        .find_map(|pair| pair.strip_prefix("host="))
-        .and_then(percent_decode)
-        .filter(|s| !s.is_empty())
+    hash.split('&').find_map(|pair| pair.strip_prefix("host=")).and_then(percent_decode).filter(|s| !s.is_empty())
 }
 
 /// Decodes `%XX` escapes (as produced by `encodeURIComponent`); `None` for malformed input.
@@ -119,18 +108,14 @@ mod tests {
         assert_eq!(cfg.site_key, "demo");
         assert_eq!(cfg.site_name, "Demo Shop");
         assert_eq!(cfg.greeting, "Hi! How can we help?");
-        assert_eq!(
-            cfg.allowed_origins,
-            vec!["http://127.0.0.1:8080".to_string()]
-        );
+        assert_eq!(cfg.allowed_origins, vec!["http://127.0.0.1:8080".to_string()]);
         assert_eq!(cfg.ws_url, "/ws/visitor?site=demo");
     }
 
     #[test]
     fn boot_json_tolerates_missing_optional_fields_and_extra_ones() {
-        let cfg =
-            BootConfig::parse(r#"{"site_key":"k","site_name":"S","ws_url":"/ws","theme":"x"}"#)
-                .expect("optional fields default");
+        let cfg = BootConfig::parse(r#"{"site_key":"k","site_name":"S","ws_url":"/ws","theme":"x"}"#)
+            .expect("optional fields default");
         assert_eq!(cfg.greeting, "");
         assert!(cfg.allowed_origins.is_empty());
     }
@@ -158,31 +143,16 @@ mod tests {
             ws_absolute("https:", "chat.example.com", "/ws/visitor?site=demo"),
             "wss://chat.example.com/ws/visitor?site=demo"
         );
-        assert_eq!(
-            ws_absolute("http:", "127.0.0.1:3000", "/ws/visitor"),
-            "ws://127.0.0.1:3000/ws/visitor"
-        );
+        assert_eq!(ws_absolute("http:", "127.0.0.1:3000", "/ws/visitor"), "ws://127.0.0.1:3000/ws/visitor");
         assert_eq!(ws_absolute("http:", "h", "ws/visitor"), "ws://h/ws/visitor");
-        assert_eq!(
-            ws_absolute("https:", "h", "wss://other/ws"),
-            "wss://other/ws"
-        );
-        assert_eq!(
-            ws_absolute("http:", "h", "https://other/ws"),
-            "wss://other/ws"
-        );
+        assert_eq!(ws_absolute("https:", "h", "wss://other/ws"), "wss://other/ws");
+        assert_eq!(ws_absolute("http:", "h", "https://other/ws"), "wss://other/ws");
     }
 
     #[test]
     fn host_origin_comes_from_the_fragment() {
-        assert_eq!(
-            host_from_fragment("#host=http%3A%2F%2F127.0.0.1%3A8080").as_deref(),
-            Some("http://127.0.0.1:8080")
-        );
-        assert_eq!(
-            host_from_fragment("#x=1&host=https%3A%2F%2Fa.b").as_deref(),
-            Some("https://a.b")
-        );
+        assert_eq!(host_from_fragment("#host=http%3A%2F%2F127.0.0.1%3A8080").as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(host_from_fragment("#x=1&host=https%3A%2F%2Fa.b").as_deref(), Some("https://a.b"));
         assert_eq!(host_from_fragment("#host="), None);
         assert_eq!(host_from_fragment(""), None);
         assert_eq!(host_from_fragment("#host=%zz"), None);

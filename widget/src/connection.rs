@@ -64,11 +64,7 @@ impl Drop for Socket {
 
 impl Connection {
     pub fn new(url: String, on_event: Box<dyn Fn(ConnEvent)>) -> Self {
-        Self(Rc::new(Inner {
-            url,
-            on_event,
-            st: RefCell::new(St::default()),
-        }))
+        Self(Rc::new(Inner { url, on_event, st: RefCell::new(St::default()) }))
     }
 
     /// Opens the first socket and starts the heartbeat. Call once.
@@ -89,9 +85,7 @@ impl Connection {
     pub fn send(&self, msg: &ClientMsg) -> bool {
         let st = self.0.st.borrow();
         match (&st.sock, st.open) {
-            (Some(s), true) => serde_json::to_string(msg)
-                .ok()
-                .is_some_and(|text| s.ws.send_with_str(&text).is_ok()),
+            (Some(s), true) => serde_json::to_string(msg).ok().is_some_and(|text| s.ws.send_with_str(&text).is_ok()),
             _ => false,
         }
     }
@@ -172,10 +166,9 @@ fn heartbeat(inner: &Rc<Inner>) {
     let (stale, ping) = {
         let st = inner.st.borrow();
         match st.sock {
-            Some(_) => (
-                now - st.last_rx > backoff::STALE_AFTER_MS,
-                st.open && now - st.last_ping >= backoff::PING_EVERY_MS,
-            ),
+            Some(_) => {
+                (now - st.last_rx > backoff::STALE_AFTER_MS, st.open && now - st.last_ping >= backoff::PING_EVERY_MS)
+            }
             None => (false, false),
         }
     };
@@ -246,11 +239,6 @@ impl Socket {
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        Ok(Self {
-            ws,
-            _on_open: on_open,
-            _on_message: on_message,
-            _on_close: on_close,
-        })
+        Ok(Self { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close })
     }
 }

@@ -14,10 +14,7 @@ use crate::js::warn;
 
 /// What the loader tells the frame.
 pub enum HostMsg {
-    Init {
-        page_url: Option<String>,
-        referrer: Option<String>,
-    },
+    Init { page_url: Option<String>, referrer: Option<String> },
     Open,
     Close,
 }

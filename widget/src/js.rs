@@ -7,9 +7,8 @@ pub fn now_ms() -> i64 {
 
 /// Fills `buf` from `crypto.getRandomValues`, falling back to `Math.random` where Web Crypto is unavailable.
 pub fn random_fill(buf: &mut [u8]) {
-    let ok = web_sys::window()
-        .and_then(|w| w.crypto().ok())
-        .is_some_and(|c| c.get_random_values_with_u8_array(buf).is_ok());
+    let ok =
+        web_sys::window().and_then(|w| w.crypto().ok()).is_some_and(|c| c.get_random_values_with_u8_array(buf).is_ok());
     if !ok {
         for b in buf.iter_mut() {
             *b = (js_sys::Math::random() * 256.0) as u8;

@@ -37,9 +37,7 @@ mod entry {
         console_error_panic_hook::set_once();
         match read_config() {
             Ok(cfg) => crate::session::mount(cfg),
-            Err(reason) => {
-                web_sys::console::error_1(&format!("parley: cannot start: {reason}").into())
-            }
+            Err(reason) => web_sys::console::error_1(&format!("parley: cannot start: {reason}").into()),
         }
     }
 

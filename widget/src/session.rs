@@ -118,11 +118,7 @@ impl Session {
             focus_request: RwSignal::new(0),
             messenger_offer: RwSignal::new(None),
         };
-        let st = St {
-            token: store.token(),
-            context: local_context(),
-            ..St::default()
-        };
+        let st = St { token: store.token(), context: local_context(), ..St::default() };
         Rc::new_cyclic(|weak: &Weak<Session>| {
             let w = weak.clone();
             let conn = Connection::new(
@@ -133,15 +129,7 @@ impl Session {
                     }
                 }),
             );
-            Session {
-                ui,
-                cfg,
-                store,
-                host,
-                conn,
-                st: RefCell::new(st),
-                me: weak.clone(),
-            }
+            Session { ui, cfg, store, host, conn, st: RefCell::new(st), me: weak.clone() }
         })
     }
 
@@ -167,10 +155,7 @@ impl Session {
                 s.after_change();
             }
         });
-        let _ = document().add_event_listener_with_callback(
-            "visibilitychange",
-            on_visibility.as_ref().unchecked_ref(),
-        );
+        let _ = document().add_event_listener_with_callback("visibilitychange", on_visibility.as_ref().unchecked_ref());
         // Lives as long as the page.
         on_visibility.forget();
 
@@ -309,13 +294,9 @@ impl Session {
 
     fn on_frame(&self, msg: ServerMsg) {
         match msg {
-            ServerMsg::Welcome {
-                token,
-                events,
-                last_seq,
-                agent_read_seq,
-                reset,
-            } => self.on_welcome(token, events, last_seq, agent_read_seq, reset),
+            ServerMsg::Welcome { token, events, last_seq, agent_read_seq, reset } => {
+                self.on_welcome(token, events, last_seq, agent_read_seq, reset)
+            }
             ServerMsg::Event { event } => {
                 match self.ui.chat.try_update(|c| c.apply_event(event)) {
                     Some(Applied::Gap) => {
@@ -326,9 +307,7 @@ impl Session {
                     Some(Applied::Done(agent_msg)) => {
                         if let Some(m) = agent_msg {
                             self.ui.agent_typing.set(None);
-                            if let (Some(host), crate::state::Who::Agent(name)) =
-                                (&self.host, &m.who)
-                            {
+                            if let (Some(host), crate::state::Who::Agent(name)) = (&self.host, &m.who) {
                                 host.agent_message(name, &m.body);
                             }
                         }
@@ -337,22 +316,14 @@ impl Session {
                     Some(Applied::Stale) | None => {}
                 }
             }
-            ServerMsg::Ack {
-                client_id,
-                message_id,
-                seq,
-            } => {
+            ServerMsg::Ack { client_id, message_id, seq } => {
                 self.ui.chat.update(|c| {
                     c.ack(&client_id, message_id, seq);
                 });
                 self.store.outbox_remove(&client_id);
             }
             ServerMsg::Typing { typing, name } => self.on_agent_typing(typing, name),
-            ServerMsg::Error {
-                code,
-                message,
-                client_id,
-            } => self.on_error(code, message, client_id),
+            ServerMsg::Error { code, message, client_id } => self.on_error(code, message, client_id),
             ServerMsg::MessengerLink { url, code, expires_at } => {
                 self.ui.messenger_offer.set(Some(MessengerOffer { url, code, expires_at }));
                 self.schedule_link_refresh(expires_at);
@@ -361,21 +332,10 @@ impl Session {
         }
     }
 
-    fn on_welcome(
-        &self,
-        token: String,
-        events: Vec<protocol::Event>,
-        last_seq: u64,
-        agent_read_seq: u64,
-        reset: bool,
-    ) {
+    fn on_welcome(&self, token: String, events: Vec<protocol::Event>, last_seq: u64, agent_read_seq: u64, reset: bool) {
         self.store.set_token(Some(&token));
         self.st.borrow_mut().token = Some(token);
-        let Some(w) = self
-            .ui
-            .chat
-            .try_update(|c| c.apply_welcome(events, last_seq, agent_read_seq, reset))
-        else {
+        let Some(w) = self.ui.chat.try_update(|c| c.apply_welcome(events, last_seq, agent_read_seq, reset)) else {
             return;
         };
         if w.resync {
@@ -438,11 +398,7 @@ impl Session {
         }
         let name = name
             .filter(|n| !n.is_empty())
-            .or_else(|| {
-                self.ui
-                    .chat
-                    .with_untracked(|c| c.agent_name().map(str::to_string))
-            })
+            .or_else(|| self.ui.chat.with_untracked(|c| c.agent_name().map(str::to_string)))
             .unwrap_or_else(|| "Agent".into());
         self.ui.agent_typing.set(Some(name));
         // A lost `typing: false` must not leave the indicator up forever.
@@ -456,10 +412,7 @@ impl Session {
 
     fn resend_outbox(&self) {
         for item in self.ui.chat.with_untracked(Chat::outbox) {
-            self.conn.send(&ClientMsg::Send {
-                client_id: item.client_id,
-                body: item.body,
-            });
+            self.conn.send(&ClientMsg::Send { client_id: item.client_id, body: item.body });
         }
     }
 
@@ -495,10 +448,7 @@ impl Session {
         self.store.outbox_add(&item);
         self.stop_typing();
         if self.st.borrow().welcomed {
-            self.conn.send(&ClientMsg::Send {
-                client_id: item.client_id,
-                body: item.body,
-            });
+            self.conn.send(&ClientMsg::Send { client_id: item.client_id, body: item.body });
         }
         Ok(())
     }

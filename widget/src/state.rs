@@ -133,11 +133,7 @@ impl Chat {
     /// Restores persisted, unacknowledged sends as pending bubbles (in their original order).
     pub fn restore_outbox(&mut self, items: Vec<OutboxItem>) {
         for item in items {
-            if !self
-                .messages
-                .iter()
-                .any(|m| m.who == Who::Visitor && m.client_id == item.client_id)
-            {
+            if !self.messages.iter().any(|m| m.who == Who::Visitor && m.client_id == item.client_id) {
                 self.messages.push(pending(item));
             }
         }
@@ -146,11 +142,7 @@ impl Chat {
 
     /// Adds a message the visitor just wrote; returns the outbox entry to persist and send.
     pub fn add_pending(&mut self, client_id: String, body: String, now: i64) -> OutboxItem {
-        let item = OutboxItem {
-            client_id,
-            body,
-            created_at: now,
-        };
+        let item = OutboxItem { client_id, body, created_at: now };
         self.messages.push(pending(item.clone()));
         item
     }
@@ -160,11 +152,7 @@ impl Chat {
         self.messages
             .iter()
             .filter(|m| m.is_pending())
-            .map(|m| OutboxItem {
-                client_id: m.client_id.clone(),
-                body: m.body.clone(),
-                created_at: m.at,
-            })
+            .map(|m| OutboxItem { client_id: m.client_id.clone(), body: m.body.clone(), created_at: m.at })
             .collect()
     }
 
@@ -210,11 +198,8 @@ impl Chat {
 
     /// Agent messages the visitor has not read yet.
     pub fn unread(&self) -> u32 {
-        let n = self
-            .messages
-            .iter()
-            .filter(|m| matches!(m.who, Who::Agent(_)) && m.seq > self.visitor_read_seq)
-            .count();
+        let n =
+            self.messages.iter().filter(|m| matches!(m.who, Who::Agent(_)) && m.seq > self.visitor_read_seq).count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -230,8 +215,7 @@ impl Chat {
 
     /// Forgets everything the server told us (keeps pending and failed bubbles), e.g. after the token was refused.
     pub fn reset_committed(&mut self) {
-        self.messages
-            .retain(|m| m.who == Who::Visitor && m.seq == 0);
+        self.messages.retain(|m| m.who == Who::Visitor && m.seq == 0);
         self.last_seq = 0;
         self.agent_read_seq = 0;
         self.visitor_read_seq = 0;
@@ -250,10 +234,7 @@ impl Chat {
         if reset {
             self.reset_committed();
         }
-        let mut out = Welcomed {
-            resync: false,
-            agent_messages: Vec::new(),
-        };
+        let mut out = Welcomed { resync: false, agent_messages: Vec::new() };
         for ev in events {
             match self.apply_event(ev) {
                 Applied::Stale => {}
@@ -332,11 +313,7 @@ impl Chat {
     }
 
     fn apply_message(&mut self, seq: u64, msg: ChatMessage) -> Option<Msg> {
-        if self
-            .messages
-            .iter()
-            .any(|m| m.id.as_deref() == Some(msg.id.as_str()))
-        {
+        if self.messages.iter().any(|m| m.id.as_deref() == Some(msg.id.as_str())) {
             return None;
         }
         let who = match msg.author {
@@ -384,15 +361,12 @@ impl Chat {
     }
 
     fn visitor_msg_mut(&mut self, client_id: &str) -> Option<&mut Msg> {
-        self.messages
-            .iter_mut()
-            .find(|m| m.who == Who::Visitor && m.client_id == client_id)
+        self.messages.iter_mut().find(|m| m.who == Who::Visitor && m.client_id == client_id)
     }
 
     /// Committed by seq, then uncommitted in insertion order (the sort is stable).
     fn sort(&mut self) {
-        self.messages
-            .sort_by_key(|m| if m.seq == 0 { u64::MAX } else { m.seq });
+        self.messages.sort_by_key(|m| if m.seq == 0 { u64::MAX } else { m.seq });
     }
 }
 
@@ -415,10 +389,7 @@ fn pending(item: OutboxItem) -> Msg {
 /// Parses a persisted outbox; anything unreadable or invalid is dropped rather than trusted.
 pub fn decode_outbox(json: &str) -> Vec<OutboxItem> {
     let mut items: Vec<OutboxItem> = serde_json::from_str(json).unwrap_or_default();
-    items.retain(|i| {
-        protocol::validate_client_id(&i.client_id).is_ok()
-            && protocol::validate_body(&i.body).is_ok()
-    });
+    items.retain(|i| protocol::validate_client_id(&i.client_id).is_ok() && protocol::validate_body(&i.body).is_ok());
     let mut seen: Vec<String> = Vec::new();
     items.retain(|i| {
         let fresh = !seen.contains(&i.client_id);
@@ -482,15 +453,7 @@ mod tests {
     }
 
     fn agent(seq: u64, id: &str, body: &str) -> Event {
-        msg_event(
-            seq,
-            id,
-            &format!("a{id}"),
-            Author::Agent {
-                name: "Alice".into(),
-            },
-            body,
-        )
+        msg_event(seq, id, &format!("a{id}"), Author::Agent { name: "Alice".into() }, body)
     }
 
     fn visitor(seq: u64, id: &str, client_id: &str, body: &str) -> Event {
@@ -498,11 +461,7 @@ mod tests {
     }
 
     fn read(seq: u64, by: Party, up_to_seq: u64) -> Event {
-        Event {
-            seq,
-            at: 0,
-            kind: EventKind::Read { by, up_to_seq },
-        }
+        Event { seq, at: 0, kind: EventKind::Read { by, up_to_seq } }
     }
 
     fn bodies(c: &Chat) -> Vec<&str> {
@@ -512,14 +471,9 @@ mod tests {
     #[test]
     fn events_apply_in_order_and_stale_ones_are_ignored() {
         let mut c = Chat::default();
-        assert!(matches!(
-            c.apply_event(agent(1, "m1", "hi")),
-            Applied::Done(Some(_))
-        ));
+        assert!(matches!(c.apply_event(agent(1, "m1", "hi")), Applied::Done(Some(_))));
         assert!(c.apply_event(agent(1, "m1", "hi")) == Applied::Stale);
-        assert!(
-            c.apply_event(agent(2, "m2", "there")) == Applied::Done(Some(c.messages()[1].clone()))
-        );
+        assert!(c.apply_event(agent(2, "m2", "there")) == Applied::Done(Some(c.messages()[1].clone())));
         assert_eq!(bodies(&c), ["hi", "there"]);
         assert_eq!(c.last_seq(), 2);
         assert_eq!(c.agent_name(), Some("Alice"));
@@ -545,10 +499,7 @@ mod tests {
         assert!(c.outbox().is_empty());
         assert!(c.apply_event(visitor(1, "m1", "cid1", "hello")) == Applied::Done(None));
         assert_eq!(c.messages().len(), 1);
-        assert!(
-            !c.ack("cid1", "m1".into(), 1),
-            "a repeated ack changes nothing"
-        );
+        assert!(!c.ack("cid1", "m1".into(), 1), "a repeated ack changes nothing");
         assert_eq!(c.messages().len(), 1);
     }
 
@@ -614,10 +565,7 @@ mod tests {
         assert!(c.delivery("cp") == Some(Delivery::Read));
         assert!(c.delivery("cq") == Some(Delivery::Sent));
         c.apply_event(read(4, Party::Agent, 0));
-        assert!(
-            c.delivery("cp") == Some(Delivery::Read),
-            "the read cursor never moves back"
-        );
+        assert!(c.delivery("cp") == Some(Delivery::Read), "the read cursor never moves back");
     }
 
     #[test]
@@ -667,17 +615,8 @@ mod tests {
     #[test]
     fn welcome_replays_history_and_keeps_pending_messages() {
         let mut c = Chat::default();
-        c.restore_outbox(vec![OutboxItem {
-            client_id: "p".into(),
-            body: "queued".into(),
-            created_at: 1,
-        }]);
-        let w = c.apply_welcome(
-            vec![agent(1, "m1", "a"), visitor(2, "m2", "v", "b")],
-            2,
-            2,
-            false,
-        );
+        c.restore_outbox(vec![OutboxItem { client_id: "p".into(), body: "queued".into(), created_at: 1 }]);
+        let w = c.apply_welcome(vec![agent(1, "m1", "a"), visitor(2, "m2", "v", "b")], 2, 2, false);
         assert!(!w.resync);
         assert_eq!(w.agent_messages.len(), 1);
         assert_eq!(bodies(&c), ["a", "b", "queued"]);
@@ -701,23 +640,14 @@ mod tests {
     fn welcome_that_does_not_line_up_asks_for_a_resync() {
         let mut c = Chat::default();
         c.apply_event(agent(1, "m1", "a"));
-        assert!(
-            c.apply_welcome(vec![agent(3, "m3", "c")], 3, 0, false)
-                .resync
-        );
+        assert!(c.apply_welcome(vec![agent(3, "m3", "c")], 3, 0, false).resync);
         let mut c = Chat::default();
         c.apply_event(agent(1, "m1", "a"));
-        assert!(
-            !c.apply_welcome(vec![], 5, 0, false).resync,
-            "a commit racing the welcome is caught up live"
-        );
+        assert!(!c.apply_welcome(vec![], 5, 0, false).resync, "a commit racing the welcome is caught up live");
         let mut c = Chat::default();
         c.apply_event(agent(1, "m1", "a"));
         c.apply_event(agent(2, "m2", "b"));
-        assert!(
-            c.apply_welcome(vec![], 1, 0, false).resync,
-            "server has less than we hold"
-        );
+        assert!(c.apply_welcome(vec![], 1, 0, false).resync, "server has less than we hold");
         let mut c = Chat::default();
         c.apply_event(agent(1, "m1", "a"));
         let w = c.apply_welcome(vec![agent(1, "m1", "a"), agent(2, "m2", "b")], 2, 0, false);
@@ -729,11 +659,7 @@ mod tests {
     #[test]
     fn unknown_events_still_advance_the_sequence() {
         let mut c = Chat::default();
-        c.apply_event(Event {
-            seq: 1,
-            at: 0,
-            kind: EventKind::Unknown,
-        });
+        c.apply_event(Event { seq: 1, at: 0, kind: EventKind::Unknown });
         assert_eq!(c.last_seq(), 1);
         assert!(c.apply_event(agent(2, "m2", "a")) != Applied::Gap);
     }
@@ -741,11 +667,7 @@ mod tests {
     #[test]
     fn resolving_adds_one_system_note() {
         let mut c = Chat::default();
-        let status = |seq, status| Event {
-            seq,
-            at: 0,
-            kind: EventKind::Status { status, by: None },
-        };
+        let status = |seq, status| Event { seq, at: 0, kind: EventKind::Status { status, by: None } };
         c.apply_event(status(1, ConversationStatus::Resolved));
         c.apply_event(status(2, ConversationStatus::Resolved));
         assert!(c.is_resolved());
@@ -757,16 +679,8 @@ mod tests {
 
     #[test]
     fn outbox_persistence_round_trips_and_merges() {
-        let a = OutboxItem {
-            client_id: "a".into(),
-            body: "one".into(),
-            created_at: 1,
-        };
-        let b = OutboxItem {
-            client_id: "b".into(),
-            body: "two".into(),
-            created_at: 2,
-        };
+        let a = OutboxItem { client_id: "a".into(), body: "one".into(), created_at: 1 };
+        let b = OutboxItem { client_id: "b".into(), body: "two".into(), created_at: 2 };
         let s = outbox_with(None, &a);
         let s = outbox_with(Some(&s), &b);
         let s = outbox_with(Some(&s), &a);
@@ -790,11 +704,7 @@ mod tests {
     #[test]
     fn restoring_the_outbox_does_not_duplicate_bubbles() {
         let mut c = Chat::default();
-        let item = OutboxItem {
-            client_id: "p".into(),
-            body: "x".into(),
-            created_at: 1,
-        };
+        let item = OutboxItem { client_id: "p".into(), body: "x".into(), created_at: 1 };
         c.restore_outbox(vec![item.clone(), item]);
         assert_eq!(c.messages().len(), 1);
     }
@@ -821,7 +731,11 @@ mod messenger_tests {
         };
         assert!(matches!(chat.apply_event(linked), Applied::Done(None)));
         assert_eq!(chat.messenger(), Some(Some("Peter")));
-        let unlinked = Event { seq: 2, at: 2, kind: EventKind::Channel { channel: Channel::Messenger, linked: false, name: None } };
+        let unlinked = Event {
+            seq: 2,
+            at: 2,
+            kind: EventKind::Channel { channel: Channel::Messenger, linked: false, name: None },
+        };
         chat.apply_event(unlinked);
         assert_eq!(chat.messenger(), None);
     }

@@ -16,11 +16,7 @@ impl Store {
     pub fn new(site_key: &str) -> Self {
         // `localStorage` throws (SecurityError) when the browser blocks third-party storage: treat as absent.
         let local = web_sys::window().and_then(|w| w.local_storage().ok().flatten());
-        Self {
-            prefix: format!("parley:{site_key}:"),
-            local,
-            memory: RefCell::new(Vec::new()),
-        }
+        Self { prefix: format!("parley:{site_key}:"), local, memory: RefCell::new(Vec::new()) }
     }
 
     fn get(&self, name: &str) -> Option<String> {
@@ -28,9 +24,7 @@ impl Store {
         if let Some(v) = self.memory.borrow().iter().find(|(k, _)| *k == key) {
             return Some(v.1.clone());
         }
-        self.local
-            .as_ref()
-            .and_then(|s| s.get_item(&key).ok().flatten())
+        self.local.as_ref().and_then(|s| s.get_item(&key).ok().flatten())
     }
 
     fn set(&self, name: &str, value: Option<String>) {
@@ -56,9 +50,7 @@ impl Store {
     }
 
     pub fn outbox(&self) -> Vec<OutboxItem> {
-        self.get("outbox")
-            .map(|s| state::decode_outbox(&s))
-            .unwrap_or_default()
+        self.get("outbox").map(|s| state::decode_outbox(&s)).unwrap_or_default()
     }
 
     /// Read-modify-write, so entries written by other tabs of this visitor survive.

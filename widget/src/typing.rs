@@ -53,10 +53,7 @@ mod tests {
         assert!(t.input(0));
         assert!(t.stop());
         assert!(!t.stop());
-        assert!(
-            t.input(100),
-            "typing again after a stop announces itself at once"
-        );
+        assert!(t.input(100), "typing again after a stop announces itself at once");
     }
 
     #[test]

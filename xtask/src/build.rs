@@ -88,12 +88,10 @@ pub fn all(root: &Path, profile: ServerProfile) -> anyhow::Result<Report> {
 
     // The loader: minified, never hashed (its URL lives in customers' pages).
     let loader = site.join("widget.js");
-    esbuild(root, &[
-        "widget/loader/widget.js",
-        "--minify",
-        "--target=es2017",
-        &format!("--outfile={}", loader.display()),
-    ])?;
+    esbuild(
+        root,
+        &["widget/loader/widget.js", "--minify", "--target=es2017", &format!("--outfile={}", loader.display())],
+    )?;
     report.loader = vec![loader];
 
     std::fs::write(site.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
@@ -130,9 +128,7 @@ fn build_frontend(root: &Path, assets: &Path, frontend: &Frontend) -> anyhow::Re
     ];
     args.extend_from_slice(frontend.features);
     tools::cargo(&args)?;
-    let wasm = target_dir(root)
-        .join("wasm32-unknown-unknown/wasm-release")
-        .join(format!("{}.wasm", frontend.package));
+    let wasm = target_dir(root).join("wasm32-unknown-unknown/wasm-release").join(format!("{}.wasm", frontend.package));
 
     let tmp = target_dir(root).join("xtask").join(frontend.name);
     if tmp.exists() {
@@ -154,13 +150,16 @@ fn build_frontend(root: &Path, assets: &Path, frontend: &Frontend) -> anyhow::Re
     let optimized = tmp.join(format!("{}_opt.wasm", frontend.name));
     wasm_opt(root, &bg, &optimized)?;
     let glue_min = tmp.join(format!("{}.min.js", frontend.name));
-    esbuild(root, &[
-        &tmp.join(format!("{}.js", frontend.name)).to_string_lossy(),
-        "--minify",
-        "--format=esm",
-        "--target=es2020",
-        &format!("--outfile={}", glue_min.display()),
-    ])?;
+    esbuild(
+        root,
+        &[
+            &tmp.join(format!("{}.js", frontend.name)).to_string_lossy(),
+            "--minify",
+            "--format=esm",
+            "--target=es2020",
+            &format!("--outfile={}", glue_min.display()),
+        ],
+    )?;
     let css_min = tmp.join(format!("{}.min.css", frontend.name));
     esbuild(root, &[frontend.css, "--minify", &format!("--outfile={}", css_min.display())])?;
 

@@ -69,6 +69,7 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
 
 fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    tools::cargo(&["fmt", "--all", "--", "--check"])?;
     let report = build::all(root, build::ServerProfile::Debug)?;
     sizes::check_budgets(&report)?;
     // Crates are tested one by one: the widget (Leptos `csr`) and the server (Leptos `ssr`) must not share a

@@ -16,20 +16,14 @@ pub fn ConversationList() -> impl IntoView {
     let filter = RwSignal::new(ConversationStatus::Open);
     let location = use_location();
     let selected = Memo::new(move |_| {
-        location.pathname.with(|p| {
-            p.strip_prefix("/console/conversations/")
-                .map(|id| id.trim_end_matches('/').to_owned())
-        })
+        location
+            .pathname
+            .with(|p| p.strip_prefix("/console/conversations/").map(|id| id.trim_end_matches('/').to_owned()))
     });
     let ids = Memo::new(move |_| {
         let status = filter.get();
-        live.state.with(|s| {
-            s.conversations
-                .iter()
-                .filter(|c| c.status == status)
-                .map(|c| c.id.clone())
-                .collect::<Vec<_>>()
-        })
+        live.state
+            .with(|s| s.conversations.iter().filter(|c| c.status == status).map(|c| c.id.clone()).collect::<Vec<_>>())
     });
 
     let tab = move |status: ConversationStatus, label: &'static str| {

@@ -14,11 +14,8 @@ pub fn MessageLog(#[prop(into)] id: Signal<String>) -> impl IntoView {
     let live = use_live();
     let entries = Memo::new(move |_| live.state.with(|s| s.timeline(&id.get())));
     let visitor_name = Memo::new(move |_| {
-        live.state.with(|s| {
-            s.summary(&id.get())
-                .map(|c| c.visitor_name.clone())
-                .unwrap_or_else(|| "Visitor".to_owned())
-        })
+        live.state
+            .with(|s| s.summary(&id.get()).map(|c| c.visitor_name.clone()).unwrap_or_else(|| "Visitor".to_owned()))
     });
     let typing = Memo::new(move |_| live.state.with(|s| s.visitor_typing(&id.get())));
     let log = NodeRef::<Div>::new();
@@ -56,23 +53,10 @@ pub fn MessageLog(#[prop(into)] id: Signal<String>) -> impl IntoView {
 }
 
 #[component]
-fn EntryRow(
-    entry: Entry,
-    conversation: Signal<String>,
-    visitor_name: Memo<String>,
-) -> impl IntoView {
+fn EntryRow(entry: Entry, conversation: Signal<String>, visitor_name: Memo<String>) -> impl IntoView {
     let live = use_live();
     match entry {
-        Entry::Message {
-            key,
-            id,
-            author,
-            body,
-            at,
-            channel,
-            attachments,
-            ..
-        } => {
+        Entry::Message { key, id, author, body, at, channel, attachments, .. } => {
             let (class, who) = match &author {
                 Author::Visitor => ("msg msg--visitor", None),
                 Author::Agent { name } => ("msg msg--agent", Some(name.clone())),
@@ -83,18 +67,15 @@ fn EntryRow(
             let channel = channel_name(channel);
             let elsewhere = Memo::new(move |_| {
                 let id = id.as_deref()?;
-                live.state
-                    .with(|s| s.channel_delivery(&conversation.get(), id))
+                live.state.with(|s| s.channel_delivery(&conversation.get(), id))
             });
             let delivery = {
                 let key = key.clone();
-                Memo::new(move |_| {
-                    if is_agent {
-                        live.state.with(|s| s.delivery(&conversation.get(), &key))
-                    } else {
-                        None
-                    }
-                })
+                Memo::new(
+                    move |_| {
+                        if is_agent { live.state.with(|s| s.delivery(&conversation.get(), &key)) } else { None }
+                    },
+                )
             };
             let retry = move |_| live.retry(&key);
             view! {
@@ -128,13 +109,7 @@ fn EntryRow(
             }
             .into_any()
         }
-        Entry::Channel {
-            channel,
-            linked,
-            name,
-            at,
-            ..
-        } => {
+        Entry::Channel { channel, linked, name, at, .. } => {
             let channel = channel_name(channel);
             let text = match (linked, name) {
                 (true, Some(name)) => format!("Continued on {channel} as {name}"),
@@ -172,18 +147,13 @@ fn EntryRow(
 /// An attachment: images inline, everything else as a download link. Only same-server paths and https URLs are
 /// used as sources; anything else is shown as its name.
 fn attachment_view(a: Attachment) -> impl IntoView {
-    let name = a
-        .name
-        .clone()
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| match a.kind.as_str() {
-            "image" => "Image".to_owned(),
-            "video" => "Video".to_owned(),
-            "audio" => "Audio".to_owned(),
-            _ => "File".to_owned(),
-        });
-    let safe =
-        (a.url.starts_with('/') && !a.url.starts_with("//")) || a.url.starts_with("https://");
+    let name = a.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| match a.kind.as_str() {
+        "image" => "Image".to_owned(),
+        "video" => "Video".to_owned(),
+        "audio" => "Audio".to_owned(),
+        _ => "File".to_owned(),
+    });
+    let safe = (a.url.starts_with('/') && !a.url.starts_with("//")) || a.url.starts_with("https://");
     let inner = match (safe, a.kind.as_str()) {
         (true, "image") => view! {
             <a href=a.url.clone() target="_blank" rel="noopener noreferrer">

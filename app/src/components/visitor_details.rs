@@ -11,17 +11,10 @@ use crate::time;
 #[component]
 pub fn VisitorDetails(summary: Memo<Option<ConversationSummary>>) -> impl IntoView {
     let live = use_live();
-    let v = move |f: fn(&ConversationSummary) -> Option<String>| {
-        move || summary.with(|s| s.as_ref().and_then(f))
-    };
+    let v = move |f: fn(&ConversationSummary) -> Option<String>| move || summary.with(|s| s.as_ref().and_then(f));
     let page = v(|s| s.visitor.page_url.clone());
     let referrer = v(|s| s.visitor.referrer.clone());
-    let browser = v(|s| {
-        s.visitor
-            .browser
-            .clone()
-            .or_else(|| s.visitor.user_agent.clone())
-    });
+    let browser = v(|s| s.visitor.browser.clone().or_else(|| s.visitor.user_agent.clone()));
     let language = v(|s| s.visitor.language.clone());
     let name = v(|s| Some(s.visitor_name.clone()));
     let site = v(|s| Some(s.site_name.clone()));
@@ -32,11 +25,8 @@ pub fn VisitorDetails(summary: Memo<Option<ConversationSummary>>) -> impl IntoVi
             .clone()
             .filter(|u| (u.starts_with('/') && !u.starts_with("//")) || u.starts_with("https://"))
     });
-    let messenger =
-        Memo::new(move |_| summary.with(|s| s.as_ref().and_then(|s| s.messenger.clone())));
-    let window = move || {
-        messenger.with(|m| m.as_ref().map(|m| time::messenger_window(m, live.now.get())))
-    };
+    let messenger = Memo::new(move |_| summary.with(|s| s.as_ref().and_then(|s| s.messenger.clone())));
+    let window = move || messenger.with(|m| m.as_ref().map(|m| time::messenger_window(m, live.now.get())));
     let local_time = move || {
         summary.with(|s| {
             let visitor = &s.as_ref()?.visitor;
@@ -106,11 +96,7 @@ fn url_view(value: Option<String>) -> impl IntoView {
 }
 
 fn is_web_url(url: &str) -> bool {
-    let lower = url
-        .trim_start()
-        .get(..8)
-        .unwrap_or(url)
-        .to_ascii_lowercase();
+    let lower = url.trim_start().get(..8).unwrap_or(url).to_ascii_lowercase();
     lower.starts_with("https://") || lower.starts_with("http://")
 }
 

@@ -10,8 +10,8 @@ use protocol::ConversationStatus;
 
 use crate::api::{ConsoleError, load_conversation};
 use crate::components::composer::Composer;
-use crate::components::messenger_window::MessengerWindow;
 use crate::components::message_log::MessageLog;
+use crate::components::messenger_window::MessengerWindow;
 use crate::components::visitor_details::VisitorDetails;
 use crate::live::use_live;
 
@@ -33,23 +33,12 @@ pub fn ConversationPage() -> impl IntoView {
     });
 
     // Report visitor messages as read while the agent is looking at them.
-    let last_seq = Memo::new(move |_| {
-        live.state
-            .with(|s| s.threads.get(&id.get()).map_or(0, |t| t.last_seq))
-    });
-    let unread = Memo::new(move |_| {
-        live.state
-            .with(|s| s.summary(&id.get()).map_or(0, |c| c.unread))
-    });
+    let last_seq = Memo::new(move |_| live.state.with(|s| s.threads.get(&id.get()).map_or(0, |t| t.last_seq)));
+    let unread = Memo::new(move |_| live.state.with(|s| s.summary(&id.get()).map_or(0, |c| c.unread)));
     Effect::new(move |_| {
         // Read the values (not just `track()`): a memo that is only tracked is never recomputed, so it would
         // stay dirty and stop notifying this effect.
-        let _ = (
-            last_seq.get(),
-            unread.get(),
-            live.visible.get(),
-            live.conn.get(),
-        );
+        let _ = (last_seq.get(), unread.get(), live.visible.get(), live.conn.get());
         let id = id.get();
         // Write outside the effect's run: writing the state this effect (through the memos) depends on, while it
         // runs, can leave those memos dirty and unsubscribed, and the effect would never wake again.
@@ -93,11 +82,7 @@ fn Conversation(id: Memo<String>) -> impl IntoView {
     let summary = Memo::new(move |_| live.state.with(|s| s.summary(&id.get()).cloned()));
     let status = Memo::new(move |_| summary.with(|s| s.as_ref().map(|s| s.status)));
     let title = move || {
-        summary.with(|s| {
-            s.as_ref()
-                .map(|s| s.visitor_name.clone())
-                .unwrap_or_else(|| "Conversation".to_owned())
-        })
+        summary.with(|s| s.as_ref().map(|s| s.visitor_name.clone()).unwrap_or_else(|| "Conversation".to_owned()))
     };
     let subtitle = move || {
         summary.with(|s| {

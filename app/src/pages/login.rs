@@ -9,13 +9,7 @@ use crate::api::Login;
 pub fn LoginPage() -> impl IntoView {
     let login = ServerAction::<Login>::new();
     let pending = login.pending();
-    let error = move || {
-        login.value().with(|v| {
-            v.as_ref()
-                .and_then(|r| r.as_ref().err())
-                .map(ToString::to_string)
-        })
-    };
+    let error = move || login.value().with(|v| v.as_ref().and_then(|r| r.as_ref().err()).map(ToString::to_string));
 
     view! {
         <main class="login">

@@ -7,10 +7,7 @@ use messenger_sandbox::{SandboxConfig, launch};
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().map(|p| p.parse()).transpose()?.unwrap_or(0);
-    let config = SandboxConfig {
-        callback_url: args.next(),
-        ..SandboxConfig::default()
-    };
+    let config = SandboxConfig { callback_url: args.next(), ..SandboxConfig::default() };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let sandbox = launch(config, listener).await?;
     println!("messenger sandbox at {}", sandbox.base_url());

@@ -20,22 +20,13 @@ impl Clock {
     /// Starts at `start_ms` (or the system clock) and, if `runs`, follows real time.
     pub fn new(start_ms: Option<i64>, runs: bool) -> Self {
         let start_ms = start_ms.unwrap_or_else(system_now_ms);
-        Self {
-            start_ms,
-            started: Instant::now(),
-            offset_ms: 0,
-            runs,
-            last_ms: start_ms,
-        }
+        Self { start_ms, started: Instant::now(), offset_ms: 0, runs, last_ms: start_ms }
     }
 
     /// The current virtual time in epoch milliseconds (monotonic, non-decreasing).
     pub fn now_ms(&mut self) -> i64 {
-        let real = if self.runs {
-            i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX / 2)
-        } else {
-            0
-        };
+        let real =
+            if self.runs { i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX / 2) } else { 0 };
         let now = self.start_ms + real + self.offset_ms;
         self.last_ms = self.last_ms.max(now);
         self.last_ms
@@ -49,10 +40,7 @@ impl Clock {
 
 /// Milliseconds since the epoch by the system clock.
 pub fn system_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(0)).unwrap_or(0)
 }
 
 /// A duration as whole milliseconds (saturating).

@@ -162,10 +162,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             immediate_retries: 3,
-            backoff: [1, 2, 5, 10, 30, 60]
-                .into_iter()
-                .map(Duration::from_secs)
-                .collect(),
+            backoff: [1, 2, 5, 10, 30, 60].into_iter().map(Duration::from_secs).collect(),
             alert_after: Duration::from_secs(15 * 60),
             disable_after: Duration::from_secs(60 * 60),
         }
@@ -179,11 +176,7 @@ impl RetryPolicy {
             return Duration::ZERO;
         }
         let index = (retry - self.immediate_retries - 1) as usize;
-        self.backoff
-            .get(index)
-            .or(self.backoff.last())
-            .copied()
-            .unwrap_or(Duration::from_secs(1))
+        self.backoff.get(index).or(self.backoff.last()).copied().unwrap_or(Duration::from_secs(1))
     }
 }
 

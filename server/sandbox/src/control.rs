@@ -59,14 +59,8 @@ pub fn router() -> Router<Emulator> {
         .route("/__emu/token/restore", post(restore_token))
         .route("/__emu/callback", post(set_callback))
         .route("/__emu/callback/verify", post(verify_callback))
-        .route(
-            "/__emu/subscription",
-            post(subscription).delete(unsubscribe),
-        )
-        .route(
-            "/__emu/get_started",
-            post(set_get_started).delete(remove_get_started),
-        )
+        .route("/__emu/subscription", post(subscription).delete(unsubscribe))
+        .route("/__emu/get_started", post(set_get_started).delete(remove_get_started))
         .route("/__emu/idle", get(idle))
 }
 
@@ -184,11 +178,7 @@ async fn thread(
     ok(view.ok_or(ControlError::UnknownUser(psid))?)
 }
 
-async fn user_sends(
-    State(e): State<Emulator>,
-    Path(psid): Path<String>,
-    bytes: Bytes,
-) -> ControlResult {
+async fn user_sends(State(e): State<Emulator>, Path(psid): Path<String>, bytes: Bytes) -> ControlResult {
     let message: UserMessage = body(&bytes)?;
     ok(json!({ "mid": e.user_sends(&psid, message)? }))
 }
@@ -199,20 +189,12 @@ struct RefBody {
     reference: Option<String>,
 }
 
-async fn get_started(
-    State(e): State<Emulator>,
-    Path(psid): Path<String>,
-    bytes: Bytes,
-) -> ControlResult {
+async fn get_started(State(e): State<Emulator>, Path(psid): Path<String>, bytes: Bytes) -> ControlResult {
     let b: RefBody = body(&bytes)?;
     ok(json!({ "mid": e.user_taps_get_started(&psid, b.reference.as_deref())? }))
 }
 
-async fn open_link(
-    State(e): State<Emulator>,
-    Path(psid): Path<String>,
-    bytes: Bytes,
-) -> ControlResult {
+async fn open_link(State(e): State<Emulator>, Path(psid): Path<String>, bytes: Bytes) -> ControlResult {
     let b: RefBody = body(&bytes)?;
     ok(json!({ "outcome": e.user_opens_link(&psid, b.reference.as_deref())? }))
 }
@@ -223,11 +205,7 @@ struct ReadQuery {
     from_page: Option<String>,
 }
 
-async fn read(
-    State(e): State<Emulator>,
-    Path(psid): Path<String>,
-    Query(q): Query<ReadQuery>,
-) -> ControlResult {
+async fn read(State(e): State<Emulator>, Path(psid): Path<String>, Query(q): Query<ReadQuery>) -> ControlResult {
     if q.from_page.is_some() && !e.settings().read_on_page_open {
         return ok(json!({ "watermark": Value::Null }));
     }
@@ -262,11 +240,7 @@ struct TextBody {
     text: String,
 }
 
-async fn inbox_reply(
-    State(e): State<Emulator>,
-    Path(psid): Path<String>,
-    bytes: Bytes,
-) -> ControlResult {
+async fn inbox_reply(State(e): State<Emulator>, Path(psid): Path<String>, bytes: Bytes) -> ControlResult {
     let b: TextBody = body(&bytes)?;
     if b.text.is_empty() {
         return Err(ControlError::Invalid("text must be non-empty".into()));
@@ -323,15 +297,15 @@ async fn clear_faults(State(e): State<Emulator>) -> ControlResult {
 }
 
 async fn send_fault(State(e): State<Emulator>, bytes: Bytes) -> ControlResult {
-    let rule: FaultRule<SendFault> = serde_json::from_slice(&bytes)
-        .map_err(|err| ControlError::Invalid(format!("bad fault rule: {err}")))?;
+    let rule: FaultRule<SendFault> =
+        serde_json::from_slice(&bytes).map_err(|err| ControlError::Invalid(format!("bad fault rule: {err}")))?;
     e.push_send_fault(rule);
     ok(e.faults())
 }
 
 async fn webhook_fault(State(e): State<Emulator>, bytes: Bytes) -> ControlResult {
-    let rule: FaultRule<WebhookFault> = serde_json::from_slice(&bytes)
-        .map_err(|err| ControlError::Invalid(format!("bad fault rule: {err}")))?;
+    let rule: FaultRule<WebhookFault> =
+        serde_json::from_slice(&bytes).map_err(|err| ControlError::Invalid(format!("bad fault rule: {err}")))?;
     e.push_webhook_fault(rule);
     ok(e.faults())
 }

@@ -14,13 +14,10 @@ use crate::events::field;
 use crate::faults::WebhookFault;
 use crate::state::{Author, Customer, NewUser, Thread, ThreadMessage, User, World};
 
-const FIRST_NAMES: &[&str] = &[
-    "Ada", "Grace", "Linus", "Margaret", "Alan", "Barbara", "Ken", "Radia", "Dennis", "Frances",
-];
-const LAST_NAMES: &[&str] = &[
-    "Lovelace", "Hopper", "Torvalds", "Hamilton", "Turing", "Liskov", "Thompson", "Perlman",
-    "Ritchie", "Allen",
-];
+const FIRST_NAMES: &[&str] =
+    &["Ada", "Grace", "Linus", "Margaret", "Alan", "Barbara", "Ken", "Radia", "Dennis", "Frances"];
+const LAST_NAMES: &[&str] =
+    &["Lovelace", "Hopper", "Torvalds", "Hamilton", "Turing", "Liskov", "Thompson", "Perlman", "Ritchie", "Allen"];
 
 /// Sticker id of the classic thumbs-up.
 pub const THUMBS_UP_STICKER_ID: &str = "369239263222822";
@@ -48,10 +45,7 @@ pub struct UserMessage {
 impl UserMessage {
     /// A plain text message.
     pub fn text(text: &str) -> Self {
-        Self {
-            text: Some(text.to_owned()),
-            ..Self::default()
-        }
+        Self { text: Some(text.to_owned()), ..Self::default() }
     }
 }
 
@@ -118,34 +112,23 @@ impl World {
         }
         let n = self.customers.len();
         let user = User {
-            first_name: new
-                .first_name
-                .unwrap_or_else(|| pick(FIRST_NAMES, n).to_owned()),
-            last_name: new
-                .last_name
-                .unwrap_or_else(|| pick(LAST_NAMES, n / FIRST_NAMES.len() + n).to_owned()),
+            first_name: new.first_name.unwrap_or_else(|| pick(FIRST_NAMES, n).to_owned()),
+            last_name: new.last_name.unwrap_or_else(|| pick(LAST_NAMES, n / FIRST_NAMES.len() + n).to_owned()),
             blocked: new.blocked,
             phone_only: new.phone_only,
             profile_allowed: new.profile_allowed.unwrap_or(true),
             locale: "en_US".into(),
             psid,
         };
-        self.customers.push(Customer {
-            user: user.clone(),
-            thread: Thread::default(),
-        });
+        self.customers.push(Customer { user: user.clone(), thread: Thread::default() });
         self.bump_thread(&user.psid);
         Ok(user)
     }
 
     fn active_customer(&mut self, psid: &str) -> Result<&mut Customer, ControlError> {
-        let customer = self
-            .customer_mut(psid)
-            .ok_or_else(|| ControlError::UnknownUser(psid.to_owned()))?;
+        let customer = self.customer_mut(psid).ok_or_else(|| ControlError::UnknownUser(psid.to_owned()))?;
         if customer.user.blocked {
-            return Err(ControlError::Conflict(
-                "the customer has blocked the Page".into(),
-            ));
+            return Err(ControlError::Conflict("the customer has blocked the Page".into()));
         }
         Ok(customer)
     }
@@ -164,16 +147,11 @@ impl World {
     /// The customer sends a message; returns its mid.
     pub fn user_sends(&mut self, psid: &str, message: UserMessage) -> Result<String, ControlError> {
         self.active_customer(psid)?;
-        if message.text.is_none() && message.attachments.is_empty() && message.sticker_id.is_none()
-        {
-            return Err(ControlError::Invalid(
-                "a message needs text, attachments or a sticker".into(),
-            ));
+        if message.text.is_none() && message.attachments.is_empty() && message.sticker_id.is_none() {
+            return Err(ControlError::Invalid("a message needs text, attachments or a sticker".into()));
         }
         if let Some(reply_to) = &message.reply_to
-            && !self
-                .customer(psid)
-                .is_some_and(|c| c.thread.messages.iter().any(|m| &m.mid == reply_to))
+            && !self.customer(psid).is_some_and(|c| c.thread.messages.iter().any(|m| &m.mid == reply_to))
         {
             return Err(ControlError::UnknownMessage(reply_to.clone()));
         }
@@ -193,16 +171,11 @@ impl World {
         }
         if let Some(sticker_id) = &message.sticker_id {
             let url = self.add_media("image");
-            let both = now < STICKER_TRANSITION_END_MS
-                || self.take_event_fault(WebhookFault::StickerAsImageAndSticker);
+            let both = now < STICKER_TRANSITION_END_MS || self.take_event_fault(WebhookFault::StickerAsImageAndSticker);
             if both {
-                attachments.push(
-                    json!({ "type": "image", "payload": { "url": url, "sticker_id": sticker_id } }),
-                );
+                attachments.push(json!({ "type": "image", "payload": { "url": url, "sticker_id": sticker_id } }));
             }
-            attachments.push(
-                json!({ "type": "sticker", "payload": { "url": url, "sticker_id": sticker_id } }),
-            );
+            attachments.push(json!({ "type": "sticker", "payload": { "url": url, "sticker_id": sticker_id } }));
         }
         let mut body = Map::new();
         body.insert("mid".into(), json!(mid));
@@ -213,10 +186,7 @@ impl World {
             body.insert("quick_reply".into(), json!({ "payload": payload }));
         }
         if let Some(reply_to) = &message.reply_to {
-            body.insert(
-                "reply_to".into(),
-                json!({ "mid": reply_to, "is_self_reply": false }),
-            );
+            body.insert("reply_to".into(), json!({ "mid": reply_to, "is_self_reply": false }));
         }
         if !attachments.is_empty() {
             body.insert("attachments".into(), Value::Array(attachments.clone()));
@@ -239,11 +209,7 @@ impl World {
 
     /// The customer taps Get Started, optionally arriving through `m.me/…?ref=`.
     /// Returns the postback's mid.
-    pub fn user_taps_get_started(
-        &mut self,
-        psid: &str,
-        referral: Option<&str>,
-    ) -> Result<String, ControlError> {
+    pub fn user_taps_get_started(&mut self, psid: &str, referral: Option<&str>) -> Result<String, ControlError> {
         self.active_customer(psid)?;
         let payload = self
             .get_started_payload()
@@ -272,11 +238,7 @@ impl World {
     /// The customer opens `m.me/<page>` (with an optional `ref`). An existing thread gets a
     /// `messaging_referrals` event and its 24 h window reopens; a new thread shows Get
     /// Started (or just the composer when none is configured).
-    pub fn user_opens_link(
-        &mut self,
-        psid: &str,
-        referral: Option<&str>,
-    ) -> Result<OpenOutcome, ControlError> {
+    pub fn user_opens_link(&mut self, psid: &str, referral: Option<&str>) -> Result<OpenOutcome, ControlError> {
         let started = self.active_customer(psid)?.thread.started;
         if !started {
             return Ok(if self.get_started_payload().is_some() {
@@ -306,12 +268,7 @@ impl World {
     }
 
     /// The customer reacts to (or un-reacts from) a message.
-    pub fn user_reacts(
-        &mut self,
-        psid: &str,
-        mid: &str,
-        emoji: Option<&str>,
-    ) -> Result<(), ControlError> {
+    pub fn user_reacts(&mut self, psid: &str, mid: &str, emoji: Option<&str>) -> Result<(), ControlError> {
         let customer = self.active_customer(psid)?;
         let message = customer
             .thread
@@ -340,31 +297,19 @@ impl World {
 
     /// The customer blocks (or unblocks) the Page.
     pub fn set_blocked(&mut self, psid: &str, blocked: bool) -> Result<(), ControlError> {
-        let customer = self
-            .customer_mut(psid)
-            .ok_or_else(|| ControlError::UnknownUser(psid.to_owned()))?;
+        let customer = self.customer_mut(psid).ok_or_else(|| ControlError::UnknownUser(psid.to_owned()))?;
         customer.user.blocked = blocked;
         self.bump_thread(psid);
         Ok(())
     }
 
     /// A human replies from the Page Inbox: the echo carries app_id 263902037430900.
-    pub fn inbox_replies(
-        &mut self,
-        psid: &str,
-        text: &str,
-    ) -> Result<(String, Option<FollowUp>), ControlError> {
+    pub fn inbox_replies(&mut self, psid: &str, text: &str) -> Result<(String, Option<FollowUp>), ControlError> {
         self.active_customer(psid)?;
         let now = self.now_ms();
         let mid = self.mint_mid();
-        let mut record = ThreadMessage::new(
-            mid.clone(),
-            Author::Page {
-                app_id: PAGE_INBOX_APP_ID.to_owned(),
-            },
-            now,
-            "message",
-        );
+        let mut record =
+            ThreadMessage::new(mid.clone(), Author::Page { app_id: PAGE_INBOX_APP_ID.to_owned() }, now, "message");
         record.text = Some(text.to_owned());
         let follow_up = self.record_page_message(psid, record);
         Ok((mid, follow_up))
@@ -400,8 +345,7 @@ impl World {
             }
             other => follow_up.read_after_ms = other,
         }
-        (follow_up.delivery_after_ms.is_some() || follow_up.read_after_ms.is_some())
-            .then_some(follow_up)
+        (follow_up.delivery_after_ms.is_some() || follow_up.read_after_ms.is_some()).then_some(follow_up)
     }
 
     /// The `message` of an echo webhook for a Page message.
@@ -421,16 +365,10 @@ impl World {
             body.insert("text".into(), json!(text));
         }
         if !record.attachments.is_empty() {
-            body.insert(
-                "attachments".into(),
-                Value::Array(record.attachments.clone()),
-            );
+            body.insert("attachments".into(), Value::Array(record.attachments.clone()));
         }
         if !record.quick_replies.is_empty() {
-            body.insert(
-                "quick_replies".into(),
-                Value::Array(record.quick_replies.clone()),
-            );
+            body.insert("quick_replies".into(), Value::Array(record.quick_replies.clone()));
         }
         if let Some(reply_to) = &record.reply_to {
             body.insert("reply_to".into(), json!({ "mid": reply_to }));

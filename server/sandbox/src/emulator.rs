@@ -15,8 +15,7 @@ use crate::customer::{FollowUp, OpenOutcome, THUMBS_UP_STICKER_ID, UserAttachmen
 use crate::errors::ControlError;
 use crate::faults::{FaultRule, Faults, SendFault, WebhookFault, normalise};
 use crate::state::{
-    Alert, NewUser, SentMessage, Settings, SettingsPatch, ThreadView, User, Verification,
-    WebhookDelivery, World,
+    Alert, NewUser, SentMessage, Settings, SettingsPatch, ThreadView, User, Verification, WebhookDelivery, World,
 };
 
 pub(crate) struct Inner {
@@ -36,14 +35,7 @@ impl Emulator {
     pub(crate) fn new(world: World, http: reqwest::Client) -> Self {
         let (changed, _) = watch::channel(0);
         let (clock_jumps, _) = watch::channel(0);
-        Self {
-            inner: Arc::new(Inner {
-                world: Mutex::new(world),
-                changed,
-                clock_jumps,
-                http,
-            }),
-        }
+        Self { inner: Arc::new(Inner { world: Mutex::new(world), changed, clock_jumps, http }) }
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {
@@ -52,11 +44,7 @@ impl Emulator {
 
     /// Runs `f` on the world under the lock and wakes waiters if it changed anything.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
-        let mut world = self
-            .inner
-            .world
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut world = self.inner.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let result = f(&mut world);
         let changed = std::mem::take(&mut world.dirty).then_some(world.version);
         drop(world);
@@ -99,11 +87,7 @@ impl Emulator {
     }
 
     /// Waits until at least `n` webhook payloads were delivered (2xx); returns them all.
-    pub async fn wait_for_deliveries(
-        &self,
-        n: usize,
-        timeout: Duration,
-    ) -> Result<Vec<WebhookDelivery>, ControlError> {
+    pub async fn wait_for_deliveries(&self, n: usize, timeout: Duration) -> Result<Vec<WebhookDelivery>, ControlError> {
         self.wait_until(timeout, |e| {
             let delivered = e.delivered_webhooks();
             (delivered.len() >= n).then_some(delivered)
@@ -118,19 +102,13 @@ impl Emulator {
         timeout: Duration,
         predicate: impl Fn(&Value) -> bool,
     ) -> Result<Value, ControlError> {
-        self.wait_until(timeout, |e| {
-            e.delivered_events().into_iter().find(|ev| predicate(ev))
-        })
-        .await
-        .map_err(|_| ControlError::Timeout("a matching webhook event".into()))
+        self.wait_until(timeout, |e| e.delivered_events().into_iter().find(|ev| predicate(ev)))
+            .await
+            .map_err(|_| ControlError::Timeout("a matching webhook event".into()))
     }
 
     /// Waits until the Page has sent at least `n` messages; returns them all.
-    pub async fn wait_for_sent(
-        &self,
-        n: usize,
-        timeout: Duration,
-    ) -> Result<Vec<SentMessage>, ControlError> {
+    pub async fn wait_for_sent(&self, n: usize, timeout: Duration) -> Result<Vec<SentMessage>, ControlError> {
         self.wait_until(timeout, |e| {
             let sent = e.sent_messages();
             (sent.len() >= n).then_some(sent)
@@ -141,11 +119,9 @@ impl Emulator {
 
     /// Waits until every emitted event was delivered or dropped.
     pub async fn wait_idle(&self, timeout: Duration) -> Result<(), ControlError> {
-        self.wait_until(timeout, |e| {
-            e.with(|w| (w.pending_events == 0).then_some(()))
-        })
-        .await
-        .map_err(|_| ControlError::Timeout("the webhook queue to drain".into()))
+        self.wait_until(timeout, |e| e.with(|w| (w.pending_events == 0).then_some(())))
+            .await
+            .map_err(|_| ControlError::Timeout("the webhook queue to drain".into()))
     }
 
     // ----- clock -----
@@ -207,10 +183,7 @@ impl Emulator {
     /// served by the emulator from an expiring URL.
     pub fn user_sends_attachment(&self, psid: &str, kind: &str) -> Result<String, ControlError> {
         let message = UserMessage {
-            attachments: vec![UserAttachment {
-                kind: kind.to_owned(),
-                ..UserAttachment::default()
-            }],
+            attachments: vec![UserAttachment { kind: kind.to_owned(), ..UserAttachment::default() }],
             ..UserMessage::default()
         };
         self.user_sends(psid, message)
@@ -218,20 +191,12 @@ impl Emulator {
 
     /// The customer sends the thumbs-up sticker.
     pub fn user_sends_sticker(&self, psid: &str) -> Result<String, ControlError> {
-        let message = UserMessage {
-            sticker_id: Some(THUMBS_UP_STICKER_ID.to_owned()),
-            ..UserMessage::default()
-        };
+        let message = UserMessage { sticker_id: Some(THUMBS_UP_STICKER_ID.to_owned()), ..UserMessage::default() };
         self.user_sends(psid, message)
     }
 
     /// The customer taps a quick reply.
-    pub fn user_taps_quick_reply(
-        &self,
-        psid: &str,
-        title: &str,
-        payload: &str,
-    ) -> Result<String, ControlError> {
+    pub fn user_taps_quick_reply(&self, psid: &str, title: &str, payload: &str) -> Result<String, ControlError> {
         let message = UserMessage {
             text: Some(title.to_owned()),
             quick_reply_payload: Some(payload.to_owned()),
@@ -241,35 +206,19 @@ impl Emulator {
     }
 
     /// The customer replies to a message.
-    pub fn user_replies_to(
-        &self,
-        psid: &str,
-        mid: &str,
-        text: &str,
-    ) -> Result<String, ControlError> {
-        let message = UserMessage {
-            text: Some(text.to_owned()),
-            reply_to: Some(mid.to_owned()),
-            ..UserMessage::default()
-        };
+    pub fn user_replies_to(&self, psid: &str, mid: &str, text: &str) -> Result<String, ControlError> {
+        let message =
+            UserMessage { text: Some(text.to_owned()), reply_to: Some(mid.to_owned()), ..UserMessage::default() };
         self.user_sends(psid, message)
     }
 
     /// The customer taps Get Started (a new thread from `m.me/<page>?ref=…` carries the ref).
-    pub fn user_taps_get_started(
-        &self,
-        psid: &str,
-        referral: Option<&str>,
-    ) -> Result<String, ControlError> {
+    pub fn user_taps_get_started(&self, psid: &str, referral: Option<&str>) -> Result<String, ControlError> {
         self.with(|w| w.user_taps_get_started(psid, referral))
     }
 
     /// The customer opens `m.me/<page>?ref=…`.
-    pub fn user_opens_link(
-        &self,
-        psid: &str,
-        referral: Option<&str>,
-    ) -> Result<OpenOutcome, ControlError> {
+    pub fn user_opens_link(&self, psid: &str, referral: Option<&str>) -> Result<OpenOutcome, ControlError> {
         self.with(|w| w.user_opens_link(psid, referral))
     }
 
@@ -279,12 +228,7 @@ impl Emulator {
     }
 
     /// The customer reacts to a message (`None` removes the reaction).
-    pub fn user_reacts(
-        &self,
-        psid: &str,
-        mid: &str,
-        emoji: Option<&str>,
-    ) -> Result<(), ControlError> {
+    pub fn user_reacts(&self, psid: &str, mid: &str, emoji: Option<&str>) -> Result<(), ControlError> {
         self.with(|w| w.user_reacts(psid, mid, emoji))
     }
 
@@ -308,8 +252,7 @@ impl Emulator {
     /// The Page Inbox takes the thread (Conversation Routing turns on).
     pub fn inbox_takes_thread(&self, psid: &str) -> Result<(), ControlError> {
         self.with(|w| {
-            w.customer(psid)
-                .ok_or_else(|| ControlError::UnknownUser(psid.to_owned()))?;
+            w.customer(psid).ok_or_else(|| ControlError::UnknownUser(psid.to_owned()))?;
             w.inbox_takes_thread(psid);
             Ok(())
         })
@@ -318,8 +261,7 @@ impl Emulator {
     /// The Page Inbox passes the thread back to our app.
     pub fn inbox_passes_thread(&self, psid: &str) -> Result<(), ControlError> {
         self.with(|w| {
-            w.customer(psid)
-                .ok_or_else(|| ControlError::UnknownUser(psid.to_owned()))?;
+            w.customer(psid).ok_or_else(|| ControlError::UnknownUser(psid.to_owned()))?;
             w.inbox_passes_thread(psid);
             Ok(())
         })
@@ -332,12 +274,7 @@ impl Emulator {
         };
         if let Some(after) = follow_up.delivery_after_ms {
             let emulator = self.clone();
-            let FollowUp {
-                psid,
-                mid,
-                timestamp,
-                ..
-            } = follow_up.clone();
+            let FollowUp { psid, mid, timestamp, .. } = follow_up.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(after)).await;
                 emulator.with(|w| w.emit_delivery(&psid, vec![mid], timestamp));
@@ -425,10 +362,7 @@ impl Emulator {
         self.with(|w| {
             match payload {
                 Some(payload) => {
-                    w.profile.insert(
-                        "get_started".into(),
-                        serde_json::json!({ "payload": payload }),
-                    );
+                    w.profile.insert("get_started".into(), serde_json::json!({ "payload": payload }));
                 }
                 None => {
                     w.profile.remove("get_started");
@@ -509,20 +443,13 @@ impl Emulator {
     /// Payloads that were delivered (2xx).
     pub fn delivered_webhooks(&self) -> Vec<WebhookDelivery> {
         self.with(|w| {
-            w.deliveries
-                .iter()
-                .filter(|d| d.status == crate::state::DeliveryStatus::Delivered)
-                .cloned()
-                .collect()
+            w.deliveries.iter().filter(|d| d.status == crate::state::DeliveryStatus::Delivered).cloned().collect()
         })
     }
 
     /// The `messaging[]`/`standby[]` events of delivered payloads, in delivery order.
     pub fn delivered_events(&self) -> Vec<Value> {
-        self.delivered_webhooks()
-            .iter()
-            .flat_map(|d| crate::webhook::events_of(&d.json()))
-            .collect()
+        self.delivered_webhooks().iter().flat_map(|d| crate::webhook::events_of(&d.json())).collect()
     }
 
     /// Alerts raised (developer alert, webhooks disabled).

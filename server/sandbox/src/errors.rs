@@ -47,34 +47,20 @@ impl GraphError {
 
     /// Any code/subcode/message (used by the `custom` fault).
     pub fn custom(status: StatusCode, code: i64, subcode: Option<i64>, message: String) -> Self {
-        Self {
-            status,
-            ..Self::new(code, subcode, message)
-        }
+        Self { status, ..Self::new(code, subcode, message) }
     }
 
     /// 190: missing or unparseable token.
     pub fn token_missing() -> Self {
         Self {
             invalid_token: true,
-            ..Self::new(
-                190,
-                None,
-                "An active access token must be used to query information about the current user.",
-            )
+            ..Self::new(190, None, "An active access token must be used to query information about the current user.")
         }
     }
 
     /// 190: a token the emulator does not know.
     pub fn token_invalid() -> Self {
-        Self {
-            invalid_token: true,
-            ..Self::new(
-                190,
-                None,
-                "Invalid OAuth access token - Cannot parse access token",
-            )
-        }
+        Self { invalid_token: true, ..Self::new(190, None, "Invalid OAuth access token - Cannot parse access token") }
     }
 
     /// 190/460: the token was revoked (stays so until restored).
@@ -91,11 +77,7 @@ impl GraphError {
 
     /// 100: a bad or missing `appsecret_proof`.
     pub fn bad_appsecret_proof() -> Self {
-        Self::new(
-            100,
-            None,
-            "Invalid appsecret_proof provided in the API argument",
-        )
+        Self::new(100, None, "Invalid appsecret_proof provided in the API argument")
     }
 
     /// 100: invalid parameter.
@@ -131,10 +113,7 @@ impl GraphError {
 
     /// 100/2018014: `sender_action` together with `message`.
     pub fn sender_action_with_message() -> Self {
-        Self::param_sub(
-            2018014,
-            "Cannot send sender_action with message or other fields",
-        )
+        Self::param_sub(2018014, "Cannot send sender_action with message or other fields")
     }
 
     /// 100/2018008: the attachment URL could not be fetched.
@@ -149,10 +128,7 @@ impl GraphError {
 
     /// 100/2018247: profile fields without permission.
     pub fn profile_field_permission(field: &str) -> Self {
-        Self::param_sub(
-            2018247,
-            format!("Insufficient permission to access user profile field: {field}"),
-        )
+        Self::param_sub(2018247, format!("Insufficient permission to access user profile field: {field}"))
     }
 
     /// 551/1545041: the person blocked the Page or is unavailable.
@@ -162,11 +138,7 @@ impl GraphError {
 
     /// 10/2018108: the person never messaged the Page.
     pub fn cannot_receive() -> Self {
-        Self::new(
-            10,
-            Some(2018108),
-            "(#10) This person isn't receiving messages from you right now.",
-        )
+        Self::new(10, Some(2018108), "(#10) This person isn't receiving messages from you right now.")
     }
 
     /// 10/2018278: outside the allowed window.
@@ -185,22 +157,14 @@ impl GraphError {
 
     /// 10/2018300: another app controls the thread (Conversation Routing).
     pub fn thread_owned_by_other_app() -> Self {
-        Self::new(
-            10,
-            Some(2018300),
-            "(#10) Another app is controlling this thread now.",
-        )
+        Self::new(10, Some(2018300), "(#10) Another app is controlling this thread now.")
     }
 
     /// 1200: temporary send failure.
     pub fn temporary_send_failure() -> Self {
         Self {
             transient: true,
-            ..Self::new(
-                1200,
-                None,
-                "(#1200) Temporary send message failure. Please try again later",
-            )
+            ..Self::new(1200, None, "(#1200) Temporary send message failure. Please try again later")
         }
     }
 
@@ -208,20 +172,13 @@ impl GraphError {
     pub fn service_unavailable() -> Self {
         Self {
             transient: true,
-            ..Self::new(
-                2,
-                None,
-                "An unexpected error has occurred. Please retry your request later.",
-            )
+            ..Self::new(2, None, "An unexpected error has occurred. Please retry your request later.")
         }
     }
 
     /// 1/99: unknown error.
     pub fn unknown_error() -> Self {
-        Self {
-            transient: true,
-            ..Self::new(1, Some(99), "An unknown error occurred")
-        }
+        Self { transient: true, ..Self::new(1, Some(99), "An unknown error occurred") }
     }
 
     /// 1/1357046: the message may have been sent anyway.
@@ -249,23 +206,16 @@ impl GraphError {
             "total_time": 25,
             "estimated_time_to_regain_access": 1
         }]});
-        Self {
-            transient: true,
-            business_usage: Some(usage),
-            ..Self::new(code, subcode, message)
-        }
+        Self { transient: true, business_usage: Some(usage), ..Self::new(code, subcode, message) }
     }
 
     /// An injected 5xx. 502 comes back as a proxy's HTML page, the others as JSON.
     pub fn server_error(status: u16) -> Self {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let raw_body = (status == StatusCode::BAD_GATEWAY)
-            .then_some("<html><body><h1>502 Bad Gateway</h1></body></html>");
-        let mut error = if status == StatusCode::SERVICE_UNAVAILABLE {
-            Self::service_unavailable()
-        } else {
-            Self::unknown_error()
-        };
+        let raw_body =
+            (status == StatusCode::BAD_GATEWAY).then_some("<html><body><h1>502 Bad Gateway</h1></body></html>");
+        let mut error =
+            if status == StatusCode::SERVICE_UNAVAILABLE { Self::service_unavailable() } else { Self::unknown_error() };
         error.status = status;
         error.raw_body = raw_body;
         error
@@ -292,20 +242,12 @@ impl GraphError {
 impl IntoResponse for GraphError {
     fn into_response(self) -> Response {
         let mut response = match self.raw_body {
-            Some(text) => (
-                self.status,
-                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                text,
-            )
-                .into_response(),
+            Some(text) => (self.status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], text).into_response(),
             None => (self.status, axum::Json(self.body())).into_response(),
         };
         let headers = response.headers_mut();
         if self.invalid_token {
-            let value = format!(
-                "OAuth \"Facebook Platform\" \"invalid_token\" \"{}\"",
-                self.message.replace('"', "'")
-            );
+            let value = format!("OAuth \"Facebook Platform\" \"invalid_token\" \"{}\"", self.message.replace('"', "'"));
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert(header::WWW_AUTHENTICATE, value);
             }
@@ -355,15 +297,7 @@ impl IntoResponse for ControlError {
 fn fbtrace_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
     let mut rng = rand::rng();
-    (0..23)
-        .map(|i| {
-            if i == 0 {
-                'A'
-            } else {
-                char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])
-            }
-        })
-        .collect()
+    (0..23).map(|i| if i == 0 { 'A' } else { char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]) }).collect()
 }
 
 #[cfg(test)]

@@ -35,10 +35,7 @@ impl World {
         if self.cfg.app_id_as_string {
             return json!(app_id);
         }
-        app_id
-            .parse::<u64>()
-            .map(Value::from)
-            .unwrap_or_else(|_| json!(app_id))
+        app_id.parse::<u64>().map(Value::from).unwrap_or_else(|_| json!(app_id))
     }
 
     /// Customer → Page event skeleton.
@@ -70,12 +67,8 @@ impl World {
         if !app.subscribed || !app.fields.iter().any(|f| f == field) {
             return false;
         }
-        let owner = self
-            .customer(psid)
-            .and_then(|c| c.thread.owner_app_id.clone());
-        let standby = field != field::HANDOVERS
-            && self.settings.routing
-            && owner.is_some_and(|o| o != self.cfg.app_id);
+        let owner = self.customer(psid).and_then(|c| c.thread.owner_app_id.clone());
+        let standby = field != field::HANDOVERS && self.settings.routing && owner.is_some_and(|o| o != self.cfg.app_id);
         if standby {
             if !app.fields.iter().any(|f| f == "standby") {
                 return false;
@@ -84,12 +77,7 @@ impl World {
                 postback.remove("payload");
             }
         }
-        let out = OutEvent {
-            field,
-            standby,
-            event,
-            generation: self.generation,
-        };
+        let out = OutEvent { field, standby, event, generation: self.generation };
         if self.outbox.send(out).is_err() {
             return false;
         }
@@ -108,10 +96,8 @@ impl World {
     /// The Inbox takes the thread (routing turns on) and our app is told.
     pub fn inbox_takes_thread(&mut self, psid: &str) {
         self.settings.routing = true;
-        let previous = self
-            .customer(psid)
-            .and_then(|c| c.thread.owner_app_id.clone())
-            .unwrap_or_else(|| self.cfg.app_id.clone());
+        let previous =
+            self.customer(psid).and_then(|c| c.thread.owner_app_id.clone()).unwrap_or_else(|| self.cfg.app_id.clone());
         if let Some(customer) = self.customer_mut(psid) {
             customer.thread.owner_app_id = Some(PAGE_INBOX_APP_ID.to_owned());
         }
@@ -161,13 +147,7 @@ impl World {
     /// A read receipt up to the newest Page message, if it moves the watermark.
     pub fn emit_read(&mut self, psid: &str) -> Option<i64> {
         let customer = self.customer_mut(psid)?;
-        let newest = customer
-            .thread
-            .messages
-            .iter()
-            .filter(|m| m.is_from_page())
-            .map(|m| m.timestamp)
-            .max()?;
+        let newest = customer.thread.messages.iter().filter(|m| m.is_from_page()).map(|m| m.timestamp).max()?;
         if newest <= customer.thread.read_watermark {
             return None;
         }

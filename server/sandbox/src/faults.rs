@@ -118,20 +118,12 @@ impl<F> FaultRule<F> {
 
     /// Fires on the next `n` matching calls.
     pub fn times(fault: F, n: u32) -> Self {
-        Self {
-            fault,
-            times: Some(n),
-            probability: None,
-        }
+        Self { fault, times: Some(n), probability: None }
     }
 
     /// Fires with probability `p` on every matching call.
     pub fn probability(fault: F, p: f64) -> Self {
-        Self {
-            fault,
-            times: None,
-            probability: Some(p),
-        }
+        Self { fault, times: None, probability: Some(p) }
     }
 }
 
@@ -151,20 +143,12 @@ impl Faults {
     }
 
     /// Takes a webhook fault accepted by `applies`, if one fires.
-    pub fn take_webhook(
-        &mut self,
-        rng: &mut StdRng,
-        applies: impl Fn(&WebhookFault) -> bool,
-    ) -> Option<WebhookFault> {
+    pub fn take_webhook(&mut self, rng: &mut StdRng, applies: impl Fn(&WebhookFault) -> bool) -> Option<WebhookFault> {
         take(&mut self.webhook, rng, applies)
     }
 }
 
-fn take<F: Clone>(
-    rules: &mut Vec<FaultRule<F>>,
-    rng: &mut StdRng,
-    applies: impl Fn(&F) -> bool,
-) -> Option<F> {
+fn take<F: Clone>(rules: &mut Vec<FaultRule<F>>, rng: &mut StdRng, applies: impl Fn(&F) -> bool) -> Option<F> {
     let mut fired = None;
     for (index, rule) in rules.iter_mut().enumerate() {
         if !applies(&rule.fault) || rule.times == Some(0) {
@@ -206,17 +190,9 @@ mod tests {
     fn scripted_rules_fire_n_times_then_vanish() {
         let mut rng = StdRng::seed_from_u64(1);
         let mut faults = Faults::default();
-        faults
-            .send
-            .push(FaultRule::times(SendFault::TemporaryFailure, 2));
-        assert_eq!(
-            faults.take_send(&mut rng),
-            Some(SendFault::TemporaryFailure)
-        );
-        assert_eq!(
-            faults.take_send(&mut rng),
-            Some(SendFault::TemporaryFailure)
-        );
+        faults.send.push(FaultRule::times(SendFault::TemporaryFailure, 2));
+        assert_eq!(faults.take_send(&mut rng), Some(SendFault::TemporaryFailure));
+        assert_eq!(faults.take_send(&mut rng), Some(SendFault::TemporaryFailure));
         assert_eq!(faults.take_send(&mut rng), None);
         assert!(faults.send.is_empty());
     }
@@ -226,12 +202,8 @@ mod tests {
         let run = || {
             let mut rng = StdRng::seed_from_u64(42);
             let mut faults = Faults::default();
-            faults
-                .send
-                .push(FaultRule::probability(SendFault::UnknownError, 0.5));
-            (0..64)
-                .map(|_| faults.take_send(&mut rng).is_some())
-                .collect::<Vec<_>>()
+            faults.send.push(FaultRule::probability(SendFault::UnknownError, 0.5));
+            (0..64).map(|_| faults.take_send(&mut rng).is_some()).collect::<Vec<_>>()
         };
         let first = run();
         assert_eq!(first, run());
@@ -244,17 +216,9 @@ mod tests {
             serde_json::from_str(r#"{"kind":"hang","ms":1500,"times":2}"#).expect("valid rule");
         assert_eq!(rule.fault, SendFault::Hang { ms: 1500 });
         assert_eq!(rule.times, Some(2));
-        let rule: FaultRule<WebhookFault> =
-            serde_json::from_str(r#"{"kind":"batch","events":3}"#).expect("valid rule");
-        assert_eq!(
-            rule.fault,
-            WebhookFault::Batch {
-                events: 3,
-                entries: 1
-            }
-        );
-        let rule: FaultRule<SendFault> =
-            serde_json::from_str(r#"{"kind":"rate_limited"}"#).expect("valid rule");
+        let rule: FaultRule<WebhookFault> = serde_json::from_str(r#"{"kind":"batch","events":3}"#).expect("valid rule");
+        assert_eq!(rule.fault, WebhookFault::Batch { events: 3, entries: 1 });
+        let rule: FaultRule<SendFault> = serde_json::from_str(r#"{"kind":"rate_limited"}"#).expect("valid rule");
         assert_eq!(rule.fault, SendFault::RateLimited { code: 80006 });
     }
 
@@ -262,13 +226,8 @@ mod tests {
     fn webhook_rules_only_fire_where_they_apply() {
         let mut rng = StdRng::seed_from_u64(3);
         let mut faults = Faults::default();
-        faults
-            .webhook
-            .push(FaultRule::once(WebhookFault::DropReferral));
-        assert_eq!(
-            faults.take_webhook(&mut rng, |f| *f == WebhookFault::Duplicate),
-            None
-        );
+        faults.webhook.push(FaultRule::once(WebhookFault::DropReferral));
+        assert_eq!(faults.take_webhook(&mut rng, |f| *f == WebhookFault::Duplicate), None);
         assert_eq!(
             faults.take_webhook(&mut rng, |f| *f == WebhookFault::DropReferral),
             Some(WebhookFault::DropReferral)

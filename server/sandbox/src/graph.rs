@@ -46,11 +46,7 @@ impl GraphRequest {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Self, GraphError> {
-        let mut segments: Vec<String> = path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let mut segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
         if segments.first().is_some_and(|s| is_version(s)) {
             segments.remove(0);
         }
@@ -58,39 +54,25 @@ impl GraphRequest {
         if let Some(query) = query {
             merge_form(&mut params, query.as_bytes())?;
         }
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if !body.iter().all(u8::is_ascii_whitespace) {
             let json_first = content_type.starts_with("application/json")
-                || (!content_type.starts_with("application/x-www-form-urlencoded")
-                    && body.first() == Some(&b'{'));
+                || (!content_type.starts_with("application/x-www-form-urlencoded") && body.first() == Some(&b'{'));
             if json_first {
                 merge_json(&mut params, body)?;
             } else {
                 merge_form(&mut params, body)?;
             }
         }
-        let mut token = params
-            .remove("access_token")
-            .and_then(|v| v.as_str().map(str::to_owned));
+        let mut token = params.remove("access_token").and_then(|v| v.as_str().map(str::to_owned));
         if token.is_none() {
             token = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("OAuth "))
-                })
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("OAuth ")))
                 .map(|t| t.trim().to_owned());
         }
-        Ok(Self {
-            method,
-            segments,
-            params,
-            token,
-        })
+        Ok(Self { method, segments, params, token })
     }
 
     /// A string parameter.
@@ -101,18 +83,10 @@ impl GraphRequest {
     /// A list parameter given as a JSON array or a comma-separated string.
     pub fn list(&self, key: &str) -> Option<Vec<String>> {
         match self.params.get(key)? {
-            Value::Array(items) => Some(
-                items
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect(),
-            ),
-            Value::String(text) => Some(
-                text.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            ),
+            Value::Array(items) => Some(items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()),
+            Value::String(text) => {
+                Some(text.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+            }
             _ => None,
         }
     }
@@ -136,14 +110,9 @@ pub fn id_string(value: &Value) -> Option<String> {
 }
 
 fn is_version(segment: &str) -> bool {
-    segment
-        .strip_prefix('v')
-        .and_then(|rest| rest.split_once('.'))
-        .is_some_and(|(major, minor)| {
-            !major.is_empty()
-                && major.bytes().all(|b| b.is_ascii_digit())
-                && minor.bytes().all(|b| b.is_ascii_digit())
-        })
+    segment.strip_prefix('v').and_then(|rest| rest.split_once('.')).is_some_and(|(major, minor)| {
+        !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()) && minor.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 fn merge_json(params: &mut Map<String, Value>, body: &[u8]) -> Result<(), GraphError> {
@@ -222,10 +191,7 @@ pub async fn route(emulator: &Emulator, request: GraphRequest) -> Result<Value, 
 
 /// Checks the token (190) and `appsecret_proof` (100).
 pub fn authenticate(world: &World, request: &GraphRequest) -> Result<(), GraphError> {
-    let token = request
-        .token
-        .as_deref()
-        .ok_or_else(GraphError::token_missing)?;
+    let token = request.token.as_deref().ok_or_else(GraphError::token_missing)?;
     if token.is_empty() {
         return Err(GraphError::token_missing());
     }
@@ -252,8 +218,7 @@ pub fn authenticate(world: &World, request: &GraphRequest) -> Result<(), GraphEr
 
 /// `hex(HMAC-SHA256(key=app_secret, msg=access_token))`.
 pub fn appsecret_proof(app_secret: &str, token: &str) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(app_secret.as_bytes())
-        .expect("HMAC can take any key length");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(app_secret.as_bytes()).expect("HMAC can take any key length");
     mac.update(token.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
@@ -268,10 +233,7 @@ fn require_page(world: &World, request: &GraphRequest, node: &str) -> Result<(),
     if is_page(world, node) {
         Ok(())
     } else {
-        Err(GraphError::unsupported(
-            &request.method.as_str().to_lowercase(),
-            node,
-        ))
+        Err(GraphError::unsupported(&request.method.as_str().to_lowercase(), node))
     }
 }
 
@@ -289,9 +251,7 @@ fn node_info(world: &mut World, request: &GraphRequest, node: &str) -> Result<Va
             "username": world.cfg.page_username,
         }));
     }
-    let customer = world
-        .customer(node)
-        .ok_or_else(|| GraphError::unsupported("get", node))?;
+    let customer = world.customer(node).ok_or_else(|| GraphError::unsupported("get", node))?;
     let user = customer.user.clone();
     if user.phone_only {
         return Err(GraphError::no_profile());
@@ -300,9 +260,7 @@ fn node_info(world: &mut World, request: &GraphRequest, node: &str) -> Result<Va
     if !user.profile_allowed || !customer.thread.started {
         return Ok(json!({}));
     }
-    let fields = request
-        .list("fields")
-        .unwrap_or_else(|| vec!["name".into(), "id".into()]);
+    let fields = request.list("fields").unwrap_or_else(|| vec!["name".into(), "id".into()]);
     let mut out = Map::new();
     for field in fields {
         let value = match field.as_str() {
@@ -342,11 +300,7 @@ fn debug_token(world: &mut World, request: &GraphRequest) -> Result<Value, Graph
 }
 
 /// `POST|GET|DELETE /{page}/subscribed_apps`.
-fn subscribed_apps(
-    world: &mut World,
-    request: &GraphRequest,
-    node: &str,
-) -> Result<Value, GraphError> {
+fn subscribed_apps(world: &mut World, request: &GraphRequest, node: &str) -> Result<Value, GraphError> {
     require_page(world, request, node)?;
     match request.method.as_str() {
         "GET" => {
@@ -367,9 +321,8 @@ fn subscribed_apps(
             let fields = request
                 .list("subscribed_fields")
                 .ok_or_else(|| GraphError::param("param subscribed_fields is required"))?;
-            if let Some(bad) = fields
-                .iter()
-                .find(|f| !ALL_FIELDS.contains(&f.as_str()) && !EXTRA_FIELDS.contains(&f.as_str()))
+            if let Some(bad) =
+                fields.iter().find(|f| !ALL_FIELDS.contains(&f.as_str()) && !EXTRA_FIELDS.contains(&f.as_str()))
             {
                 return Err(GraphError::param(format!(
                     "param subscribed_fields[{bad}] must be one of the supported fields"
@@ -391,54 +344,31 @@ fn subscribed_apps(
     }
 }
 
-const EXTRA_FIELDS: &[&str] = &[
-    "message_edits",
-    "messaging_policy_enforcement",
-    "messaging_account_linking",
-    "messaging_game_plays",
-    "feed",
-];
+const EXTRA_FIELDS: &[&str] =
+    &["message_edits", "messaging_policy_enforcement", "messaging_account_linking", "messaging_game_plays", "feed"];
 
 /// `POST|GET|DELETE /me/messenger_profile`.
-fn messenger_profile(
-    world: &mut World,
-    request: &GraphRequest,
-    node: &str,
-) -> Result<Value, GraphError> {
+fn messenger_profile(world: &mut World, request: &GraphRequest, node: &str) -> Result<Value, GraphError> {
     require_page(world, request, node)?;
-    const PROPERTIES: &[&str] = &[
-        "get_started",
-        "greeting",
-        "ice_breakers",
-        "persistent_menu",
-        "whitelisted_domains",
-        "account_linking_url",
-    ];
+    const PROPERTIES: &[&str] =
+        &["get_started", "greeting", "ice_breakers", "persistent_menu", "whitelisted_domains", "account_linking_url"];
     match request.method.as_str() {
         "GET" => {
-            let fields = request
-                .list("fields")
-                .ok_or_else(|| GraphError::param("param fields is required"))?;
+            let fields = request.list("fields").ok_or_else(|| GraphError::param("param fields is required"))?;
             let mut out = Map::new();
             for field in fields {
                 if let Some(value) = world.profile.get(&field) {
                     out.insert(field, value.clone());
                 }
             }
-            let data = if out.is_empty() {
-                Vec::new()
-            } else {
-                vec![Value::Object(out)]
-            };
+            let data = if out.is_empty() { Vec::new() } else { vec![Value::Object(out)] };
             Ok(json!({ "data": data }))
         }
         "POST" => {
             let mut changed = false;
             for property in PROPERTIES {
                 if let Some(value) = request.params.get(*property) {
-                    if *property == "get_started"
-                        && value.get("payload").and_then(Value::as_str).is_none()
-                    {
+                    if *property == "get_started" && value.get("payload").and_then(Value::as_str).is_none() {
                         return Err(GraphError::param("param get_started[payload] is required"));
                     }
                     world.profile.insert((*property).to_owned(), value.clone());
@@ -452,9 +382,7 @@ fn messenger_profile(
             Ok(json!({ "result": "success" }))
         }
         "DELETE" => {
-            let fields = request
-                .list("fields")
-                .ok_or_else(|| GraphError::param("param fields is required"))?;
+            let fields = request.list("fields").ok_or_else(|| GraphError::param("param fields is required"))?;
             for field in fields {
                 world.profile.remove(&field);
             }
@@ -466,43 +394,19 @@ fn messenger_profile(
 }
 
 /// `GET /{page}/thread_owner?recipient=<PSID>`.
-fn thread_owner(
-    world: &mut World,
-    request: &GraphRequest,
-    node: &str,
-) -> Result<Value, GraphError> {
+fn thread_owner(world: &mut World, request: &GraphRequest, node: &str) -> Result<Value, GraphError> {
     require_page(world, request, node)?;
-    let psid = request
-        .recipient_id()
-        .ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
-    let customer = world
-        .customer(&psid)
-        .ok_or_else(GraphError::no_matching_user)?;
-    let owner = customer
-        .thread
-        .owner_app_id
-        .clone()
-        .unwrap_or_else(|| world.cfg.app_id.clone());
+    let psid = request.recipient_id().ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
+    let customer = world.customer(&psid).ok_or_else(GraphError::no_matching_user)?;
+    let owner = customer.thread.owner_app_id.clone().unwrap_or_else(|| world.cfg.app_id.clone());
     Ok(json!({ "data": [{ "thread_owner": { "app_id": owner } }] }))
 }
 
 /// `POST /{page}/{pass|take|release|request}_thread_control`.
-fn thread_control(
-    world: &mut World,
-    request: &GraphRequest,
-    node: &str,
-    edge: &str,
-) -> Result<Value, GraphError> {
+fn thread_control(world: &mut World, request: &GraphRequest, node: &str, edge: &str) -> Result<Value, GraphError> {
     require_page(world, request, node)?;
-    let psid = request
-        .recipient_id()
-        .ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
-    let owner = world
-        .customer(&psid)
-        .ok_or_else(GraphError::no_matching_user)?
-        .thread
-        .owner_app_id
-        .clone();
+    let psid = request.recipient_id().ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
+    let owner = world.customer(&psid).ok_or_else(GraphError::no_matching_user)?.thread.owner_app_id.clone();
     let ours = world.cfg.app_id.clone();
     let we_own = owner.as_deref().is_none_or(|o| o == ours);
     let new_owner = match edge {
@@ -559,15 +463,11 @@ async fn batch(emulator: &Emulator, request: GraphRequest) -> Response {
         return GraphError::param("param batch must be a JSON array").into_response();
     };
     if items.len() > MAX_BATCH {
-        return GraphError::param("Too many requests in batch message. Maximum batch size is 50")
-            .into_response();
+        return GraphError::param("Too many requests in batch message. Maximum batch size is 50").into_response();
     }
     let mut results = Vec::with_capacity(items.len());
     for item in items {
-        let method = item["method"]
-            .as_str()
-            .unwrap_or("GET")
-            .to_ascii_uppercase();
+        let method = item["method"].as_str().unwrap_or("GET").to_ascii_uppercase();
         let relative = item["relative_url"].as_str().unwrap_or("");
         let (path, query) = match relative.split_once('?') {
             Some((path, query)) => (path, Some(query)),
@@ -575,10 +475,7 @@ async fn batch(emulator: &Emulator, request: GraphRequest) -> Response {
         };
         let body = item["body"].as_str().unwrap_or("");
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
+        headers.insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/x-www-form-urlencoded"));
         let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
         let outcome = match GraphRequest::parse(method, path, query, &headers, body.as_bytes()) {
             Ok(mut sub) => {
@@ -618,13 +515,9 @@ mod tests {
     #[test]
     fn form_values_that_look_like_json_are_parsed() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
+        headers.insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/x-www-form-urlencoded"));
         let body = b"recipient=%7B%22id%22%3A%2212%22%7D&messaging_type=RESPONSE&access_token=T";
-        let request = GraphRequest::parse(Method::POST, "/v25.0/me/messages", None, &headers, body)
-            .expect("parses");
+        let request = GraphRequest::parse(Method::POST, "/v25.0/me/messages", None, &headers, body).expect("parses");
         assert_eq!(request.segments, vec!["me", "messages"]);
         assert_eq!(request.recipient_id().as_deref(), Some("12"));
         assert_eq!(request.str("messaging_type"), Some("RESPONSE"));
@@ -634,12 +527,8 @@ mod tests {
     #[test]
     fn bearer_tokens_are_accepted() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::AUTHORIZATION,
-            axum::http::HeaderValue::from_static("Bearer abc"),
-        );
-        let request = GraphRequest::parse(Method::GET, "/me", Some("fields=name"), &headers, b"")
-            .expect("parses");
+        headers.insert(header::AUTHORIZATION, axum::http::HeaderValue::from_static("Bearer abc"));
+        let request = GraphRequest::parse(Method::GET, "/me", Some("fields=name"), &headers, b"").expect("parses");
         assert_eq!(request.token.as_deref(), Some("abc"));
         assert_eq!(request.list("fields"), Some(vec!["name".to_owned()]));
     }

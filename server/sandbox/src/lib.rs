@@ -46,8 +46,8 @@ pub use emulator::Emulator;
 pub use errors::{ControlError, GraphError};
 pub use faults::{FaultRule, Faults, SendFault, WebhookFault};
 pub use state::{
-    Alert, Attempt, Author, DeliveryStatus, NewUser, SentMessage, Settings, SettingsPatch,
-    ThreadMessage, ThreadView, User, Verification, WebhookDelivery,
+    Alert, Attempt, Author, DeliveryStatus, NewUser, SentMessage, Settings, SettingsPatch, ThreadMessage, ThreadView,
+    User, Verification, WebhookDelivery,
 };
 
 /// A running emulator. Dereferences to [`Emulator`] for the control operations.
@@ -104,10 +104,7 @@ impl Sandbox {
         // Open long polls would hold a graceful shutdown for up to 25 s.
         let server = std::mem::replace(&mut self.server, tokio::spawn(async {}));
         let abort = server.abort_handle();
-        if tokio::time::timeout(std::time::Duration::from_secs(1), server)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(std::time::Duration::from_secs(1), server).await.is_err() {
             abort.abort();
         }
     }
@@ -142,18 +139,13 @@ pub fn router(emulator: Emulator) -> Router {
 
 /// Starts the emulator on `listener` in a spawned task and returns its handle.
 pub async fn launch(config: SandboxConfig, listener: TcpListener) -> anyhow::Result<Sandbox> {
-    let addr = listener
-        .local_addr()
-        .context("reading the listener address")?;
+    let addr = listener.local_addr().context("reading the listener address")?;
     let base_url = config
         .public_base_url
         .clone()
         .map(|url| url.trim_end_matches('/').to_owned())
         .unwrap_or_else(|| format!("http://127.0.0.1:{}", addr.port()));
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .context("building the webhook HTTP client")?;
+    let http = reqwest::Client::builder().no_proxy().build().context("building the webhook HTTP client")?;
     let (outbox, queue) = tokio::sync::mpsc::unbounded_channel();
     let verify_on_launch = config.verify_on_launch && config.callback_url.is_some();
     let world = state::World::new(config, base_url.clone(), outbox);
@@ -173,12 +165,5 @@ pub async fn launch(config: SandboxConfig, listener: TcpListener) -> anyhow::Res
         emulator.verify_webhook().await;
     }
     tracing::info!(%base_url, "messenger sandbox listening");
-    Ok(Sandbox {
-        emulator,
-        addr,
-        base_url,
-        shutdown: Some(shutdown),
-        server,
-        sender,
-    })
+    Ok(Sandbox { emulator, addr, base_url, shutdown: Some(shutdown), server, sender })
 }

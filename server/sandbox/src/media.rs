@@ -19,9 +19,7 @@ pub const SAMPLE_WAV: &[u8] = include_bytes!("../assets/sample.wav");
 
 /// Routes under `/__emu/media` and `/__emu/pic`.
 pub fn router() -> Router<Emulator> {
-    Router::new()
-        .route("/__emu/media/{token}/{name}", get(media))
-        .route("/__emu/pic/{file}", get(picture))
+    Router::new().route("/__emu/media/{token}/{name}", get(media)).route("/__emu/pic/{file}", get(picture))
 }
 
 impl World {
@@ -34,24 +32,14 @@ impl World {
             _ => ("image/png", SAMPLE_PNG, "sample.png"),
         };
         let token = self.mint_token(12);
-        let ttl_ms = i64::try_from(self.settings.attachment_ttl_secs.saturating_mul(1000))
-            .unwrap_or(i64::MAX / 4);
+        let ttl_ms = i64::try_from(self.settings.attachment_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 4);
         let expires_at_ms = self.now_ms() + ttl_ms;
         self.media.insert(
             token.clone(),
-            Media {
-                content_type,
-                bytes,
-                expires_at_ms,
-                fetches_left: self.settings.attachment_max_fetches,
-            },
+            Media { content_type, bytes, expires_at_ms, fetches_left: self.settings.attachment_max_fetches },
         );
         // `oe` mimics the expiry parameter of Meta's CDN URLs (hex seconds).
-        format!(
-            "{}/__emu/media/{token}/{name}?oe={:x}",
-            self.base_url,
-            expires_at_ms / 1000
-        )
+        format!("{}/__emu/media/{token}/{name}?oe={:x}", self.base_url, expires_at_ms / 1000)
     }
 
     /// The profile picture URL of a customer.
@@ -60,10 +48,7 @@ impl World {
     }
 }
 
-async fn media(
-    State(emulator): State<Emulator>,
-    Path((token, _name)): Path<(String, String)>,
-) -> Response {
+async fn media(State(emulator): State<Emulator>, Path((token, _name)): Path<(String, String)>) -> Response {
     let found = emulator.with(|w| {
         let now = w.now_ms();
         let media = w.media.get_mut(&token)?;
@@ -76,9 +61,7 @@ async fn media(
         Some(Ok((media.content_type, media.bytes)))
     });
     match found {
-        Some(Ok((content_type, bytes))) => {
-            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
-        }
+        Some(Ok((content_type, bytes))) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
         Some(Err(())) => (StatusCode::FORBIDDEN, "URL signature expired").into_response(),
         None => (StatusCode::NOT_FOUND, "Not found").into_response(),
     }
@@ -96,14 +79,9 @@ async fn picture(State(emulator): State<Emulator>, Path(file): Path<String>) -> 
 
 /// A round avatar with initials, its colour derived from the PSID.
 pub fn avatar_svg(psid: &str, first_name: &str, last_name: &str) -> String {
-    let hue = psid.bytes().fold(0u32, |acc, b| {
-        acc.wrapping_mul(31).wrapping_add(u32::from(b))
-    }) % 360;
-    let initials: String = [first_name, last_name]
-        .iter()
-        .filter_map(|name| name.chars().next())
-        .flat_map(char::to_uppercase)
-        .collect();
+    let hue = psid.bytes().fold(0u32, |acc, b| acc.wrapping_mul(31).wrapping_add(u32::from(b))) % 360;
+    let initials: String =
+        [first_name, last_name].iter().filter_map(|name| name.chars().next()).flat_map(char::to_uppercase).collect();
     format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96" viewBox="0 0 96 96"><circle cx="48" cy="48" r="48" fill="hsl({hue},55%,45%)"/><text x="48" y="60" font-family="sans-serif" font-size="36" fill="#fff" text-anchor="middle">{}</text></svg>"##,
         xml_escape(&initials)

@@ -46,21 +46,12 @@ async fn chat(
     Query(query): Query<ChatQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let page_name = emulator.with(|w| {
-        (page == w.cfg.page_username || page == w.cfg.page_id).then(|| w.cfg.page_name.clone())
-    });
+    let page_name =
+        emulator.with(|w| (page == w.cfg.page_username || page == w.cfg.page_id).then(|| w.cfg.page_name.clone()));
     let Some(page_name) = page_name else {
-        return (
-            StatusCode::NOT_FOUND,
-            "This Page isn't available in the Messenger sandbox.",
-        )
-            .into_response();
+        return (StatusCode::NOT_FOUND, "This Page isn't available in the Messenger sandbox.").into_response();
     };
-    let wanted = query.psid.clone().or_else(|| {
-        (query.new.is_none())
-            .then(|| cookie(&headers, COOKIE))
-            .flatten()
-    });
+    let wanted = query.psid.clone().or_else(|| (query.new.is_none()).then(|| cookie(&headers, COOKIE)).flatten());
     let existing = wanted.and_then(|psid| emulator.user(&psid));
     let user = match existing {
         Some(user) => user,
@@ -80,16 +71,10 @@ async fn chat(
     let html = HTML
         .replace("{{PSID}}", &escape(&user.psid))
         .replace("{{REF}}", &escape(query.reference.as_deref().unwrap_or("")))
-        .replace(
-            "{{USER_NAME}}",
-            &escape(&format!("{} {}", user.first_name, user.last_name)),
-        )
+        .replace("{{USER_NAME}}", &escape(&format!("{} {}", user.first_name, user.last_name)))
         .replace("{{PAGE_INITIAL}}", &escape(&initial))
         .replace("{{PAGE_NAME}}", &escape(&page_name));
-    let set_cookie = format!(
-        "{COOKIE}={}; Path=/; SameSite=Lax; Max-Age=31536000",
-        user.psid
-    );
+    let set_cookie = format!("{COOKIE}={}; Path=/; SameSite=Lax; Max-Age=31536000", user.psid);
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8".to_owned()),
@@ -102,11 +87,7 @@ async fn chat(
 }
 
 async fn script() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        JS,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], JS).into_response()
 }
 
 async fn style() -> Response {
@@ -146,10 +127,7 @@ mod tests {
 
     #[test]
     fn escape_neutralises_markup() {
-        assert_eq!(
-            escape(r#"<img src=x onerror="a">&'"#),
-            "&lt;img src=x onerror=&quot;a&quot;&gt;&amp;&#39;"
-        );
+        assert_eq!(escape(r#"<img src=x onerror="a">&'"#), "&lt;img src=x onerror=&quot;a&quot;&gt;&amp;&#39;");
     }
 
     #[test]

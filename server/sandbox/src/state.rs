@@ -64,11 +64,7 @@ pub struct NewUser {
 impl NewUser {
     /// A customer with the given name.
     pub fn named(first_name: &str, last_name: &str) -> Self {
-        Self {
-            first_name: Some(first_name.to_owned()),
-            last_name: Some(last_name.to_owned()),
-            ..Self::default()
-        }
+        Self { first_name: Some(first_name.to_owned()), last_name: Some(last_name.to_owned()), ..Self::default() }
     }
 }
 
@@ -339,10 +335,7 @@ pub struct SettingsPatch {
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<T: Serialize, S: Serializer>(
-        value: &Option<Option<T>>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T: Serialize, S: Serializer>(value: &Option<Option<T>>, serializer: S) -> Result<S::Ok, S::Error> {
         match value {
             Some(inner) => inner.serialize(serializer),
             None => serializer.serialize_none(),
@@ -382,10 +375,7 @@ impl Settings {
         set(&mut self.read_on_page_open, read_on_page_open);
         set(&mut self.attachment_ttl_secs, attachment_ttl_secs);
         set(&mut self.attachment_max_fetches, attachment_max_fetches);
-        set(
-            &mut self.thread_rate_limit_per_sec,
-            thread_rate_limit_per_sec,
-        );
+        set(&mut self.thread_rate_limit_per_sec, thread_rate_limit_per_sec);
     }
 }
 
@@ -554,10 +544,7 @@ impl World {
         };
         let mut profile = Map::new();
         if cfg.get_started {
-            profile.insert(
-                "get_started".into(),
-                json!({ "payload": cfg.get_started_payload }),
-            );
+            profile.insert("get_started".into(), json!({ "payload": cfg.get_started_payload }));
         }
         Self {
             settings: Settings::from_config(&cfg),
@@ -634,10 +621,7 @@ impl World {
     /// A fresh 16-digit PSID not yet in use.
     pub fn mint_psid(&mut self) -> String {
         loop {
-            let psid = self
-                .rng
-                .random_range(1_000_000_000_000_000u64..10_000_000_000_000_000u64)
-                .to_string();
+            let psid = self.rng.random_range(1_000_000_000_000_000u64..10_000_000_000_000_000u64).to_string();
             if self.customer(&psid).is_none() {
                 return psid;
             }
@@ -662,11 +646,7 @@ impl World {
 
     /// The Get Started payload, if a Get Started button is configured.
     pub fn get_started_payload(&self) -> Option<String> {
-        self.profile
-            .get("get_started")
-            .and_then(|g| g.get("payload"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+        self.profile.get("get_started").and_then(|g| g.get("payload")).and_then(Value::as_str).map(str::to_owned)
     }
 
     /// The snapshot of one thread.
@@ -699,10 +679,7 @@ impl World {
                     .messages
                     .iter()
                     .filter(|m| m.is_from_page())
-                    .map(|m| SentMessage {
-                        psid: c.user.psid.clone(),
-                        message: m.clone(),
-                    })
+                    .map(|m| SentMessage { psid: c.user.psid.clone(), message: m.clone() })
             })
             .collect();
         sent.sort_by_key(|s| s.message.timestamp);
@@ -713,11 +690,7 @@ impl World {
     pub fn alert(&mut self, kind: &str, message: String) {
         let at_ms = self.now_ms();
         tracing::warn!(kind, %message, "messenger sandbox alert");
-        self.alerts.push(Alert {
-            at_ms,
-            kind: kind.to_owned(),
-            message,
-        });
+        self.alerts.push(Alert { at_ms, kind: kind.to_owned(), message });
         self.touch();
     }
 }

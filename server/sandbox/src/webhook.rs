@@ -35,11 +35,7 @@ pub fn to_meta_json(value: &Value) -> String {
 struct MetaFormatter;
 
 impl Formatter for MetaFormatter {
-    fn write_string_fragment<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()> {
         let mut units = [0u16; 2];
         for c in fragment.chars() {
             if c == '/' {
@@ -59,16 +55,14 @@ impl Formatter for MetaFormatter {
 
 /// `sha256=<hex HMAC-SHA256(secret, body)>` for `X-Hub-Signature-256`.
 pub fn signature_256(secret: &str, body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
-        .expect("HMAC can take any key length");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC can take any key length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// `sha1=<hex HMAC-SHA1(secret, body)>` for the legacy `X-Hub-Signature`.
 pub fn signature_sha1(secret: &str, body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes())
-        .expect("HMAC can take any key length");
+    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC can take any key length");
     mac.update(body);
     format!("sha1={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -80,9 +74,7 @@ pub fn events_of(payload: &Value) -> Vec<Value> {
         .into_iter()
         .flatten()
         .flat_map(|entry| {
-            ["messaging", "standby"]
-                .into_iter()
-                .flat_map(move |key| entry[key].as_array().cloned().unwrap_or_default())
+            ["messaging", "standby"].into_iter().flat_map(move |key| entry[key].as_array().cloned().unwrap_or_default())
         })
         .collect()
 }
@@ -94,9 +86,7 @@ pub async fn verify(emulator: &Emulator) -> Verification {
         (
             w.app.callback_url.clone(),
             w.cfg.verify_token.clone(),
-            w.rng
-                .random_range(1_000_000_000u64..10_000_000_000u64)
-                .to_string(),
+            w.rng.random_range(1_000_000_000u64..10_000_000_000u64).to_string(),
             w.cfg.webhook_timeout,
         )
     });
@@ -128,13 +118,7 @@ pub async fn verify(emulator: &Emulator) -> Verification {
         Err(error) => (None, Some(error.to_string())),
     };
     let verified = status == Some(200) && body.as_deref() == Some(challenge.as_str());
-    let record = Verification {
-        url: url.clone(),
-        challenge,
-        status,
-        body,
-        verified,
-    };
+    let record = Verification { url: url.clone(), challenge, status, body, verified };
     emulator.with(|w| {
         if w.app.callback_url.as_deref() == Some(url.as_str()) {
             w.app.verified = verified;
@@ -154,8 +138,7 @@ mod tests {
     //   s = json.dumps(v, separators=(',',':'), ensure_ascii=True).replace('/', '\\/')
     //   hmac.new(secret, s.encode(), hashlib.sha256 / hashlib.sha1).hexdigest()
     const SECRET: &str = "sandbox-app-secret-0123456789abcdef";
-    const ESCAPED: &str =
-        r#"{"text":"\u00e4\u00f6\u00e5 \/ \ud83d\ude00 \"q\"\n\u001f https:\/\/youtu.be\/x"}"#;
+    const ESCAPED: &str = r#"{"text":"\u00e4\u00f6\u00e5 \/ \ud83d\ude00 \"q\"\n\u001f https:\/\/youtu.be\/x"}"#;
 
     #[test]
     fn escapes_non_ascii_astral_and_slash_like_meta() {
@@ -165,10 +148,7 @@ mod tests {
 
     #[test]
     fn the_docs_example_escapes_to_lowercase_hex() {
-        assert_eq!(
-            to_meta_json(&json!({ "a": "äöå" })),
-            r#"{"a":"\u00e4\u00f6\u00e5"}"#
-        );
+        assert_eq!(to_meta_json(&json!({ "a": "äöå" })), r#"{"a":"\u00e4\u00f6\u00e5"}"#);
         assert_eq!(to_meta_json(&json!({ "e": "É" })), r#"{"e":"\u00c9"}"#);
     }
 
@@ -185,19 +165,13 @@ mod tests {
             signature_256(SECRET, ESCAPED.as_bytes()),
             "sha256=149fb12ae755c85a770db4ca83ce040aaa2c1039dca8a9551705d9e7c7370e10"
         );
-        assert_eq!(
-            signature_sha1(SECRET, ESCAPED.as_bytes()),
-            "sha1=675944c8c8d31fcd04c73c155934cb47f553037a"
-        );
+        assert_eq!(signature_sha1(SECRET, ESCAPED.as_bytes()), "sha1=675944c8c8d31fcd04c73c155934cb47f553037a");
         let docs = r#"{"a":"\u00e4\u00f6\u00e5"}"#.as_bytes();
         assert_eq!(
             signature_256("secret", docs),
             "sha256=4c95ebf5a6aeada924fcc3db7249b6395add1912d034e50fea97235093e4a26f"
         );
-        assert_eq!(
-            signature_sha1("secret", docs),
-            "sha1=996eeea7f2e5c557c42edc9cc3bab54a3a5aab13"
-        );
+        assert_eq!(signature_sha1("secret", docs), "sha1=996eeea7f2e5c557c42edc9cc3bab54a3a5aab13");
     }
 
     #[test]

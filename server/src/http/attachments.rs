@@ -26,10 +26,7 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
         CONTENT_TYPE,
         HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    headers.insert(
-        CONTENT_DISPOSITION,
-        HeaderValue::from_static(if inline { "inline" } else { "attachment" }),
-    );
+    headers.insert(CONTENT_DISPOSITION, HeaderValue::from_static(if inline { "inline" } else { "attachment" }));
     headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, max-age=31536000, immutable"));
     Ok(response)

@@ -28,9 +28,7 @@ struct Boot<'a> {
 
 /// JSON that is safe inside `<script type="application/json">`: no `<` can close the element.
 fn script_json<T: Serialize>(value: &T) -> Result<String, ApiError> {
-    Ok(serde_json::to_string(value)
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .replace('<', "\\u003c"))
+    Ok(serde_json::to_string(value).map_err(|e| ApiError::Internal(e.into()))?.replace('<', "\\u003c"))
 }
 
 fn escape_attr(s: &str) -> String {
@@ -84,10 +82,7 @@ pub async fn get(State(state): State<AppState>, Path(site_key): Path<String>) ->
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    headers.insert(
-        CONTENT_SECURITY_POLICY,
-        HeaderValue::from_str(&csp).map_err(|e| ApiError::Internal(e.into()))?,
-    );
+    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_str(&csp).map_err(|e| ApiError::Internal(e.into()))?);
     Ok(response)
 }
 

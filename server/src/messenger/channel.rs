@@ -38,9 +38,10 @@ pub struct Messenger {
 impl Messenger {
     pub fn new(settings: MessengerSettings, conversations: Conversations, spool: Spool) -> anyhow::Result<Arc<Self>> {
         let graph = GraphClient::new(&settings)?;
-        let link_key: [u8; 32] =
-            Sha256::digest([b"parley messenger link v1:".as_slice(), settings.app_secret.expose_secret().as_bytes()].concat())
-                .into();
+        let link_key: [u8; 32] = Sha256::digest(
+            [b"parley messenger link v1:".as_slice(), settings.app_secret.expose_secret().as_bytes()].concat(),
+        )
+        .into();
         Ok(Arc::new(Self {
             settings,
             graph,
@@ -64,7 +65,8 @@ impl Messenger {
         let code = link::short_code();
         let expires_at = i64::from(minted.expires_at) * 1000;
         self.conversations.store.create_link(&minted.nonce, contact_id, &code, expires_at).await?;
-        let page = if self.settings.page_username.is_empty() { &self.settings.page_id } else { &self.settings.page_username };
+        let page =
+            if self.settings.page_username.is_empty() { &self.settings.page_id } else { &self.settings.page_username };
         Ok(LinkOffer {
             url: format!("{}/{page}?ref={token}", self.settings.m_me_url.trim_end_matches('/')),
             code,

@@ -14,7 +14,7 @@ use protocol::{Attachment, Channel};
 use super::channel::Messenger;
 use super::graph_types::{Envelope, Messaging};
 use super::link;
-use crate::services::{Poster, PostInput, ServiceError};
+use crate::services::{PostInput, Poster, ServiceError};
 use crate::store::models::Contact;
 use crate::store::now_ms;
 
@@ -162,7 +162,11 @@ async fn apply(messenger: &Messenger, page: &str, event: Messaging) -> Result<()
 }
 
 /// Our own sends come back as echoes (reconcile them); echoes from other apps are replies written elsewhere.
-async fn apply_echo(messenger: &Messenger, psid: &str, message: &super::graph_types::Message) -> Result<(), ServiceError> {
+async fn apply_echo(
+    messenger: &Messenger,
+    psid: &str,
+    message: &super::graph_types::Message,
+) -> Result<(), ServiceError> {
     let store = &messenger.conversations.store;
     let Some(mid) = message.mid.clone() else { return Ok(()) };
     let ours = message.app_id.as_deref() == Some(messenger.settings.app_id.as_str());
@@ -291,7 +295,9 @@ async fn new_messenger_contact(messenger: &Messenger, psid: &str) -> Result<Cont
     let store = &messenger.conversations.store;
     let site_id = match store.site_by_key(&messenger.settings.site_key).await? {
         Some(site) => site.id,
-        None => store.oldest_site_id().await?.ok_or(ServiceError::Invalid("no site exists for Messenger conversations"))?,
+        None => {
+            store.oldest_site_id().await?.ok_or(ServiceError::Invalid("no site exists for Messenger conversations"))?
+        }
     };
     let label = format!("Messenger {}", &psid[psid.len().saturating_sub(4)..]);
     let contact = store.create_messenger_contact(&site_id, psid, &label).await?;
@@ -342,7 +348,10 @@ async fn fetch_profile(messenger: &Messenger, contact_id: &str, psid: &str) -> O
 }
 
 /// Downloads attachments right away (their URLs expire) and stores them; failures become a note in the text.
-async fn download_attachments(messenger: &Messenger, attachments: &[super::graph_types::Attachment]) -> Vec<Attachment> {
+async fn download_attachments(
+    messenger: &Messenger,
+    attachments: &[super::graph_types::Attachment],
+) -> Vec<Attachment> {
     let mut out = Vec::new();
     let mut seen_urls = std::collections::HashSet::new();
     for attachment in attachments {
@@ -360,7 +369,12 @@ async fn download_attachments(messenger: &Messenger, attachments: &[super::graph
             Ok((bytes, content_type)) => {
                 let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
                 let name = url.rsplit('/').next().and_then(|n| n.split('?').next()).map(str::to_string);
-                match messenger.conversations.store.insert_attachment(None, &content_type, name.as_deref(), &bytes).await {
+                match messenger
+                    .conversations
+                    .store
+                    .insert_attachment(None, &content_type, name.as_deref(), &bytes)
+                    .await
+                {
                     Ok(id) => out.push(Attachment { url: format!("/attachments/{id}"), kind: kind.into(), name }),
                     Err(e) => tracing::warn!(error = ?e, "attachment not stored"),
                 }

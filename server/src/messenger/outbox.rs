@@ -115,7 +115,9 @@ async fn send(messenger: &Messenger, row: &OutboxRow) -> anyhow::Result<Outcome>
                     store.outbox_retry(row.id, now_ms() + 30_000, &err.for_agents()).await?;
                     Ok(Outcome::PauseAll)
                 }
-                Disposition::OutsideWindow => settle_failed(messenger, row, &err.for_agents(), DeliveryState::NotSent).await,
+                Disposition::OutsideWindow => {
+                    settle_failed(messenger, row, &err.for_agents(), DeliveryState::NotSent).await
+                }
                 Disposition::Unreachable | Disposition::Permanent => {
                     settle_failed(messenger, row, &err.for_agents(), DeliveryState::Failed).await
                 }
@@ -124,7 +126,12 @@ async fn send(messenger: &Messenger, row: &OutboxRow) -> anyhow::Result<Outcome>
     }
 }
 
-async fn settle_failed(messenger: &Messenger, row: &OutboxRow, detail: &str, state: DeliveryState) -> anyhow::Result<Outcome> {
+async fn settle_failed(
+    messenger: &Messenger,
+    row: &OutboxRow,
+    detail: &str,
+    state: DeliveryState,
+) -> anyhow::Result<Outcome> {
     if let Some((conversation_id, event)) = messenger.conversations.store.outbox_failed(row.id, detail, state).await? {
         messenger.conversations.publish_events(&conversation_id, vec![event]).await?;
     }

@@ -70,7 +70,9 @@ impl GraphError {
             (1, Some(1_357_046)) => Disposition::Ambiguous,
             (190, _) => Disposition::TokenInvalid,
             (10, Some(2_018_278 | 2_018_065 | 2_534_022)) => Disposition::OutsideWindow,
-            (10, Some(2_018_108)) | (551, _) | (200, Some(1_545_041)) | (100, Some(2_018_001)) => Disposition::Unreachable,
+            (10, Some(2_018_108)) | (551, _) | (200, Some(1_545_041)) | (100, Some(2_018_001)) => {
+                Disposition::Unreachable
+            }
             (613, Some(2_018_338)) => Disposition::Permanent,
             (1 | 2 | 4 | 17 | 32 | 341 | 613 | 1200 | 80001 | 80006, _) => Disposition::Retry,
             (code, _) if (500..600).contains(&code) => Disposition::Retry,
@@ -86,9 +88,15 @@ impl GraphError {
         }
         match self.disposition() {
             Disposition::Retry | Disposition::Ambiguous => "Messenger is not answering; Parley keeps trying.".into(),
-            Disposition::TokenInvalid => "The Facebook Page token is invalid or revoked; an admin must renew it.".into(),
-            Disposition::OutsideWindow => "Not sent to Messenger: the customer must write first (window closed).".into(),
-            Disposition::Unreachable => "Not sent to Messenger: the customer can't receive messages from the Page.".into(),
+            Disposition::TokenInvalid => {
+                "The Facebook Page token is invalid or revoked; an admin must renew it.".into()
+            }
+            Disposition::OutsideWindow => {
+                "Not sent to Messenger: the customer must write first (window closed).".into()
+            }
+            Disposition::Unreachable => {
+                "Not sent to Messenger: the customer can't receive messages from the Page.".into()
+            }
             Disposition::Permanent => format!("Messenger refused the message: {}", self.message),
         }
     }
@@ -155,9 +163,12 @@ impl GraphClient {
             }
         }
         let response: SendResponse = self.post(&format!("{}/messages", self.page_id), &body).await?;
-        response
-            .message_id
-            .ok_or_else(|| GraphError { code: 1, subcode: None, message: "no message_id in reply".into(), transport: false })
+        response.message_id.ok_or_else(|| GraphError {
+            code: 1,
+            subcode: None,
+            message: "no message_id in reply".into(),
+            transport: false,
+        })
     }
 
     /// `typing_on`, `typing_off` or `mark_seen`.
@@ -179,7 +190,8 @@ impl GraphClient {
 
     /// Downloads an attachment (its URL expires, so this runs as soon as it arrives).
     pub async fn download(&self, url: &str, max_bytes: usize) -> Result<(Vec<u8>, Option<String>), GraphError> {
-        let response = self.http.get(url).send().await.map_err(|e| GraphError::transport(e.without_url().to_string()))?;
+        let response =
+            self.http.get(url).send().await.map_err(|e| GraphError::transport(e.without_url().to_string()))?;
         if !response.status().is_success() {
             return Err(GraphError {
                 code: i64::from(response.status().as_u16()),
@@ -188,14 +200,16 @@ impl GraphClient {
                 transport: false,
             });
         }
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let content_type =
+            response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let bytes = response.bytes().await.map_err(|e| GraphError::transport(e.without_url().to_string()))?;
         if bytes.len() > max_bytes {
-            return Err(GraphError { code: 100, subcode: None, message: "attachment too large".into(), transport: false });
+            return Err(GraphError {
+                code: 100,
+                subcode: None,
+                message: "attachment too large".into(),
+                transport: false,
+            });
         }
         Ok((bytes.to_vec(), content_type))
     }
@@ -215,7 +229,12 @@ impl GraphClient {
         let status = response.status();
         let text = response.text().await.map_err(|e| GraphError::transport(e.without_url().to_string()))?;
         if let Ok(ErrorBody { error }) = serde_json::from_str::<ErrorBody>(&text) {
-            return Err(GraphError { code: error.code, subcode: error.error_subcode, message: error.message, transport: false });
+            return Err(GraphError {
+                code: error.code,
+                subcode: error.error_subcode,
+                message: error.message,
+                transport: false,
+            });
         }
         if !status.is_success() {
             return Err(GraphError {

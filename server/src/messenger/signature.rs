@@ -71,7 +71,10 @@ mod tests {
             format!("sha1={}", hex::encode(mac.finalize().into_bytes()))
         };
         assert_eq!(verify(b"secret", BODY, None, Some(&good_sha1)), Ok(()));
-        assert_eq!(verify(b"secret", BODY, Some(SHA256.replace("aa9e", "0000").as_str()), Some(&good_sha1)), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(b"secret", BODY, Some(SHA256.replace("aa9e", "0000").as_str()), Some(&good_sha1)),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(verify(b"secret", BODY, None, None), Err(SignatureError::Missing));
         assert_eq!(verify(b"secret", BODY, Some("md5=abc"), None), Err(SignatureError::Malformed));
     }

@@ -33,22 +33,17 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         if let Some(id) = &id {
-            sqlx::query("delete from agent_sessions where agent_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("delete from agent_sessions where agent_id = ?").bind(id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(id.is_some())
     }
 
     pub async fn agent_by_email(&self, email: &str) -> StoreResult<Option<Agent>> {
-        Ok(
-            sqlx::query_as::<_, Agent>("select id, email, name, password_hash from agents where email = ?")
-                .bind(email)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_as::<_, Agent>("select id, email, name, password_hash from agents where email = ?")
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn create_session(&self, token_hash: &[u8], agent_id: &str, expires_at: i64) -> StoreResult<()> {

@@ -48,7 +48,8 @@ pub enum AppendOutcome {
 }
 
 /// Columns of [`Contact`], in its field order.
-pub(super) const CONTACT_COLUMNS: &str = "id, site_id, label, page_url, referrer, user_agent, timezone, utc_offset_minutes,
+pub(super) const CONTACT_COLUMNS: &str =
+    "id, site_id, label, page_url, referrer, user_agent, timezone, utc_offset_minutes,
     language, psid, display_name, avatar_id, messenger_last_action_at, messenger_last_message_at";
 
 const SUMMARY_SELECT: &str = "select c.id, c.contact_id, s.key as site_key, s.name as site_name, k.label, c.status,
@@ -150,10 +151,8 @@ impl Store {
     }
 
     pub async fn conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
-        let row = sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where id = ?")).bind(id).fetch_optional(&self.pool).await?;
         row.map(conversation_from_row).transpose()
     }
 
@@ -203,11 +202,12 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         let Some(seq) = seq else { return Ok(None) };
-        let event: Option<(String,)> = sqlx::query_as("select payload from events where conversation_id = ? and seq = ?")
-            .bind(conversation_id)
-            .bind(seq)
-            .fetch_optional(&self.pool)
-            .await?;
+        let event: Option<(String,)> =
+            sqlx::query_as("select payload from events where conversation_id = ? and seq = ?")
+                .bind(conversation_id)
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await?;
         let Some((payload,)) = event else {
             return Err(StoreError::Corrupt(format!("message seq {seq} has no event")));
         };
@@ -240,10 +240,8 @@ impl Store {
                     return Ok(AppendOutcome::Duplicate { message, seq });
                 }
                 let conversation = self.conversation_for_contact(contact_id).await?.ok_or(StoreError::NotFound)?;
-                let (message, seq) = self
-                    .message_by_client_id(&conversation.id, &msg.client_id)
-                    .await?
-                    .ok_or(StoreError::NotFound)?;
+                let (message, seq) =
+                    self.message_by_client_id(&conversation.id, &msg.client_id).await?.ok_or(StoreError::NotFound)?;
                 Ok(AppendOutcome::Duplicate { message, seq })
             }
             other => other,
@@ -320,7 +318,8 @@ impl Store {
             .await?;
         }
         if let Some(policy) = msg.mirror
-            && let Some(event) = mirror_to_messenger(&mut tx, &conversation.id, contact_id, &message, policy, now).await?
+            && let Some(event) =
+                mirror_to_messenger(&mut tx, &conversation.id, contact_id, &message, policy, now).await?
         {
             events.push(event);
         }
@@ -441,12 +440,11 @@ async fn mirror_to_messenger(
     policy: MirrorPolicy,
     now: i64,
 ) -> StoreResult<Option<Event>> {
-    let row: Option<(Option<String>, Option<i64>, Option<i64>)> = sqlx::query_as(
-        "select psid, messenger_last_action_at, messenger_last_message_at from contacts where id = ?",
-    )
-    .bind(contact_id)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let row: Option<(Option<String>, Option<i64>, Option<i64>)> =
+        sqlx::query_as("select psid, messenger_last_action_at, messenger_last_message_at from contacts where id = ?")
+            .bind(contact_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     let Some((Some(psid), last_action, last_message)) = row else { return Ok(None) };
     let in_response_window = last_action.is_some_and(|t| now - t < RESPONSE_WINDOW_MS);
     let in_human_window = policy.human_agent
@@ -497,13 +495,14 @@ fn channel_str(channel: Channel) -> &'static str {
 }
 
 pub(super) async fn bump_seq(tx: &mut Transaction<'_, Sqlite>, conversation_id: &str, now: i64) -> StoreResult<u64> {
-    let seq: i64 =
-        sqlx::query_scalar("update conversations set last_seq = last_seq + 1, updated_at = ? where id = ? returning last_seq")
-            .bind(now)
-            .bind(conversation_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+    let seq: i64 = sqlx::query_scalar(
+        "update conversations set last_seq = last_seq + 1, updated_at = ? where id = ? returning last_seq",
+    )
+    .bind(now)
+    .bind(conversation_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
     Ok(seq_of(seq))
 }
 

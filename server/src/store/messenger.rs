@@ -65,7 +65,12 @@ impl Store {
         self.contact_by_psid(psid).await?.ok_or(super::StoreError::NotFound)
     }
 
-    pub async fn set_contact_profile(&self, contact_id: &str, name: Option<&str>, avatar_id: Option<&str>) -> StoreResult<()> {
+    pub async fn set_contact_profile(
+        &self,
+        contact_id: &str,
+        name: Option<&str>,
+        avatar_id: Option<&str>,
+    ) -> StoreResult<()> {
         sqlx::query(
             "update contacts set display_name = coalesce(?, display_name), avatar_id = coalesce(?, avatar_id),
                 updated_at = ? where id = ?",
@@ -136,7 +141,12 @@ impl Store {
     }
 
     /// Binds a PSID to a contact (moving it off any other contact) and logs the link in the contact's conversation.
-    pub async fn bind_psid(&self, contact_id: &str, psid: &str, name: Option<String>) -> StoreResult<Option<(String, Event)>> {
+    pub async fn bind_psid(
+        &self,
+        contact_id: &str,
+        psid: &str,
+        name: Option<String>,
+    ) -> StoreResult<Option<(String, Event)>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query("update contacts set psid = null where psid = ? and id <> ?")
@@ -183,12 +193,14 @@ impl Store {
             .await?;
         let event = match (psid, conversation) {
             (Some(_), Some(conversation_id)) => {
-                sqlx::query("update outbox set status = 'failed', last_error = 'unlinked', updated_at = ?
-                             where conversation_id = ? and status = 'pending'")
-                    .bind(now)
-                    .bind(&conversation_id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "update outbox set status = 'failed', last_error = 'unlinked', updated_at = ?
+                             where conversation_id = ? and status = 'pending'",
+                )
+                .bind(now)
+                .bind(&conversation_id)
+                .execute(&mut *tx)
+                .await?;
                 let seq = bump_seq(&mut tx, &conversation_id, now).await?;
                 let kind = EventKind::Channel { channel: Channel::Messenger, linked: false, name: None };
                 Some((conversation_id.clone(), insert_event(&mut tx, &conversation_id, seq, now, kind).await?))
@@ -227,12 +239,13 @@ impl Store {
 
     /// Records that a webhook event was applied; `false` if it already was (a redelivery).
     pub async fn mark_applied(&self, key: &str) -> StoreResult<bool> {
-        let inserted = sqlx::query("insert into webhook_applied (key, created_at) values (?, ?) on conflict do nothing")
-            .bind(key)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let inserted =
+            sqlx::query("insert into webhook_applied (key, created_at) values (?, ?) on conflict do nothing")
+                .bind(key)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         Ok(inserted == 1)
     }
 
@@ -269,7 +282,12 @@ impl Store {
     }
 
     /// Marks a send failed for good and logs why.
-    pub async fn outbox_failed(&self, id: i64, detail: &str, state: DeliveryState) -> StoreResult<Option<(String, Event)>> {
+    pub async fn outbox_failed(
+        &self,
+        id: i64,
+        detail: &str,
+        state: DeliveryState,
+    ) -> StoreResult<Option<(String, Event)>> {
         self.outbox_settle(id, "failed", None, Some(detail), state).await
     }
 
@@ -308,12 +326,8 @@ impl Store {
                 .await?;
         }
         let seq = bump_seq(&mut tx, &conversation_id, now).await?;
-        let kind = EventKind::Delivery {
-            message_id,
-            channel: Channel::Messenger,
-            state,
-            detail: detail.map(str::to_string),
-        };
+        let kind =
+            EventKind::Delivery { message_id, channel: Channel::Messenger, state, detail: detail.map(str::to_string) };
         let event = insert_event(&mut tx, &conversation_id, seq, now, kind).await?;
         tx.commit().await?;
         Ok(Some((conversation_id, event)))
@@ -414,10 +428,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some((conversation_id, Some(seq))) = row else { return Ok(None) };
-        Ok(self
-            .mark_read(&conversation_id, Party::Visitor, seq_of(seq))
-            .await?
-            .map(|event| (conversation_id, event)))
+        Ok(self.mark_read(&conversation_id, Party::Visitor, seq_of(seq)).await?.map(|event| (conversation_id, event)))
     }
 
     pub async fn insert_attachment(
@@ -487,5 +498,4 @@ impl Store {
     pub async fn oldest_site_id(&self) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar("select id from sites order by created_at limit 1").fetch_optional(&self.pool).await?)
     }
-
 }

@@ -23,17 +23,18 @@ use crate::services::ServiceError;
 use crate::state::AppState;
 
 /// Checks origin and session, then upgrades.
-pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
     if origin != &*state.public_origin {
         return Err(ApiError::ForbiddenOrigin);
     }
     let agent = session_agent(&state, &headers).await?.ok_or(ApiError::Unauthorized)?;
     let limit = state.settings.limits.max_frame_bytes;
-    Ok(ws
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| run(state, agent, socket)))
+    Ok(ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run(state, agent, socket)))
 }
 
 struct Session {
@@ -129,7 +130,9 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
                     seq: posted.seq,
                 },
                 Err(ServiceError::Invalid(why)) => error_frame(ErrorCode::InvalidInput, why, Some(client_id)),
-                Err(ServiceError::NotFound) => error_frame(ErrorCode::NotFound, "no such conversation", Some(client_id)),
+                Err(ServiceError::NotFound) => {
+                    error_frame(ErrorCode::NotFound, "no such conversation", Some(client_id))
+                }
                 Err(e) => {
                     tracing::error!(error = ?e, "agent reply not stored");
                     error_frame(ErrorCode::Internal, "reply not stored; it will be re-sent", Some(client_id))

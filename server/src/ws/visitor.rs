@@ -41,15 +41,10 @@ pub async fn upgrade(
     if origin != &*state.public_origin && !site.allowed_origins().iter().any(|o| o == origin) {
         return Err(ApiError::ForbiddenOrigin);
     }
-    let user_agent = headers
-        .get(USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(512).collect::<String>());
+    let user_agent =
+        headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect::<String>());
     let limit = state.settings.limits.max_frame_bytes;
-    Ok(ws
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| run(state, site, user_agent, socket)))
+    Ok(ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run(state, site, user_agent, socket)))
 }
 
 fn clip(value: Option<String>, max: usize) -> Option<String> {
@@ -144,7 +139,13 @@ async fn resolve_contact(
 
 async fn welcome(session: &mut Session, token: String, last_seq: u64) -> Result<ServerMsg, ServiceError> {
     let Some(conversation) = session.conversation().await? else {
-        return Ok(ServerMsg::Welcome { token, events: Vec::new(), last_seq: 0, agent_read_seq: 0, reset: last_seq > 0 });
+        return Ok(ServerMsg::Welcome {
+            token,
+            events: Vec::new(),
+            last_seq: 0,
+            agent_read_seq: 0,
+            reset: last_seq > 0,
+        });
     };
     // A client ahead of the log holds someone else's history (e.g. a token it no longer has): start it over.
     let reset = last_seq > conversation.last_seq;
@@ -152,13 +153,7 @@ async fn welcome(session: &mut Session, token: String, last_seq: u64) -> Result<
     let events = session.state.store.events_after(&conversation.id, from).await?;
     let sent_to = events.last().map_or(from, |e| e.seq);
     session.relay = Relay::starting_at(sent_to);
-    Ok(ServerMsg::Welcome {
-        token,
-        events,
-        last_seq: sent_to,
-        agent_read_seq: conversation.agent_read_seq,
-        reset,
-    })
+    Ok(ServerMsg::Welcome { token, events, last_seq: sent_to, agent_read_seq: conversation.agent_read_seq, reset })
 }
 
 async fn announce_presence(session: &Session) {
@@ -222,12 +217,16 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
         }
         ClientMsg::MessengerLink => {
             let Some(messenger) = session.state.messenger.clone() else {
-                return send_json(sink, &error_frame(ErrorCode::InvalidInput, "Messenger is not available", None)).await;
+                return send_json(sink, &error_frame(ErrorCode::InvalidInput, "Messenger is not available", None))
+                    .await;
             };
             match messenger.offer_link(&session.contact.id).await {
                 Ok(offer) => {
-                    send_json(sink, &ServerMsg::MessengerLink { url: offer.url, code: offer.code, expires_at: offer.expires_at })
-                        .await
+                    send_json(
+                        sink,
+                        &ServerMsg::MessengerLink { url: offer.url, code: offer.code, expires_at: offer.expires_at },
+                    )
+                    .await
                 }
                 Err(e) => {
                     tracing::error!(error = ?e, "no Messenger link");

@@ -9,11 +9,7 @@ async fn an_agent_socket_without_a_session_is_refused_with_401() {
     let app = spawn_app().await;
     let err = app.agent_socket(Some(&app.origin()), None).await.err().expect("refused");
     assert_eq!(refused_status(err), 401);
-    let err = app
-        .agent_socket(Some(&app.origin()), Some("parley_session=forged"))
-        .await
-        .err()
-        .expect("refused");
+    let err = app.agent_socket(Some(&app.origin()), Some("parley_session=forged")).await.err().expect("refused");
     assert_eq!(refused_status(err), 401);
 }
 

@@ -46,10 +46,7 @@ fn test_settings(dir: &tempfile::TempDir) -> Settings {
 /// Seeds the database and runs the app on `listener` until the returned `TestApp` is dropped.
 async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempfile::TempDir) -> TestApp {
     let store = Store::connect(&settings.database.url, 4).await.expect("store opens");
-    store
-        .create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there")
-        .await
-        .expect("site");
+    store.create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there").await.expect("site");
     let agent = parley::cli::create_agent(&store, "alex@example.com", AGENT_NAME, "correct horse battery")
         .await
         .expect("agent");
@@ -59,14 +56,7 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    TestApp {
-        addr,
-        store,
-        agent_id: agent.id,
-        http: reqwest::Client::new(),
-        _dir: dir,
-        _shutdown: tx,
-    }
+    TestApp { addr, store, agent_id: agent.id, http: reqwest::Client::new(), _dir: dir, _shutdown: tx }
 }
 
 impl TestApp {
@@ -85,7 +75,9 @@ impl TestApp {
         if let Some(origin) = origin {
             request.headers_mut().insert("origin", HeaderValue::from_str(origin).expect("header"));
         }
-        request.headers_mut().insert("user-agent", HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0"));
+        request
+            .headers_mut()
+            .insert("user-agent", HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0"));
         let (stream, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(Ws { inner: stream })
     }

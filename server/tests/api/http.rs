@@ -17,12 +17,8 @@ async fn the_frame_page_may_only_be_framed_by_the_sites_origins() {
     let app = spawn_app().await;
     let response = app.http.get(app.url(&format!("/frame/{SITE_KEY}"))).send().await.expect("request");
     assert_eq!(response.status(), 200);
-    let csp = response
-        .headers()
-        .get("content-security-policy")
-        .and_then(|v| v.to_str().ok())
-        .expect("a CSP")
-        .to_string();
+    let csp =
+        response.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).expect("a CSP").to_string();
     assert!(csp.contains(&format!("frame-ancestors {HOST_ORIGIN}")), "{csp}");
     let body = response.text().await.expect("body");
     assert!(body.contains("\"greeting\":\"Hello there\""), "{body}");

@@ -99,7 +99,11 @@ async fn agent_says(agent: &mut Ws, conversation_id: &str, client_id: &str, body
 
 fn customer(sandbox: &messenger_sandbox::Sandbox, first_name: &str) -> String {
     sandbox
-        .create_user(NewUser { first_name: Some(first_name.into()), last_name: Some("Chang".into()), ..Default::default() })
+        .create_user(NewUser {
+            first_name: Some(first_name.into()),
+            last_name: Some("Chang".into()),
+            ..Default::default()
+        })
         .expect("user")
         .psid
 }
@@ -119,7 +123,9 @@ async fn the_webhook_handshake_answers_the_challenge_only_for_the_right_token() 
     let MessengerApp { app, .. } = spawn_messenger_app(|_, _| {}).await;
     let ok = app
         .http
-        .get(app.url("/webhooks/messenger?hub.mode=subscribe&hub.verify_token=sandbox-verify-token&hub.challenge=1158201444"))
+        .get(app.url(
+            "/webhooks/messenger?hub.mode=subscribe&hub.verify_token=sandbox-verify-token&hub.challenge=1158201444",
+        ))
         .send()
         .await
         .expect("request");
@@ -245,7 +251,9 @@ async fn expired_forged_and_reused_refs_bind_nothing() {
     let contact = app.store.contact_by_psid(&second).await.expect("query").expect("Eve has a contact");
     let visitor_conversation = app.store.contact_by_psid(&peter).await.expect("query").expect("Peter");
     assert_ne!(contact.id, visitor_conversation.id);
-    assert!(app.store.contact_by_psid(&intruder).await.expect("query").is_some_and(|c| c.id != visitor_conversation.id));
+    assert!(
+        app.store.contact_by_psid(&intruder).await.expect("query").is_some_and(|c| c.id != visitor_conversation.id)
+    );
     // Expired: a correctly signed token past its expiry.
     let expired = parley::messenger::link::verify(b"k", &parley::messenger::link::mint(b"k", 10).0, 11);
     assert!(expired.is_err());
@@ -253,8 +261,7 @@ async fn expired_forged_and_reused_refs_bind_nothing() {
 
 #[tokio::test]
 async fn the_short_code_links_when_no_referral_arrives() {
-    let MessengerApp { app, sandbox } =
-        spawn_messenger_app(|s, _| s.get_started = false).await;
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|s, _| s.get_started = false).await;
     let (mut visitor, reference, code) = web_visitor_with_link(&app, "question").await;
     let psid = customer(&sandbox, "Kim");
     // Without Get Started no ref ever arrives.
@@ -262,7 +269,11 @@ async fn the_short_code_links_when_no_referral_arrives() {
     sandbox.user_sends_text(&psid, &format!("my code is {}", code.to_lowercase())).expect("send");
     let linked = next_event(&mut visitor, |e| matches!(e.kind, EventKind::Channel { linked: true, .. })).await;
     assert!(matches!(linked.kind, EventKind::Channel { name: Some(ref n), .. } if n == "Kim"));
-    next_event(&mut visitor, |e| matches!(&e.kind, EventKind::Message { message } if message.body.contains("my code is"))).await;
+    next_event(
+        &mut visitor,
+        |e| matches!(&e.kind, EventKind::Message { message } if message.body.contains("my code is")),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -342,7 +353,9 @@ async fn replies_follow_the_messenger_windows() {
     app.store.age_messenger_activity(&contact.id, 25 * hour).await.expect("age");
     let late = agent_says(&mut agent, &conversation_id, "a-1", "Sorry for the wait").await;
     let sent = sandbox
-        .wait_until(WAIT, |s| s.sent_messages().into_iter().find(|m| m.message.text.as_deref() == Some("Sorry for the wait")))
+        .wait_until(WAIT, |s| {
+            s.sent_messages().into_iter().find(|m| m.message.text.as_deref() == Some("Sorry for the wait"))
+        })
         .await
         .expect("sent");
     assert_eq!(sent.message.messaging_type.as_deref(), Some("MESSAGE_TAG"));
@@ -544,7 +557,8 @@ async fn delivery_without_mids_and_read_watermarks_become_message_states() {
     })
     .await;
     sandbox.user_reads(&psid).expect("read");
-    let read = agent_event(&mut agent, |e| matches!(e.kind, EventKind::Read { by: protocol::Party::Visitor, .. })).await;
+    let read =
+        agent_event(&mut agent, |e| matches!(e.kind, EventKind::Read { by: protocol::Party::Visitor, .. })).await;
     let seq_of_reply = app
         .store
         .events_after(&conversation_id, 0)

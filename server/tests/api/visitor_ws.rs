@@ -125,7 +125,9 @@ async fn agent_replies_reach_the_visitor_and_read_receipts_flow_both_ways() {
     visitor.send(&ClientMsg::Read { up_to_seq: 3 }).await;
     let seen = agent
         .recv_until(|m: console::ServerMsg| match m {
-            console::ServerMsg::Event { event, .. } if matches!(event.kind, EventKind::Read { by: Party::Visitor, .. }) => {
+            console::ServerMsg::Event { event, .. }
+                if matches!(event.kind, EventKind::Read { by: Party::Visitor, .. }) =>
+            {
                 Some(event)
             }
             _ => None,

@@ -89,8 +89,7 @@ fn row(chat: RwSignal<Chat>, m: Msg) -> impl IntoView {
         };
         view! { <p class=class>{text}</p> }
     });
-    let author =
-        (!author.is_empty()).then(|| view! { <span class="msg-author">{author}</span> " " });
+    let author = (!author.is_empty()).then(|| view! { <span class="msg-author">{author}</span> " " });
     let channel = m.via_messenger.then(|| view! { <span class="msg-channel">"via Messenger"</span> " " });
     let mirrored = matches!(m.who, Who::Agent(_)).then(|| {
         let key = m.key.clone();

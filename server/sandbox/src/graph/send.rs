@@ -18,11 +18,7 @@ use crate::state::{Author, ThreadMessage, World};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 const MESSAGING_TYPES: &[&str] = &["RESPONSE", "UPDATE", "MESSAGE_TAG", "UTILITY"];
-const DEPRECATED_TAGS: &[&str] = &[
-    "CONFIRMED_EVENT_UPDATE",
-    "POST_PURCHASE_UPDATE",
-    "ACCOUNT_UPDATE",
-];
+const DEPRECATED_TAGS: &[&str] = &["CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE"];
 const SENDER_ACTIONS: &[&str] = &["typing_on", "typing_off", "mark_seen", "react", "unreact"];
 const ATTACHMENT_TYPES: &[&str] = &["image", "audio", "video", "file", "template"];
 const NOTIFICATION_TYPES: &[&str] = &["REGULAR", "SILENT_PUSH", "NO_PUSH"];
@@ -42,10 +38,7 @@ pub struct SendRequest {
 
 #[derive(Debug, Clone)]
 enum Action {
-    Sender {
-        action: String,
-        payload: Option<Value>,
-    },
+    Sender { action: String, payload: Option<Value> },
     Message(OutMessage),
 }
 
@@ -59,11 +52,7 @@ struct OutMessage {
 }
 
 /// Handles one Send API call.
-pub async fn send(
-    emulator: &Emulator,
-    request: &GraphRequest,
-    node: &str,
-) -> Result<Value, GraphError> {
+pub async fn send(emulator: &Emulator, request: &GraphRequest, node: &str) -> Result<Value, GraphError> {
     let prepared = emulator.with(|w| prepare(w, request, node))?;
     let (send, fault) = prepared;
     match fault {
@@ -78,8 +67,7 @@ pub async fn send(
                     value
                 })
             });
-            task.await
-                .unwrap_or_else(|_| Err(GraphError::unknown_error()))
+            task.await.unwrap_or_else(|_| Err(GraphError::unknown_error()))
         }
         Some(SendFault::DeliveredButError) => {
             let (_, follow_up) = emulator.with(|w| process(w, &send, true))?;
@@ -134,26 +122,18 @@ fn fault_error(fault: &SendFault, page_id: &str) -> Option<GraphError> {
         SendFault::RateLimited { code } => GraphError::rate_limited(*code, page_id),
         SendFault::AttachmentUnreachable => GraphError::attachment_unreachable(),
         SendFault::ServerError { status } => GraphError::server_error(*status),
-        SendFault::Custom {
-            code,
-            subcode,
-            message,
-            status,
-        } => GraphError::custom(
+        SendFault::Custom { code, subcode, message, status } => GraphError::custom(
             status
                 .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
                 .unwrap_or(axum::http::StatusCode::BAD_REQUEST),
             *code,
             *subcode,
-            message
-                .clone()
-                .unwrap_or_else(|| format!("(#{code}) Injected error")),
+            message.clone().unwrap_or_else(|| format!("(#{code}) Injected error")),
         ),
         SendFault::TokenRevoked => GraphError::token_revoked(),
-        SendFault::UserBlocks
-        | SendFault::InboxTakesThread
-        | SendFault::DeliveredButError
-        | SendFault::Hang { .. } => return None,
+        SendFault::UserBlocks | SendFault::InboxTakesThread | SendFault::DeliveredButError | SendFault::Hang { .. } => {
+            return None;
+        }
     })
 }
 
@@ -186,9 +166,7 @@ pub fn parse(
     require_messaging_type: bool,
     now_ms: i64,
 ) -> Result<SendRequest, GraphError> {
-    let recipient = params
-        .get("recipient")
-        .ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
+    let recipient = params.get("recipient").ok_or_else(|| GraphError::param("param recipient must be non-empty."))?;
     let psid = match recipient {
         Value::Object(recipient) => match recipient.get("id").and_then(id_string) {
             Some(id) => id,
@@ -238,9 +216,9 @@ pub fn parse(
         Some(_) => return Err(GraphError::param("param tag must be a string")),
     };
     if messaging_type.as_deref() == Some("MESSAGE_TAG") {
-        let tag = tag.as_deref().ok_or_else(|| {
-            GraphError::param("param tag is required when messaging_type is MESSAGE_TAG")
-        })?;
+        let tag = tag
+            .as_deref()
+            .ok_or_else(|| GraphError::param("param tag is required when messaging_type is MESSAGE_TAG"))?;
         if DEPRECATED_TAGS.contains(&tag) {
             if now_ms >= DEPRECATED_TAGS_CUTOFF_MS {
                 return Err(GraphError::param(format!(
@@ -255,9 +233,7 @@ pub fn parse(
         None => None,
         Some(Value::String(t)) if NOTIFICATION_TYPES.contains(&t.as_str()) => Some(t.clone()),
         Some(_) => {
-            return Err(GraphError::param(
-                "param notification_type must be one of {REGULAR, SILENT_PUSH, NO_PUSH}",
-            ));
+            return Err(GraphError::param("param notification_type must be one of {REGULAR, SILENT_PUSH, NO_PUSH}"));
         }
     };
     let reply_to = match params.get("reply_to") {
@@ -277,9 +253,7 @@ pub fn parse(
                 .get("control_type")
                 .and_then(Value::as_str)
                 .filter(|k| *k == "pass" || *k == "release")
-                .ok_or_else(|| {
-                    GraphError::param("param thread_control[control_type] must be pass or release")
-                })?;
+                .ok_or_else(|| GraphError::param("param thread_control[control_type] must be pass or release"))?;
             Some((kind.to_owned(), value.get("app_id").and_then(id_string)))
         }
     };
@@ -301,38 +275,24 @@ fn parse_sender_action(action: &Value, payload: Option<&Value>) -> Result<Action
         .map(str::to_ascii_lowercase)
         .filter(|a| SENDER_ACTIONS.contains(&a.as_str()))
         .ok_or_else(|| {
-            GraphError::param(
-                "param sender_action must be one of {TYPING_ON, TYPING_OFF, MARK_SEEN, REACT, UNREACT}",
-            )
+            GraphError::param("param sender_action must be one of {TYPING_ON, TYPING_OFF, MARK_SEEN, REACT, UNREACT}")
         })?;
     if action == "react" || action == "unreact" {
-        let payload = payload
-            .ok_or_else(|| GraphError::param("param payload is required for react/unreact"))?;
+        let payload = payload.ok_or_else(|| GraphError::param("param payload is required for react/unreact"))?;
         if payload.get("message_id").and_then(Value::as_str).is_none() {
-            return Err(GraphError::param(
-                "param payload[message_id] must be non-empty.",
-            ));
+            return Err(GraphError::param("param payload[message_id] must be non-empty."));
         }
         if action == "react" && payload.get("reaction").and_then(Value::as_str).is_none() {
-            return Err(GraphError::param(
-                "param payload[reaction] must be non-empty.",
-            ));
+            return Err(GraphError::param("param payload[reaction] must be non-empty."));
         }
     }
-    Ok(Action::Sender {
-        action,
-        payload: payload.cloned(),
-    })
+    Ok(Action::Sender { action, payload: payload.cloned() })
 }
 
 fn parse_message(message: &Value) -> Result<OutMessage, GraphError> {
-    let message = message
-        .as_object()
-        .ok_or_else(|| GraphError::param("param message must be a JSON object"))?;
-    let kinds = ["text", "attachment", "attachments", "sticker_id"]
-        .iter()
-        .filter(|k| message.contains_key(**k))
-        .count();
+    let message = message.as_object().ok_or_else(|| GraphError::param("param message must be a JSON object"))?;
+    let kinds =
+        ["text", "attachment", "attachments", "sticker_id"].iter().filter(|k| message.contains_key(**k)).count();
     if kinds != 1 {
         return Err(GraphError::param(
             "param message must have exactly one of text, attachment, attachments or sticker_id",
@@ -340,9 +300,10 @@ fn parse_message(message: &Value) -> Result<OutMessage, GraphError> {
     }
     let mut out = OutMessage::default();
     if let Some(text) = message.get("text") {
-        let text = text.as_str().filter(|t| !t.is_empty()).ok_or_else(|| {
-            GraphError::param("param message[text] must be a non-empty UTF-8 string")
-        })?;
+        let text = text
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| GraphError::param("param message[text] must be a non-empty UTF-8 string"))?;
         if text.chars().count() > 2000 {
             return Err(GraphError::param(
                 "param message[text] must be UTF-8 encoded and have 2000 characters or fewer",
@@ -357,32 +318,24 @@ fn parse_message(message: &Value) -> Result<OutMessage, GraphError> {
         let items = attachments
             .as_array()
             .filter(|a| !a.is_empty() && a.len() <= 30)
-            .ok_or_else(|| {
-                GraphError::param("param message[attachments] must hold 1 to 30 images")
-            })?;
+            .ok_or_else(|| GraphError::param("param message[attachments] must hold 1 to 30 images"))?;
         for item in items {
             if item.get("type").and_then(Value::as_str) != Some("image") {
-                return Err(GraphError::param(
-                    "param message[attachments][type] must be image",
-                ));
+                return Err(GraphError::param("param message[attachments][type] must be image"));
             }
             out.attachments.push(parse_attachment(item)?);
         }
     }
     if let Some(sticker) = message.get("sticker_id") {
-        out.sticker_id = Some(
-            id_string(sticker)
-                .ok_or_else(|| GraphError::param("param message[sticker_id] must be an id"))?,
-        );
+        out.sticker_id =
+            Some(id_string(sticker).ok_or_else(|| GraphError::param("param message[sticker_id] must be an id"))?);
     }
     if let Some(quick_replies) = message.get("quick_replies") {
         let items = quick_replies
             .as_array()
             .ok_or_else(|| GraphError::param("param message[quick_replies] must be an array"))?;
         if items.len() > 13 {
-            return Err(GraphError::param(
-                "param message[quick_replies] must have at most 13 items",
-            ));
+            return Err(GraphError::param("param message[quick_replies] must have at most 13 items"));
         }
         for item in items {
             validate_quick_reply(item)?;
@@ -390,13 +343,10 @@ fn parse_message(message: &Value) -> Result<OutMessage, GraphError> {
         out.quick_replies = items.clone();
     }
     if let Some(metadata) = message.get("metadata") {
-        let metadata = metadata
-            .as_str()
-            .ok_or_else(|| GraphError::param("param message[metadata] must be a string"))?;
+        let metadata =
+            metadata.as_str().ok_or_else(|| GraphError::param("param message[metadata] must be a string"))?;
         if metadata.chars().count() >= 1000 {
-            return Err(GraphError::param(
-                "param message[metadata] must be less than 1000 characters",
-            ));
+            return Err(GraphError::param("param message[metadata] must be less than 1000 characters"));
         }
         out.metadata = Some(metadata.to_owned());
     }
@@ -404,28 +354,17 @@ fn parse_message(message: &Value) -> Result<OutMessage, GraphError> {
 }
 
 fn parse_attachment(attachment: &Value) -> Result<Value, GraphError> {
-    let kind = attachment
-        .get("type")
-        .and_then(Value::as_str)
-        .filter(|t| ATTACHMENT_TYPES.contains(t))
-        .ok_or_else(|| {
-            GraphError::param(
-                "param message[attachment][type] must be one of {image, audio, video, file, template}",
-            )
+    let kind =
+        attachment.get("type").and_then(Value::as_str).filter(|t| ATTACHMENT_TYPES.contains(t)).ok_or_else(|| {
+            GraphError::param("param message[attachment][type] must be one of {image, audio, video, file, template}")
         })?;
     let payload = attachment
         .get("payload")
         .and_then(Value::as_object)
         .ok_or_else(|| GraphError::param("param message[attachment][payload] must be an object"))?;
     if kind == "template" {
-        if payload
-            .get("template_type")
-            .and_then(Value::as_str)
-            .is_none()
-        {
-            return Err(GraphError::param(
-                "param message[attachment][payload][template_type] is required",
-            ));
+        if payload.get("template_type").and_then(Value::as_str).is_none() {
+            return Err(GraphError::param("param message[attachment][payload][template_type] is required"));
         }
     } else if let Some(url) = payload.get("url") {
         let url = url.as_str().unwrap_or("");
@@ -433,9 +372,7 @@ fn parse_attachment(attachment: &Value) -> Result<Value, GraphError> {
             return Err(GraphError::attachment_unreachable());
         }
     } else if payload.get("attachment_id").and_then(id_string).is_none() {
-        return Err(GraphError::param(
-            "param message[attachment][payload] needs url or attachment_id",
-        ));
+        return Err(GraphError::param("param message[attachment][payload] needs url or attachment_id"));
     }
     Ok(json!({ "type": kind, "payload": payload }))
 }
@@ -447,22 +384,17 @@ fn validate_quick_reply(item: &Value) -> Result<(), GraphError> {
             let title = item.get("title").and_then(Value::as_str).unwrap_or("");
             let has_image = item.get("image_url").is_some();
             if title.is_empty() && !has_image {
-                return Err(GraphError::param(
-                    "param quick_replies[title] must be non-empty",
-                ));
+                return Err(GraphError::param("param quick_replies[title] must be non-empty"));
             }
             if title.chars().count() > 20 {
-                return Err(GraphError::param(
-                    "param quick_replies[title] has a 20 character limit",
-                ));
+                return Err(GraphError::param("param quick_replies[title] has a 20 character limit"));
             }
-            let payload = item.get("payload").and_then(id_string).ok_or_else(|| {
-                GraphError::param("param quick_replies[payload] must be non-empty")
-            })?;
+            let payload = item
+                .get("payload")
+                .and_then(id_string)
+                .ok_or_else(|| GraphError::param("param quick_replies[payload] must be non-empty"))?;
             if payload.chars().count() > 1000 {
-                return Err(GraphError::param(
-                    "param quick_replies[payload] has a 1000 character limit",
-                ));
+                return Err(GraphError::param("param quick_replies[payload] has a 1000 character limit"));
             }
             Ok(())
         }
@@ -482,20 +414,12 @@ fn process(
     let now = world.now_ms();
     let app_id = world.cfg.app_id.clone();
     let settings = world.settings.clone();
-    let customer = world
-        .customer_mut(&send.psid)
-        .ok_or_else(GraphError::no_matching_user)?;
+    let customer = world.customer_mut(&send.psid).ok_or_else(GraphError::no_matching_user)?;
     if customer.user.blocked {
         return Err(GraphError::user_unavailable());
     }
     let thread = &mut customer.thread;
-    check_window(
-        send,
-        thread.last_user_action_ms,
-        thread.last_user_message_ms,
-        now,
-        &settings,
-    )?;
+    check_window(send, thread.last_user_action_ms, thread.last_user_message_ms, now, &settings)?;
     if settings.routing
         && let Some(owner) = &thread.owner_app_id
         && *owner != app_id
@@ -516,9 +440,7 @@ fn process(
     if let Some(reply_to) = &send.reply_to
         && !thread.messages.iter().any(|m| &m.mid == reply_to)
     {
-        return Err(GraphError::param(
-            "param reply_to[mid] is not a message in this thread",
-        ));
+        return Err(GraphError::param("param reply_to[mid] is not a message in this thread"));
     }
     let message = match &send.action {
         Action::Sender { action, payload } => {
@@ -527,20 +449,11 @@ fn process(
                 "typing_off" => thread.typing = false,
                 "mark_seen" => thread.page_seen_count += 1,
                 "react" | "unreact" => {
-                    let target = payload
-                        .as_ref()
-                        .and_then(|p| p.get("message_id"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let message = thread
-                        .messages
-                        .iter_mut()
-                        .find(|m| m.mid == target)
-                        .ok_or_else(|| {
-                            GraphError::param(
-                                "param payload[message_id] is not a message in this thread",
-                            )
-                        })?;
+                    let target =
+                        payload.as_ref().and_then(|p| p.get("message_id")).and_then(Value::as_str).unwrap_or("");
+                    let message = thread.messages.iter_mut().find(|m| m.mid == target).ok_or_else(|| {
+                        GraphError::param("param payload[message_id] is not a message in this thread")
+                    })?;
                     message.reaction = (action == "react").then(|| {
                         payload
                             .as_ref()
@@ -558,14 +471,7 @@ fn process(
         Action::Message(message) => message.clone(),
     };
     let mid = world.mint_mid();
-    let mut record = ThreadMessage::new(
-        mid.clone(),
-        Author::Page {
-            app_id: app_id.clone(),
-        },
-        now,
-        "message",
-    );
+    let mut record = ThreadMessage::new(mid.clone(), Author::Page { app_id: app_id.clone() }, now, "message");
     record.text = message.text;
     record.attachments = message.attachments;
     record.quick_replies = message.quick_replies;
@@ -573,8 +479,7 @@ fn process(
     record.sticker_id = message.sticker_id.clone();
     if let Some(sticker_id) = message.sticker_id {
         let url = world.add_media("image");
-        record.attachments =
-            vec![json!({ "type": "image", "payload": { "url": url, "sticker_id": sticker_id } })];
+        record.attachments = vec![json!({ "type": "image", "payload": { "url": url, "sticker_id": sticker_id } })];
     }
     record.messaging_type = send.messaging_type.clone();
     record.tag = send.tag.clone();
@@ -590,10 +495,7 @@ fn process(
         }
         world.bump_thread(&send.psid);
     }
-    Ok((
-        json!({ "recipient_id": send.psid, "message_id": mid }),
-        follow_up,
-    ))
+    Ok((json!({ "recipient_id": send.psid, "message_id": mid }), follow_up))
 }
 
 /// The 24 h / 7 d rules on the virtual clock.
@@ -607,14 +509,10 @@ fn check_window(
     let tag = send.tag.as_deref();
     let tagged = send.messaging_type.as_deref() == Some("MESSAGE_TAG");
     if tagged && tag == Some("HUMAN_AGENT") && !settings.human_agent_feature {
-        return Err(GraphError::permission(
-            "The HUMAN_AGENT tag requires the approved Human Agent feature",
-        ));
+        return Err(GraphError::permission("The HUMAN_AGENT tag requires the approved Human Agent feature"));
     }
     if send.messaging_type.as_deref() == Some("UTILITY") && !settings.utility_messaging {
-        return Err(GraphError::permission(
-            "Application does not have the page_utility_messaging permission",
-        ));
+        return Err(GraphError::permission("Application does not have the page_utility_messaging permission"));
     }
     let Some(last_action) = last_action else {
         return Err(GraphError::cannot_receive());
@@ -623,19 +521,13 @@ fn check_window(
         return Ok(());
     }
     let allowed = match (send.messaging_type.as_deref(), tag) {
-        (Some("MESSAGE_TAG"), Some("HUMAN_AGENT")) => {
-            last_message.is_some_and(|m| now - m <= 7 * DAY_MS)
-        }
+        (Some("MESSAGE_TAG"), Some("HUMAN_AGENT")) => last_message.is_some_and(|m| now - m <= 7 * DAY_MS),
         // Only reachable before the cutoff: legacy tags ignored the window.
         (Some("MESSAGE_TAG"), Some(_)) => true,
         (Some("UTILITY"), _) => true,
         _ => false,
     };
-    if allowed {
-        Ok(())
-    } else {
-        Err(GraphError::outside_window())
-    }
+    if allowed { Ok(()) } else { Err(GraphError::outside_window()) }
 }
 
 #[cfg(test)]
@@ -659,9 +551,7 @@ mod tests {
     #[test]
     fn a_plain_text_send_parses() {
         let send = parse(
-            &params(
-                json!({"recipient":{"id":"1"},"messaging_type":"RESPONSE","message":{"text":"hi"}}),
-            ),
+            &params(json!({"recipient":{"id":"1"},"messaging_type":"RESPONSE","message":{"text":"hi"}})),
             true,
             0,
         )
@@ -688,30 +578,20 @@ mod tests {
             let error = parse_err(case.clone());
             assert_eq!(error.code, 100, "{case}");
         }
-        let error = parse_err(
-            json!({"recipient":{"id":"1"},"sender_action":"typing_on","message":{"text":"a"}}),
-        );
+        let error = parse_err(json!({"recipient":{"id":"1"},"sender_action":"typing_on","message":{"text":"a"}}));
         assert_eq!((error.code, error.subcode), (100, Some(2018014)));
     }
 
     #[test]
     fn limits_are_inclusive_where_meta_says_so() {
         let ok = |message: Value| {
-            parse(
-                &params(
-                    json!({"recipient":{"id":"1"},"messaging_type":"RESPONSE","message":message}),
-                ),
-                true,
-                0,
-            )
-            .is_ok()
+            parse(&params(json!({"recipient":{"id":"1"},"messaging_type":"RESPONSE","message":message})), true, 0)
+                .is_ok()
         };
         assert!(ok(json!({"text": "é".repeat(2000)})));
         assert!(ok(json!({"text": "a", "metadata": "m".repeat(999)})));
         let qr = json!({"content_type":"text","title":"t","payload":"p"});
-        assert!(ok(
-            json!({"text": "a", "quick_replies": vec![qr.clone(); 13]})
-        ));
+        assert!(ok(json!({"text": "a", "quick_replies": vec![qr.clone(); 13]})));
         assert!(!ok(json!({"text": "a", "quick_replies": vec![qr; 14]})));
     }
 
@@ -726,12 +606,7 @@ mod tests {
 
     #[test]
     fn lenient_mode_defaults_messaging_type() {
-        let send = parse(
-            &params(json!({"recipient":{"id":"1"},"message":{"text":"a"}})),
-            false,
-            0,
-        )
-        .expect("lenient");
+        let send = parse(&params(json!({"recipient":{"id":"1"},"message":{"text":"a"}})), false, 0).expect("lenient");
         assert_eq!(send.messaging_type.as_deref(), Some("RESPONSE"));
     }
 }

@@ -72,10 +72,7 @@ fn take_fault(world: &mut World, applies: impl Fn(&WebhookFault) -> bool) -> Opt
 /// Builds the envelope for events of the current generation, spread over `entries` items.
 fn build(world: &mut World, events: Vec<OutEvent>, entries: usize) -> Option<Payload> {
     let generation = world.generation;
-    let events: Vec<OutEvent> = events
-        .into_iter()
-        .filter(|e| e.generation == generation)
-        .collect();
+    let events: Vec<OutEvent> = events.into_iter().filter(|e| e.generation == generation).collect();
     if events.is_empty() {
         return None;
     }
@@ -86,11 +83,7 @@ fn build(world: &mut World, events: Vec<OutEvent>, entries: usize) -> Option<Pay
     for chunk in events.chunks(per_entry) {
         // An entry holds either `messaging[]` or `standby[]`.
         for standby in [false, true] {
-            let items: Vec<Value> = chunk
-                .iter()
-                .filter(|e| e.standby == standby)
-                .map(|e| e.event.clone())
-                .collect();
+            let items: Vec<Value> = chunk.iter().filter(|e| e.standby == standby).map(|e| e.event.clone()).collect();
             if !items.is_empty() {
                 let key = if standby { "standby" } else { "messaging" };
                 entry.push(json!({ "id": page_id, "time": time, key: items }));
@@ -104,12 +97,7 @@ fn build(world: &mut World, events: Vec<OutEvent>, entries: usize) -> Option<Pay
         }
     }
     let body = to_meta_json(&json!({ "object": "page", "entry": entry }));
-    Some(Payload {
-        body,
-        fields,
-        event_count: events.len(),
-        generation,
-    })
+    Some(Payload { body, fields, event_count: events.len(), generation })
 }
 
 /// Delivers a payload (and its deliberate duplicate), head-of-line or in parallel.
@@ -133,13 +121,7 @@ async fn dispatch(emulator: &Emulator, payload: Payload) {
 }
 
 enum Step {
-    Send {
-        url: String,
-        secret: String,
-        timeout: Duration,
-        bad_signature: bool,
-        at_ms: i64,
-    },
+    Send { url: String, secret: String, timeout: Duration, bad_signature: bool, at_ms: i64 },
     Stop(String),
 }
 
@@ -160,54 +142,28 @@ async fn deliver(emulator: &Emulator, payload: Payload, duplicate_of: Option<u64
         id
     });
     // Only the original counts against `pending_events`.
-    let pending = if duplicate_of.is_some() {
-        0
-    } else {
-        payload.event_count
-    };
+    let pending = if duplicate_of.is_some() { 0 } else { payload.event_count };
     let mut clock = emulator.subscribe_clock();
     let mut retry = 0u32;
     loop {
         let step = emulator.with(|w| next_step(w, &payload));
         let (url, secret, timeout, bad_signature, at_ms) = match step {
             Step::Stop(reason) => {
-                finish(
-                    emulator,
-                    id,
-                    pending,
-                    payload.generation,
-                    DeliveryStatus::Dropped { reason },
-                );
+                finish(emulator, id, pending, payload.generation, DeliveryStatus::Dropped { reason });
                 return id;
             }
-            Step::Send {
-                url,
-                secret,
-                timeout,
-                bad_signature,
-                at_ms,
-            } => (url, secret, timeout, bad_signature, at_ms),
+            Step::Send { url, secret, timeout, bad_signature, at_ms } => (url, secret, timeout, bad_signature, at_ms),
         };
         // A clock jump from now on wakes the backoff below.
         clock.borrow_and_update();
         let started = Instant::now();
-        let signing_key = if bad_signature {
-            format!("{secret}-wrong")
-        } else {
-            secret
-        };
+        let signing_key = if bad_signature { format!("{secret}-wrong") } else { secret };
         let result = emulator
             .http()
             .post(&url)
             .header("content-type", "application/json")
-            .header(
-                "x-hub-signature-256",
-                signature_256(&signing_key, payload.body.as_bytes()),
-            )
-            .header(
-                "x-hub-signature",
-                signature_sha1(&signing_key, payload.body.as_bytes()),
-            )
+            .header("x-hub-signature-256", signature_256(&signing_key, payload.body.as_bytes()))
+            .header("x-hub-signature", signature_sha1(&signing_key, payload.body.as_bytes()))
             .body(payload.body.clone())
             .timeout(timeout)
             .send()
@@ -219,14 +175,7 @@ async fn deliver(emulator: &Emulator, payload: Payload, duplicate_of: Option<u64
             Err(error) => (None, Some(error.to_string())),
         };
         let success = status.is_some_and(|s| (200..300).contains(&s));
-        let attempt = Attempt {
-            at_ms,
-            status,
-            error,
-            latency_ms,
-            bad_signature,
-            success,
-        };
+        let attempt = Attempt { at_ms, status, error, latency_ms, bad_signature, success };
         let disabled = emulator.with(|w| {
             if let Some(delivery) = w.deliveries.iter_mut().find(|d| d.id == id) {
                 delivery.attempts.push(attempt);
@@ -241,24 +190,12 @@ async fn deliver(emulator: &Emulator, payload: Payload, duplicate_of: Option<u64
             }
         });
         if success {
-            finish(
-                emulator,
-                id,
-                pending,
-                payload.generation,
-                DeliveryStatus::Delivered,
-            );
+            finish(emulator, id, pending, payload.generation, DeliveryStatus::Delivered);
             return id;
         }
         if disabled {
             let reason = "webhooks disabled: the app was unsubscribed from the Page".to_owned();
-            finish(
-                emulator,
-                id,
-                pending,
-                payload.generation,
-                DeliveryStatus::Dropped { reason },
-            );
+            finish(emulator, id, pending, payload.generation, DeliveryStatus::Dropped { reason });
             return id;
         }
         retry += 1;
@@ -315,10 +252,7 @@ fn note_failure(world: &mut World) -> bool {
     }
     if failing_for >= crate::clock::ms(policy.alert_after) && !world.app.alerted {
         world.app.alerted = true;
-        let message = format!(
-            "Developer alert: webhook deliveries have been failing for {} min",
-            failing_for / 60_000
-        );
+        let message = format!("Developer alert: webhook deliveries have been failing for {} min", failing_for / 60_000);
         world.alert("developer_alert", message);
     }
     false

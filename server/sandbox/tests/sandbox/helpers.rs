@@ -46,14 +46,7 @@ pub struct Receiver {
 impl Receiver {
     /// Accepted (signature-valid) payloads.
     pub fn accepted(&self) -> Vec<Received> {
-        self.state
-            .received
-            .lock()
-            .expect("receiver lock")
-            .iter()
-            .filter(|r| r.signature_ok)
-            .cloned()
-            .collect()
+        self.state.received.lock().expect("receiver lock").iter().filter(|r| r.signature_ok).cloned().collect()
     }
 
     pub fn all(&self) -> Vec<Received> {
@@ -62,20 +55,12 @@ impl Receiver {
 
     /// Events (messaging[] and standby[]) of accepted payloads, in arrival order.
     pub fn events(&self) -> Vec<Value> {
-        self.accepted()
-            .iter()
-            .flat_map(|r| messenger_sandbox::webhook::events_of(&r.json))
-            .collect()
+        self.accepted().iter().flat_map(|r| messenger_sandbox::webhook::events_of(&r.json)).collect()
     }
 
     /// Waits until an accepted event matches.
     pub async fn wait_event(&self, predicate: impl Fn(&Value) -> bool) -> Value {
-        let mut rx = self
-            .state
-            .changed
-            .as_ref()
-            .expect("watch sender")
-            .subscribe();
+        let mut rx = self.state.changed.as_ref().expect("watch sender").subscribe();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             rx.borrow_and_update();
@@ -84,22 +69,14 @@ impl Receiver {
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => panic!(
-                    "timed out waiting for a webhook event; got {:#?}",
-                    self.events()
-                ),
+                _ => panic!("timed out waiting for a webhook event; got {:#?}", self.events()),
             }
         }
     }
 
     /// Waits until `n` POSTs (accepted or not) arrived.
     pub async fn wait_posts(&self, n: usize) -> Vec<Received> {
-        let mut rx = self
-            .state
-            .changed
-            .as_ref()
-            .expect("watch sender")
-            .subscribe();
+        let mut rx = self.state.changed.as_ref().expect("watch sender").subscribe();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             rx.borrow_and_update();
@@ -121,47 +98,24 @@ fn hmac_hex<M: Mac + hmac::digest::KeyInit>(secret: &str, body: &[u8]) -> String
     hex::encode(mac.finalize().into_bytes())
 }
 
-async fn receive(
-    State(state): State<Arc<ReceiverState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
+async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
-    let sha256 = format!(
-        "sha256={}",
-        hmac_hex::<Hmac<sha2::Sha256>>(&state.secret, &body)
-    );
-    let sha1 = format!(
-        "sha1={}",
-        hmac_hex::<Hmac<sha1::Sha1>>(&state.secret, &body)
-    );
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let sha256 = format!("sha256={}", hmac_hex::<Hmac<sha2::Sha256>>(&state.secret, &body));
+    let sha1 = format!("sha1={}", hmac_hex::<Hmac<sha1::Sha1>>(&state.secret, &body));
     let signature_ok = header("x-hub-signature-256") == sha256
         && header("x-hub-signature") == sha1
         && header("content-type") == "application/json";
     let text = String::from_utf8(body.to_vec()).unwrap_or_default();
     let json = serde_json::from_str(&text).unwrap_or(Value::Null);
     let fail = state.always_fail.load(Ordering::SeqCst)
-        || state
-            .fail_next
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+        || state.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     {
         let mut received = state.received.lock().expect("receiver lock");
-        received.push(Received {
-            body: text,
-            json,
-            signature_ok: signature_ok && !fail,
-        });
+        received.push(Received { body: text, json, signature_ok: signature_ok && !fail });
         if let Some(changed) = &state.changed {
             changed.send_replace(received.len());
         }
@@ -182,9 +136,7 @@ async fn verify(
     let ok = q.get("hub.mode").map(String::as_str) == Some("subscribe")
         && q.get("hub.verify_token") == Some(&state.verify_token);
     match (ok, q.get("hub.challenge")) {
-        (true, Some(challenge)) if !state.wrong_challenge.load(Ordering::SeqCst) => {
-            (StatusCode::OK, challenge.clone())
-        }
+        (true, Some(challenge)) if !state.wrong_challenge.load(Ordering::SeqCst) => (StatusCode::OK, challenge.clone()),
         (true, Some(_)) => (StatusCode::OK, "nope".into()),
         _ => (StatusCode::FORBIDDEN, String::new()),
     }
@@ -198,20 +150,13 @@ pub async fn spawn_receiver(secret: &str, verify_token: &str) -> Receiver {
         changed: Some(changed),
         ..ReceiverState::default()
     });
-    let app = Router::new()
-        .route("/webhooks/messenger", get(verify).post(receive))
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind receiver");
+    let app = Router::new().route("/webhooks/messenger", get(verify).post(receive)).with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Receiver {
-        url: format!("http://127.0.0.1:{port}/webhooks/messenger"),
-        state,
-    }
+    Receiver { url: format!("http://127.0.0.1:{port}/webhooks/messenger"), state }
 }
 
 pub struct TestEnv {
@@ -228,29 +173,15 @@ pub async fn spawn() -> TestEnv {
 
 /// Sandbox + receiver; `tweak` adjusts the config (callback is already set).
 pub async fn spawn_with(tweak: impl FnOnce(&mut SandboxConfig)) -> TestEnv {
-    let mut config = SandboxConfig {
-        seed: Some(7),
-        delivery_delay: None,
-        ..SandboxConfig::default()
-    };
+    let mut config = SandboxConfig { seed: Some(7), delivery_delay: None, ..SandboxConfig::default() };
     let receiver = spawn_receiver(&config.app_secret, &config.verify_token).await;
     config.callback_url = Some(receiver.url.clone());
     tweak(&mut config);
     let token = config.page_token.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sandbox");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sandbox");
     let sandbox = launch(config, listener).await.expect("launch");
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
-    TestEnv {
-        sandbox,
-        receiver,
-        http,
-        token,
-    }
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    TestEnv { sandbox, receiver, http, token }
 }
 
 /// A Graph response.
@@ -264,10 +195,7 @@ pub struct GraphReply {
 impl GraphReply {
     pub fn code(&self) -> (i64, Option<i64>) {
         let error = &self.body["error"];
-        (
-            error["code"].as_i64().unwrap_or(0),
-            error["error_subcode"].as_i64(),
-        )
+        (error["code"].as_i64().unwrap_or(0), error["error_subcode"].as_i64())
     }
 
     pub fn ok(&self) -> bool {
@@ -285,11 +213,7 @@ impl TestEnv {
         let headers = response.headers().clone();
         let text = response.text().await.expect("body");
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        GraphReply {
-            status,
-            headers,
-            body,
-        }
+        GraphReply { status, headers, body }
     }
 
     /// POST JSON to a Graph path with the Page token in the query.
@@ -348,37 +272,21 @@ impl TestEnv {
 
     /// A customer who has written "hi" (so the window is open); returns the PSID.
     pub async fn active_customer(&self) -> String {
-        let user = self
-            .sandbox
-            .create_user(Default::default())
-            .expect("create user");
-        self.sandbox
-            .user_sends_text(&user.psid, "hi")
-            .expect("user sends");
+        let user = self.sandbox.create_user(Default::default()).expect("create user");
+        self.sandbox.user_sends_text(&user.psid, "hi").expect("user sends");
         user.psid
     }
 
     /// POST to the control API.
     pub async fn control_post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .expect("control post");
+        let response = self.http.post(self.url(path)).json(&body).send().await.expect("control post");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// GET from the control API.
     pub async fn control_get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("control get");
+        let response = self.http.get(self.url(path)).send().await.expect("control get");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }

@@ -25,13 +25,7 @@ async fn missing_unknown_and_revoked_tokens_get_190_with_www_authenticate() {
     let psid = env.active_customer().await;
     let body = json!({"recipient":{"id":psid},"messaging_type":"RESPONSE","message":{"text":"x"}});
 
-    let missing = env
-        .http
-        .post(env.url("/v25.0/me/messages"))
-        .json(&body)
-        .send()
-        .await
-        .expect("post");
+    let missing = env.http.post(env.url("/v25.0/me/messages")).json(&body).send().await.expect("post");
     assert_eq!(missing.status().as_u16(), 400);
     assert!(
         missing.headers()["www-authenticate"]
@@ -44,23 +38,15 @@ async fn missing_unknown_and_revoked_tokens_get_190_with_www_authenticate() {
     assert_eq!(value["error"]["type"], "OAuthException");
     assert!(value["error"]["fbtrace_id"].is_string());
 
-    let unknown = env
-        .http
-        .post(env.url("/v25.0/me/messages?access_token=nope"))
-        .json(&body)
-        .send()
-        .await
-        .expect("post");
+    let unknown =
+        env.http.post(env.url("/v25.0/me/messages?access_token=nope")).json(&body).send().await.expect("post");
     assert_eq!(unknown.status().as_u16(), 400);
     assert!(unknown.headers().contains_key("www-authenticate"));
 
     env.sandbox.revoke_token();
     let revoked = env.send(body.clone()).await;
     assert_eq!(revoked.code(), (190, Some(460)));
-    assert!(
-        env.send(body.clone()).await.code().0 == 190,
-        "stays revoked"
-    );
+    assert!(env.send(body.clone()).await.code().0 == 190, "stays revoked");
     env.sandbox.restore_token();
     assert!(env.send(body).await.ok());
 }
@@ -77,18 +63,8 @@ async fn bearer_tokens_form_bodies_and_any_version_work() {
         ("message", message.as_str()),
         ("access_token", env.token.as_str()),
     ];
-    for path in [
-        "/v19.0/me/messages",
-        "/me/messages",
-        "/v25.0/100000000000001/messages",
-    ] {
-        let response = env
-            .http
-            .post(env.url(path))
-            .form(&form)
-            .send()
-            .await
-            .expect("post");
+    for path in ["/v19.0/me/messages", "/me/messages", "/v25.0/100000000000001/messages"] {
+        let response = env.http.post(env.url(path)).form(&form).send().await.expect("post");
         assert_eq!(response.status().as_u16(), 200, "{path}");
     }
     let bearer = env
@@ -118,10 +94,7 @@ async fn another_page_in_the_path_is_rejected() {
 #[tokio::test]
 async fn unknown_psid_is_2018001_and_blocked_is_551() {
     let env = spawn().await;
-    assert_eq!(
-        env.send_text("1234567890123456", "x").await.code(),
-        (100, Some(2018001))
-    );
+    assert_eq!(env.send_text("1234567890123456", "x").await.code(), (100, Some(2018001)));
     let psid = env.active_customer().await;
     env.sandbox.user_blocks(&psid).expect("block");
     assert_eq!(env.send_text(&psid, "x").await.code(), (551, Some(1545041)));
@@ -133,23 +106,15 @@ async fn unknown_psid_is_2018001_and_blocked_is_551() {
 async fn sender_actions_are_alone_and_return_only_the_recipient() {
     let env = spawn().await;
     let psid = env.active_customer().await;
-    let both = env
-        .send(json!({"recipient":{"id":psid},"sender_action":"typing_on","message":{"text":"x"}}))
-        .await;
+    let both = env.send(json!({"recipient":{"id":psid},"sender_action":"typing_on","message":{"text":"x"}})).await;
     assert_eq!(both.code(), (100, Some(2018014)));
-    let neither = env
-        .send(json!({"recipient":{"id":psid},"messaging_type":"RESPONSE"}))
-        .await;
+    let neither = env.send(json!({"recipient":{"id":psid},"messaging_type":"RESPONSE"})).await;
     assert_eq!(neither.code(), (100, None));
-    let typing = env
-        .send(json!({"recipient":{"id":psid},"sender_action":"typing_on"}))
-        .await;
+    let typing = env.send(json!({"recipient":{"id":psid},"sender_action":"typing_on"})).await;
     assert!(typing.ok());
     assert_eq!(typing.body, json!({ "recipient_id": psid }));
     assert!(env.sandbox.thread(&psid).expect("thread").typing);
-    let bad = env
-        .send(json!({"recipient":{"id":psid},"sender_action":"wave"}))
-        .await;
+    let bad = env.send(json!({"recipient":{"id":psid},"sender_action":"wave"})).await;
     assert_eq!(bad.code().0, 100);
 }
 
@@ -157,7 +122,8 @@ async fn sender_actions_are_alone_and_return_only_the_recipient() {
 async fn message_content_rules_return_100() {
     let env = spawn().await;
     let psid = env.active_customer().await;
-    let with = |message: serde_json::Value| json!({"recipient":{"id":psid},"messaging_type":"RESPONSE","message":message});
+    let with =
+        |message: serde_json::Value| json!({"recipient":{"id":psid},"messaging_type":"RESPONSE","message":message});
     let qr = json!({"content_type":"text","title":"Yes","payload":"Y"});
     let bad = [
         with(json!({})),
@@ -181,9 +147,7 @@ async fn message_content_rules_return_100() {
         with(json!({"text":"é".repeat(2000)})),
         with(json!({"text":"a","quick_replies":vec![qr; 13],"metadata":"m".repeat(999)})),
         with(json!({"attachment":{"type":"file","payload":{"url":"https://example.com/a.pdf"}}})),
-        with(
-            json!({"attachments":[{"type":"image","payload":{"url":"https://example.com/a.png"}}]}),
-        ),
+        with(json!({"attachments":[{"type":"image","payload":{"url":"https://example.com/a.png"}}]})),
         with(json!({"sticker_id":"369239263222822"})),
     ];
     for body in good {
@@ -201,35 +165,20 @@ async fn success_emits_an_echo_with_our_app_id_and_metadata() {
             "message":{"text":"Grüße 👋","metadata":"ws-msg-1"}}))
         .await;
     let mid = reply.body["message_id"].as_str().expect("mid").to_owned();
-    let echo = env
-        .receiver
-        .wait_event(|e| is_echo(e) && e["message"]["mid"] == mid)
-        .await;
+    let echo = env.receiver.wait_event(|e| is_echo(e) && e["message"]["mid"] == mid).await;
     assert_eq!(echo["message"]["app_id"], json!(1517776481860111u64));
     assert_eq!(echo["message"]["metadata"], "ws-msg-1");
     assert_eq!(echo["message"]["text"], "Grüße 👋");
     assert_eq!(echo["sender"]["id"], "100000000000001");
     assert_eq!(echo["recipient"]["id"], psid);
     // The raw body has the non-ASCII escaped.
-    let raw = env
-        .receiver
-        .accepted()
-        .into_iter()
-        .find(|r| r.body.contains(&mid))
-        .expect("raw echo");
-    assert!(
-        raw.body.contains(r"Gr\u00fc\u00dfe \ud83d\udc4b"),
-        "{}",
-        raw.body
-    );
+    let raw = env.receiver.accepted().into_iter().find(|r| r.body.contains(&mid)).expect("raw echo");
+    assert!(raw.body.contains(r"Gr\u00fc\u00dfe \ud83d\udc4b"), "{}", raw.body);
     assert!(raw.body.is_ascii());
     // And without metadata there is no metadata key.
     let plain = env.send_text(&psid, "plain").await;
     let plain_mid = plain.body["message_id"].as_str().expect("mid").to_owned();
-    let echo = env
-        .receiver
-        .wait_event(|e| e["message"]["mid"] == plain_mid)
-        .await;
+    let echo = env.receiver.wait_event(|e| e["message"]["mid"] == plain_mid).await;
     assert!(echo["message"].get("metadata").is_none());
     env.sandbox.wait_idle(WAIT).await.expect("idle");
 }

@@ -12,22 +12,14 @@ use crate::helpers::{WAIT, is_echo, is_kind, spawn, spawn_receiver, spawn_with};
 async fn a_customer_message_arrives_signed_with_both_headers() {
     let env = spawn().await;
     let user = env.sandbox.create_user(Default::default()).expect("user");
-    let mid = env
-        .sandbox
-        .user_sends_text(&user.psid, "Hej åäö / 🎉")
-        .expect("send");
-    let event = env
-        .receiver
-        .wait_event(|e| e["message"]["mid"] == mid)
-        .await;
+    let mid = env.sandbox.user_sends_text(&user.psid, "Hej åäö / 🎉").expect("send");
+    let event = env.receiver.wait_event(|e| e["message"]["mid"] == mid).await;
     assert_eq!(event["sender"]["id"], user.psid);
     assert_eq!(event["recipient"]["id"], "100000000000001");
     assert_eq!(event["message"]["text"], "Hej åäö / 🎉");
     assert!(event["timestamp"].as_i64().is_some());
     let raw = &env.receiver.accepted()[0];
-    assert!(
-        raw.body.starts_with(r#"{"#) && raw.body.contains(r"\u00e5\u00e4\u00f6 \/ \ud83c\udf89")
-    );
+    assert!(raw.body.starts_with(r#"{"#) && raw.body.contains(r"\u00e5\u00e4\u00f6 \/ \ud83c\udf89"));
     assert_eq!(raw.json["object"], "page");
     env.sandbox.wait_idle(WAIT).await.expect("idle");
     let deliveries = env.sandbox.webhook_deliveries();
@@ -39,16 +31,8 @@ async fn a_customer_message_arrives_signed_with_both_headers() {
 #[tokio::test]
 async fn changing_the_callback_sends_a_verification_get() {
     let env = spawn().await;
-    let other = spawn_receiver(
-        "sandbox-app-secret-0123456789abcdef",
-        "sandbox-verify-token",
-    )
-    .await;
-    let verification = env
-        .sandbox
-        .set_callback_url(Some(other.url.clone()))
-        .await
-        .expect("verification");
+    let other = spawn_receiver("sandbox-app-secret-0123456789abcdef", "sandbox-verify-token").await;
+    let verification = env.sandbox.set_callback_url(Some(other.url.clone())).await.expect("verification");
     assert!(verification.verified, "{verification:?}");
     assert!(verification.challenge.parse::<u64>().is_ok());
     let psid = env.active_customer().await;
@@ -60,21 +44,14 @@ async fn changing_the_callback_sends_a_verification_get() {
     env.sandbox.user_sends_text(&psid, "lost").expect("send");
     env.sandbox.wait_idle(WAIT).await.expect("idle");
     let last = env.sandbox.webhook_deliveries().pop().expect("delivery");
-    assert!(
-        matches!(last.status, DeliveryStatus::Dropped { .. }),
-        "{last:?}"
-    );
+    assert!(matches!(last.status, DeliveryStatus::Dropped { .. }), "{last:?}");
 }
 
 #[tokio::test]
 async fn a_wrong_verify_token_fails_verification() {
     let env = spawn().await;
     let other = spawn_receiver("sandbox-app-secret-0123456789abcdef", "another-token").await;
-    let verification = env
-        .sandbox
-        .set_callback_url(Some(other.url))
-        .await
-        .expect("v");
+    let verification = env.sandbox.set_callback_url(Some(other.url)).await.expect("v");
     assert_eq!(verification.status, Some(403));
     assert!(!verification.verified);
 }
@@ -121,13 +98,7 @@ async fn failures_are_retried_immediately_then_succeed() {
     assert_eq!(delivery.attempts[0].status, Some(500));
     assert!(delivery.attempts[2].success);
     assert_eq!(env.receiver.all().len(), 3);
-    assert!(
-        env.receiver
-            .all()
-            .windows(2)
-            .all(|w| w[0].body == w[1].body),
-        "same bytes on retry"
-    );
+    assert!(env.receiver.all().windows(2).all(|w| w[0].body == w[1].body), "same bytes on retry");
 }
 
 #[tokio::test]
@@ -147,12 +118,7 @@ async fn slow_acks_time_out_and_are_retried() {
     let delivery = env.sandbox.webhook_deliveries().remove(0);
     assert_eq!(delivery.attempts[0].error.as_deref(), Some("timeout"));
     assert_eq!(delivery.status, DeliveryStatus::Delivered);
-    assert!(
-        env.receiver
-            .events()
-            .iter()
-            .any(|e| e["sender"]["id"] == psid)
-    );
+    assert!(env.receiver.events().iter().any(|e| e["sender"]["id"] == psid));
 }
 
 #[tokio::test]
@@ -164,13 +130,7 @@ async fn continuous_failure_alerts_after_15_minutes_and_unsubscribes_after_an_ho
     env.receiver.state.always_fail.store(true, Ordering::SeqCst);
     let psid = env.active_customer().await;
     env.sandbox
-        .wait_until(WAIT, |s| {
-            (s.webhook_deliveries()
-                .first()
-                .map_or(0, |d| d.attempts.len())
-                >= 4)
-                .then_some(())
-        })
+        .wait_until(WAIT, |s| (s.webhook_deliveries().first().map_or(0, |d| d.attempts.len()) >= 4).then_some(()))
         .await
         .expect("immediate retries");
     // The clock jump wakes the backoff.
@@ -188,34 +148,21 @@ async fn continuous_failure_alerts_after_15_minutes_and_unsubscribes_after_an_ho
     env.sandbox.advance(Duration::from_secs(45 * 60));
     env.sandbox.wait_idle(WAIT).await.expect("dropped");
     assert!(!env.sandbox.is_subscribed());
-    assert!(
-        env.sandbox
-            .alerts()
-            .iter()
-            .any(|a| a.kind == "webhooks_disabled")
-    );
+    assert!(env.sandbox.alerts().iter().any(|a| a.kind == "webhooks_disabled"));
     let subscribed = env.graph_get("/v25.0/me/subscribed_apps", &[]).await;
     assert_eq!(subscribed.body["data"], json!([]));
     // Nothing is sent while unsubscribed; re-subscribing restores delivery.
-    env.receiver
-        .state
-        .always_fail
-        .store(false, Ordering::SeqCst);
+    env.receiver.state.always_fail.store(false, Ordering::SeqCst);
     let before = env.receiver.all().len();
     env.sandbox.user_sends_text(&psid, "unheard").expect("send");
     env.sandbox.wait_idle(WAIT).await.expect("idle");
     assert_eq!(env.receiver.all().len(), before);
     let again = env
-        .graph_post(
-            "/v25.0/100000000000001/subscribed_apps",
-            json!({"subscribed_fields": "messages,message_echoes"}),
-        )
+        .graph_post("/v25.0/100000000000001/subscribed_apps", json!({"subscribed_fields": "messages,message_echoes"}))
         .await;
     assert!(again.ok(), "{again:?}");
     let mid = env.sandbox.user_sends_text(&psid, "heard").expect("send");
-    env.receiver
-        .wait_event(|e| e["message"]["mid"] == mid)
-        .await;
+    env.receiver.wait_event(|e| e["message"]["mid"] == mid).await;
 }
 
 #[tokio::test]
@@ -242,8 +189,6 @@ async fn unsubscribed_fields_are_not_sent() {
     let psid = env.active_customer().await;
     assert!(env.send_text(&psid, "no echo please").await.ok());
     let mid = env.sandbox.user_sends_text(&psid, "after").expect("send");
-    env.receiver
-        .wait_event(|e| e["message"]["mid"] == mid)
-        .await;
+    env.receiver.wait_event(|e| e["message"]["mid"] == mid).await;
     assert!(!env.receiver.events().iter().any(is_echo));
 }

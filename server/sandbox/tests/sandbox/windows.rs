@@ -14,10 +14,7 @@ fn human_agent(psid: &str) -> serde_json::Value {
 async fn a_customer_who_never_wrote_cannot_be_messaged() {
     let env = spawn().await;
     let user = env.sandbox.create_user(Default::default()).expect("user");
-    assert_eq!(
-        env.send_text(&user.psid, "hi").await.code(),
-        (10, Some(2018108))
-    );
+    assert_eq!(env.send_text(&user.psid, "hi").await.code(), (10, Some(2018108)));
 }
 
 #[tokio::test]
@@ -27,17 +24,10 @@ async fn response_closes_after_24_hours_and_a_new_message_reopens_it() {
     env.sandbox.advance_hours(23);
     assert!(env.send_text(&psid, "still open").await.ok());
     env.sandbox.advance_hours(2);
-    assert_eq!(
-        env.send_text(&psid, "too late").await.code(),
-        (10, Some(2018278))
-    );
-    let update = env
-        .send(json!({"recipient":{"id":psid},"messaging_type":"UPDATE","message":{"text":"u"}}))
-        .await;
+    assert_eq!(env.send_text(&psid, "too late").await.code(), (10, Some(2018278)));
+    let update = env.send(json!({"recipient":{"id":psid},"messaging_type":"UPDATE","message":{"text":"u"}})).await;
     assert_eq!(update.code(), (10, Some(2018278)));
-    env.sandbox
-        .user_sends_text(&psid, "back")
-        .expect("user writes");
+    env.sandbox.user_sends_text(&psid, "back").expect("user writes");
     assert!(env.send_text(&psid, "welcome back").await.ok());
 }
 
@@ -48,10 +38,7 @@ async fn human_agent_works_for_seven_days_after_the_last_message() {
     env.sandbox.advance_hours(30);
     assert!(env.send(human_agent(&psid)).await.ok());
     env.sandbox.advance_hours(24 * 5);
-    assert!(
-        env.send(human_agent(&psid)).await.ok(),
-        "6 d 6 h after the message"
-    );
+    assert!(env.send(human_agent(&psid)).await.ok(), "6 d 6 h after the message");
 }
 
 #[tokio::test]
@@ -59,10 +46,7 @@ async fn human_agent_fails_after_seven_days() {
     let env = spawn().await;
     let psid = env.active_customer().await;
     env.sandbox.advance_hours(24 * 7 + 1);
-    assert_eq!(
-        env.send(human_agent(&psid)).await.code(),
-        (10, Some(2018278))
-    );
+    assert_eq!(env.send(human_agent(&psid)).await.code(), (10, Some(2018278)));
 }
 
 #[tokio::test]
@@ -72,26 +56,18 @@ async fn human_agent_counts_from_the_last_message_not_the_last_action() {
     env.sandbox.advance_hours(24 * 8);
     // A referral reopens the 24 h window but is not a message.
     assert_eq!(
-        env.sandbox
-            .user_opens_link(&psid, Some("again"))
-            .expect("open"),
+        env.sandbox.user_opens_link(&psid, Some("again")).expect("open"),
         messenger_sandbox::OpenOutcome::ReferralSent
     );
     assert!(env.send_text(&psid, "inside 24 h again").await.ok());
     env.sandbox.advance_hours(25);
-    assert_eq!(
-        env.send(human_agent(&psid)).await.code(),
-        (10, Some(2018278))
-    );
+    assert_eq!(env.send(human_agent(&psid)).await.code(), (10, Some(2018278)));
 }
 
 #[tokio::test]
 async fn human_agent_without_the_feature_is_a_permission_error() {
     let env = spawn().await;
-    env.sandbox.update_settings(SettingsPatch {
-        human_agent_feature: Some(false),
-        ..SettingsPatch::default()
-    });
+    env.sandbox.update_settings(SettingsPatch { human_agent_feature: Some(false), ..SettingsPatch::default() });
     let psid = env.active_customer().await;
     assert_eq!(env.send(human_agent(&psid)).await.code(), (10, None));
 }
@@ -111,14 +87,9 @@ async fn deprecated_tags_worked_before_2026_04_27() {
 async fn get_started_opens_the_window() {
     let env = spawn().await;
     let user = env.sandbox.create_user(Default::default()).expect("user");
-    env.sandbox
-        .user_taps_get_started(&user.psid, None)
-        .expect("tap");
+    env.sandbox.user_taps_get_started(&user.psid, None).expect("tap");
     assert!(env.send_text(&user.psid, "Welcome!").await.ok());
     // But HUMAN_AGENT needs a message within 7 d: none yet, and 24 h have passed.
     env.sandbox.advance_hours(25);
-    assert_eq!(
-        env.send(human_agent(&user.psid)).await.code(),
-        (10, Some(2018278))
-    );
+    assert_eq!(env.send(human_agent(&user.psid)).await.code(), (10, Some(2018278)));
 }
