@@ -1,6 +1,7 @@
 //! The Graph API client: Send API (messages and sender actions) and the User Profile API.
 //!
-//! The base URL, version, page and token come from configuration, so tests point it at the sandbox. Errors are
+//! The base URL, version, page and token come from configuration, so tests point it at the sandbox. The page token
+//! travels in the `Authorization` header, never in a URL (URLs end up in proxies' and servers' logs). Errors are
 //! parsed from Meta's error body whatever the HTTP status, and sorted by what the outbox should do about them.
 
 use std::time::Duration;
@@ -184,7 +185,8 @@ impl GraphClient {
         let request = self
             .http
             .get(url)
-            .query(&[("fields", "first_name,last_name,profile_pic"), ("access_token", self.token.expose_secret())]);
+            .query(&[("fields", "first_name,last_name,profile_pic")])
+            .bearer_auth(self.token.expose_secret());
         Self::parse(request.send().await).await
     }
 
@@ -215,11 +217,8 @@ impl GraphClient {
     }
 
     async fn post<T: for<'de> Deserialize<'de>>(&self, path: &str, body: &serde_json::Value) -> Result<T, GraphError> {
-        let request = self
-            .http
-            .post(format!("{}/{path}", self.base))
-            .query(&[("access_token", self.token.expose_secret())])
-            .json(body);
+        let request =
+            self.http.post(format!("{}/{path}", self.base)).bearer_auth(self.token.expose_secret()).json(body);
         Self::parse(request.send().await).await
     }
 
