@@ -493,9 +493,15 @@ impl ConsoleState {
         })
     }
 
-    /// Delivery of a committed message on another channel, if any was reported.
-    pub fn channel_delivery(&self, conversation_id: &str, message_id: &str) -> Option<ChannelDelivery> {
-        self.threads.get(conversation_id)?.deliveries.get(message_id).cloned()
+    /// Delivery on another channel, if any was reported, of the message rendered under `key` (its id is looked up
+    /// here, because a reply written in this console gets its id only when it is committed).
+    pub fn channel_delivery(&self, conversation_id: &str, key: &str) -> Option<ChannelDelivery> {
+        let thread = self.threads.get(conversation_id)?;
+        let id = thread.entries.iter().find_map(|e| match e {
+            Entry::Message { key: k, id: Some(id), .. } if k == key => Some(id.as_str()),
+            _ => None,
+        })?;
+        thread.deliveries.get(id).cloned()
     }
 
     fn visitor_read_seq(&self, conversation_id: &str) -> u64 {
@@ -854,7 +860,7 @@ mod tests {
             ],
             last_seq: 3,
         });
-        let d = s.channel_delivery("c", "m1").expect("reported");
+        let d = s.channel_delivery("c", "r1").expect("reported");
         assert_eq!(d.describe(), "Read on Messenger");
         assert_eq!(keys(&s, "c"), ["r1"]);
     }

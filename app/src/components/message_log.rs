@@ -56,7 +56,7 @@ pub fn MessageLog(#[prop(into)] id: Signal<String>) -> impl IntoView {
 fn EntryRow(entry: Entry, conversation: Signal<String>, visitor_name: Memo<String>) -> impl IntoView {
     let live = use_live();
     match entry {
-        Entry::Message { key, id, author, body, at, channel, attachments, .. } => {
+        Entry::Message { key, author, body, at, channel, attachments, .. } => {
             let (class, who) = match &author {
                 Author::Visitor => ("msg msg--visitor", None),
                 Author::Agent { name } => ("msg msg--agent", Some(name.clone())),
@@ -65,10 +65,10 @@ fn EntryRow(entry: Entry, conversation: Signal<String>, visitor_name: Memo<Strin
             let is_agent = matches!(author, Author::Agent { .. });
             let author_name = move || who.clone().unwrap_or_else(|| visitor_name.get());
             let channel = channel_name(channel);
-            let elsewhere = Memo::new(move |_| {
-                let id = id.as_deref()?;
-                live.state.with(|s| s.channel_delivery(&conversation.get(), id))
-            });
+            let elsewhere = {
+                let key = key.clone();
+                Memo::new(move |_| live.state.with(|s| s.channel_delivery(&conversation.get(), &key)))
+            };
             let delivery = {
                 let key = key.clone();
                 Memo::new(
