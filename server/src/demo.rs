@@ -186,19 +186,26 @@ const HOST_PAGE: &str = r#"<!doctype html>
 "#;
 
 const HOST_JS: &str = r#"// The host page's own script: the documented Parley stub (so calls before widget.js loads are queued) and a
-// few uses of the JS API.
+// few uses of the JS API. widget.js is async and may run before the page body is parsed, so the handlers wait
+// for the DOM before touching it.
 window.Parley = window.Parley || function () { (Parley.q = Parley.q || []).push(arguments); };
+function whenReady(fn) {
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', fn);
+  else fn();
+}
 function hostLog(text) {
-  var li = document.createElement('li');
-  li.textContent = text;
-  document.getElementById('host-events').appendChild(li);
+  whenReady(function () {
+    var li = document.createElement('li');
+    li.textContent = text;
+    document.getElementById('host-events').appendChild(li);
+  });
 }
 Parley('on', 'ready', function () { hostLog('ready'); });
 Parley('on', 'unread', function (n) {
-  document.getElementById('host-unread').textContent = n ? n + ' unread' : '';
+  whenReady(function () { document.getElementById('host-unread').textContent = n ? n + ' unread' : ''; });
 });
 Parley('on', 'message', function (m) { hostLog('message from ' + m.author + ': ' + m.body); });
-document.addEventListener('DOMContentLoaded', function () {
+whenReady(function () {
   document.getElementById('open-chat').addEventListener('click', function () { Parley('open'); });
 });
 "#;

@@ -182,6 +182,7 @@
     for (const args of queued) api.apply(null, args);
   };
 
-  if (d.body) setup();
+  // Set up once the document is parsed, so host handlers called on 'ready' can find the page's elements.
+  if (d.readyState !== 'loading') setup();
   else d.addEventListener('DOMContentLoaded', setup);
 })();

@@ -33,8 +33,8 @@ pub fn VisitorDetails(summary: Memo<Option<ConversationSummary>>) -> impl IntoVi
             let offset = visitor.utc_offset_minutes?;
             let clock = time::clock(live.now.get(), offset);
             let zone = match &visitor.timezone {
-                Some(tz) => format!("{tz}, {}", time::offset_label(offset)),
-                None => time::offset_label(offset),
+                Some(tz) if *tz != time::offset_label(offset) => format!("{tz}, {}", time::offset_label(offset)),
+                _ => time::offset_label(offset),
             };
             Some(format!("{clock} ({zone})"))
         })

@@ -161,6 +161,18 @@ impl Store {
             .bind(contact_id)
             .execute(&mut *tx)
             .await?;
+        // A visitor may continue on Messenger before writing anything: the conversation starts with the link.
+        sqlx::query(
+            "insert into conversations (id, site_id, contact_id, status, last_activity_at, created_at, updated_at)
+             select ?, site_id, id, 'open', ?, ?, ? from contacts where id = ? on conflict(contact_id) do nothing",
+        )
+        .bind(new_id())
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(contact_id)
+        .execute(&mut *tx)
+        .await?;
         let conversation: Option<String> = sqlx::query_scalar("select id from conversations where contact_id = ?")
             .bind(contact_id)
             .fetch_optional(&mut *tx)

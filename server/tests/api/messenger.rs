@@ -616,3 +616,21 @@ async fn page_inbox_owning_the_thread_and_server_errors_are_told_apart() {
     assert_eq!(state, DeliveryState::Failed);
     assert!(detail.unwrap_or_default().contains("another inbox"));
 }
+
+#[tokio::test]
+async fn a_visitor_who_has_not_written_yet_can_continue_on_messenger() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let (mut visitor, _) = app.visitor(None, 0).await;
+    visitor.send(&ClientMsg::MessengerLink).await;
+    let url = visitor
+        .recv_until(|m: ServerMsg| match m {
+            ServerMsg::MessengerLink { url, .. } => Some(url),
+            _ => None,
+        })
+        .await;
+    let reference = url.split("ref=").nth(1).expect("ref").to_string();
+    link_new_customer(&sandbox, &mut visitor, &reference).await;
+    let psid = sandbox.users()[0].psid.clone();
+    sandbox.user_sends_text(&psid, "first words, on Messenger").expect("send");
+    next_event(&mut visitor, |e| is_message(e, "first words, on Messenger")).await;
+}
