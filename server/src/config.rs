@@ -103,11 +103,23 @@ pub struct LimitSettings {
     pub connection_queue: usize,
     /// Seconds a new socket has to send its `hello`.
     pub hello_timeout_secs: u64,
+    /// Messages a visitor socket may send in a burst; refilled at `visitor_messages_per_minute`.
+    pub visitor_message_burst: u32,
+    pub visitor_messages_per_minute: u32,
+    /// Failed sign-ins allowed per email address within 15 minutes before sign-in is refused for that address.
+    pub login_failures: u32,
 }
 
 impl Default for LimitSettings {
     fn default() -> Self {
-        Self { max_frame_bytes: 64 * 1024, connection_queue: 256, hello_timeout_secs: 10 }
+        Self {
+            max_frame_bytes: 64 * 1024,
+            connection_queue: 256,
+            hello_timeout_secs: 10,
+            visitor_message_burst: 20,
+            visitor_messages_per_minute: 30,
+            login_failures: 10,
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use protocol::console::{AgentInfo, ConversationSummary};
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::limits::LoginThrottle;
 use crate::state::AppState;
 use crate::store::{StoreError, now_ms};
 
@@ -40,11 +41,13 @@ pub async fn session_agent(state: &AppState, headers: &HeaderMap) -> Result<Opti
 /// `ConsoleBackend` over the application state.
 pub struct Backend {
     pub state: AppState,
+    throttle: LoginThrottle,
 }
 
 impl Backend {
     pub fn shared(state: AppState) -> Arc<dyn ConsoleBackend> {
-        Arc::new(Self { state })
+        let throttle = LoginThrottle::new(state.settings.limits.login_failures);
+        Arc::new(Self { state, throttle })
     }
 }
 
@@ -57,6 +60,13 @@ fn internal(e: impl Into<anyhow::Error>) -> BackendError {
 #[async_trait::async_trait]
 impl ConsoleBackend for Backend {
     async fn login(&self, email: &str, password: &str) -> Result<Option<LoginSession>, BackendError> {
+        if let Some(wait) = self.throttle.blocked(email) {
+            tracing::warn!("console sign-in throttled after repeated failures");
+            let minutes = wait.as_secs().div_ceil(60).max(1);
+            return Err(BackendError::Refused(format!(
+                "Too many failed sign-ins for this address. Try again in {minutes} min."
+            )));
+        }
         let agent = self.state.store.agent_by_email(email.trim()).await.map_err(internal)?;
         let password = password.to_string();
         let hash = agent.as_ref().map_or_else(|| auth::dummy_hash().to_string(), |a| a.password_hash.clone());
@@ -65,8 +75,10 @@ impl ConsoleBackend for Backend {
             tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash)).await.map_err(internal)?;
         let Some(agent) = agent.filter(|_| ok) else {
             tracing::info!("console sign-in refused");
+            self.throttle.failed(email);
             return Ok(None);
         };
+        self.throttle.succeeded(email);
         let token = auth::new_token();
         let max_age_secs = self.state.settings.console.session_hours.max(1) * 3600;
         self.state

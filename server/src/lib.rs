@@ -10,6 +10,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod messenger;
 pub mod services;
 pub mod startup;

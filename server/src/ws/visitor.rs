@@ -20,6 +20,7 @@ use super::{Connection, Relay, Sink, close, next_frame, send_close, send_json, s
 use crate::auth;
 use crate::error::ApiError;
 use crate::hub::HubMsg;
+use crate::limits::TokenBucket;
 use crate::services::{PostInput, Poster, ServiceError};
 use crate::state::AppState;
 use crate::store::models::{Contact, ContactContext, Conversation, Site};
@@ -68,6 +69,8 @@ struct Session {
     contact: Contact,
     conversation: Option<Conversation>,
     relay: Relay,
+    /// Messages this socket may still send now.
+    bucket: TokenBucket,
 }
 
 impl Session {
@@ -100,7 +103,10 @@ async fn run(state: AppState, site: Site, user_agent: Option<String>, socket: We
     };
     // Join the hub before reading the log, so no event can fall between the two.
     let (registration, mut hub_rx) = state.hub.join_visitor(&contact.id);
-    let mut session = Session { state: state.clone(), site, contact, conversation: None, relay: Relay::default() };
+    let limits = &state.settings.limits;
+    let bucket = TokenBucket::new(limits.visitor_message_burst, limits.visitor_messages_per_minute);
+    let mut session =
+        Session { state: state.clone(), site, contact, conversation: None, relay: Relay::default(), bucket };
     let welcome = match welcome(&mut session, token, last_seq).await {
         Ok(w) => w,
         Err(e) => {
@@ -191,6 +197,10 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
         }
         ClientMsg::Ping => send_json(sink, &ServerMsg::Pong).await,
         ClientMsg::Send { client_id, body } => {
+            if !session.bucket.try_take() {
+                let why = "you are sending messages too fast; it will be sent in a moment";
+                return send_json(sink, &error_frame(ErrorCode::RateLimited, why, Some(client_id))).await;
+            }
             let result = session
                 .state
                 .conversations

@@ -329,3 +329,29 @@ async fn a_visitor_message_reopens_a_resolved_conversation() {
         .await;
     assert_eq!(status, protocol::ConversationStatus::Open);
 }
+
+#[tokio::test]
+async fn a_visitor_flooding_messages_is_slowed_down_and_nothing_is_lost() {
+    let app = spawn_app().await;
+    let (mut visitor, _) = app.visitor(None, 0).await;
+    for i in 0..25 {
+        visitor.send(&send(&format!("c-{i}"), &format!("message {i}"))).await;
+    }
+    let mut acked = 0;
+    let mut limited = Vec::new();
+    while acked + limited.len() < 25 {
+        match visitor.recv::<ServerMsg>().await {
+            ServerMsg::Ack { .. } => acked += 1,
+            ServerMsg::Error { code: ErrorCode::RateLimited, client_id: Some(id), .. } => limited.push(id),
+            _ => {}
+        }
+    }
+    // The burst of 20 goes through (a slow machine may refill a token or two meanwhile); the rest is refused.
+    assert!(acked >= 20, "{acked}");
+    assert!(!limited.is_empty());
+    // Refused sends were not stored; the client re-sends them later with the same ids.
+    let conversation_id = app.store.summaries().await.expect("summaries")[0].id.clone();
+    for id in &limited {
+        assert!(app.store.message_by_client_id(&conversation_id, id).await.expect("query").is_none());
+    }
+}
