@@ -34,8 +34,19 @@ pub fn ensure_wasm_target() -> anyhow::Result<()> {
     run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))
 }
 
+/// Installs Debian's Node.js and npm when `npm` is missing (needs root or sudo).
+pub fn ensure_node() -> anyhow::Result<()> {
+    if Command::new("npm").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    println!("xtask: installing Debian's nodejs and npm packages");
+    apt_install(&["nodejs", "npm"])
+        .context("could not install Node.js; install Debian's `nodejs` and `npm` and run again")
+}
+
 /// `npm ci` in `dir` unless its node_modules already matches its lockfile.
 pub fn npm_ci(dir: &Path) -> anyhow::Result<()> {
+    ensure_node()?;
     let stamp = dir.join("node_modules/.package-lock.json");
     let lock = dir.join("package-lock.json");
     let fresh = match (std::fs::read(&stamp), std::fs::read(&lock)) {
@@ -61,6 +72,11 @@ pub fn ensure_chromium() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("xtask: installing Debian's chromium package for the browser tests");
+    apt_install(&["chromium"]).context("could not install chromium; install Debian's `chromium` package and run again")
+}
+
+/// `apt-get update` then `apt-get install -y` (through sudo when not root).
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let sudo = !is_root();
     let apt = |args: &[&str]| {
         let mut cmd = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
@@ -71,8 +87,9 @@ pub fn ensure_chromium() -> anyhow::Result<()> {
         run(&mut cmd)
     };
     apt(&["update", "-q"])?;
-    apt(&["install", "-y", "-q", "chromium"])
-        .context("could not install chromium; install Debian's `chromium` package and run again")
+    let mut install = vec!["install", "-y", "-q"];
+    install.extend_from_slice(packages);
+    apt(&install)
 }
 
 fn is_root() -> bool {
