@@ -55,26 +55,33 @@ pub async fn drain(messenger: &Messenger) -> anyhow::Result<()> {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let mut events: Vec<(String, Messaging)> = Vec::new();
+        let mut events: Vec<(i64, String, Messaging)> = Vec::new();
         let mut errors: Vec<(i64, String)> = Vec::new();
         for (id, body) in &deliveries {
             match serde_json::from_slice::<Envelope>(body) {
                 Ok(envelope) if envelope.object == "page" => {
                     for entry in envelope.entry {
                         let page = entry.id.clone();
-                        events.extend(entry.messaging.into_iter().chain(entry.standby).map(|m| (page.clone(), m)));
+                        events.extend(entry.messaging.into_iter().chain(entry.standby).map(|m| (*id, page.clone(), m)));
                     }
                 }
                 Ok(_) => {}
                 Err(e) => errors.push((*id, format!("unreadable payload: {e}"))),
             }
         }
-        events.sort_by_key(|(_, m)| m.timestamp);
-        for (page, event) in events {
-            if let Err(e) = apply(messenger, &page, event).await {
-                // Transient failures (database) surface here: stop and retry the whole batch; applied events
-                // are skipped on the second pass by their idempotency keys.
-                return Err(e.into());
+        events.sort_by_key(|(_, _, m)| m.timestamp);
+        for (delivery, page, event) in events {
+            match apply(messenger, &page, event).await {
+                Ok(()) => {}
+                // An event that can never apply (e.g. no site to file it under) is recorded and skipped, so it
+                // cannot hold up the events behind it.
+                Err(ServiceError::Invalid(why)) => {
+                    tracing::warn!(reason = why, "a webhook event was not applied");
+                    errors.push((delivery, why.to_string()));
+                }
+                // Transient failures (database) stop the batch; it is retried, and the events already applied are
+                // skipped on the second pass by their idempotency keys.
+                Err(e) => return Err(e.into()),
             }
         }
         for (id, _) in &deliveries {
