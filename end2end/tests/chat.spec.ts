@@ -193,3 +193,25 @@ test('the console refuses a wrong password', async ({ page }) => {
   await page.goto(`${CHAT_ORIGIN}/console`);
   await expect(page).toHaveURL(/\/console\/login/);
 });
+
+test('the inbox updates live with unread counts', async ({ browser }) => {
+  const agent = await signInAgent(browser);
+  const visitor = await visitHostPage(browser);
+  await openChat(visitor);
+  const first = unique('Hello from a new visitor');
+  await visitorSends(visitor, first);
+  // The conversation appears in the agent's list without a reload, with its unread count.
+  const row = agent.getByRole('link').filter({ hasText: first });
+  await expect(row).toBeVisible();
+  await expect(row.getByLabel('1 unread')).toBeVisible();
+  const second = unique('And one more thing');
+  await visitorSends(visitor, second);
+  const updated = agent.getByRole('link').filter({ hasText: second });
+  await expect(updated.getByLabel('2 unread')).toBeVisible();
+  // Opening it reads it.
+  await updated.click();
+  await expect(agent.getByRole('log')).toContainText(second);
+  await expect(agent.getByRole('link').filter({ hasText: second }).getByLabel(/unread/)).toHaveCount(0);
+  await visitor.context.close();
+  await agent.context().close();
+});
