@@ -118,17 +118,14 @@ impl Conversations {
             messenger_action_at: input.messenger_action_at,
             mirror,
         };
-        let outcome = self.store.append_message(input.contact_id, input.site_id, msg).await?;
-        let conversation =
-            self.store.conversation_for_contact(input.contact_id).await?.ok_or(ServiceError::NotFound)?;
-        match outcome {
-            AppendOutcome::Duplicate { message, seq } => Ok(Posted { conversation_id: conversation.id, message, seq }),
-            AppendOutcome::Created { message, seq, events } => {
-                self.fan_out(&conversation, events).await?;
+        match self.store.append_message(input.contact_id, input.site_id, msg).await? {
+            AppendOutcome::Duplicate { conversation_id, message, seq } => Ok(Posted { conversation_id, message, seq }),
+            AppendOutcome::Created { conversation_id, message, seq, events } => {
+                self.fan_out(&conversation_id, input.contact_id, events).await?;
                 if mirror.is_some() {
                     self.outbox_wake.notify_one();
                 }
-                Ok(Posted { conversation_id: conversation.id, message, seq })
+                Ok(Posted { conversation_id, message, seq })
             }
         }
     }
@@ -156,7 +153,7 @@ impl Conversations {
     /// Moves a read cursor.
     pub async fn mark_read(&self, conversation: &Conversation, by: Party, up_to_seq: u64) -> Result<(), ServiceError> {
         if let Some(event) = self.store.mark_read(&conversation.id, by, up_to_seq).await? {
-            self.fan_out(conversation, vec![event]).await?;
+            self.fan_out(&conversation.id, &conversation.contact_id, vec![event]).await?;
         }
         Ok(())
     }
@@ -170,7 +167,7 @@ impl Conversations {
     ) -> Result<(), ServiceError> {
         let conversation = self.store.conversation(conversation_id).await?.ok_or(ServiceError::NotFound)?;
         if let Some(event) = self.store.set_status(conversation_id, status, Some(agent_name.to_string())).await? {
-            self.fan_out(&conversation, vec![event]).await?;
+            self.fan_out(&conversation.id, &conversation.contact_id, vec![event]).await?;
         }
         Ok(())
     }
@@ -187,21 +184,21 @@ impl Conversations {
     }
 
     /// Publishes committed events, then the conversation's fresh inbox row.
-    async fn fan_out(&self, conversation: &Conversation, events: Vec<Event>) -> Result<(), ServiceError> {
+    async fn fan_out(&self, conversation_id: &str, contact_id: &str, events: Vec<Event>) -> Result<(), ServiceError> {
         for event in events {
             self.hub.publish(HubMsg::Event {
-                conversation_id: conversation.id.clone(),
-                contact_id: conversation.contact_id.clone(),
+                conversation_id: conversation_id.to_string(),
+                contact_id: contact_id.to_string(),
                 event,
             });
         }
-        self.publish_summary(&conversation.id).await
+        self.publish_summary(conversation_id).await
     }
 
     /// Publishes events committed elsewhere (Messenger intake, outbox) for a conversation.
     pub async fn publish_events(&self, conversation_id: &str, events: Vec<Event>) -> Result<(), ServiceError> {
         let conversation = self.store.conversation(conversation_id).await?.ok_or(ServiceError::NotFound)?;
-        self.fan_out(&conversation, events).await
+        self.fan_out(&conversation.id, &conversation.contact_id, events).await
     }
 
     /// Publishes the inbox row of a contact's conversation, if there is one.

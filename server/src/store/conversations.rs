@@ -42,9 +42,9 @@ pub const HUMAN_AGENT_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
 #[derive(Clone, Debug)]
 pub enum AppendOutcome {
     /// The message was committed; `events` are the new log entries in order (the message, maybe a reopen).
-    Created { message: ChatMessage, seq: u64, events: Vec<Event> },
+    Created { conversation_id: String, message: ChatMessage, seq: u64, events: Vec<Event> },
     /// A message with this client id already exists in the conversation: nothing was written.
-    Duplicate { message: ChatMessage, seq: u64 },
+    Duplicate { conversation_id: String, message: ChatMessage, seq: u64 },
 }
 
 /// Columns of [`Contact`], in its field order.
@@ -222,27 +222,27 @@ impl Store {
     /// A visitor message in a resolved conversation reopens it.
     pub async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {
         if let Some(external_id) = &msg.external_id
-            && let Some((_, message, seq)) = self.message_by_external_id(external_id).await?
+            && let Some((conversation_id, message, seq)) = self.message_by_external_id(external_id).await?
         {
-            return Ok(AppendOutcome::Duplicate { message, seq });
+            return Ok(AppendOutcome::Duplicate { conversation_id, message, seq });
         }
         if let Some(conversation) = self.conversation_for_contact(contact_id).await?
             && let Some((message, seq)) = self.message_by_client_id(&conversation.id, &msg.client_id).await?
         {
-            return Ok(AppendOutcome::Duplicate { message, seq });
+            return Ok(AppendOutcome::Duplicate { conversation_id: conversation.id, message, seq });
         }
         match self.append_message_tx(contact_id, site_id, &msg).await {
             Err(StoreError::Conflict(_)) => {
                 // Lost a race with the same client id (or channel id): report the winner.
                 if let Some(external_id) = &msg.external_id
-                    && let Some((_, message, seq)) = self.message_by_external_id(external_id).await?
+                    && let Some((conversation_id, message, seq)) = self.message_by_external_id(external_id).await?
                 {
-                    return Ok(AppendOutcome::Duplicate { message, seq });
+                    return Ok(AppendOutcome::Duplicate { conversation_id, message, seq });
                 }
                 let conversation = self.conversation_for_contact(contact_id).await?.ok_or(StoreError::NotFound)?;
                 let (message, seq) =
                     self.message_by_client_id(&conversation.id, &msg.client_id).await?.ok_or(StoreError::NotFound)?;
-                Ok(AppendOutcome::Duplicate { message, seq })
+                Ok(AppendOutcome::Duplicate { conversation_id: conversation.id, message, seq })
             }
             other => other,
         }
@@ -349,7 +349,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(AppendOutcome::Created { message, seq, events })
+        Ok(AppendOutcome::Created { conversation_id: conversation.id, message, seq, events })
     }
 
     /// Moves a read cursor forward (never back, never past the log). Returns the new event, if the cursor moved.
