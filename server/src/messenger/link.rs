@@ -119,9 +119,10 @@ mod tests {
         let (token, _) = mint(b"key", 2_000);
         assert_eq!(verify(b"key", &token, 2_000), Err(LinkError::Expired));
         assert_eq!(verify(b"other key", &token, 1_000), Err(LinkError::Forged));
+        // Change one character inside the MAC (not the last one: its low bits are padding and must stay zero).
         let mut tampered = token.clone().into_bytes();
-        let last = tampered.len() - 1;
-        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let inside_mac = tampered.len() - 5;
+        tampered[inside_mac] = if tampered[inside_mac] == b'A' { b'B' } else { b'A' };
         assert_eq!(verify(b"key", &String::from_utf8(tampered).expect("ascii"), 1_000), Err(LinkError::Forged));
         assert_eq!(verify(b"key", "hello", 1_000), Err(LinkError::Malformed));
         assert_eq!(verify(b"key", "ws1_!!!", 1_000), Err(LinkError::Malformed));
