@@ -13,6 +13,8 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::client_ip::TrustedProxies;
+
 /// Every setting Parley reads.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,11 +36,18 @@ pub struct HttpSettings {
     /// check, the console's WebSocket origin check, and whether cookies are `Secure`.
     /// Empty means `http://<bind>`.
     pub public_url: String,
+    /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client; empty trusts no one, so the
+    /// peer address is the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { bind: SocketAddr::from(([127, 0, 0, 1], 3000)), public_url: String::new() }
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            public_url: String::new(),
+            trusted_proxies: TrustedProxies::default(),
+        }
     }
 }
 
@@ -108,6 +117,65 @@ pub struct LimitSettings {
     pub visitor_messages_per_minute: u32,
     /// Failed sign-ins allowed per email address within 15 minutes before sign-in is refused for that address.
     pub login_failures: u32,
+    /// Visitor sockets one client address may hold open at once (more are refused with 429).
+    pub max_sockets_per_ip: u32,
+    /// New visitor sockets (`hello`s) one client address may open per minute (also the burst).
+    pub ip_hellos_per_minute: u32,
+    /// Frames of every kind, over all visitor sockets of one client address: burst, then the sustained rate.
+    pub ip_frame_burst: u32,
+    pub ip_frames_per_minute: u32,
+    /// Frames other than messages (typing, read, ping, bad frames, ...) per visitor: burst, then the rate.
+    pub visitor_frame_burst: u32,
+    pub visitor_frames_per_minute: u32,
+    /// "Continue on Messenger" link requests and unlinks per visitor per minute (also the burst).
+    pub visitor_links_per_minute: u32,
+    /// Frames of every kind per signed-in agent: burst, then the sustained rate.
+    pub agent_frame_burst: u32,
+    pub agent_frames_per_minute: u32,
+    /// Seconds between server pings on every socket.
+    pub ping_secs: u64,
+    /// Seconds a socket has to answer a ping before it is closed as dead.
+    pub pong_timeout_secs: u64,
+    /// Seconds one write to a socket may take before the socket is closed as not reading.
+    pub write_timeout_secs: u64,
+}
+
+impl LimitSettings {
+    /// Refuses values that would switch a defence off or cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("limits.connection_queue", self.connection_queue as u64),
+            ("limits.hello_timeout_secs", self.hello_timeout_secs),
+            ("limits.visitor_message_burst", self.visitor_message_burst.into()),
+            ("limits.visitor_messages_per_minute", self.visitor_messages_per_minute.into()),
+            ("limits.max_sockets_per_ip", self.max_sockets_per_ip.into()),
+            ("limits.ip_hellos_per_minute", self.ip_hellos_per_minute.into()),
+            ("limits.ip_frame_burst", self.ip_frame_burst.into()),
+            ("limits.ip_frames_per_minute", self.ip_frames_per_minute.into()),
+            ("limits.visitor_frame_burst", self.visitor_frame_burst.into()),
+            ("limits.visitor_frames_per_minute", self.visitor_frames_per_minute.into()),
+            ("limits.visitor_links_per_minute", self.visitor_links_per_minute.into()),
+            ("limits.agent_frame_burst", self.agent_frame_burst.into()),
+            ("limits.agent_frames_per_minute", self.agent_frames_per_minute.into()),
+            ("limits.ping_secs", self.ping_secs),
+            ("limits.pong_timeout_secs", self.pong_timeout_secs),
+            ("limits.write_timeout_secs", self.write_timeout_secs),
+        ];
+        for (key, value) in positive {
+            anyhow::ensure!(value > 0, "{key} must be at least 1");
+        }
+        anyhow::ensure!(
+            (1024..=16 * 1024 * 1024).contains(&self.max_frame_bytes),
+            "limits.max_frame_bytes must be between 1024 and 16777216"
+        );
+        // Dead sockets must be found within minutes, not hours.
+        anyhow::ensure!(
+            self.ping_secs + self.pong_timeout_secs <= 300,
+            "limits.ping_secs + limits.pong_timeout_secs must be at most 300"
+        );
+        anyhow::ensure!(self.write_timeout_secs <= 300, "limits.write_timeout_secs must be at most 300");
+        Ok(())
+    }
 }
 
 impl Default for LimitSettings {
@@ -119,6 +187,18 @@ impl Default for LimitSettings {
             visitor_message_burst: 20,
             visitor_messages_per_minute: 30,
             login_failures: 10,
+            max_sockets_per_ip: 64,
+            ip_hellos_per_minute: 60,
+            ip_frame_burst: 600,
+            ip_frames_per_minute: 1200,
+            visitor_frame_burst: 60,
+            visitor_frames_per_minute: 120,
+            visitor_links_per_minute: 6,
+            agent_frame_burst: 2000,
+            agent_frames_per_minute: 1200,
+            ping_secs: 20,
+            pong_timeout_secs: 20,
+            write_timeout_secs: 10,
         }
     }
 }
@@ -256,6 +336,34 @@ mod tests {
             assert_eq!(s.messenger.page_token.expose_secret(), "EAAB-very-secret");
             Ok(())
         });
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_a_list_or_a_comma_separated_variable_and_bad_ones_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("p.toml", "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n")?;
+            let s = Settings::load(Some(Path::new("p.toml"))).expect("loads");
+            assert!(s.http.trusted_proxies.contains("10.2.3.4".parse().expect("ip")));
+            jail.set_env("PARLEY_HTTP__TRUSTED_PROXIES", "192.168.0.0/16,::1");
+            let s = Settings::load(Some(Path::new("p.toml"))).expect("loads");
+            assert!(s.http.trusted_proxies.contains("::1".parse().expect("ip")));
+            assert!(!s.http.trusted_proxies.contains("10.2.3.4".parse().expect("ip")));
+            jail.set_env("PARLEY_HTTP__TRUSTED_PROXIES", "10.0.0.0/33");
+            let err = Settings::load(Some(Path::new("p.toml"))).expect_err("refused");
+            assert!(format!("{err:#}").contains("10.0.0.0/33"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn limits_that_switch_a_defence_off_are_refused() {
+        assert!(LimitSettings::default().validate().is_ok());
+        let zero_cap = LimitSettings { max_sockets_per_ip: 0, ..LimitSettings::default() };
+        assert!(format!("{:#}", zero_cap.validate().expect_err("refused")).contains("limits.max_sockets_per_ip"));
+        let slow = LimitSettings { ping_secs: 3600, ..LimitSettings::default() };
+        assert!(slow.validate().is_err());
+        let tiny = LimitSettings { max_frame_bytes: 10, ..LimitSettings::default() };
+        assert!(tiny.validate().is_err());
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// 403: the request's `Origin` is not allowed for this resource.
     #[error("this origin is not allowed")]
     ForbiddenOrigin,
+    /// 429: this client address holds too many sockets already.
+    #[error("too many connections from your network; close some tabs or try again later")]
+    TooManySockets,
     /// 404: the named thing does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -62,6 +65,7 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             Self::ForbiddenOrigin => (StatusCode::FORBIDDEN, ErrorCode::Unauthorized),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            Self::TooManySockets => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Internal),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }

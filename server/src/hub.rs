@@ -1,19 +1,22 @@
 //! In-process fan-out of live conversation traffic to connected sockets.
 //!
-//! The hub never holds a lock across an `.await` and never blocks on a slow socket: each connection has a bounded
-//! queue, and a connection whose queue is full is dropped (its socket closes and the client resumes from its last
-//! sequence number, so nothing is lost). Registrations are removed by a `Drop` guard, so no early return or panic
-//! in a connection task can leave a dead entry behind. Delivery order and completeness are not the hub's job:
-//! connections fill gaps from the store (see `ws::Relay`), so a missed or reordered hub message costs a query, not
-//! a message.
+//! The hub never holds a lock across an `.await` and never blocks on a slow socket. Each connection has a
+//! [`HubReceiver`]: a mailbox that keeps only the *latest* pending message per conversation and kind (a newer
+//! inbox row replaces an unsent one, a newer event stands for the ones before it), so a busy client that reads
+//! steadily never falls behind however fast conversations change; its pending work is bounded by the number of
+//! conversations, not the number of changes. Only a mailbox with more distinct pending items than its capacity is
+//! closed (the socket closes and the client resumes from its last sequence number, so nothing is lost).
+//! Registrations are removed by a `Drop` guard, so no early return or panic in a connection task can leave a dead
+//! entry behind. Delivery order and completeness are not the hub's job: connections fill gaps from the store (see
+//! `ws::Relay`), so a coalesced, missed or reordered event costs a query, not a message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use protocol::Event;
 use protocol::console::ConversationSummary;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// What travels through the hub.
 #[derive(Clone, Debug)]
@@ -28,14 +31,138 @@ pub enum HubMsg {
     Alert { key: String, message: Option<String> },
 }
 
-pub type HubReceiver = mpsc::Receiver<Arc<HubMsg>>;
+/// What a pending message replaces: a newer message with the same key stands for the older one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Event(String),
+    Summary(String),
+    Typing { conversation_id: String, from_visitor: bool },
+    Alert(String),
+}
+
+impl HubMsg {
+    fn key(&self) -> Key {
+        match self {
+            Self::Event { conversation_id, .. } => Key::Event(conversation_id.clone()),
+            Self::Summary(summary) => Key::Summary(summary.id.clone()),
+            Self::Typing { conversation_id, from_visitor, .. } => {
+                Key::Typing { conversation_id: conversation_id.clone(), from_visitor: *from_visitor }
+            }
+            Self::Alert { key, .. } => Key::Alert(key.clone()),
+        }
+    }
+
+    /// Whether `self`, pending, should give way to `newer`. An event gives way only to a later one: the relay
+    /// fills whatever lies between from the store.
+    fn superseded_by(&self, newer: &HubMsg) -> bool {
+        match (self, newer) {
+            (Self::Event { event: old, .. }, Self::Event { event: new, .. }) => new.seq > old.seq,
+            _ => true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Keys in the order they first became pending.
+    order: VecDeque<Key>,
+    latest: HashMap<Key, Arc<HubMsg>>,
+    /// Overflowed (or the hub let go of it): the receiver reports the end once.
+    closed: bool,
+}
+
+/// One connection's mailbox: the hub writes, the socket task reads.
+struct Mailbox {
+    pending: Mutex<Pending>,
+    wake: Notify,
+    capacity: usize,
+}
+
+impl Mailbox {
+    fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self { pending: Mutex::default(), wake: Notify::new(), capacity })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Every update leaves `order` and `latest` consistent before anything can panic.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds, or replaces the pending message with the same key; `false` when the mailbox is closed (now: too many
+    /// distinct pending messages).
+    fn offer(&self, msg: &Arc<HubMsg>) -> bool {
+        let mut guard = self.lock();
+        let pending = &mut *guard;
+        if pending.closed {
+            return false;
+        }
+        let key = msg.key();
+        if let Some(old) = pending.latest.get_mut(&key) {
+            if old.superseded_by(msg) {
+                *old = Arc::clone(msg);
+            }
+        } else if pending.latest.len() < self.capacity {
+            pending.order.push_back(key.clone());
+            pending.latest.insert(key, Arc::clone(msg));
+        } else {
+            tracing::warn!("dropping a connection that cannot keep up; it will resume from its last seq");
+            pending.closed = true;
+            pending.order.clear();
+            pending.latest.clear();
+        }
+        let open = !pending.closed;
+        drop(guard);
+        self.wake.notify_one();
+        open
+    }
+
+    fn take(&self) -> Result<Option<Arc<HubMsg>>, Closed> {
+        let mut pending = self.lock();
+        if pending.closed {
+            return Err(Closed);
+        }
+        while let Some(key) = pending.order.pop_front() {
+            if let Some(msg) = pending.latest.remove(&key) {
+                return Ok(Some(msg));
+            }
+        }
+        Ok(None)
+    }
+}
+
+struct Closed;
+
+/// A connection's end of its mailbox.
+pub struct HubReceiver {
+    mailbox: Arc<Mailbox>,
+}
+
+impl HubReceiver {
+    /// The next pending message, waiting for one; `None` once the connection was dropped as too slow.
+    pub async fn recv(&mut self) -> Option<Arc<HubMsg>> {
+        loop {
+            match self.mailbox.take() {
+                Ok(Some(msg)) => return Some(msg),
+                Ok(None) => {}
+                Err(Closed) => return None,
+            }
+            // `notify_one` stores a permit when no one waits, so an offer between `take` and here is not missed.
+            self.mailbox.wake.notified().await;
+        }
+    }
+
+    /// The next pending message without waiting: `Ok(None)` when there is none, `Err(())` once closed.
+    pub fn try_recv(&mut self) -> Result<Option<Arc<HubMsg>>, ()> {
+        self.mailbox.take().map_err(|Closed| ())
+    }
+}
 
 #[derive(Default)]
 struct Inner {
     /// contact id → visitor connections of that contact.
-    visitors: HashMap<String, HashMap<u64, mpsc::Sender<Arc<HubMsg>>>>,
+    visitors: HashMap<String, HashMap<u64, Arc<Mailbox>>>,
     /// Every agent connection.
-    agents: HashMap<u64, mpsc::Sender<Arc<HubMsg>>>,
+    agents: HashMap<u64, Arc<Mailbox>>,
     /// Alerts in force, by key.
     alerts: HashMap<String, String>,
 }
@@ -75,7 +202,7 @@ impl Drop for Registration {
 }
 
 impl Hub {
-    /// A hub whose connections may queue up to `queue` messages.
+    /// A hub whose connections may each have up to `queue` distinct messages pending.
     pub fn new(queue: usize) -> Self {
         Self { queue: queue.max(1), ..Self::default() }
     }
@@ -88,19 +215,19 @@ impl Hub {
 
     /// Registers a visitor connection of `contact_id`.
     pub fn join_visitor(&self, contact_id: &str) -> (Registration, HubReceiver) {
-        let (tx, rx) = mpsc::channel(self.queue);
+        let mailbox = Mailbox::new(self.queue);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().visitors.entry(contact_id.to_string()).or_default().insert(id, tx);
+        self.lock().visitors.entry(contact_id.to_string()).or_default().insert(id, Arc::clone(&mailbox));
         let registration = Registration { hub: self.clone(), id, contact_id: Some(contact_id.to_string()) };
-        (registration, rx)
+        (registration, HubReceiver { mailbox })
     }
 
     /// Registers an agent connection.
     pub fn join_agent(&self) -> (Registration, HubReceiver) {
-        let (tx, rx) = mpsc::channel(self.queue);
+        let mailbox = Mailbox::new(self.queue);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().agents.insert(id, tx);
-        (Registration { hub: self.clone(), id, contact_id: None }, rx)
+        self.lock().agents.insert(id, Arc::clone(&mailbox));
+        (Registration { hub: self.clone(), id, contact_id: None }, HubReceiver { mailbox })
     }
 
     /// Whether any visitor connection of this contact is live.
@@ -139,24 +266,12 @@ impl Hub {
         if let Some(contact) = contact
             && let Some(conns) = inner.visitors.get_mut(&contact)
         {
-            conns.retain(|_, tx| deliver(tx, &msg));
+            conns.retain(|_, mailbox| mailbox.offer(&msg));
         }
         let to_agents = !matches!(&*msg, HubMsg::Typing { from_visitor: false, .. });
         if to_agents {
-            inner.agents.retain(|_, tx| deliver(tx, &msg));
+            inner.agents.retain(|_, mailbox| mailbox.offer(&msg));
         }
-    }
-}
-
-/// Queues without waiting; `false` drops the connection (full queue, or the socket task is gone).
-fn deliver(tx: &mpsc::Sender<Arc<HubMsg>>, msg: &Arc<HubMsg>) -> bool {
-    match tx.try_send(Arc::clone(msg)) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!("dropping a connection that cannot keep up; it will resume from its last seq");
-            false
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -180,20 +295,47 @@ mod tests {
         let (_b, mut visitor_b) = hub.join_visitor("b");
         let (_g, mut agent) = hub.join_agent();
         hub.publish(read_event("a", 1));
-        assert!(visitor_a.try_recv().is_ok());
-        assert!(visitor_b.try_recv().is_err());
-        assert!(agent.try_recv().is_ok());
+        assert!(matches!(visitor_a.try_recv(), Ok(Some(_))));
+        assert!(matches!(visitor_b.try_recv(), Ok(None)));
+        assert!(matches!(agent.try_recv(), Ok(Some(_))));
+    }
+
+    fn summary(id: &str, last_seq: u64) -> HubMsg {
+        let row = serde_json::json!({
+            "id": id, "site_key": "s", "site_name": "S", "visitor_name": "V", "status": "open",
+            "last_activity_at": 0, "unread": 0, "last_seq": last_seq,
+        });
+        HubMsg::Summary(serde_json::from_value(row).expect("a summary"))
     }
 
     #[test]
-    fn a_full_queue_drops_the_connection_instead_of_blocking() {
-        let hub = Hub::new(1);
+    fn a_mailbox_with_too_many_distinct_pending_messages_closes_instead_of_blocking() {
+        let hub = Hub::new(2);
+        let (_reg, mut rx) = hub.join_agent();
+        hub.publish(summary("c1", 1));
+        hub.publish(summary("c2", 1));
+        hub.publish(summary("c3", 1));
+        // The third distinct message closed the mailbox: the receiver sees the end, the socket task then closes.
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn pending_summaries_and_events_coalesce_per_conversation_latest_wins() {
+        let hub = Hub::new(2);
         let (_reg, mut rx) = hub.join_visitor("a");
-        hub.publish(read_event("a", 1));
-        hub.publish(read_event("a", 2));
-        assert!(rx.try_recv().is_ok());
-        // The second message closed the channel: the receiver sees the end, the socket task then closes the socket.
-        assert!(matches!(rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        let (_agent, mut agent) = hub.join_agent();
+        for seq in 1..=1000 {
+            hub.publish(read_event("a", seq));
+            hub.publish(summary("c", seq));
+        }
+        // An event arriving late does not replace a newer pending one.
+        hub.publish(read_event("a", 500));
+        let next = |rx: &mut HubReceiver| rx.try_recv().expect("open").map(|m| (*m).clone());
+        assert!(matches!(next(&mut rx), Some(HubMsg::Event { event, .. }) if event.seq == 1000));
+        assert!(next(&mut rx).is_none());
+        assert!(matches!(next(&mut agent), Some(HubMsg::Event { event, .. }) if event.seq == 1000));
+        assert!(matches!(next(&mut agent), Some(HubMsg::Summary(s)) if s.last_seq == 1000));
+        assert!(next(&mut agent).is_none());
     }
 
     #[test]
@@ -218,10 +360,10 @@ mod tests {
             name: None,
         };
         hub.publish(typing(true));
-        assert!(visitor.try_recv().is_err());
-        assert!(agent.try_recv().is_ok());
+        assert!(matches!(visitor.try_recv(), Ok(None)));
+        assert!(matches!(agent.try_recv(), Ok(Some(_))));
         hub.publish(typing(false));
-        assert!(visitor.try_recv().is_ok());
-        assert!(agent.try_recv().is_err());
+        assert!(matches!(visitor.try_recv(), Ok(Some(_))));
+        assert!(matches!(agent.try_recv(), Ok(None)));
     }
 }

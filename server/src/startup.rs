@@ -12,6 +12,7 @@ use axum::http::HeaderValue;
 use axum::http::header::{REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS};
 use axum::response::Redirect;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{LeptosRoutes, generate_route_list};
@@ -29,6 +30,7 @@ use crate::services::Conversations;
 use crate::state::AppState;
 use crate::store::MirrorPolicy;
 use crate::store::Store;
+use crate::ws::flood::FloodControl;
 use crate::{error, http, messenger, ws};
 use tokio::sync::Notify;
 
@@ -50,6 +52,7 @@ impl Application {
     /// Like [`Application::build`] with an already opened store.
     pub fn with_store(mut settings: Settings, listener: TcpListener, store: Store) -> anyhow::Result<Self> {
         let addr = listener.local_addr().context("listener has no address")?;
+        settings.limits.validate().context("invalid configuration")?;
         if settings.http.public_url.is_empty() {
             settings.http.public_url = format!("http://{addr}");
         }
@@ -75,7 +78,9 @@ impl Application {
         } else {
             None
         };
+        let floods = Arc::new(FloodControl::new(&settings.limits));
         let state = AppState {
+            floods,
             conversations,
             messenger,
             store,
@@ -108,6 +113,12 @@ impl Application {
             // Tell sockets to close so the graceful shutdown below can finish.
             let _ = shutdown_tx.send(true);
         };
+        // Chat frames are small and latency matters: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(signal)
             .await

@@ -1,12 +1,15 @@
 //! WebSocket endpoints: `/ws/visitor` for the widget and `/ws/agent` for the console.
 //!
 //! Both share the same shape: authenticate the upgrade, split the socket, then one task `select!`s over client
-//! frames, hub messages and a ping timer. Live events pass through a [`Relay`] that guarantees each socket sees a
-//! conversation's events exactly once and in `seq` order, fetching any gap from the store.
+//! frames, hub messages, a ping timer and the pong deadline (see [`serve`]). Live events pass through a [`Relay`]
+//! that guarantees each socket sees a conversation's events exactly once and in `seq` order, fetching any gap from
+//! the store. Every client frame passes flood control ([`flood`]) before it is handled; every write has a deadline.
 
 pub mod agent;
+pub mod flood;
 pub mod visitor;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,22 +20,63 @@ use protocol::Event;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
 
+use crate::config::LimitSettings;
 use crate::hub::{HubMsg, HubReceiver};
 use crate::store::{Store, StoreResult};
+use flood::SocketSlot;
 
 /// Close codes we use.
 pub mod close {
     /// The client broke the protocol (e.g. no `hello`).
     pub const POLICY: u16 = 1008;
-    /// The client could not keep up; reconnect and resume.
+    /// The client could not keep up (or stopped answering pings); reconnect and resume.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame was larger than `limits.max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// A frame broke the WebSocket protocol itself.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
 }
 
-/// Seconds between server pings.
-pub const PING_SECS: u64 = 30;
+/// The reason sent with a 1009 close (and the error `next_frame` reports for such a frame).
+pub const FRAME_TOO_BIG: &str = "frame too big";
+
+/// Where a socket comes from: the client's address (see `client_ip`) and the socket slot it holds for that address.
+#[derive(Debug)]
+pub struct Peer {
+    pub ip: IpAddr,
+    _slot: Option<SocketSlot>,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr, slot: Option<SocketSlot>) -> Self {
+        Self { ip, _slot: slot }
+    }
+}
+
+/// Ping, pong and write deadlines of one socket.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    pub ping_every: Duration,
+    pub pong_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl Liveness {
+    pub fn new(limits: &LimitSettings) -> Self {
+        Self {
+            ping_every: Duration::from_secs(limits.ping_secs.max(1)),
+            pong_timeout: Duration::from_secs(limits.pong_timeout_secs.max(1)),
+            write_timeout: Duration::from_secs(limits.write_timeout_secs.max(1)),
+        }
+    }
+}
 
 /// Per-conversation delivery cursor of one socket.
 #[derive(Debug, Default)]
@@ -67,19 +111,85 @@ impl Relay {
     }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+/// The writing half of a socket. Every write has a deadline: a peer that stops reading fills its TCP window, the
+/// write stalls, and the socket is given up instead of holding its queue for minutes.
+pub struct Sink {
+    inner: SplitSink<WebSocket, Message>,
+    write_timeout: Duration,
+}
+
 type Stream = SplitStream<WebSocket>;
 
-/// Reads the next client frame; `None` when the socket ended. Control frames are skipped.
+/// The write deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer stopped reading (write timed out)")]
+struct WriteTimedOut;
+
+impl Sink {
+    async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
+        match tokio::time::timeout(self.write_timeout, self.inner.send(msg)).await {
+            Ok(result) => result,
+            Err(_) => Err(axum::Error::new(WriteTimedOut)),
+        }
+    }
+}
+
+/// Splits an upgraded socket; writes get `limits.write_timeout_secs`.
+pub fn split(socket: WebSocket, limits: &LimitSettings) -> (Sink, Stream) {
+    let (inner, stream) = socket.split();
+    (Sink { inner, write_timeout: Liveness::new(limits).write_timeout }, stream)
+}
+
+/// What the client sent, as far as the session is concerned.
+enum Inbound<T> {
+    Frame(T),
+    /// A frame we could not read as a client message (bad JSON, unknown type, binary); answered, not fatal.
+    Bad(String),
+    /// A pong: the peer has read everything we sent before the ping.
+    Pong,
+    /// The socket must close with this code and reason (a frame too big, a broken frame).
+    Fatal(u16, &'static str),
+    /// The socket ended.
+    End,
+}
+
+/// The close code and reason for a read error that deserves one; `None` when the peer is simply gone.
+fn read_error(err: &axum::Error) -> Option<(u16, &'static str)> {
+    match std::error::Error::source(err).and_then(|e| e.downcast_ref::<tungstenite::Error>())? {
+        tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, FRAME_TOO_BIG)),
+        tungstenite::Error::Utf8(_) => Some((close::INVALID_PAYLOAD, "text frames must be UTF-8")),
+        tungstenite::Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "broken WebSocket frame")),
+        _ => None,
+    }
+}
+
+/// Reads the next client frame (pings skipped: the socket answers them itself).
+async fn read_inbound<T: DeserializeOwned>(stream: &mut Stream) -> Inbound<T> {
+    loop {
+        return match stream.next().await {
+            None | Some(Ok(Message::Close(_))) => Inbound::End,
+            Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
+                Ok(msg) => Inbound::Frame(msg),
+                Err(e) => Inbound::Bad(format!("bad frame: {e}")),
+            },
+            Some(Ok(Message::Binary(_))) => Inbound::Bad("binary frames are not supported".into()),
+            Some(Ok(Message::Pong(_))) => Inbound::Pong,
+            Some(Ok(Message::Ping(_))) => continue,
+            Some(Err(e)) => read_error(&e).map_or(Inbound::End, |(code, why)| Inbound::Fatal(code, why)),
+        };
+    }
+}
+
+/// Reads the next client frame; `None` when the socket ended. Control frames are skipped; a frame over the size
+/// limit is `Err(FRAME_TOO_BIG)`.
 async fn next_frame<T: DeserializeOwned>(stream: &mut Stream) -> Option<Result<T, String>> {
     loop {
-        match stream.next().await? {
-            Ok(Message::Text(text)) => {
-                return Some(serde_json::from_str(text.as_str()).map_err(|e| format!("bad frame: {e}")));
-            }
-            Ok(Message::Binary(_)) => return Some(Err("binary frames are not supported".into())),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+        match read_inbound(stream).await {
+            Inbound::Frame(msg) => return Some(Ok(msg)),
+            Inbound::Bad(why) => return Some(Err(why)),
+            Inbound::Fatal(_, why) => return Some(Err(why.to_string())),
+            Inbound::End => return None,
+            Inbound::Pong => {}
         }
     }
 }
@@ -87,39 +197,80 @@ async fn next_frame<T: DeserializeOwned>(stream: &mut Stream) -> Option<Result<T
 /// One side's handling of an established socket (visitor or agent).
 trait Connection {
     type Client: DeserializeOwned;
+    type Server: Serialize;
 
+    /// Counts a client frame (`None`: one that could not be read) against the flood limits; `Err` refuses it with
+    /// that reply, and the frame is not handled.
+    fn admit(&mut self, msg: Option<&Self::Client>) -> Result<(), Self::Server>;
     /// Answers a client frame; an error ends the connection.
     async fn on_client(&mut self, sink: &mut Sink, msg: Self::Client) -> Result<(), axum::Error>;
     /// Forwards a hub message; an error ends the connection.
     async fn on_hub(&mut self, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error>;
     /// The frame telling the client its frame could not be read.
-    fn bad_frame(&self, why: &str) -> impl Serialize;
+    fn bad_frame(&self, why: &str) -> Self::Server;
 }
 
-/// Runs a socket until it ends: client frames, hub messages, pings every [`PING_SECS`], and shutdown (1001).
-/// A hub queue that overflowed closes with 1013 so the client resumes from its last seq.
+/// Answers one client frame: refused by flood control, handled, or explained as unreadable.
+async fn on_inbound<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    msg: Result<C::Client, String>,
+) -> Result<(), axum::Error> {
+    match msg {
+        Ok(msg) => match conn.admit(Some(&msg)) {
+            Ok(()) => conn.on_client(sink, msg).await,
+            Err(refusal) => send_json(sink, &refusal).await,
+        },
+        Err(why) => {
+            let reply = conn.admit(None).err().unwrap_or_else(|| conn.bad_frame(&why));
+            send_json(sink, &reply).await
+        }
+    }
+}
+
+/// Runs a socket until it ends: client frames, hub messages, pings every `limits.ping_secs`, and shutdown (1001).
+///
+/// Liveness: a ping unanswered for `limits.pong_timeout_secs` closes the socket (1013), and so does a write that
+/// takes longer than `limits.write_timeout_secs` — only a peer that stopped reading is dropped. A busy peer is not:
+/// hub messages coalesce per conversation (see `hub`), and neither client frames nor hub output can starve the
+/// other (`select!` picks at random among the ready branches).
 async fn serve<C: Connection>(
     conn: &mut C,
     sink: &mut Sink,
     stream: &mut Stream,
     hub_rx: &mut HubReceiver,
     mut shutdown: watch::Receiver<bool>,
+    liveness: Liveness,
 ) {
-    let mut ping = tokio::time::interval(Duration::from_secs(PING_SECS));
+    let mut ping = tokio::time::interval(liveness.ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset();
+    // When the oldest unanswered ping went out.
+    let mut unanswered: Option<Instant> = None;
     loop {
+        let pong_due = async {
+            match unanswered {
+                Some(sent) => tokio::time::sleep_until(sent + liveness.pong_timeout).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            frame = next_frame::<C::Client>(stream) => match frame {
-                None => break,
-                Some(Ok(msg)) => {
-                    if conn.on_client(sink, msg).await.is_err() {
+            inbound = read_inbound::<C::Client>(stream) => {
+                let result = match inbound {
+                    Inbound::End => break,
+                    Inbound::Pong => {
+                        unanswered = None;
+                        Ok(())
+                    }
+                    Inbound::Fatal(code, why) => {
+                        send_close(sink, code, why).await;
                         break;
                     }
-                }
-                Some(Err(why)) => {
-                    if send_json(sink, &conn.bad_frame(&why)).await.is_err() {
-                        break;
-                    }
+                    Inbound::Frame(msg) => on_inbound(conn, sink, Ok(msg)).await,
+                    Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
+                };
+                if result.is_err() {
+                    break;
                 }
             },
             hub = hub_rx.recv() => match hub {
@@ -135,9 +286,14 @@ async fn serve<C: Connection>(
                 }
             },
             _ = ping.tick() => {
+                unanswered.get_or_insert_with(Instant::now);
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
+            }
+            _ = pong_due => {
+                send_close(sink, close::TRY_AGAIN_LATER, "no pong; reconnect").await;
+                break;
             }
             _ = shutdown.changed() => {
                 send_close(sink, close::GOING_AWAY, "server restarting").await;

@@ -352,7 +352,9 @@ impl Store {
         Ok(AppendOutcome::Created { conversation_id: conversation.id, message, seq, events })
     }
 
-    /// Moves a read cursor forward (never back, never past the log). Returns the new event, if the cursor moved.
+    /// Moves a read cursor forward (never back, never past the conversation's last message: read receipts are
+    /// events themselves, and a cursor clamped to the whole log would move again with every receipt). Returns the
+    /// new event, if the cursor moved.
     pub async fn mark_read(&self, conversation_id: &str, by: Party, up_to_seq: u64) -> StoreResult<Option<Event>> {
         let now = now_ms();
         let column = match by {
@@ -360,9 +362,11 @@ impl Store {
             Party::Agent => "agent_read_seq",
         };
         let mut tx = self.pool.begin().await?;
+        let last_message =
+            "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
         let moved = sqlx::query(&format!(
-            "update conversations set {column} = min(?, last_seq), updated_at = ?
-             where id = ? and {column} < min(?, last_seq)"
+            "update conversations set {column} = min(?, {last_message}), updated_at = ?
+             where id = ? and {column} < min(?, {last_message})"
         ))
         .bind(seq_param(up_to_seq))
         .bind(now)

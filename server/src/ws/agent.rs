@@ -11,11 +11,11 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
 use axum::response::Response;
-use futures_util::StreamExt;
 use protocol::console::{AgentInfo, ClientMsg, ServerMsg};
 use protocol::{ErrorCode, Party};
 
-use super::{Connection, Relay, Sink, close, send_close, send_json, serve};
+use super::flood::TypingGate;
+use super::{Connection, Liveness, Relay, Sink, close, send_close, send_json, serve};
 use crate::console::session_agent;
 use crate::error::ApiError;
 use crate::hub::HubMsg;
@@ -42,6 +42,21 @@ struct Session {
     agent: AgentInfo,
     /// Opened conversations and how far each has been sent.
     open: HashMap<String, Relay>,
+    /// Typing signals passed on, per conversation (changes and a periodic refresh only).
+    typing: HashMap<String, TypingGate>,
+}
+
+/// Conversations whose typing state one socket remembers; past this it starts over (at worst one extra signal each).
+const TYPING_GATES: usize = 256;
+
+impl Session {
+    /// Whether to pass this typing signal on (see [`TypingGate`]).
+    fn typing_changed(&mut self, conversation_id: &str, typing: bool) -> bool {
+        if self.typing.len() >= TYPING_GATES && !self.typing.contains_key(conversation_id) {
+            self.typing.clear();
+        }
+        self.typing.entry(conversation_id.to_string()).or_default().pass(typing)
+    }
 }
 
 fn error_frame(code: ErrorCode, message: &str, client_id: Option<String>) -> ServerMsg {
@@ -49,7 +64,7 @@ fn error_frame(code: ErrorCode, message: &str, client_id: Option<String>) -> Ser
 }
 
 async fn run(state: AppState, agent: AgentInfo, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, mut stream) = super::split(socket, &state.settings.limits);
     let (_registration, mut hub_rx) = state.hub.join_agent();
     let inbox = match state.conversations.summaries().await {
         Ok(conversations) => ServerMsg::Inbox { agent: agent.clone(), conversations },
@@ -66,12 +81,25 @@ async fn run(state: AppState, agent: AgentInfo, socket: WebSocket) {
             return;
         }
     }
-    let mut session = Session { state: state.clone(), agent, open: HashMap::new() };
-    serve(&mut session, &mut sink, &mut stream, &mut hub_rx, state.shutdown.clone()).await;
+    let mut session = Session { state: state.clone(), agent, open: HashMap::new(), typing: HashMap::new() };
+    let liveness = Liveness::new(&state.settings.limits);
+    serve(&mut session, &mut sink, &mut stream, &mut hub_rx, state.shutdown.clone(), liveness).await;
 }
 
 impl Connection for Session {
     type Client = ClientMsg;
+    type Server = ServerMsg;
+
+    fn admit(&mut self, msg: Option<&ClientMsg>) -> Result<(), ServerMsg> {
+        if self.state.floods.agent_frame(&self.agent.id) {
+            return Ok(());
+        }
+        let client_id = match msg {
+            Some(ClientMsg::Send { client_id, .. }) => Some(client_id.clone()),
+            _ => None,
+        };
+        Err(error_frame(ErrorCode::RateLimited, "too many requests; slow down", client_id))
+    }
 
     async fn on_client(&mut self, sink: &mut Sink, msg: ClientMsg) -> Result<(), axum::Error> {
         handle_client(self, sink, msg).await
@@ -81,7 +109,7 @@ impl Connection for Session {
         handle_hub(self, sink, msg).await
     }
 
-    fn bad_frame(&self, why: &str) -> impl serde::Serialize {
+    fn bad_frame(&self, why: &str) -> ServerMsg {
         error_frame(ErrorCode::BadFrame, why, None)
     }
 }
@@ -141,7 +169,10 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
             send_json(sink, &reply).await
         }
         ClientMsg::Typing { conversation_id, typing } => {
-            if let Ok(Some(conversation)) = state.store.conversation(&conversation_id).await {
+            // The visitor (and Messenger's Graph API) hear about changes and a periodic refresh, not every frame.
+            if let Ok(Some(conversation)) = state.store.conversation(&conversation_id).await
+                && session.typing_changed(&conversation.id, typing)
+            {
                 state.conversations.typing(&conversation, false, typing, Some(session.agent.name.clone()));
                 if typing
                     && let Some(messenger) = &state.messenger

@@ -4,36 +4,38 @@
 //! allowed origins. The first frame must be `hello`; the visitor token in it (kept in the frame's own storage)
 //! names the contact, or a new contact is created and its token returned in `welcome`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::{ORIGIN, USER_AGENT};
 use axum::response::Response;
-use futures_util::StreamExt;
 use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
 use protocol::{ErrorCode, Party};
 use serde::Deserialize;
 
-use super::{Connection, Relay, Sink, close, next_frame, send_close, send_json, serve};
-use crate::auth;
+use super::flood::{TypingGate, VisitorFrame};
+use super::{Connection, FRAME_TOO_BIG, Liveness, Peer, Relay, Sink, close, next_frame, send_close, send_json, serve};
 use crate::error::ApiError;
 use crate::hub::HubMsg;
-use crate::limits::TokenBucket;
 use crate::services::{PostInput, Poster, ServiceError};
 use crate::state::AppState;
 use crate::store::models::{Contact, ContactContext, Conversation, Site};
+use crate::{auth, client_ip};
 
 #[derive(Deserialize)]
 pub struct SiteQuery {
     site: String,
 }
 
-/// Checks the site and the origin, then upgrades.
+/// Checks the site and the origin, then upgrades — unless the client's address holds `limits.max_sockets_per_ip`
+/// sockets already (429).
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(query): Query<SiteQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
@@ -44,8 +46,14 @@ pub async fn upgrade(
     }
     let user_agent =
         headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect::<String>());
+    let ip = client_ip::resolve(peer, &headers, &state.settings.http.trusted_proxies);
+    let slot = state.floods.open_socket(ip).ok_or(ApiError::TooManySockets)?;
+    let peer = Peer::new(ip, Some(slot));
     let limit = state.settings.limits.max_frame_bytes;
-    Ok(ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run(state, site, user_agent, socket)))
+    Ok(ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| run(state, site, user_agent, socket, peer)))
 }
 
 fn clip(value: Option<String>, max: usize) -> Option<String> {
@@ -69,8 +77,18 @@ struct Session {
     contact: Contact,
     conversation: Option<Conversation>,
     relay: Relay,
-    /// Messages this socket may still send now.
-    bucket: TokenBucket,
+    /// Where the socket comes from (flood limits count per visitor and per address).
+    peer: Peer,
+    /// Repeated frames that would repeat work.
+    gates: Gates,
+}
+
+/// Per-socket memory that turns repeated `typing` and `read` frames into no work.
+#[derive(Debug, Default)]
+struct Gates {
+    typing: TypingGate,
+    /// The highest `up_to_seq` already handled: a read at or below it cannot move the cursor.
+    read_up_to: u64,
 }
 
 impl Session {
@@ -83,14 +101,20 @@ impl Session {
     }
 }
 
-async fn run(state: AppState, site: Site, user_agent: Option<String>, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
+async fn run(state: AppState, site: Site, user_agent: Option<String>, socket: WebSocket, peer: Peer) {
+    let (mut sink, mut stream) = super::split(socket, &state.settings.limits);
     let hello_timeout = Duration::from_secs(state.settings.limits.hello_timeout_secs);
     let hello = match tokio::time::timeout(hello_timeout, next_frame(&mut stream)).await {
         Ok(Some(Ok(ClientMsg::Hello { token, last_seq, context, .. }))) => (token, last_seq, context),
         Ok(None) => return,
+        Ok(Some(Err(why))) if why == FRAME_TOO_BIG => return send_close(&mut sink, close::TOO_BIG, &why).await,
         _ => return send_close(&mut sink, close::POLICY, "expected hello").await,
     };
+    if !state.floods.hello(peer.ip) {
+        let why = "too many new chats from your network; try again in a minute";
+        let _ = send_json(&mut sink, &error_frame(ErrorCode::RateLimited, why, None)).await;
+        return send_close(&mut sink, close::TRY_AGAIN_LATER, "rate limited").await;
+    }
     let (token, last_seq, context) = hello;
     let ctx = contact_context(context, user_agent);
     let (contact, token) = match resolve_contact(&state, &site, token.as_deref(), &ctx).await {
@@ -103,10 +127,15 @@ async fn run(state: AppState, site: Site, user_agent: Option<String>, socket: We
     };
     // Join the hub before reading the log, so no event can fall between the two.
     let (registration, mut hub_rx) = state.hub.join_visitor(&contact.id);
-    let limits = &state.settings.limits;
-    let bucket = TokenBucket::new(limits.visitor_message_burst, limits.visitor_messages_per_minute);
-    let mut session =
-        Session { state: state.clone(), site, contact, conversation: None, relay: Relay::default(), bucket };
+    let mut session = Session {
+        state: state.clone(),
+        site,
+        contact,
+        conversation: None,
+        relay: Relay::default(),
+        peer,
+        gates: Gates::default(),
+    };
     let welcome = match welcome(&mut session, token, last_seq).await {
         Ok(w) => w,
         Err(e) => {
@@ -119,7 +148,8 @@ async fn run(state: AppState, site: Site, user_agent: Option<String>, socket: We
     }
     announce_presence(&session).await;
 
-    serve(&mut session, &mut sink, &mut stream, &mut hub_rx, state.shutdown.clone()).await;
+    let liveness = Liveness::new(&state.settings.limits);
+    serve(&mut session, &mut sink, &mut stream, &mut hub_rx, state.shutdown.clone(), liveness).await;
     drop(registration);
     announce_presence(&session).await;
 }
@@ -176,6 +206,27 @@ fn error_frame(code: ErrorCode, message: &str, client_id: Option<String>) -> Ser
 
 impl Connection for Session {
     type Client = ClientMsg;
+    type Server = ServerMsg;
+
+    fn admit(&mut self, msg: Option<&ClientMsg>) -> Result<(), ServerMsg> {
+        let kind = match msg {
+            Some(ClientMsg::Send { .. }) => VisitorFrame::Message,
+            Some(ClientMsg::MessengerLink | ClientMsg::UnlinkMessenger) => VisitorFrame::Link,
+            _ => VisitorFrame::Other,
+        };
+        if self.state.floods.visitor_frame(&self.contact.id, self.peer.ip, kind) {
+            return Ok(());
+        }
+        Err(match msg {
+            // The widget keeps the message and re-sends it with the same client id.
+            Some(ClientMsg::Send { client_id, .. }) => error_frame(
+                ErrorCode::RateLimited,
+                "you are sending messages too fast; it will be sent in a moment",
+                Some(client_id.clone()),
+            ),
+            _ => error_frame(ErrorCode::RateLimited, "too many requests; slow down", None),
+        })
+    }
 
     async fn on_client(&mut self, sink: &mut Sink, msg: ClientMsg) -> Result<(), axum::Error> {
         handle_client(self, sink, msg).await
@@ -185,7 +236,7 @@ impl Connection for Session {
         handle_hub(self, sink, msg).await
     }
 
-    fn bad_frame(&self, why: &str) -> impl serde::Serialize {
+    fn bad_frame(&self, why: &str) -> ServerMsg {
         error_frame(ErrorCode::BadFrame, why, None)
     }
 }
@@ -197,10 +248,6 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
         }
         ClientMsg::Ping => send_json(sink, &ServerMsg::Pong).await,
         ClientMsg::Send { client_id, body } => {
-            if !session.bucket.try_take() {
-                let why = "you are sending messages too fast; it will be sent in a moment";
-                return send_json(sink, &error_frame(ErrorCode::RateLimited, why, Some(client_id))).await;
-            }
             let result = session
                 .state
                 .conversations
@@ -220,7 +267,10 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
             send_json(sink, &reply).await
         }
         ClientMsg::Typing { typing } => {
-            if let Ok(Some(conversation)) = session.conversation().await {
+            // Agents hear about changes (and a periodic refresh), not about every frame.
+            if session.gates.typing.pass(typing)
+                && let Ok(Some(conversation)) = session.conversation().await
+            {
                 session.state.conversations.typing(&conversation, true, typing, None);
             }
             Ok(())
@@ -254,10 +304,15 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
             Ok(())
         }
         ClientMsg::Read { up_to_seq } => {
-            if let Ok(Some(conversation)) = session.conversation().await
-                && let Err(e) = session.state.conversations.mark_read(&conversation, Party::Visitor, up_to_seq).await
-            {
-                tracing::warn!(error = ?e, "visitor read cursor not stored");
+            // A read at or below one already stored cannot move the cursor: no query.
+            if up_to_seq <= session.gates.read_up_to {
+                return Ok(());
+            }
+            if let Ok(Some(conversation)) = session.conversation().await {
+                match session.state.conversations.mark_read(&conversation, Party::Visitor, up_to_seq).await {
+                    Ok(()) => session.gates.read_up_to = up_to_seq,
+                    Err(e) => tracing::warn!(error = ?e, "visitor read cursor not stored"),
+                }
             }
             Ok(())
         }
