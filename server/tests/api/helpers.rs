@@ -22,6 +22,8 @@ pub const AGENT_NAME: &str = "Alex";
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub store: Store,
+    /// The database, for counting rows behind the store's back.
+    pub db_url: String,
     pub agent_id: String,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -30,10 +32,20 @@ pub struct TestApp {
 
 /// Boots the app on port 0 with a fresh database holding one site and one agent.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with settings changed by `configure`.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let settings = test_settings(&dir);
+    let mut settings = test_settings(&dir);
+    configure(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     start(settings, listener, dir).await
+}
+
+fn settings_db_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("parley.db").display())
 }
 
 fn test_settings(dir: &tempfile::TempDir) -> Settings {
@@ -56,7 +68,8 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    TestApp { addr, store, agent_id: agent.id, http: reqwest::Client::new(), _dir: dir, _shutdown: tx }
+    let db_url = settings_db_url(&dir);
+    TestApp { addr, store, db_url, agent_id: agent.id, http: reqwest::Client::new(), _dir: dir, _shutdown: tx }
 }
 
 impl TestApp {
@@ -82,23 +95,30 @@ impl TestApp {
         Ok(Ws { inner: stream })
     }
 
+    /// Rows in `table` now.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&self.db_url).await.expect("database opens");
+        sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(&mut db).await.expect("counts")
+    }
+
+    /// A visitor socket from the chat frame's origin with extra request headers (e.g. `X-Forwarded-For`).
+    pub async fn visitor_socket_with(&self, headers: &[(&str, &str)]) -> Result<Ws, tungstenite::Error> {
+        let url = format!("ws://{}/ws/visitor?site={SITE_KEY}", self.addr);
+        let mut request = url.into_client_request()?;
+        request.headers_mut().insert("origin", HeaderValue::from_str(&self.origin()).expect("header"));
+        for (name, value) in headers {
+            let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name");
+            request.headers_mut().append(name, HeaderValue::from_str(value).expect("header"));
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Ws { inner: stream })
+    }
+
     /// A visitor socket from the chat frame (this server's own origin) that has said hello.
     pub async fn visitor(&self, token: Option<&str>, last_seq: u64) -> (Ws, protocol::widget::ServerMsg) {
         let mut ws = self.visitor_socket(Some(&self.origin())).await.expect("visitor connects");
-        ws.send(&protocol::widget::ClientMsg::Hello {
-            protocol: protocol::PROTOCOL_VERSION,
-            token: token.map(str::to_string),
-            last_seq,
-            context: protocol::widget::VisitorContext {
-                page_url: Some(format!("{HOST_ORIGIN}/pricing")),
-                referrer: Some("https://search.example/".into()),
-                timezone: Some("Europe/Berlin".into()),
-                utc_offset_minutes: Some(60),
-                language: Some("de-DE".into()),
-            },
-        })
-        .await;
-        let welcome = ws.recv().await;
+        let welcome = hello(&mut ws, token, last_seq).await;
         (ws, welcome)
     }
 
@@ -133,6 +153,24 @@ impl TestApp {
     }
 }
 
+/// Says hello on a fresh visitor socket and returns the answer (a welcome, or an error when refused).
+pub async fn hello(ws: &mut Ws, token: Option<&str>, last_seq: u64) -> protocol::widget::ServerMsg {
+    ws.send(&protocol::widget::ClientMsg::Hello {
+        protocol: protocol::PROTOCOL_VERSION,
+        token: token.map(str::to_string),
+        last_seq,
+        context: protocol::widget::VisitorContext {
+            page_url: Some(format!("{HOST_ORIGIN}/pricing")),
+            referrer: Some("https://search.example/".into()),
+            timezone: Some("Europe/Berlin".into()),
+            utc_offset_minutes: Some(60),
+            language: Some("de-DE".into()),
+        },
+    })
+    .await;
+    ws.recv().await
+}
+
 /// The HTTP status of a refused WebSocket upgrade.
 pub fn refused_status(err: tungstenite::Error) -> u16 {
     match err {
@@ -151,6 +189,16 @@ impl Ws {
     pub async fn send<T: Serialize>(&mut self, msg: &T) {
         let text = serde_json::to_string(msg).expect("serializes");
         self.inner.send(Message::Text(text.into())).await.expect("send");
+    }
+
+    /// Sends any WebSocket message (binary, oversized, ...).
+    pub async fn send_message(&mut self, msg: Message) {
+        self.inner.send(msg).await.expect("send");
+    }
+
+    /// The underlying stream, e.g. to split it into a reader and a writer.
+    pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.inner
     }
 
     pub async fn send_raw(&mut self, text: &str) {

@@ -4,6 +4,8 @@
 mod helpers;
 
 mod agent_ws;
+mod floods;
 mod http;
+mod liveness;
 mod messenger;
 mod visitor_ws;
