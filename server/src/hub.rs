@@ -130,7 +130,10 @@ impl Mailbox {
     }
 }
 
-struct Closed;
+/// The mailbox was closed: the connection could not keep up and must resume from its last sequence number.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the connection fell too far behind")]
+pub struct Closed;
 
 /// A connection's end of its mailbox.
 pub struct HubReceiver {
@@ -151,9 +154,9 @@ impl HubReceiver {
         }
     }
 
-    /// The next pending message without waiting: `Ok(None)` when there is none, `Err(())` once closed.
-    pub fn try_recv(&mut self) -> Result<Option<Arc<HubMsg>>, ()> {
-        self.mailbox.take().map_err(|Closed| ())
+    /// The next pending message without waiting: `Ok(None)` when there is none, `Err(Closed)` once closed.
+    pub fn try_recv(&mut self) -> Result<Option<Arc<HubMsg>>, Closed> {
+        self.mailbox.take()
     }
 }
 
