@@ -12,6 +12,7 @@ use crate::hub::Hub;
 use crate::messenger::Messenger;
 use crate::services::Conversations;
 use crate::store::Store;
+use crate::supervisor::Workers;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -27,6 +28,8 @@ pub struct AppState {
     pub messenger: Option<Arc<Messenger>>,
     /// Flips to `true` when the server is shutting down; sockets close with 1001 so clients reconnect elsewhere.
     pub shutdown: watch::Receiver<bool>,
+    /// Supervised background workers and their health.
+    pub workers: Arc<Workers>,
 }
 
 impl FromRef<AppState> for LeptosOptions {

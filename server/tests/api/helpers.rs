@@ -24,6 +24,11 @@ pub struct TestApp {
     pub store: Store,
     pub agent_id: String,
     pub http: reqwest::Client,
+    /// The app's supervised workers and their health.
+    pub workers: std::sync::Arc<parley::supervisor::Workers>,
+    /// The app's stop signal (for workers a test adds).
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub database_url: String,
     _dir: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -51,12 +56,25 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
         .await
         .expect("agent");
     let addr = listener.local_addr().expect("addr");
+    let database_url = settings.database.url.clone();
     let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
+    let workers = app.state().workers.clone();
+    let stop = app.state().shutdown.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    TestApp { addr, store, agent_id: agent.id, http: reqwest::Client::new(), _dir: dir, _shutdown: tx }
+    TestApp {
+        addr,
+        store,
+        agent_id: agent.id,
+        http: reqwest::Client::new(),
+        workers,
+        stop,
+        database_url,
+        _dir: dir,
+        _shutdown: tx,
+    }
 }
 
 impl TestApp {

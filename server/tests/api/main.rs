@@ -6,4 +6,6 @@ mod helpers;
 mod agent_ws;
 mod http;
 mod messenger;
+mod outbox;
+mod supervision;
 mod visitor_ws;
