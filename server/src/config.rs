@@ -369,4 +369,76 @@ mod tests {
             Ok(())
         });
     }
+    fn messenger_env(jail: &mut figment::Jail) {
+        jail.set_env("PARLEY_MESSENGER__ENABLED", "true");
+        jail.set_env("PARLEY_MESSENGER__APP_ID", "1517776481860111");
+        jail.set_env("PARLEY_MESSENGER__PAGE_ID", "100000000000001");
+        jail.set_env("PARLEY_MESSENGER__PAGE_TOKEN", "EAAB-token");
+        jail.set_env("PARLEY_MESSENGER__APP_SECRET", "app-secret");
+        jail.set_env("PARLEY_MESSENGER__VERIFY_TOKEN", "0042");
+    }
+
+    #[test]
+    fn numeric_ids_and_secrets_from_the_environment_are_strings_exactly_as_written() {
+        figment::Jail::expect_with(|jail| {
+            messenger_env(jail);
+            let s = Settings::load(None).expect("numeric ids load");
+            assert_eq!(s.messenger.app_id, "1517776481860111");
+            assert_eq!(s.messenger.page_id, "100000000000001");
+            // No number parsing: the leading zeros stay.
+            assert_eq!(s.messenger.verify_token.expose_secret(), "0042");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn numeric_ids_in_the_file_are_strings() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "p.toml",
+                "[messenger]\nenabled = true\napp_id = 1517776481860111\npage_id = 100000000000001\n\
+                 page_token = \"t\"\napp_secret = \"s\"\nverify_token = 12345\n",
+            )?;
+            let s = Settings::load(Some(Path::new("p.toml"))).expect("loads");
+            assert_eq!(s.messenger.page_id, "100000000000001");
+            assert_eq!(s.messenger.verify_token.expose_secret(), "12345");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn messenger_refuses_to_start_with_an_empty_id_or_secret_and_names_it() {
+        for (key, env) in [
+            ("messenger.app_secret", "PARLEY_MESSENGER__APP_SECRET"),
+            ("messenger.app_id", "PARLEY_MESSENGER__APP_ID"),
+            ("messenger.page_id", "PARLEY_MESSENGER__PAGE_ID"),
+            ("messenger.page_token", "PARLEY_MESSENGER__PAGE_TOKEN"),
+            ("messenger.verify_token", "PARLEY_MESSENGER__VERIFY_TOKEN"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                messenger_env(jail);
+                jail.set_env(env, "");
+                let err = Settings::load(None).expect_err("an empty key is refused");
+                let text = format!("{err:#}");
+                assert!(text.contains(key) && text.contains(env), "{text}");
+                Ok(())
+            });
+        }
+        // Off, the keys may stay empty.
+        figment::Jail::expect_with(|_| {
+            let s = Settings::load(None).expect("loads");
+            assert!(!s.messenger.enabled);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_shutdown_grace_period_is_bounded() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Settings::load(None).expect("loads").http.shutdown_grace_secs, 10);
+            jail.set_env("PARLEY_HTTP__SHUTDOWN_GRACE_SECS", "0");
+            assert!(format!("{:#}", Settings::load(None).expect_err("refused")).contains("shutdown_grace_secs"));
+            Ok(())
+        });
+    }
 }
