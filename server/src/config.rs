@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
-use secrecy::SecretString;
-use serde::Deserialize;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
 
 use crate::client_ip::TrustedProxies;
 
@@ -39,6 +39,9 @@ pub struct HttpSettings {
     /// Reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client; empty trusts no one, so the
     /// peer address is the client.
     pub trusted_proxies: TrustedProxies,
+    /// On SIGTERM or Ctrl-C: seconds open requests, sockets and in-flight Messenger sends get to finish before the
+    /// process exits anyway.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for HttpSettings {
@@ -47,6 +50,7 @@ impl Default for HttpSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
             public_url: String::new(),
             trusted_proxies: TrustedProxies::default(),
+            shutdown_grace_secs: 10,
         }
     }
 }
@@ -214,17 +218,24 @@ pub struct MessengerSettings {
     /// Graph API version in request paths.
     pub api_version: String,
     /// Our app's id (echoes with another `app_id` are messages sent from elsewhere, e.g. Meta's Page inbox).
+    #[serde(deserialize_with = "string_from_scalar")]
     pub app_id: String,
+    #[serde(deserialize_with = "string_from_scalar")]
     pub page_id: String,
     /// Page username for m.me links (the page id works too).
+    #[serde(deserialize_with = "string_from_scalar")]
     pub page_username: String,
+    #[serde(deserialize_with = "secret_from_scalar")]
     pub page_token: SecretString,
+    #[serde(deserialize_with = "secret_from_scalar")]
     pub app_secret: SecretString,
     /// Token Meta echoes in the webhook verification handshake.
+    #[serde(deserialize_with = "secret_from_scalar")]
     pub verify_token: SecretString,
     /// Base of "Continue on Messenger" links.
     pub m_me_url: String,
     /// Key of the site that conversations started on Messenger belong to (default: the oldest site).
+    #[serde(deserialize_with = "string_from_scalar")]
     pub site_key: String,
     /// Whether the app has the Human Agent feature (replies 24 h – 7 d after the customer's last message).
     pub human_agent: bool,
@@ -234,6 +245,9 @@ pub struct MessengerSettings {
     pub timeout_secs: u64,
     /// Folder where signed webhook deliveries are spooled before they reach the database.
     pub spool_dir: PathBuf,
+    /// Seconds a send whose outcome is unknown (a timeout, 1/1357046, a crash during the call) waits for our own
+    /// echo to settle it before it is sent again.
+    pub reconcile_secs: u64,
 }
 
 impl Default for MessengerSettings {
@@ -254,6 +268,7 @@ impl Default for MessengerSettings {
             link_ttl_secs: 600,
             timeout_secs: 10,
             spool_dir: PathBuf::from("data/webhook-spool"),
+            reconcile_secs: 30,
         }
     }
 }
@@ -274,7 +289,48 @@ impl Settings {
         // Only `PARLEY_<SECTION>__<KEY>` names are settings; other PARLEY_* variables (PARLEY_CONFIG,
         // PARLEY_DEMO_PASSWORD, ...) belong to the command line.
         figment = figment.merge(Env::prefixed("PARLEY_").filter(|key| key.as_str().contains("__")).split("__"));
-        figment.extract().context("invalid configuration")
+        // Figment reads `PARLEY_MESSENGER__PAGE_ID=100000000000001` as a number (and would drop a leading zero or
+        // trim a secret): ids and secrets are taken exactly as written.
+        for key in RAW_STRING_KEYS {
+            let var = format!("PARLEY_{}", key.to_ascii_uppercase().replace('.', "__"));
+            if let Ok(value) = std::env::var(&var) {
+                figment = figment.merge(Serialized::default(key, value));
+            }
+        }
+        let settings: Self = figment.extract().context("invalid configuration")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Refuses settings that would run unsafely, naming the key to fix.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=3600).contains(&self.http.shutdown_grace_secs),
+            "http.shutdown_grace_secs must be between 1 and 3600"
+        );
+        let m = &self.messenger;
+        if m.enabled {
+            // Empty, each of these fails open: webhooks signed with an empty key would be accepted, our own echoes
+            // would become Page messages, any page's events would be applied.
+            let missing: Vec<String> = [
+                ("app_id", m.app_id.trim().is_empty()),
+                ("page_id", m.page_id.trim().is_empty()),
+                ("page_token", m.page_token.expose_secret().trim().is_empty()),
+                ("app_secret", m.app_secret.expose_secret().trim().is_empty()),
+                ("verify_token", m.verify_token.expose_secret().trim().is_empty()),
+            ]
+            .into_iter()
+            .filter(|(_, empty)| *empty)
+            .map(|(key, _)| format!("messenger.{key} (PARLEY_MESSENGER__{})", key.to_ascii_uppercase()))
+            .collect();
+            anyhow::ensure!(
+                missing.is_empty(),
+                "messenger.enabled is on but these keys are empty: {}",
+                missing.join(", ")
+            );
+            anyhow::ensure!(m.reconcile_secs >= 1, "messenger.reconcile_secs must be at least 1");
+        }
+        Ok(())
     }
 
     /// The origin browsers use for this server, e.g. `http://127.0.0.1:3000`.
@@ -285,6 +341,54 @@ impl Settings {
             self.http.public_url.trim_end_matches('/').to_string()
         }
     }
+}
+
+/// String settings read from the environment exactly as written (see [`Settings::load`]).
+const RAW_STRING_KEYS: &[&str] = &[
+    "messenger.app_id",
+    "messenger.page_id",
+    "messenger.page_username",
+    "messenger.page_token",
+    "messenger.app_secret",
+    "messenger.verify_token",
+    "messenger.site_key",
+];
+
+/// A string setting that a TOML file may also write as a bare number (`page_id = 100000000000001`).
+fn string_from_scalar<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Scalar;
+    impl serde::de::Visitor<'_> for Scalar {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    deserializer.deserialize_any(Scalar)
+}
+
+fn secret_from_scalar<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SecretString, D::Error> {
+    string_from_scalar(deserializer).map(SecretString::from)
 }
 
 #[cfg(test)]
@@ -371,6 +475,78 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("p.toml", "[http]\nbnd = \"127.0.0.1:4000\"\n")?;
             assert!(Settings::load(Some(Path::new("p.toml"))).is_err());
+            Ok(())
+        });
+    }
+    fn messenger_env(jail: &mut figment::Jail) {
+        jail.set_env("PARLEY_MESSENGER__ENABLED", "true");
+        jail.set_env("PARLEY_MESSENGER__APP_ID", "1517776481860111");
+        jail.set_env("PARLEY_MESSENGER__PAGE_ID", "100000000000001");
+        jail.set_env("PARLEY_MESSENGER__PAGE_TOKEN", "EAAB-token");
+        jail.set_env("PARLEY_MESSENGER__APP_SECRET", "app-secret");
+        jail.set_env("PARLEY_MESSENGER__VERIFY_TOKEN", "0042");
+    }
+
+    #[test]
+    fn numeric_ids_and_secrets_from_the_environment_are_strings_exactly_as_written() {
+        figment::Jail::expect_with(|jail| {
+            messenger_env(jail);
+            let s = Settings::load(None).expect("numeric ids load");
+            assert_eq!(s.messenger.app_id, "1517776481860111");
+            assert_eq!(s.messenger.page_id, "100000000000001");
+            // No number parsing: the leading zeros stay.
+            assert_eq!(s.messenger.verify_token.expose_secret(), "0042");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn numeric_ids_in_the_file_are_strings() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "p.toml",
+                "[messenger]\nenabled = true\napp_id = 1517776481860111\npage_id = 100000000000001\n\
+                 page_token = \"t\"\napp_secret = \"s\"\nverify_token = 12345\n",
+            )?;
+            let s = Settings::load(Some(Path::new("p.toml"))).expect("loads");
+            assert_eq!(s.messenger.page_id, "100000000000001");
+            assert_eq!(s.messenger.verify_token.expose_secret(), "12345");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn messenger_refuses_to_start_with_an_empty_id_or_secret_and_names_it() {
+        for (key, env) in [
+            ("messenger.app_secret", "PARLEY_MESSENGER__APP_SECRET"),
+            ("messenger.app_id", "PARLEY_MESSENGER__APP_ID"),
+            ("messenger.page_id", "PARLEY_MESSENGER__PAGE_ID"),
+            ("messenger.page_token", "PARLEY_MESSENGER__PAGE_TOKEN"),
+            ("messenger.verify_token", "PARLEY_MESSENGER__VERIFY_TOKEN"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                messenger_env(jail);
+                jail.set_env(env, "");
+                let err = Settings::load(None).expect_err("an empty key is refused");
+                let text = format!("{err:#}");
+                assert!(text.contains(key) && text.contains(env), "{text}");
+                Ok(())
+            });
+        }
+        // Off, the keys may stay empty.
+        figment::Jail::expect_with(|_| {
+            let s = Settings::load(None).expect("loads");
+            assert!(!s.messenger.enabled);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_shutdown_grace_period_is_bounded() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Settings::load(None).expect("loads").http.shutdown_grace_secs, 10);
+            jail.set_env("PARLEY_HTTP__SHUTDOWN_GRACE_SECS", "0");
+            assert!(format!("{:#}", Settings::load(None).expect_err("refused")).contains("shutdown_grace_secs"));
             Ok(())
         });
     }

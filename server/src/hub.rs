@@ -233,6 +233,12 @@ impl Hub {
         (Registration { hub: self.clone(), id, contact_id: None }, HubReceiver { mailbox })
     }
 
+    /// Number of live (registered) connections, visitors and agents.
+    pub fn connection_count(&self) -> usize {
+        let inner = self.lock();
+        inner.visitors.values().map(HashMap::len).sum::<usize>() + inner.agents.len()
+    }
+
     /// Whether any visitor connection of this contact is live.
     pub fn visitor_online(&self, contact_id: &str) -> bool {
         self.lock().visitors.contains_key(contact_id)

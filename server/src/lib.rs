@@ -17,6 +17,7 @@ pub mod services;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod useragent;
 pub mod ws;

@@ -2,9 +2,10 @@
 //! (tests bind port 0), [`build_router`] wires every route, and `run_until_stopped` serves until the shutdown
 //! future resolves, then lets open sockets say goodbye (close 1001) before returning.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -17,7 +18,8 @@ use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
@@ -31,6 +33,7 @@ use crate::state::AppState;
 use crate::store::MirrorPolicy;
 use crate::store::Store;
 use crate::ws::flood::FloodControl;
+use crate::supervisor::{Backoff, Workers};
 use crate::{error, http, messenger, ws};
 use tokio::sync::Notify;
 
@@ -51,6 +54,7 @@ impl Application {
 
     /// Like [`Application::build`] with an already opened store.
     pub fn with_store(mut settings: Settings, listener: TcpListener, store: Store) -> anyhow::Result<Self> {
+        settings.validate()?;
         let addr = listener.local_addr().context("listener has no address")?;
         settings.limits.validate().context("invalid configuration")?;
         if settings.http.public_url.is_empty() {
@@ -90,6 +94,7 @@ impl Application {
             assets,
             leptos,
             shutdown: shutdown_rx,
+            workers: Workers::new(),
         };
         let router = build_router(state.clone());
         Ok(Self { listener, router, state, shutdown_tx })
@@ -103,14 +108,21 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` resolves, then stops within `http.shutdown_grace_secs`: the listener closes at once
+    /// (new connections are refused), open sockets are told to reconnect (close 1001), open requests finish, and
+    /// the workers finish what they are doing (the outbox its in-flight sends) before the database closes.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self { listener, router, state, shutdown_tx } = self;
-        let workers =
-            state.messenger.clone().map(|m| (tokio::spawn(intake::run(Arc::clone(&m))), tokio::spawn(outbox::run(m))));
+        let workers = match &state.messenger {
+            Some(m) => spawn_messenger_workers(&state, m),
+            None => Vec::new(),
+        };
+        let grace = Duration::from_secs(state.settings.http.shutdown_grace_secs.max(1));
+        let (stopping_tx, stopping_rx) = oneshot::channel::<Instant>();
         let signal = async move {
             shutdown.await;
-            // Tell sockets to close so the graceful shutdown below can finish.
+            let _ = stopping_tx.send(Instant::now() + grace);
+            // Tell sockets and workers to finish so the graceful shutdown below can end.
             let _ = shutdown_tx.send(true);
         };
         // Chat frames are small and latency matters: no Nagle delay.
@@ -119,17 +131,74 @@ impl Application {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(signal)
-            .await
-            .context("server failed")?;
-        if let Some((intake, outbox)) = workers {
-            intake.abort();
-            outbox.abort();
+            .into_future();
+        tokio::pin!(server);
+        let mut deadline = None;
+        let mut stopping = Box::pin(stopping_rx);
+        loop {
+            tokio::select! {
+                served = &mut server => {
+                    served.context("server failed")?;
+                    break;
+                }
+                at = &mut stopping, if deadline.is_none() => match at {
+                    Ok(at) => deadline = Some(at),
+                    // The server ended without a shutdown signal: `served` says why.
+                    Err(_) => deadline = Some(Instant::now() + Duration::from_secs(3600 * 24 * 365)),
+                },
+                _ = sleep_until_some(deadline) => {
+                    tracing::warn!("requests still open after the shutdown grace period; closing them");
+                    break;
+                }
+            }
+        }
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + grace);
+        // Sockets got their 1001; let them send it before the runtime goes.
+        while state.hub.connection_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut workers = workers;
+        for worker in &mut workers {
+            if tokio::time::timeout_at(deadline, &mut *worker).await.is_err() {
+                tracing::warn!("a worker did not finish within the shutdown grace period; stopping it");
+                worker.abort();
+            }
         }
         state.store.close().await;
         Ok(())
     }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The Messenger intake and outbox, each under supervision (restarted with backoff when it fails).
+fn spawn_messenger_workers(state: &AppState, messenger: &Arc<Messenger>) -> Vec<tokio::task::JoinHandle<()>> {
+    let intake_messenger = Arc::clone(messenger);
+    let intake = state.workers.supervise("messenger_intake", state.shutdown.clone(), Backoff::default(), move |ctx| {
+        let messenger = Arc::clone(&intake_messenger);
+        // The intake keeps no state between batches and applies idempotently, so on shutdown it simply stops.
+        // (A quarantine count belongs in its health entry: `ctx.health.set("quarantined", n)`.)
+        async move {
+            let mut stop = ctx.stop;
+            tokio::select! {
+                () = intake::run(messenger) => anyhow::bail!("the intake loop ended"),
+                _ = stop.wait_for(|stopping| *stopping) => Ok(()),
+            }
+        }
+    });
+    let outbox_messenger = Arc::clone(messenger);
+    let outbox = state.workers.supervise("messenger_outbox", state.shutdown.clone(), Backoff::default(), move |ctx| {
+        outbox::run(Arc::clone(&outbox_messenger), ctx)
+    });
+    vec![intake, outbox]
 }
 
 /// Every route of the server.

@@ -13,6 +13,7 @@ use crate::messenger::Messenger;
 use crate::services::Conversations;
 use crate::store::Store;
 use crate::ws::flood::FloodControl;
+use crate::supervisor::Workers;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -30,6 +31,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Frame rate limits and socket caps, shared by every socket.
     pub floods: Arc<FloodControl>,
+    /// Supervised background workers and their health.
+    pub workers: Arc<Workers>,
 }
 
 impl FromRef<AppState> for LeptosOptions {

@@ -19,7 +19,7 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use conversations::{AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS};
-pub use messenger::{LinkRow, OutboxRow};
+pub use messenger::{LinkRow, OutboxRow, outbox_metadata};
 
 /// Errors from the store, sorted by what a caller can do about them.
 #[derive(Debug, thiserror::Error)]

@@ -65,3 +65,63 @@ fn migrate_site_create_site_list_and_agent_create_work_from_the_command_line() {
     assert!(!out.status.success());
     assert!(text(&out).contains("at least 8 characters"), "{}", text(&out));
 }
+
+/// The Messenger keys of a complete configuration, ids numeric as Meta's are.
+const MESSENGER: &[(&str, &str)] = &[
+    ("PARLEY_MESSENGER__ENABLED", "true"),
+    ("PARLEY_MESSENGER__APP_ID", "1517776481860111"),
+    ("PARLEY_MESSENGER__PAGE_ID", "100000000000001"),
+    ("PARLEY_MESSENGER__PAGE_TOKEN", "EAAB-token"),
+    ("PARLEY_MESSENGER__APP_SECRET", "app-secret"),
+    ("PARLEY_MESSENGER__VERIFY_TOKEN", "verify-token"),
+];
+
+/// Runs parley with extra variables; one still running after 30 s is killed and fails the test.
+fn parley_with(db: &str, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(args)
+        .env("PARLEY_DATABASE__URL", db)
+        .env("RUST_LOG", "warn")
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("parley starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("status").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("parley {args:?} did not exit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn numeric_messenger_ids_in_the_environment_are_accepted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let out = parley_with(&db, &["migrate"], MESSENGER);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn serve_refuses_to_start_with_messenger_on_and_an_empty_id_or_secret_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    for (var, key) in [
+        ("PARLEY_MESSENGER__APP_SECRET", "messenger.app_secret"),
+        ("PARLEY_MESSENGER__APP_ID", "messenger.app_id"),
+        ("PARLEY_MESSENGER__PAGE_ID", "messenger.page_id"),
+    ] {
+        let mut vars: Vec<(&str, &str)> = MESSENGER.iter().copied().filter(|(k, _)| *k != var).collect();
+        vars.push((var, ""));
+        // Port 0: should it start after all, it collides with nothing (and is killed as a failure).
+        vars.push(("PARLEY_HTTP__BIND", "127.0.0.1:0"));
+        let out = parley_with(&db, &["serve"], &vars);
+        assert!(!out.status.success());
+        assert!(text(&out).contains(key), "{}", text(&out));
+    }
+}

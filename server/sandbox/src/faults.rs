@@ -134,11 +134,15 @@ pub struct Faults {
     pub send: Vec<FaultRule<SendFault>>,
     /// Webhook rules, checked in order.
     pub webhook: Vec<FaultRule<WebhookFault>>,
+    /// Send API calls that reached fault injection (authenticated and valid), faulted or not, since the rules were
+    /// last cleared: tests count the calls an app makes during an outage.
+    pub send_calls: u64,
 }
 
 impl Faults {
     /// Takes the Send API fault for this call, if one fires.
     pub fn take_send(&mut self, rng: &mut StdRng) -> Option<SendFault> {
+        self.send_calls += 1;
         take(&mut self.send, rng, |_| true)
     }
 
@@ -195,6 +199,7 @@ mod tests {
         assert_eq!(faults.take_send(&mut rng), Some(SendFault::TemporaryFailure));
         assert_eq!(faults.take_send(&mut rng), None);
         assert!(faults.send.is_empty());
+        assert_eq!(faults.send_calls, 3);
     }
 
     #[test]

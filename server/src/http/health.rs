@@ -1,12 +1,28 @@
-//! `GET /healthz`: 200 when the database answers, 503 otherwise.
+//! `GET /healthz`: 200 when the database answers and every background worker runs, 503 otherwise. The JSON body
+//! says which part is down: `{"status", "database", "workers": {name: {state, restarts, last_failure, counters}}}`.
 
+use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
-use crate::error::ApiError;
 use crate::state::AppState;
 
-pub async fn get(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    state.store.ping().await.map_err(|e| ApiError::Unavailable(e.into()))?;
-    Ok("ok")
+pub async fn get(State(state): State<AppState>) -> impl IntoResponse {
+    let database = match state.store.ping().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = ?e, "health check: the database does not answer");
+            false
+        }
+    };
+    let workers = state.workers.snapshot();
+    let healthy = database && state.workers.all_running();
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "database": if database { "ok" } else { "unavailable" },
+        "workers": workers,
+    });
+    (status, Json(body))
 }

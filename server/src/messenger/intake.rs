@@ -184,6 +184,8 @@ async fn apply_echo(
         {
             messenger.conversations.publish_events(&conversation_id, vec![event]).await?;
         }
+        // The echo may have settled the head of this customer's queue: the next send may go now.
+        messenger.conversations.outbox_wake.notify_one();
         return Ok(());
     }
     if store.message_by_external_id(&mid).await?.is_some() {

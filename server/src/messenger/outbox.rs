@@ -1,23 +1,42 @@
 //! The Send API outbox worker. Sends go out oldest first and one at a time per customer (Messenger shows them in
-//! the order received). Retryable failures back off exponentially with full jitter and are retried forever, so
-//! nothing is lost when the Graph API is down for hours; permanent ones are marked failed with plain words for
-//! agents. A revoked page token pauses everything and raises a console alert until a send succeeds again.
-//! Our message id travels in `metadata`: if a call's outcome is unknown (timeout, 1/1357046), the retry waits
-//! long enough for our own echo to arrive and settle the row, so a crash or timeout does not send twice.
+//! the order received); customers are served side by side, up to [`MAX_IN_FLIGHT`] calls at once, longest waiting
+//! first, so one customer's backlog or outage never holds up another's. The worker sleeps until the earliest time a
+//! customer's *head* send may go (a later send due behind a head in backoff does not wake it). Retryable failures
+//! back off exponentially with full jitter and are retried forever, so nothing is lost when the Graph API is down
+//! for hours; permanent ones are marked failed with plain words for agents. A revoked page token pauses everything
+//! and raises a console alert until a send succeeds again.
+//!
+//! No send goes out twice: before each Graph call the row is leased (attempt id and expiry) in a committed
+//! transaction. Our message id travels in `metadata` (the recap's too), so when the outcome is unknown (a timeout,
+//! 1/1357046, or a crash or kill during the call, which leaves the lease unsettled) the row waits
+//! `messenger.reconcile_secs` for our own echo to settle it before it is sent again. A send the Graph API accepted
+//! is settled again and again until the database takes it, never sent again. On shutdown the worker takes no new
+//! sends and lets the calls in flight finish.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::DeliveryState;
 use rand::Rng;
+use tokio::task::JoinSet;
 
 use super::channel::Messenger;
 use super::send_api::{Disposition, MessagingType};
-use crate::store::{OutboxRow, now_ms};
+use crate::store::{OutboxRow, now_ms, outbox_metadata};
+use crate::supervisor::{WorkerContext, WorkerHealth};
 
 /// Alert key for a broken page token.
 pub const TOKEN_ALERT: &str = "messenger_token";
+
+/// Graph calls in flight at once (each to a different customer).
+pub const MAX_IN_FLIGHT: usize = 8;
+
+/// How long a revoked token pauses every send.
+const TOKEN_PAUSE_MS: i64 = 30_000;
+
+/// A lease outlives the Graph call's timeout by this much (time to record the outcome).
+const LEASE_MARGIN_MS: i64 = 5_000;
 
 /// Delay before retry number `attempts + 1`: full jitter over an exponential ceiling (1 s … 5 min).
 pub fn backoff_ms(attempts: i64) -> i64 {
@@ -25,94 +44,140 @@ pub fn backoff_ms(attempts: i64) -> i64 {
     rand::rng().random_range(ceiling / 2..=ceiling)
 }
 
-/// Runs forever.
-pub async fn run(messenger: Arc<Messenger>) {
-    loop {
-        let next = match pass(&messenger).await {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::error!(error = ?e, "outbox pass failed");
-                Some(now_ms() + 1000)
+fn secs_ms(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX / 2_000).saturating_mul(1000)
+}
+
+/// Runs until `ctx.stop` turns `true`, then lets the sends in flight finish. Counts its wake-ups (`iterations`)
+/// and Graph calls (`graph_calls`) in its health entry; a failed settle is counted as `settle_retries`.
+pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Result<()> {
+    let WorkerContext { mut stop, health } = ctx;
+    let store = messenger.conversations.store.clone();
+    let reconcile_ms = secs_ms(messenger.settings.reconcile_secs.max(1));
+    let lease_ms = secs_ms(messenger.settings.timeout_secs.max(1)) + LEASE_MARGIN_MS;
+    let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+    let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut paused_until = 0_i64;
+    let mut panicked: Option<String> = None;
+    while !*stop.borrow() && panicked.is_none() {
+        health.add("iterations", 1);
+        let now = now_ms();
+        let wake_at = if now < paused_until {
+            Some(paused_until)
+        } else {
+            let free = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
+            let mut psids: Vec<String> = busy.values().cloned().collect();
+            let claimed = if free == 0 {
+                Ok(Vec::new())
+            } else {
+                store.lease_outbox_heads(now, lease_ms, reconcile_ms, i64::try_from(free).unwrap_or(1), &psids).await
+            };
+            let next = match claimed {
+                Ok(rows) => {
+                    for row in rows {
+                        psids.push(row.psid.clone());
+                        let psid = row.psid.clone();
+                        let task = in_flight.spawn(deliver(Arc::clone(&messenger), row, health.clone()));
+                        busy.insert(task.id(), psid);
+                    }
+                    store.next_outbox_eligible(reconcile_ms, &psids).await
+                }
+                Err(e) => Err(e),
+            };
+            match next {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!(error = ?e, "outbox: the database did not answer; trying again in a second");
+                    Some(now + 1000)
+                }
             }
         };
-        let wait = next.map_or(Duration::from_secs(30), |at| {
+        let wait = wake_at.map_or(Duration::from_secs(30), |at| {
             Duration::from_millis(u64::try_from((at - now_ms()).clamp(0, 30_000)).unwrap_or(0))
         });
         tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => match joined {
+                Ok((id, outcome)) => {
+                    busy.remove(&id);
+                    if outcome == Outcome::PauseAll {
+                        paused_until = now_ms() + TOKEN_PAUSE_MS;
+                    }
+                }
+                Err(e) => {
+                    busy.remove(&e.id());
+                    panicked = Some(e.to_string());
+                }
+            },
             _ = messenger.conversations.outbox_wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
-}
-
-/// Sends everything due; returns when the next send is due.
-pub async fn pass(messenger: &Messenger) -> anyhow::Result<Option<i64>> {
-    let store = &messenger.conversations.store;
-    loop {
-        let due = store.due_outbox(100).await?;
-        if due.is_empty() {
-            return Ok(store.next_outbox_due().await?);
+    // A call is never cut off halfway: the sends in flight finish and settle (shutdown bounds how long).
+    while let Some(joined) = in_flight.join_next().await {
+        if let Err(e) = joined {
+            panicked = Some(e.to_string());
         }
-        let mut blocked: HashSet<String> = HashSet::new();
-        let mut progressed = false;
-        for row in due {
-            if blocked.contains(&row.psid) {
-                continue;
-            }
-            // Strict order per customer: only the oldest pending send of a PSID may go.
-            if store.first_pending_for_psid(&row.psid).await? != Some(row.id) {
-                blocked.insert(row.psid.clone());
-                continue;
-            }
-            match send(messenger, &row).await? {
-                Outcome::Done => progressed = true,
-                Outcome::Later => {
-                    blocked.insert(row.psid.clone());
-                }
-                Outcome::PauseAll => return Ok(store.next_outbox_due().await?),
-            }
-        }
-        if !progressed {
-            return Ok(store.next_outbox_due().await?);
-        }
+    }
+    match panicked {
+        // Its row stays leased: it is reconciled by its echo, or sent again after the reconcile window.
+        Some(why) => anyhow::bail!("a send task failed: {why}"),
+        None => Ok(()),
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
     Done,
     Later,
     PauseAll,
 }
 
-async fn send(messenger: &Messenger, row: &OutboxRow) -> anyhow::Result<Outcome> {
+/// Sends one leased row and records what happened.
+async fn deliver(messenger: Arc<Messenger>, row: OutboxRow, health: WorkerHealth) -> Outcome {
+    match send(&messenger, &row, &health).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // The outcome was not recorded: the lease stays, and the row is reconciled or retried after it.
+            tracing::error!(outbox = row.id, error = ?e, "outbox: could not record a send's outcome");
+            Outcome::Later
+        }
+    }
+}
+
+async fn send(messenger: &Messenger, row: &OutboxRow, health: &WorkerHealth) -> anyhow::Result<Outcome> {
     let store = &messenger.conversations.store;
     let kind = if row.messaging_type == "HUMAN_AGENT" { MessagingType::HumanAgent } else { MessagingType::Response };
-    let metadata = row.message_id.clone().unwrap_or_else(|| format!("outbox-{}", row.id));
-    match messenger.graph.send_text(&row.psid, &row.body, kind, &metadata).await {
+    let lease = row.lease_id.clone().unwrap_or_default();
+    health.add("graph_calls", 1);
+    match messenger.graph.send_text(&row.psid, &row.body, kind, &outbox_metadata(row)).await {
         Ok(mid) => {
             messenger.conversations.hub.set_alert(TOKEN_ALERT, None);
-            if let Some((conversation_id, event)) = store.outbox_sent(row.id, &mid).await? {
-                messenger.conversations.publish_events(&conversation_id, vec![event]).await?;
-            }
+            settle_sent(messenger, row.id, &mid, health).await;
             Ok(Outcome::Done)
         }
         Err(err) => {
             let disposition = err.disposition();
             tracing::warn!(outbox = row.id, attempts = row.attempts, error = %err, ?disposition, "Messenger send failed");
+            let retry_at = |delay: i64| now_ms() + delay;
             match disposition {
                 Disposition::Retry => {
-                    store.outbox_retry(row.id, now_ms() + backoff_ms(row.attempts), &err.for_agents()).await?;
+                    store.outbox_retry(row.id, &lease, retry_at(backoff_ms(row.attempts)), &err.for_agents()).await?;
                     Ok(Outcome::Later)
                 }
                 Disposition::Ambiguous => {
                     // Give our echo time to arrive and settle the row before trying again.
-                    let wait = backoff_ms(row.attempts).max(15_000);
-                    store.outbox_retry(row.id, now_ms() + wait, &err.for_agents()).await?;
+                    let wait = backoff_ms(row.attempts).max(secs_ms(messenger.settings.reconcile_secs.max(1)));
+                    store.outbox_retry(row.id, &lease, retry_at(wait), &err.for_agents()).await?;
                     Ok(Outcome::Later)
                 }
                 Disposition::TokenInvalid => {
                     messenger.conversations.hub.set_alert(TOKEN_ALERT, Some(err.for_agents()));
-                    store.outbox_retry(row.id, now_ms() + 30_000, &err.for_agents()).await?;
+                    store.outbox_retry(row.id, &lease, retry_at(TOKEN_PAUSE_MS), &err.for_agents()).await?;
                     Ok(Outcome::PauseAll)
                 }
                 Disposition::OutsideWindow => {
@@ -121,6 +186,30 @@ async fn send(messenger: &Messenger, row: &OutboxRow) -> anyhow::Result<Outcome>
                 Disposition::Unreachable | Disposition::Permanent => {
                     settle_failed(messenger, row, &err.for_agents(), DeliveryState::Failed).await
                 }
+            }
+        }
+    }
+}
+
+/// Records an accepted send. It went out, so it is never sent again: a failed settle is retried (with backoff up
+/// to 5 s) until the database takes it; our echo may settle it first, which is just as good.
+async fn settle_sent(messenger: &Messenger, id: i64, mid: &str, health: &WorkerHealth) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match messenger.conversations.store.outbox_sent(id, mid).await {
+            Ok(settled) => {
+                if let Some((conversation_id, event)) = settled
+                    && let Err(e) = messenger.conversations.publish_events(&conversation_id, vec![event]).await
+                {
+                    tracing::warn!(error = ?e, "outbox: a Sent state was stored but not published");
+                }
+                return;
+            }
+            Err(e) => {
+                health.add("settle_retries", 1);
+                tracing::warn!(outbox = id, error = ?e, "outbox: a send went out but was not recorded; retrying that");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

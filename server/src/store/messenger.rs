@@ -27,6 +27,26 @@ pub struct OutboxRow {
     pub messaging_type: String,
     pub attempts: i64,
     pub last_error: Option<String>,
+    /// The attempt that holds this row's lease (`None` outside the outbox worker).
+    pub lease_id: Option<String>,
+}
+
+/// The Send API `metadata` of a queued send: our message id, or `outbox-<row id>` for a send that carries no
+/// conversation message. Our echo brings it back, and [`Store::outbox_for_message`] finds the row by it.
+pub fn outbox_metadata(row: &OutboxRow) -> String {
+    row.message_id.clone().unwrap_or_else(|| format!("outbox-{}", row.id))
+}
+
+/// `o` is the oldest pending send of its PSID.
+const OUTBOX_HEAD: &str =
+    "o.status = 'pending' and o.id = (select min(p.id) from outbox p where p.psid = o.psid and p.status = 'pending')";
+
+/// When `o` may be leased: at its next attempt, or for a row whose lease was never settled (a crash, a stop, a
+/// failed settle) `reconcile` ms (a bind parameter) after that lease ran out, once our echo had time to settle it.
+fn outbox_eligible_at(reconcile: &str) -> String {
+    format!(
+        "(case when o.lease_id is null then o.next_attempt_at else max(o.next_attempt_at, o.leased_until + {reconcile}) end)"
+    )
 }
 
 impl Store {
@@ -261,31 +281,53 @@ impl Store {
         Ok(inserted == 1)
     }
 
-    /// Sends due now, oldest first.
-    pub async fn due_outbox(&self, limit: i64) -> StoreResult<Vec<OutboxRow>> {
-        Ok(sqlx::query_as::<_, OutboxRow>(
-            "select id, conversation_id, message_id, psid, body, messaging_type, attempts, last_error from outbox
-             where status = 'pending' and next_attempt_at <= ? order by id limit ?",
-        )
-        .bind(now_ms())
+    /// Leases the sends that may go now: at most one per customer (the oldest pending send of each PSID, so
+    /// Messenger shows them in order), none of the PSIDs in `busy`, up to `limit`, longest waiting first. The
+    /// lease (attempt id `<lease>:<row id>`, valid until `now + lease_ms`) is committed before this returns, so a
+    /// crash during the Graph call leaves the row leased but unsettled; such a row becomes eligible again only
+    /// `reconcile_ms` after its lease ran out, giving our echo time to settle it first.
+    pub async fn lease_outbox_heads(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        reconcile_ms: i64,
+        limit: i64,
+        busy: &[String],
+    ) -> StoreResult<Vec<OutboxRow>> {
+        let lease = new_id();
+        let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
+        let eligible_at = outbox_eligible_at("?4");
+        Ok(sqlx::query_as::<_, OutboxRow>(&format!(
+            "update outbox set lease_id = ?1 || ':' || id, leased_until = ?2, updated_at = ?3
+             where id in (select o.id from outbox o where {OUTBOX_HEAD} and {eligible_at} <= ?3
+                            and o.psid not in (select value from json_each(?5))
+                          order by {eligible_at}, o.id limit ?6)
+             returning id, conversation_id, message_id, psid, body, messaging_type, attempts, last_error, lease_id"
+        ))
+        .bind(&lease)
+        .bind(now.saturating_add(lease_ms))
+        .bind(now)
+        .bind(reconcile_ms)
+        .bind(busy)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
     }
 
-    /// The oldest pending send of each PSID blocks the later ones (Messenger order matters per person).
-    pub async fn first_pending_for_psid(&self, psid: &str) -> StoreResult<Option<i64>> {
-        Ok(sqlx::query_scalar("select min(id) from outbox where psid = ? and status = 'pending'")
-            .bind(psid)
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    /// Earliest time a pending send is due, to sleep until then.
-    pub async fn next_outbox_due(&self) -> StoreResult<Option<i64>> {
-        Ok(sqlx::query_scalar("select min(next_attempt_at) from outbox where status = 'pending'")
-            .fetch_one(&self.pool)
-            .await?)
+    /// The earliest time a send may be leased (see [`Store::lease_outbox_heads`]), to sleep until then: only the
+    /// head of each customer's queue counts, so a later send due now behind a head in backoff does not wake the
+    /// worker.
+    pub async fn next_outbox_eligible(&self, reconcile_ms: i64, busy: &[String]) -> StoreResult<Option<i64>> {
+        let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
+        let eligible_at = outbox_eligible_at("?1");
+        Ok(sqlx::query_scalar(&format!(
+            "select min({eligible_at}) from outbox o
+             where {OUTBOX_HEAD} and o.psid not in (select value from json_each(?2))"
+        ))
+        .bind(reconcile_ms)
+        .bind(busy)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Marks a send done (from the Send API's answer or from our own echo) and logs `Sent`. Idempotent.
@@ -315,7 +357,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let row: Option<(String, Option<String>)> = sqlx::query_as(
             "update outbox set status = ?, external_id = coalesce(?, external_id), last_error = coalesce(?, last_error),
-                updated_at = ? where id = ? and status = 'pending' returning conversation_id, message_id",
+                updated_at = ?, lease_id = null, leased_until = null
+             where id = ? and status = 'pending' returning conversation_id, message_id",
         )
         .bind(status)
         .bind(external_id)
@@ -345,16 +388,19 @@ impl Store {
         Ok(Some((conversation_id, event)))
     }
 
-    /// Schedules another try.
-    pub async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> StoreResult<()> {
+    /// Schedules another try and ends the attempt's lease (only while `lease_id` still holds it: a newer attempt
+    /// is left alone).
+    pub async fn outbox_retry(&self, id: i64, lease_id: &str, next_attempt_at: i64, error: &str) -> StoreResult<()> {
         sqlx::query(
-            "update outbox set attempts = attempts + 1, next_attempt_at = ?, last_error = ?, updated_at = ?
-             where id = ? and status = 'pending'",
+            "update outbox set attempts = attempts + 1, next_attempt_at = ?, last_error = ?, updated_at = ?,
+                lease_id = null, leased_until = null
+             where id = ? and status = 'pending' and lease_id = ?",
         )
         .bind(next_attempt_at)
         .bind(error)
         .bind(now_ms())
         .bind(id)
+        .bind(lease_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -390,12 +436,16 @@ impl Store {
         .await?)
     }
 
-    /// The pending send that carries one of our messages (our message id travels in Send API `metadata`).
-    pub async fn outbox_for_message(&self, message_id: &str) -> StoreResult<Option<i64>> {
-        Ok(sqlx::query_scalar("select id from outbox where message_id = ? and status = 'pending'")
-            .bind(message_id)
-            .fetch_optional(&self.pool)
-            .await?)
+    /// The pending send an echo's `metadata` names: our message id, or `outbox-<row id>` for a send that carries
+    /// no conversation message (the recap); see [`outbox_metadata`].
+    pub async fn outbox_for_message(&self, metadata: &str) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "select id from outbox where status = 'pending'
+                and (message_id = ?1 or (message_id is null and 'outbox-' || id = ?1))",
+        )
+        .bind(metadata)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Messenger says these messages reached the customer's device.
@@ -499,6 +549,11 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Every queued send as (body, status, external id), oldest first (for tests and diagnostics).
+    pub async fn outbox_statuses(&self) -> StoreResult<Vec<(String, String, Option<String>)>> {
+        Ok(sqlx::query_as("select body, status, external_id from outbox order by id").fetch_all(&self.pool).await?)
     }
 
     /// Number of stored webhook deliveries (for tests and diagnostics).

@@ -26,6 +26,11 @@ pub struct TestApp {
     pub db_url: String,
     pub agent_id: String,
     pub http: reqwest::Client,
+    /// The app's supervised workers and their health.
+    pub workers: std::sync::Arc<parley::supervisor::Workers>,
+    /// The app's stop signal (for workers a test adds).
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub database_url: String,
     _dir: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -44,10 +49,6 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     start(settings, listener, dir).await
 }
 
-fn settings_db_url(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("parley.db").display())
-}
-
 fn test_settings(dir: &tempfile::TempDir) -> Settings {
     let mut settings = Settings::default();
     settings.database.url = format!("sqlite://{}", dir.path().join("parley.db").display());
@@ -63,13 +64,26 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
         .await
         .expect("agent");
     let addr = listener.local_addr().expect("addr");
+    let database_url = settings.database.url.clone();
     let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
+    let workers = app.state().workers.clone();
+    let stop = app.state().shutdown.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    let db_url = settings_db_url(&dir);
-    TestApp { addr, store, db_url, agent_id: agent.id, http: reqwest::Client::new(), _dir: dir, _shutdown: tx }
+    TestApp {
+        addr,
+        store,
+        db_url: database_url.clone(),
+        agent_id: agent.id,
+        http: reqwest::Client::new(),
+        workers,
+        stop,
+        database_url,
+        _dir: dir,
+        _shutdown: tx,
+    }
 }
 
 impl TestApp {

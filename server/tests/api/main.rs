@@ -8,4 +8,6 @@ mod floods;
 mod http;
 mod liveness;
 mod messenger;
+mod outbox;
+mod supervision;
 mod visitor_ws;

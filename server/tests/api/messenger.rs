@@ -56,7 +56,7 @@ async fn wait_for_messages(app: &TestApp, psid: &str, n: usize) -> Vec<Event> {
 }
 
 /// A visitor who wrote on the web, then asked for a Messenger link; returns the socket and the ref.
-async fn web_visitor_with_link(app: &TestApp, first: &str) -> (Ws, String, String) {
+pub(crate) async fn web_visitor_with_link(app: &TestApp, first: &str) -> (Ws, String, String) {
     let (mut visitor, _) = app.visitor(None, 0).await;
     visitor.send(&send("c-1", first)).await;
     visitor.recv_until(|m: ServerMsg| matches!(m, ServerMsg::Ack { .. }).then_some(())).await;
@@ -81,7 +81,7 @@ async fn agent_on(app: &TestApp) -> (Ws, String) {
     (agent, conversation_id)
 }
 
-async fn agent_says(agent: &mut Ws, conversation_id: &str, client_id: &str, body: &str) -> String {
+pub(crate) async fn agent_says(agent: &mut Ws, conversation_id: &str, client_id: &str, body: &str) -> String {
     agent
         .send(&console::ClientMsg::Send {
             conversation_id: conversation_id.into(),

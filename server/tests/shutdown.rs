@@ -1,0 +1,283 @@
+//! `parley serve` as a real process with the Messenger channel on (ids passed as numeric environment variables),
+//! stopped in the middle of a Send API call. SIGTERM: new connections are refused at once, the open socket is told
+//! to reconnect (1001), the call in flight finishes and is recorded, and the process exits 0 within
+//! `http.shutdown_grace_secs`. SIGKILL: after the restart the send is not repeated blindly; its echo settles it.
+//! What the sandbox received is counted: 0 lost, 0 doubled.
+
+use std::fs::File;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use messenger_sandbox::{FaultRule, NewUser, RetryPolicy, Sandbox, SandboxConfig, SendFault};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use parley::store::Store;
+use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const WAIT: Duration = Duration::from_secs(30);
+const RECAP: &str = "Here's where we left off";
+
+struct Env {
+    dir: tempfile::TempDir,
+    port: u16,
+    db: String,
+    sandbox: Sandbox,
+    vars: Vec<(String, String)>,
+}
+
+/// A free port for the server (the sandbox needs its callback URL before the server starts).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+async fn setup(grace_secs: u64, reconcile_secs: u64) -> Env {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let config = SandboxConfig {
+        callback_url: Some(format!("http://127.0.0.1:{port}/webhooks/messenger")),
+        verify_on_launch: false,
+        // While the server is down, webhooks (our echoes) are retried every 200 ms.
+        retry: RetryPolicy { immediate_retries: 1, backoff: vec![Duration::from_millis(200)], ..Default::default() },
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let vars: Vec<(String, String)> = [
+        ("PARLEY_HTTP__BIND", format!("127.0.0.1:{port}")),
+        ("PARLEY_HTTP__SHUTDOWN_GRACE_SECS", grace_secs.to_string()),
+        ("PARLEY_DATABASE__URL", format!("sqlite://{}", dir.path().join("parley.db").display())),
+        ("PARLEY_ASSETS__DIR", dir.path().join("site").display().to_string()),
+        ("PARLEY_MESSENGER__ENABLED", "true".into()),
+        // Numeric, as Meta's ids are: they must arrive as strings.
+        ("PARLEY_MESSENGER__APP_ID", config.app_id.clone()),
+        ("PARLEY_MESSENGER__PAGE_ID", config.page_id.clone()),
+        ("PARLEY_MESSENGER__PAGE_USERNAME", config.page_username.clone()),
+        ("PARLEY_MESSENGER__PAGE_TOKEN", config.page_token.clone()),
+        ("PARLEY_MESSENGER__APP_SECRET", config.app_secret.clone()),
+        ("PARLEY_MESSENGER__VERIFY_TOKEN", config.verify_token.clone()),
+        ("PARLEY_MESSENGER__SITE_KEY", "shop".into()),
+        ("PARLEY_MESSENGER__SPOOL_DIR", dir.path().join("spool").display().to_string()),
+        ("PARLEY_MESSENGER__TIMEOUT_SECS", "5".into()),
+        ("PARLEY_MESSENGER__RECONCILE_SECS", reconcile_secs.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let sandbox = messenger_sandbox::launch(config, listener).await.expect("sandbox");
+    let mut vars = vars;
+    vars.push(("PARLEY_MESSENGER__GRAPH_URL".into(), sandbox.base_url().to_string()));
+    vars.push(("PARLEY_MESSENGER__M_ME_URL".into(), sandbox.m_me_base()));
+    let db = format!("sqlite://{}", dir.path().join("parley.db").display());
+    let store = Store::connect(&db, 1).await.expect("store");
+    store.create_site("shop", "Shop", &["http://shop.test".to_string()], "Hi").await.expect("site");
+    store.close().await;
+    Env { dir, port, db, sandbox, vars }
+}
+
+impl Env {
+    fn start(&self) -> Child {
+        let log = File::options().create(true).append(true).open(self.dir.path().join("parley.log")).expect("log");
+        Command::new(env!("CARGO_BIN_EXE_parley"))
+            .arg("serve")
+            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("parley starts")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("parley.log")).unwrap_or_default()
+    }
+
+    async fn wait_healthy(&self, child: &mut Child) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(child.try_wait().expect("status").is_none(), "parley exited:\n{}", self.log());
+            if let Ok(r) = http.get(format!("http://127.0.0.1:{}/healthz", self.port)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "parley never became healthy:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A visitor who wrote and asked for a Messenger link; returns the socket and the ref.
+    async fn visitor_with_link(&self) -> (Ws, String) {
+        let origin = format!("http://127.0.0.1:{}", self.port);
+        let mut request =
+            format!("ws://127.0.0.1:{}/ws/visitor?site=shop", self.port).into_client_request().expect("request");
+        request.headers_mut().insert("origin", HeaderValue::from_str(&origin).expect("header"));
+        let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("visitor connects");
+        let mut ws = Ws(socket);
+        ws.send(&ClientMsg::Hello {
+            protocol: protocol::PROTOCOL_VERSION,
+            token: None,
+            last_seq: 0,
+            context: VisitorContext::default(),
+        })
+        .await;
+        ws.send(&ClientMsg::Send { client_id: "c-1".into(), body: "Where is my parcel?".into() }).await;
+        ws.recv_until(|m| matches!(m, ServerMsg::Ack { .. }).then_some(())).await;
+        ws.send(&ClientMsg::MessengerLink).await;
+        let url = ws
+            .recv_until(|m| match m {
+                ServerMsg::MessengerLink { url, .. } => Some(url),
+                _ => None,
+            })
+            .await;
+        (ws, url.split("ref=").nth(1).expect("a ref").to_string())
+    }
+
+    /// Links a new Messenger customer, whose recap send then hangs for `hang_ms` at the sandbox; returns once that
+    /// call is in flight.
+    async fn recap_in_flight(&self, reference: &str, hang_ms: u64) {
+        self.sandbox.push_send_fault(FaultRule::once(SendFault::Hang { ms: hang_ms }));
+        let psid = self.sandbox.create_user(NewUser::default()).expect("user").psid;
+        self.sandbox.user_taps_get_started(&psid, Some(reference)).expect("get started");
+        self.sandbox.wait_until(WAIT, |s| s.faults().send.is_empty().then_some(())).await.expect("the recap call");
+    }
+
+    fn recaps(&self) -> Vec<String> {
+        self.sandbox
+            .sent_messages()
+            .into_iter()
+            .filter(|m| m.message.text.as_deref().is_some_and(|t| t.starts_with(RECAP)))
+            .map(|m| m.message.mid)
+            .collect()
+    }
+
+    /// The recap's outbox row as (status, external id).
+    async fn recap_row(&self) -> Option<(String, Option<String>)> {
+        let store = Store::connect(&self.db, 1).await.expect("store");
+        let rows = store.outbox_statuses().await.expect("query");
+        store.close().await;
+        rows.into_iter().find(|(body, _, _)| body.starts_with(RECAP)).map(|(_, status, id)| (status, id))
+    }
+}
+
+fn signal(child: &Child, signal: Signal) {
+    kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), signal).expect("signal sent");
+}
+
+async fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("status") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "parley did not exit within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Ws(tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>);
+
+impl Ws {
+    async fn send(&mut self, msg: &ClientMsg) {
+        let text = serde_json::to_string(msg).expect("serializes");
+        self.0.send(Message::Text(text.into())).await.expect("send");
+    }
+
+    async fn recv_until<R>(&mut self, mut pick: impl FnMut(ServerMsg) -> Option<R>) -> R {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.0.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(found) = serde_json::from_str(text.as_str()).ok().and_then(&mut pick) {
+                            return found;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("socket ended: {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the expected frame")
+    }
+
+    /// The close code the server sends.
+    async fn close_code(&mut self) -> Option<u16> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.0.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => {}
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("closed")
+    }
+}
+
+#[tokio::test]
+async fn sigterm_refuses_new_connections_tells_sockets_to_reconnect_and_finishes_the_send_in_flight() {
+    let env = setup(10, 30).await;
+    let mut child = env.start();
+    env.wait_healthy(&mut child).await;
+    let (mut visitor, reference) = env.visitor_with_link().await;
+    env.recap_in_flight(&reference, 3000).await;
+
+    let stopped_at = Instant::now();
+    signal(&child, Signal::SIGTERM);
+    assert_eq!(visitor.close_code().await, Some(1001), "the socket is told to reconnect");
+    // The listener is closed at once, while the send is still in flight.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", env.port)).is_ok() {
+        assert!(Instant::now() < deadline, "new connections are still accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(child.try_wait().expect("status").is_none(), "refused only because parley had already exited");
+
+    let status = wait_exit(&mut child, Duration::from_secs(12)).await;
+    let took = stopped_at.elapsed();
+    assert!(status.success(), "{status}:\n{}", env.log());
+    assert!(took < Duration::from_secs(10), "took {took:?}, over the 10 s grace period");
+    // The call in flight (3 s at the sandbox) completed and was recorded: once, and settled.
+    assert!(took >= Duration::from_millis(2000), "exited after {took:?}: the send in flight was cut off");
+    let recaps = env.recaps();
+    assert_eq!(recaps.len(), 1, "{recaps:?}");
+    assert_eq!(env.recap_row().await, Some(("sent".to_string(), Some(recaps[0].clone()))), "{}", env.log());
+}
+
+#[tokio::test]
+async fn after_sigkill_during_a_send_the_restarted_server_reconciles_it_by_its_echo_instead_of_resending() {
+    let env = setup(10, 5).await;
+    let mut child = env.start();
+    env.wait_healthy(&mut child).await;
+    let (_visitor, reference) = env.visitor_with_link().await;
+    env.recap_in_flight(&reference, 1500).await;
+    signal(&child, Signal::SIGKILL);
+    wait_exit(&mut child, Duration::from_secs(5)).await;
+    // The sandbox delivers the recap anyway; its echo cannot reach the dead server and is retried.
+    env.sandbox.wait_until(WAIT, |s| s.sent_messages().into_iter().next()).await.expect("delivered");
+    assert_eq!(env.recap_row().await.map(|(status, _)| status).as_deref(), Some("pending"));
+
+    let mut child = env.start();
+    env.wait_healthy(&mut child).await;
+    let deadline = Instant::now() + WAIT;
+    let row = loop {
+        match env.recap_row().await {
+            Some((status, id)) if status == "sent" => break id,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the recap was never settled:\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let recaps = env.recaps();
+    assert_eq!(recaps.len(), 1, "sent again after the crash: {recaps:?}");
+    assert_eq!(row.as_ref(), recaps.first(), "settled by the echo of the first send");
+    signal(&child, Signal::SIGTERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(12)).await.success());
+}
