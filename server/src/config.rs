@@ -154,6 +154,16 @@ pub struct MessengerSettings {
     pub timeout_secs: u64,
     /// Folder where signed webhook deliveries are spooled before they reach the database.
     pub spool_dir: PathBuf,
+    /// Hosts attachments and profile pictures may be downloaded from: `[http://|https://]host[:port]`, host may
+    /// start with `*.`; no scheme means https. Only an exact entry with a port (e.g. the sandbox's
+    /// `http://127.0.0.1:3001`) may resolve to a loopback or private address.
+    pub attachment_hosts: Vec<String>,
+    /// Largest attachment downloaded, in bytes (the download is aborted there).
+    pub attachment_max_bytes: u64,
+    /// Time one attachment download may take, in seconds.
+    pub attachment_timeout_secs: u64,
+    /// Tries before a webhook delivery that keeps failing is quarantined.
+    pub max_delivery_attempts: u32,
 }
 
 impl Default for MessengerSettings {
@@ -174,6 +184,10 @@ impl Default for MessengerSettings {
             link_ttl_secs: 600,
             timeout_secs: 10,
             spool_dir: PathBuf::from("data/webhook-spool"),
+            attachment_hosts: vec!["*.fbcdn.net".into(), "*.fbsbx.com".into(), "cdn.fbsbx.com".into()],
+            attachment_max_bytes: 25 * 1024 * 1024,
+            attachment_timeout_secs: 60,
+            max_delivery_attempts: 5,
         }
     }
 }

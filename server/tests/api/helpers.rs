@@ -24,6 +24,8 @@ pub struct TestApp {
     pub store: Store,
     pub agent_id: String,
     pub http: reqwest::Client,
+    /// The running app's shared state (e.g. to reach the Messenger channel directly).
+    pub state: parley::state::AppState,
     _dir: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -52,11 +54,12 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
         .expect("agent");
     let addr = listener.local_addr().expect("addr");
     let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
+    let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    TestApp { addr, store, agent_id: agent.id, http: reqwest::Client::new(), _dir: dir, _shutdown: tx }
+    TestApp { addr, store, agent_id: agent.id, http: reqwest::Client::new(), state, _dir: dir, _shutdown: tx }
 }
 
 impl TestApp {
@@ -243,5 +246,7 @@ pub async fn spawn_messenger_app(
     let sandbox = messenger_sandbox::launch(sandbox_config, sandbox_listener).await.expect("sandbox starts");
     settings.messenger.graph_url = sandbox.base_url().to_string();
     settings.messenger.m_me_url = sandbox.m_me_base();
+    // The sandbox's media and pictures, on exactly its host and port (loopback needs an explicit entry).
+    settings.messenger.attachment_hosts.push(sandbox.base_url().to_string());
     MessengerApp { app: start(settings, listener, dir).await, sandbox }
 }
