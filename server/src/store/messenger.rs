@@ -347,6 +347,13 @@ impl Store {
         .await?)
     }
 
+    /// Failed attempts of the deliveries still waiting to be applied (for tests and diagnostics).
+    pub async fn failed_delivery_attempts(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("select coalesce(sum(attempts), 0) from webhook_deliveries where processed_at is null")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     pub async fn quarantined_delivery_count(&self) -> StoreResult<i64> {
         Ok(sqlx::query_scalar(
             "select count(*) from webhook_deliveries where quarantined_at is not null and processed_at is null",

@@ -26,6 +26,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// The running app's shared state (e.g. to reach the Messenger channel directly).
     pub state: parley::state::AppState,
+    /// The database URL (for running the `parley` command line against it).
+    pub db_url: String,
     _dir: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -55,11 +57,12 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
     let addr = listener.local_addr().expect("addr");
     let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
     let state = app.state().clone();
+    let db_url = state.settings.database.url.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    TestApp { addr, store, agent_id: agent.id, http: reqwest::Client::new(), state, _dir: dir, _shutdown: tx }
+    TestApp { addr, store, agent_id: agent.id, http: reqwest::Client::new(), state, db_url, _dir: dir, _shutdown: tx }
 }
 
 impl TestApp {

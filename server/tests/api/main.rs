@@ -6,4 +6,5 @@ mod helpers;
 mod agent_ws;
 mod http;
 mod messenger;
+mod messenger_intake;
 mod visitor_ws;

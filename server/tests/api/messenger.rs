@@ -11,13 +11,13 @@ use protocol::{Author, Channel, DeliveryState, Event, EventKind};
 
 use crate::helpers::{MessengerApp, TestApp, Ws, spawn_messenger_app};
 
-const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 fn send(client_id: &str, body: &str) -> ClientMsg {
     ClientMsg::Send { client_id: client_id.into(), body: body.into() }
 }
 
-async fn next_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event {
+pub(crate) async fn next_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event {
     ws.recv_until(|m: ServerMsg| match m {
         ServerMsg::Event { event } if pick(&event) => Some(event),
         _ => None,
@@ -33,13 +33,13 @@ async fn agent_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event
     .await
 }
 
-fn is_message(event: &Event, body: &str) -> bool {
+pub(crate) fn is_message(event: &Event, body: &str) -> bool {
     matches!(&event.kind, EventKind::Message { message } if message.body == body)
 }
 
 /// The log of a Messenger customer's conversation once it holds `n` messages (the store is polled: intake runs
 /// in the background and this test has no socket on that conversation).
-async fn wait_for_messages(app: &TestApp, psid: &str, n: usize) -> Vec<Event> {
+pub(crate) async fn wait_for_messages(app: &TestApp, psid: &str, n: usize) -> Vec<Event> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(contact) = app.store.contact_by_psid(psid).await.expect("query")
@@ -56,7 +56,7 @@ async fn wait_for_messages(app: &TestApp, psid: &str, n: usize) -> Vec<Event> {
 }
 
 /// A visitor who wrote on the web, then asked for a Messenger link; returns the socket and the ref.
-async fn web_visitor_with_link(app: &TestApp, first: &str) -> (Ws, String, String) {
+pub(crate) async fn web_visitor_with_link(app: &TestApp, first: &str) -> (Ws, String, String) {
     let (mut visitor, _) = app.visitor(None, 0).await;
     visitor.send(&send("c-1", first)).await;
     visitor.recv_until(|m: ServerMsg| matches!(m, ServerMsg::Ack { .. }).then_some(())).await;
@@ -97,7 +97,7 @@ async fn agent_says(agent: &mut Ws, conversation_id: &str, client_id: &str, body
         .await
 }
 
-fn customer(sandbox: &messenger_sandbox::Sandbox, first_name: &str) -> String {
+pub(crate) fn customer(sandbox: &messenger_sandbox::Sandbox, first_name: &str) -> String {
     sandbox
         .create_user(NewUser {
             first_name: Some(first_name.into()),
@@ -110,7 +110,7 @@ fn customer(sandbox: &messenger_sandbox::Sandbox, first_name: &str) -> String {
 
 /// Waits until the Page asks this customer whether to continue the web chat in Messenger; returns the payload of
 /// the "Yes, continue here" quick reply.
-pub async fn consent_question(sandbox: &messenger_sandbox::Sandbox, psid: &str) -> String {
+pub(crate) async fn consent_question(sandbox: &messenger_sandbox::Sandbox, psid: &str) -> String {
     sandbox
         .wait_until(WAIT, |s| {
             s.sent_messages().into_iter().filter(|m| m.psid == psid).find_map(|m| {
@@ -124,7 +124,7 @@ pub async fn consent_question(sandbox: &messenger_sandbox::Sandbox, psid: &str) 
 }
 
 /// The customer taps "Yes, continue here" on the Page's question.
-pub async fn says_yes(sandbox: &messenger_sandbox::Sandbox, psid: &str) {
+pub(crate) async fn says_yes(sandbox: &messenger_sandbox::Sandbox, psid: &str) {
     let payload = consent_question(sandbox, psid).await;
     sandbox.user_taps_quick_reply(psid, "Yes, continue here", &payload).expect("tap");
 }
