@@ -538,3 +538,98 @@ fn short_hash(s: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(s.as_bytes())[..16])
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Characters that break byte-offset code: multi-byte, combining, zero-width, bidi, control, astral.
+    const TRICKY: &[char] = &[
+        'a',
+        '1',
+        '9',
+        'Z',
+        '_',
+        '-',
+        ' ',
+        '/',
+        '?',
+        '%',
+        '.',
+        ':',
+        '@',
+        '[',
+        ']',
+        '\\',
+        '"',
+        '\0',
+        '\n',
+        '\u{7f}',
+        'é',
+        'ß',
+        'ı',
+        'İ',
+        '\u{301}',
+        '\u{200b}',
+        '\u{202e}',
+        '\u{feff}',
+        '中',
+        '😀',
+        '👩',
+        '\u{200d}',
+        '\u{10ffff}',
+    ];
+
+    fn arbitrary(rng: &mut StdRng) -> String {
+        let len = rng.random_range(0..40);
+        (0..len).map(|_| TRICKY[rng.random_range(0..TRICKY.len())]).collect()
+    }
+
+    /// Fuzz-style: thousands of arbitrary strings through every string-handling step of the intake (PSID labels,
+    /// consent payloads, short codes, link tokens, attachment URLs, payload parsing) never panic.
+    #[test]
+    fn arbitrary_strings_never_panic_the_intake_paths() {
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let allow = super::super::fetch::AllowList::parse(&["*.fbcdn.net".into(), "http://127.0.0.1:3001".into()])
+            .expect("valid list");
+        for _ in 0..20_000 {
+            let s = arbitrary(&mut rng);
+            let label = contact_label(&s);
+            assert!(label.starts_with("Messenger ") && label.chars().count() <= "Messenger ".len() + 4);
+            let _ = link::parse_consent(&s);
+            let _ = link::parse_consent(&format!("ws1c_yes_{s}"));
+            assert!(link::short_code_candidates(&s).iter().all(|c| c.len() == 6));
+            let _ = link::verify(b"k", &format!("ws1_{s}"), 0);
+            for url in [s.clone(), format!("https://{s}.fbcdn.net/{s}"), format!("http://127.0.0.1:3001/{s}")] {
+                if let Ok(url) = reqwest::Url::parse(&url) {
+                    let _ = allow.check(&url);
+                }
+            }
+            let body = serde_json::json!({"object": "page", "entry": [{"id": s, "messaging": [{
+                "sender": {"id": s}, "recipient": {"id": s}, "timestamp": 1,
+                "message": {"mid": s, "text": s, "quick_reply": {"payload": s}, "app_id": s,
+                            "attachments": [{"type": s, "payload": {"url": s}}]},
+                "postback": {"payload": s, "referral": {"ref": s}}, "referral": {"ref": s}}]}]});
+            let parsed: Envelope = serde_json::from_value(body).expect("any strings parse");
+            assert_eq!(parsed.entry[0].messaging[0].sender.as_ref().map(|p| p.id.as_str()), Some(s.as_str()));
+        }
+    }
+
+    #[test]
+    fn labels_use_the_last_four_characters_not_bytes() {
+        assert_eq!(contact_label("1é234"), "Messenger é234");
+        assert_eq!(contact_label("12345678"), "Messenger 5678");
+        assert_eq!(contact_label("é"), "Messenger é");
+        assert_eq!(contact_label(""), "Messenger ");
+    }
+
+    #[test]
+    fn retries_back_off_up_to_30_seconds() {
+        assert_eq!(retry_delay(1), Duration::from_millis(250));
+        assert_eq!(retry_delay(2), Duration::from_millis(500));
+        assert_eq!(retry_delay(100), Duration::from_secs(30));
+    }
+}
