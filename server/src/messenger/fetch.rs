@@ -358,6 +358,19 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's error type
+    fn the_list_comes_from_the_environment_as_an_array() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PARLEY_MESSENGER__ATTACHMENT_HOSTS", r#"["*.fbcdn.net", "http://127.0.0.1:3001"]"#);
+            let settings = crate::config::Settings::load(None).expect("loads");
+            let l = AllowList::parse(&settings.messenger.attachment_hosts).expect("valid");
+            assert_eq!(check(&l, "http://127.0.0.1:3001/x"), Ok(()));
+            assert_eq!(check(&l, "https://cdn.fbsbx.com/x"), Err(FetchError::HostNotAllowed));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn bad_entries_are_errors() {
         for bad in ["ftp://x.example", "x.example/path", "*.127.0.0.1", "", "http://"] {
             assert!(AllowList::parse(&[bad.to_string()]).is_err(), "{bad}");
