@@ -25,7 +25,7 @@ pub(crate) async fn next_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool
     .await
 }
 
-async fn agent_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event {
+pub(crate) async fn agent_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event {
     ws.recv_until(|m: console::ServerMsg| match m {
         console::ServerMsg::Event { event, .. } if pick(&event) => Some(event),
         _ => None,
@@ -81,7 +81,7 @@ async fn agent_on(app: &TestApp) -> (Ws, String) {
     (agent, conversation_id)
 }
 
-async fn agent_says(agent: &mut Ws, conversation_id: &str, client_id: &str, body: &str) -> String {
+pub(crate) async fn agent_says(agent: &mut Ws, conversation_id: &str, client_id: &str, body: &str) -> String {
     agent
         .send(&console::ClientMsg::Send {
             conversation_id: conversation_id.into(),
@@ -361,7 +361,7 @@ async fn duplicated_and_reordered_deliveries_apply_once_in_timestamp_order() {
 }
 
 /// A linked visitor with the agent on the conversation; returns (visitor, agent, conversation id, psid).
-async fn linked(app: &TestApp, sandbox: &messenger_sandbox::Sandbox) -> (Ws, Ws, String, String) {
+pub(crate) async fn linked(app: &TestApp, sandbox: &messenger_sandbox::Sandbox) -> (Ws, Ws, String, String) {
     let (mut visitor, reference, _) = web_visitor_with_link(app, "hello").await;
     let psid = link_new_customer(sandbox, &mut visitor, &reference).await;
     recap(sandbox).await;

@@ -516,3 +516,25 @@ async fn a_failure_while_binding_after_yes_loses_nothing() {
     // The retry binds: the link was not used up without the binding.
     crate::messenger::next_event(&mut visitor, |e| matches!(e.kind, EventKind::Channel { linked: true, .. })).await;
 }
+
+#[tokio::test]
+async fn a_failure_between_a_delivery_key_and_its_state_loses_nothing() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, s| s.messenger.max_delivery_attempts = 1000).await;
+    let (_visitor, mut agent, conversation_id, _psid) = crate::messenger::linked(&app, &sandbox).await;
+    app.store
+        .execute_raw(
+            r#"create trigger fail_delivered before insert on events when new.payload like '%"delivered"%'
+               begin select raise(abort, 'injected failure'); end"#,
+        )
+        .await
+        .expect("trigger");
+    let id = crate::messenger::agent_says(&mut agent, &conversation_id, "a-1", "did it arrive?").await;
+    intake_failed(&app).await;
+    app.store.execute_raw("drop trigger fail_delivered").await.expect("fix");
+    // The retry records the state: its key was not committed without it.
+    crate::messenger::agent_event(&mut agent, |e| {
+        matches!(&e.kind, EventKind::Delivery { message_id, state: protocol::DeliveryState::Delivered, .. }
+            if *message_id == id)
+    })
+    .await;
+}
