@@ -15,6 +15,8 @@ test('a web chat continues on Messenger as one conversation', async ({ browser }
     visitor.chat.getByRole('link', { name: 'Continue on Messenger' }).click(),
   ]);
   await messenger.getByRole('button', { name: 'Get Started' }).click();
+  // The Page asks first: nothing is linked until the customer says yes in Messenger.
+  await messenger.getByRole('button', { name: 'Yes, continue here' }).click();
   const thread = messenger.getByRole('log');
   // The customer gets a recap of the web conversation there.
   await expect(thread).toContainText(first);

@@ -37,6 +37,34 @@ pub enum Command {
     Site(SiteCommand),
     /// Run the demo: a demo site and agent, the chat server, and a host page on another origin.
     Demo(demo::DemoArgs),
+    /// Messenger channel maintenance.
+    #[command(subcommand)]
+    Messenger(MessengerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MessengerCommand {
+    /// Webhook deliveries that kept failing and were set aside.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuarantineCommand {
+    /// List quarantined deliveries: id, received (epoch ms), attempts, last error.
+    List,
+    /// Hand quarantined deliveries back to the intake (the running server applies them within 30 s).
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct ReplayArgs {
+    /// The delivery to replay.
+    pub id: Option<i64>,
+    /// Replay every quarantined delivery.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +169,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(settings, args).await,
+        Command::Messenger(MessengerCommand::Quarantine(command)) => {
+            let store = Store::connect(&settings.database.url, 1).await?;
+            match command {
+                QuarantineCommand::List => {
+                    let rows = store.quarantined_deliveries().await?;
+                    for row in &rows {
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            row.id,
+                            row.received_at,
+                            row.attempts,
+                            row.error.as_deref().unwrap_or("")
+                        );
+                    }
+                    println!("{} quarantined", rows.len());
+                }
+                QuarantineCommand::Replay(args) => {
+                    let released = store.replay_quarantined(if args.all { None } else { args.id }).await?;
+                    anyhow::ensure!(
+                        released > 0 || args.all,
+                        "no quarantined delivery with id {}",
+                        args.id.unwrap_or(0)
+                    );
+                    println!("{released} delivery(ies) released for replay");
+                }
+            }
+            store.close().await;
+            Ok(())
+        }
     }
 }
 

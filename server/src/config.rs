@@ -248,6 +248,16 @@ pub struct MessengerSettings {
     /// Seconds a send whose outcome is unknown (a timeout, 1/1357046, a crash during the call) waits for our own
     /// echo to settle it before it is sent again.
     pub reconcile_secs: u64,
+    /// Hosts attachments and profile pictures may be downloaded from: `[http://|https://]host[:port]`, host may
+    /// start with `*.`; no scheme means https. Only an exact entry with a port (e.g. the sandbox's
+    /// `http://127.0.0.1:3001`) may resolve to a loopback or private address.
+    pub attachment_hosts: Vec<String>,
+    /// Largest attachment downloaded, in bytes (the download is aborted there).
+    pub attachment_max_bytes: u64,
+    /// Time one attachment download may take, in seconds.
+    pub attachment_timeout_secs: u64,
+    /// Tries before a webhook delivery that keeps failing is quarantined.
+    pub max_delivery_attempts: u32,
 }
 
 impl Default for MessengerSettings {
@@ -269,6 +279,10 @@ impl Default for MessengerSettings {
             timeout_secs: 10,
             spool_dir: PathBuf::from("data/webhook-spool"),
             reconcile_secs: 30,
+            attachment_hosts: vec!["*.fbcdn.net".into(), "*.fbsbx.com".into(), "cdn.fbsbx.com".into()],
+            attachment_max_bytes: 25 * 1024 * 1024,
+            attachment_timeout_secs: 60,
+            max_delivery_attempts: 5,
         }
     }
 }

@@ -132,6 +132,8 @@ async fn start_sandbox(
     let sandbox = messenger_sandbox::launch(config, listener).await?;
     settings.messenger.graph_url = sandbox.base_url().to_string();
     settings.messenger.m_me_url = sandbox.m_me_base();
+    // The sandbox serves customers' attachments and pictures itself, on this exact host and port.
+    settings.messenger.attachment_hosts.push(sandbox.base_url().to_string());
     Ok(sandbox)
 }
 

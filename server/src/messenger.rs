@@ -3,9 +3,11 @@
 //! conversations and messages.
 
 pub mod channel;
+pub mod fetch;
 pub mod graph_types;
 pub mod intake;
 pub mod link;
+pub mod media;
 pub mod outbox;
 pub mod send_api;
 pub mod signature;

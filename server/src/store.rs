@@ -19,6 +19,7 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use conversations::{AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS};
+pub use messenger::{Accepted, MAX_LIVE_LINKS, OfferOutcome, QuarantinedDelivery};
 pub use messenger::{LinkRow, OutboxRow, outbox_metadata};
 
 /// Errors from the store, sorted by what a caller can do about them.

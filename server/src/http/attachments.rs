@@ -1,14 +1,20 @@
-//! `GET /attachments/{id}`: files that came with messages (downloaded from Messenger at once, since Meta's URLs
-//! expire) and cached profile pictures. Ids are 256-bit random tokens. Served with `nosniff` and a sandboxing CSP
-//! so a hostile file cannot run as a page on the chat origin.
+//! `GET /attachments/{id}`: files that came with messages (downloaded from Messenger by the download queue, since
+//! Meta's URLs expire) and cached profile pictures. Ids are 256-bit random tokens. Served with `nosniff` and a
+//! sandboxing CSP so a hostile file cannot run as a page on the chat origin. A file still being downloaded is
+//! waited for (up to [`WAIT`]); one that could not be downloaded answers 410 "attachment unavailable".
 
 use axum::extract::{Path, State};
 use axum::http::HeaderValue;
+use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// How long a request waits for a file that is still being downloaded.
+const WAIT: Duration = Duration::from_secs(20);
 
 /// Types shown inline; anything else downloads.
 const INLINE: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp", "video/mp4", "audio/mpeg", "audio/wav"];
@@ -17,7 +23,23 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     if id.len() != 43 {
         return Err(ApiError::NotFound("attachment"));
     }
-    let (content_type, bytes) = state.store.attachment(&id).await?.ok_or(ApiError::NotFound("attachment"))?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (content_type, bytes) = loop {
+        if let Some(found) = state.store.attachment(&id).await? {
+            break found;
+        }
+        match state.store.attachment_status(&id).await? {
+            None => return Err(ApiError::NotFound("attachment")),
+            Some((status, _)) if status == "failed" => {
+                return Ok((StatusCode::GONE, "attachment unavailable").into_response());
+            }
+            Some(_) if tokio::time::Instant::now() >= deadline => {
+                return Ok((StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "5")], "attachment not downloaded yet")
+                    .into_response());
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     let inline = INLINE.contains(&content_type.as_str());
     let content_type = if inline { content_type } else { "application/octet-stream".to_string() };
     let mut response = bytes.into_response();

@@ -9,6 +9,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use super::fetch::{AllowList, Fetcher};
 use super::link;
 use super::send_api::GraphClient;
 use super::spool::Spool;
@@ -30,6 +31,10 @@ pub struct Messenger {
     pub conversations: Conversations,
     /// Wakes the intake worker when a delivery was spooled.
     pub intake_wake: Notify,
+    /// Downloads attachments from allow-listed hosts only.
+    pub fetcher: Fetcher,
+    /// Wakes the download queue when an attachment was queued.
+    pub media_wake: Notify,
     link_key: [u8; 32],
     /// Last `typing_on` per PSID, to send it at most every few seconds.
     typing_sent: Mutex<HashMap<String, Instant>>,
@@ -38,6 +43,12 @@ pub struct Messenger {
 impl Messenger {
     pub fn new(settings: MessengerSettings, conversations: Conversations, spool: Spool) -> anyhow::Result<Arc<Self>> {
         let graph = GraphClient::new(&settings)?;
+        let allow = AllowList::parse(&settings.attachment_hosts).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(settings.attachment_max_bytes > 0, "messenger.attachment_max_bytes must be at least 1");
+        anyhow::ensure!(settings.attachment_timeout_secs > 0, "messenger.attachment_timeout_secs must be at least 1");
+        anyhow::ensure!(settings.max_delivery_attempts > 0, "messenger.max_delivery_attempts must be at least 1");
+        let fetcher =
+            Fetcher::new(allow, settings.attachment_max_bytes, Duration::from_secs(settings.attachment_timeout_secs))?;
         let link_key: [u8; 32] = Sha256::digest(
             [b"parley messenger link v1:".as_slice(), settings.app_secret.expose_secret().as_bytes()].concat(),
         )
@@ -48,6 +59,8 @@ impl Messenger {
             spool,
             conversations,
             intake_wake: Notify::new(),
+            fetcher,
+            media_wake: Notify::new(),
             link_key,
             typing_sent: Mutex::new(HashMap::new()),
         }))

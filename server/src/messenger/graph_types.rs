@@ -50,6 +50,13 @@ pub struct Message {
     pub metadata: Option<String>,
     #[serde(default)]
     pub attachments: Vec<Attachment>,
+    /// Set when the customer tapped a quick reply.
+    pub quick_reply: Option<QuickReply>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct QuickReply {
+    pub payload: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -3,35 +3,64 @@
 //! One worker drains the spool, stores each body raw, then applies all waiting deliveries together: events are
 //! gathered from every `entry[]` (`messaging[]` and `standby[]`), sorted by timestamp (stable, so one customer's
 //! events apply in the order they happened even when Meta delivered them out of order), and applied one by one.
-//! Every application is idempotent: messages by `mid`, postbacks and referrals by an applied-key, deliveries and
-//! reads by watermark, so a redelivered payload changes nothing.
+//! Every application is idempotent: messages by `mid`, link offers by an applied-key recorded in the same
+//! transaction as the offer, acceptances by the link row itself, deliveries and reads by watermark, so a
+//! redelivered payload changes nothing. A delivery that fails to apply (an error or even a panic) is retried with
+//! growing delays and quarantined after `messenger.max_delivery_attempts` tries, so it cannot block the ones
+//! behind it; `parley messenger quarantine` lists and replays quarantined deliveries.
+//!
+//! "Continue on Messenger" needs the Messenger side's consent: a ref or short code only *offers* the link to the
+//! person who presented it, and the Page asks them in Messenger ("Yes, continue here" / "No"). Nothing from
+//! Messenger reaches the web conversation before "Yes"; "No" or no answer within the link lifetime binds nothing.
+//! Attachments are queued for [`super::media`] and downloaded off this path.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use protocol::{Attachment, Channel};
 
 use super::channel::Messenger;
 use super::graph_types::{Envelope, Messaging};
-use super::link;
+use super::{link, media};
 use crate::services::{PostInput, Poster, ServiceError};
 use crate::store::models::Contact;
-use crate::store::now_ms;
+use crate::store::{OfferOutcome, now_ms};
 
 /// The app id Meta uses for messages sent from the Page's own inbox (Business Suite).
 pub const PAGE_INBOX_APP_ID: &str = "263902037430900";
 
-/// Largest attachment downloaded, in bytes.
-const MAX_ATTACHMENT: usize = 25 * 1024 * 1024;
+/// What the Page asks when someone presents a link.
+pub const CONSENT_QUESTION: &str = "You opened a link to continue a chat from our website here. Continue that \
+    conversation in Messenger? Only say yes if you asked for this link yourself.";
+
+/// Aborts a task when dropped: the download queue lives exactly as long as the intake that started it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Delay before the next pass after `failures` failed ones in a row: 250 ms, doubling, at most 30 s.
+pub fn retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << failures.saturating_sub(1).min(7))).min(Duration::from_secs(30))
+}
 
 /// Runs forever: waits for spooled deliveries, stores and applies them.
 pub async fn run(messenger: Arc<Messenger>) {
+    let _media = AbortOnDrop(tokio::spawn(media::run(Arc::clone(&messenger))));
+    let mut failures = 0u32;
     loop {
         if let Err(e) = drain(&messenger).await {
+            failures = failures.saturating_add(1);
             tracing::error!(error = ?e, "webhook intake failed; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(retry_delay(failures)).await;
             continue;
         }
+        failures = 0;
         tokio::select! {
             _ = messenger.intake_wake.notified() => {
                 // Let a burst (and any reordered stragglers) arrive, then apply them together in time order.
@@ -71,17 +100,27 @@ pub async fn drain(messenger: &Messenger) -> anyhow::Result<()> {
         }
         events.sort_by_key(|(_, _, m)| m.timestamp);
         for (delivery, page, event) in events {
-            match apply(messenger, &page, event).await {
-                Ok(()) => {}
+            // A panic is a bug, but it must not take the intake down with it: it counts as a failed attempt.
+            match AssertUnwindSafe(apply(messenger, &page, event)).catch_unwind().await {
+                Ok(Ok(())) => {}
                 // An event that can never apply (e.g. no site to file it under) is recorded and skipped, so it
                 // cannot hold up the events behind it.
-                Err(ServiceError::Invalid(why)) => {
+                Ok(Err(ServiceError::Invalid(why))) => {
                     tracing::warn!(reason = why, "a webhook event was not applied");
                     errors.push((delivery, why.to_string()));
                 }
                 // Transient failures (database) stop the batch; it is retried, and the events already applied are
-                // skipped on the second pass by their idempotency keys.
-                Err(e) => return Err(e.into()),
+                // skipped on the second pass by their idempotency keys. A delivery that keeps failing is
+                // quarantined, so the ones behind it go on.
+                Ok(Err(e)) => return Err(failed(messenger, delivery, &e.to_string()).await),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    return Err(failed(messenger, delivery, &format!("panicked: {what}")).await);
+                }
             }
         }
         for (id, _) in &deliveries {
@@ -89,6 +128,21 @@ pub async fn drain(messenger: &Messenger) -> anyhow::Result<()> {
             store.mark_webhook_processed(*id, error).await?;
         }
     }
+}
+
+/// Counts a failed attempt at a delivery (quarantining it at the limit) and returns the error for the caller.
+async fn failed(messenger: &Messenger, delivery: i64, why: &str) -> anyhow::Error {
+    let store = &messenger.conversations.store;
+    match store.webhook_delivery_failed(delivery, why, messenger.settings.max_delivery_attempts).await {
+        Ok(true) => tracing::error!(
+            delivery,
+            reason = why,
+            "a webhook delivery kept failing and was quarantined (see `parley messenger quarantine list`)"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = ?e, "a failed attempt was not counted"),
+    }
+    anyhow::anyhow!("applying webhook delivery {delivery} failed: {why}")
 }
 
 async fn apply(messenger: &Messenger, page: &str, event: Messaging) -> Result<(), ServiceError> {
@@ -101,25 +155,40 @@ async fn apply(messenger: &Messenger, page: &str, event: Messaging) -> Result<()
         && message.is_echo
     {
         let Some(psid) = event.recipient.as_ref().map(|p| p.id.clone()) else { return Ok(()) };
+        if psid.is_empty() {
+            return Err(ServiceError::Invalid("an echo without a recipient id"));
+        }
         return apply_echo(messenger, &psid, message).await;
     }
     let Some(psid) = event.sender.as_ref().map(|p| p.id.clone()) else { return Ok(()) };
+    if psid.is_empty() {
+        return Err(ServiceError::Invalid("an event without a sender id"));
+    }
+    let ttl_ms = i64::from(messenger.settings.link_ttl_secs.max(60)) * 1000;
 
     if let Some(message) = &event.message {
         let Some(mid) = message.mid.clone() else { return Ok(()) };
+        // "Yes, continue here" / "No" answers an offer; it is not part of any conversation.
+        if let Some((nonce, yes)) =
+            message.quick_reply.as_ref().and_then(|q| q.payload.as_deref()).and_then(link::parse_consent)
+        {
+            return answer_offer(messenger, &psid, &nonce, yes, event.timestamp).await;
+        }
         let text = message.text.clone().unwrap_or_default();
-        let mut contact = store.contact_by_psid(&psid).await?;
-        // A customer sending the code shown on the website links this thread to that conversation (also when the
-        // thread already exists on its own, e.g. after a Get Started whose referral Android dropped).
+        // A customer sending the code shown on the website is asked whether to continue that conversation here
+        // (also when the thread already exists on its own, e.g. after a Get Started whose referral Android dropped).
         for code in link::short_code_candidates(&text) {
-            if let Some(row) = store.redeem_code(&code, &psid).await? {
-                link_contact(messenger, &row.contact_id, &psid, event.timestamp).await?;
-                send_recap(messenger, &row.contact_id, &psid).await?;
-                contact = store.contact(&row.contact_id).await?;
-                break;
+            match store.offer_code(&code, &psid, &format!("code:{mid}:{code}"), ttl_ms).await? {
+                OfferOutcome::Offered(row) => {
+                    ask_consent(messenger, &psid, &row.nonce);
+                    break;
+                }
+                OfferOutcome::Duplicate => break,
+                OfferOutcome::Unavailable => {}
             }
         }
-        let contact = match contact {
+        // Until they say yes, what they write stays in a conversation of their own.
+        let contact = match store.contact_by_psid(&psid).await? {
             Some(c) => c,
             None => new_messenger_contact(messenger, &psid).await?,
         };
@@ -132,19 +201,14 @@ async fn apply(messenger: &Messenger, page: &str, event: Messaging) -> Result<()
             Some(mid) => format!("postback:{mid}"),
             None => format!("postback:{psid}:{}", event.timestamp),
         };
-        if !store.mark_applied(&key).await? {
-            return Ok(());
-        }
         let reference = postback.referral.as_ref().and_then(|r| r.reference.clone());
-        return apply_referral(messenger, &psid, reference.as_deref(), event.timestamp).await;
+        return apply_referral(messenger, &psid, reference.as_deref(), event.timestamp, &key).await;
     }
 
     if let Some(referral) = &event.referral {
         let reference = referral.reference.clone().unwrap_or_default();
-        if !store.mark_applied(&format!("referral:{psid}:{}:{reference}", event.timestamp)).await? {
-            return Ok(());
-        }
-        return apply_referral(messenger, &psid, Some(&reference), event.timestamp).await;
+        let key = format!("referral:{psid}:{}:{reference}", event.timestamp);
+        return apply_referral(messenger, &psid, Some(&reference), event.timestamp, &key).await;
     }
 
     if let Some(delivery) = &event.delivery {
@@ -209,8 +273,13 @@ async fn post_from_messenger(
     message: &super::graph_types::Message,
     messenger_action_at: Option<i64>,
 ) -> Result<(), ServiceError> {
+    // Dedupe before anything is queued for download: a redelivered message fetches nothing.
+    if messenger.conversations.store.message_by_external_id(&mid).await?.is_some() {
+        return Ok(());
+    }
     let text = message.text.clone().unwrap_or_default();
-    let attachments = download_attachments(messenger, &message.attachments).await;
+    let attachments = queue_attachments(messenger, &message.attachments).await?;
+    let queued = !attachments.is_empty();
     let body = if text.is_empty() && attachments.is_empty() { "[unsupported message]".to_string() } else { text };
     let client_id = format!("fb-{}", short_hash(&mid));
     messenger
@@ -227,27 +296,33 @@ async fn post_from_messenger(
             messenger_action_at,
         })
         .await?;
+    if queued {
+        messenger.media_wake.notify_one();
+    }
     Ok(())
 }
 
-/// A Get Started tap or an m.me click: reopens the window and, with a valid ref, links the thread.
+/// A Get Started tap or an m.me click: reopens the window and, with a valid ref, offers the link (asking in
+/// Messenger). The offer and the event's idempotency `key` are committed together.
 async fn apply_referral(
     messenger: &Messenger,
     psid: &str,
     reference: Option<&str>,
     timestamp: i64,
+    key: &str,
 ) -> Result<(), ServiceError> {
     let store = &messenger.conversations.store;
     let now_secs = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
-    let linked = match reference.map(|r| link::verify(messenger.link_key(), r, now_secs)) {
-        Some(Ok(token)) => match store.redeem_link(&token.nonce, psid).await? {
-            Some(row) => {
-                link_contact(messenger, &row.contact_id, psid, timestamp).await?;
-                send_recap(messenger, &row.contact_id, psid).await?;
+    let ttl_ms = i64::from(messenger.settings.link_ttl_secs.max(60)) * 1000;
+    let offered = match reference.map(|r| link::verify(messenger.link_key(), r, now_secs)) {
+        Some(Ok(token)) => match store.offer_link(&token.nonce, psid, key, ttl_ms).await? {
+            OfferOutcome::Offered(row) => {
+                ask_consent(messenger, psid, &row.nonce);
                 true
             }
-            None => {
-                tracing::info!("a used or expired Messenger link was presented; nothing bound");
+            OfferOutcome::Duplicate => return Ok(()),
+            OfferOutcome::Unavailable => {
+                tracing::info!("a used, expired or already offered Messenger link was presented; nothing bound");
                 false
             }
         },
@@ -257,47 +332,121 @@ async fn apply_referral(
         }
         None => false,
     };
-    if !linked {
-        let contact = match store.contact_by_psid(psid).await? {
-            Some(c) => c,
-            None => new_messenger_contact(messenger, psid).await?,
-        };
+    // The tap is a user action on this person's own thread either way (it reopens the 24 h window).
+    let contact = match store.contact_by_psid(psid).await? {
+        Some(c) => Some(c),
+        None if !offered => Some(new_messenger_contact(messenger, psid).await?),
+        // Asked: a contact appears when they write (their own) or say yes (the web one).
+        None => None,
+    };
+    if let Some(contact) = contact {
         store.record_messenger_action(&contact.id, timestamp.min(now_ms())).await?;
         messenger.conversations.publish_contact_summary(&contact.id).await?;
     }
     Ok(())
 }
 
-/// Binds the PSID to the contact, fetching the customer's name, and tells everyone.
-async fn link_contact(messenger: &Messenger, contact_id: &str, psid: &str, timestamp: i64) -> Result<(), ServiceError> {
+/// Asks in Messenger whether to continue the web conversation there (sent off the intake's path, retried a few
+/// times on retryable errors; presenting the link again asks again).
+fn ask_consent(messenger: &Messenger, psid: &str, nonce: &str) {
+    let replies = [
+        (link::CONSENT_YES, link::consent_payload(nonce, true)),
+        (link::CONSENT_NO, link::consent_payload(nonce, false)),
+    ];
+    let graph = messenger.graph.clone();
+    let psid = psid.to_string();
+    tokio::spawn(async move {
+        let replies: Vec<(&str, &str)> = replies.iter().map(|(t, p)| (*t, p.as_str())).collect();
+        for attempt in 0..5u32 {
+            match graph.send_quick_replies(&psid, CONSENT_QUESTION, &replies).await {
+                Ok(_) => return,
+                Err(e) if e.disposition() == super::send_api::Disposition::Retry => {
+                    tracing::info!(error = %e, "consent question not sent yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consent question not sent");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Tells the customer something in Messenger, best effort (not a conversation message).
+fn say(messenger: &Messenger, psid: &str, text: &'static str) {
+    let graph = messenger.graph.clone();
+    let psid = psid.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = graph.send_quick_replies(&psid, text, &[]).await {
+            tracing::info!(error = %e, "notice not sent to Messenger");
+        }
+    });
+}
+
+/// "Yes, continue here" binds this person's thread to the link's web conversation (name, recap and all, in one
+/// transaction); "No" uses the offer up and binds nothing.
+async fn answer_offer(
+    messenger: &Messenger,
+    psid: &str,
+    nonce: &str,
+    yes: bool,
+    timestamp: i64,
+) -> Result<(), ServiceError> {
     let store = &messenger.conversations.store;
-    let profile = fetch_profile(messenger, contact_id, psid).await;
-    if let Some((conversation_id, event)) = store.bind_psid(contact_id, psid, profile.clone()).await? {
-        store.record_messenger_action(contact_id, timestamp.min(now_ms())).await?;
+    let action_at = timestamp.min(now_ms());
+    if let Some(own) = store.contact_by_psid(psid).await? {
+        store.record_messenger_action(&own.id, action_at).await?;
+    }
+    if !yes {
+        if store.refuse_link(nonce, psid).await? {
+            say(messenger, psid, "OK, nothing was linked. You can go on chatting on the website.");
+        }
+        return Ok(());
+    }
+    let Some(offer) = store.pending_offer(nonce, psid).await? else {
+        if store.link_answered(nonce, psid).await? != Some(true) {
+            say(messenger, psid, "That link has expired. Please ask for a new one on the website.");
+        }
+        return Ok(());
+    };
+    let name = fetch_profile(messenger, &offer.contact_id, psid).await;
+    let recap = recap_text(messenger, &offer.contact_id).await?;
+    let Some(accepted) = store.accept_link(nonce, psid, name, action_at, recap.as_deref()).await? else {
+        return Ok(());
+    };
+    if let Some((conversation_id, event)) = accepted.event {
         messenger.conversations.publish_events(&conversation_id, vec![event]).await?;
-    } else {
-        store.record_messenger_action(contact_id, timestamp.min(now_ms())).await?;
+    }
+    messenger.conversations.publish_contact_summary(&accepted.contact_id).await?;
+    if recap.is_some() {
+        messenger.conversations.outbox_wake.notify_one();
     }
     Ok(())
 }
 
-/// Sends the customer a short recap of the web conversation, so the Messenger thread makes sense.
-async fn send_recap(messenger: &Messenger, contact_id: &str, psid: &str) -> Result<(), ServiceError> {
+/// A short recap of the web conversation, so the Messenger thread makes sense.
+async fn recap_text(messenger: &Messenger, contact_id: &str) -> Result<Option<String>, ServiceError> {
     let store = &messenger.conversations.store;
-    let Some(conversation) = store.conversation_for_contact(contact_id).await? else { return Ok(()) };
+    let Some(conversation) = store.conversation_for_contact(contact_id).await? else { return Ok(None) };
     let recent = store.recent_messages(&conversation.id, 6).await?;
     if recent.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut text = String::from("Here's where we left off on the website:\n");
     for (who, body) in recent {
         let line: String = body.chars().take(200).collect();
         text.push_str(&format!("\n{who}: {line}"));
     }
-    let text: String = text.chars().take(1900).collect();
-    store.enqueue_outbox(&conversation.id, psid, &text).await?;
-    messenger.conversations.outbox_wake.notify_one();
-    Ok(())
+    Ok(Some(text.chars().take(1900).collect()))
+}
+
+/// The label of a contact who first wrote on Messenger: the PSID's last four characters (not bytes: a PSID is
+/// opaque and may hold anything).
+pub fn contact_label(psid: &str) -> String {
+    let tail: Vec<char> = psid.chars().rev().take(4).collect();
+    let tail: String = tail.into_iter().rev().filter(|c| !c.is_control()).collect();
+    format!("Messenger {tail}")
 }
 
 async fn new_messenger_contact(messenger: &Messenger, psid: &str) -> Result<Contact, ServiceError> {
@@ -308,7 +457,7 @@ async fn new_messenger_contact(messenger: &Messenger, psid: &str) -> Result<Cont
             store.oldest_site_id().await?.ok_or(ServiceError::Invalid("no site exists for Messenger conversations"))?
         }
     };
-    let label = format!("Messenger {}", &psid[psid.len().saturating_sub(4)..]);
+    let label = contact_label(psid);
     let contact = store.create_messenger_contact(&site_id, psid, &label).await?;
     fetch_profile(messenger, &contact.id, psid).await;
     Ok(store.contact(&contact.id).await?.unwrap_or(contact))
@@ -335,15 +484,15 @@ async fn fetch_profile(messenger: &Messenger, contact_id: &str, psid: &str) -> O
         .flatten()
         .collect::<Vec<_>>()
         .join(" ");
+    // Picture URLs expire: keep the image, not the URL (downloaded by the queue, from allowed hosts only).
     let avatar = match &profile.profile_pic {
-        // Picture URLs expire: keep the image, not the URL.
-        Some(url) => match messenger.graph.download(url, 2 * 1024 * 1024).await {
-            Ok((bytes, content_type)) => store
-                .insert_attachment(None, content_type.as_deref().unwrap_or("image/jpeg"), Some("profile"), &bytes)
-                .await
-                .ok(),
+        Some(url) => match store.queue_attachment(Some("profile"), url).await {
+            Ok(id) => {
+                messenger.media_wake.notify_one();
+                Some(id)
+            }
             Err(e) => {
-                tracing::info!(error = %e, "profile picture not downloaded");
+                tracing::info!(error = ?e, "profile picture not queued");
                 None
             }
         },
@@ -356,11 +505,12 @@ async fn fetch_profile(messenger: &Messenger, contact_id: &str, psid: &str) -> O
     profile.first_name
 }
 
-/// Downloads attachments right away (their URLs expire) and stores them; failures become a note in the text.
-async fn download_attachments(
+/// Queues a message's attachments for download (their URLs expire, so the queue runs at once) and returns the
+/// links the message carries; each shows the file once it is downloaded, or "attachment unavailable".
+async fn queue_attachments(
     messenger: &Messenger,
     attachments: &[super::graph_types::Attachment],
-) -> Vec<Attachment> {
+) -> Result<Vec<Attachment>, ServiceError> {
     let mut out = Vec::new();
     let mut seen_urls = std::collections::HashSet::new();
     for attachment in attachments {
@@ -374,27 +524,114 @@ async fn download_attachments(
             "audio" => "audio",
             _ => "file",
         };
-        match messenger.graph.download(&url, MAX_ATTACHMENT).await {
-            Ok((bytes, content_type)) => {
-                let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
-                let name = url.rsplit('/').next().and_then(|n| n.split('?').next()).map(str::to_string);
-                match messenger
-                    .conversations
-                    .store
-                    .insert_attachment(None, &content_type, name.as_deref(), &bytes)
-                    .await
-                {
-                    Ok(id) => out.push(Attachment { url: format!("/attachments/{id}"), kind: kind.into(), name }),
-                    Err(e) => tracing::warn!(error = ?e, "attachment not stored"),
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "attachment not downloaded"),
-        }
+        let name = url
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.split('?').next())
+            .filter(|n| !n.is_empty())
+            .map(|n| n.chars().take(200).collect::<String>());
+        let id = messenger.conversations.store.queue_attachment(name.as_deref(), &url).await?;
+        out.push(Attachment { url: format!("/attachments/{id}"), kind: kind.into(), name });
     }
-    out
+    Ok(out)
 }
 
 fn short_hash(s: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(s.as_bytes())[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Characters that break byte-offset code: multi-byte, combining, zero-width, bidi, control, astral.
+    const TRICKY: &[char] = &[
+        'a',
+        '1',
+        '9',
+        'Z',
+        '_',
+        '-',
+        ' ',
+        '/',
+        '?',
+        '%',
+        '.',
+        ':',
+        '@',
+        '[',
+        ']',
+        '\\',
+        '"',
+        '\0',
+        '\n',
+        '\u{7f}',
+        'é',
+        'ß',
+        'ı',
+        'İ',
+        '\u{301}',
+        '\u{200b}',
+        '\u{202e}',
+        '\u{feff}',
+        '中',
+        '😀',
+        '👩',
+        '\u{200d}',
+        '\u{10ffff}',
+    ];
+
+    fn arbitrary(rng: &mut StdRng) -> String {
+        let len = rng.random_range(0..40);
+        (0..len).map(|_| TRICKY[rng.random_range(0..TRICKY.len())]).collect()
+    }
+
+    /// Fuzz-style: thousands of arbitrary strings through every string-handling step of the intake (PSID labels,
+    /// consent payloads, short codes, link tokens, attachment URLs, payload parsing) never panic.
+    #[test]
+    fn arbitrary_strings_never_panic_the_intake_paths() {
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let allow = super::super::fetch::AllowList::parse(&["*.fbcdn.net".into(), "http://127.0.0.1:3001".into()])
+            .expect("valid list");
+        for _ in 0..20_000 {
+            let s = arbitrary(&mut rng);
+            let label = contact_label(&s);
+            assert!(label.starts_with("Messenger ") && label.chars().count() <= "Messenger ".len() + 4);
+            let _ = link::parse_consent(&s);
+            let _ = link::parse_consent(&format!("ws1c_yes_{s}"));
+            assert!(link::short_code_candidates(&s).iter().all(|c| c.len() == 6));
+            let _ = link::verify(b"k", &format!("ws1_{s}"), 0);
+            for url in [s.clone(), format!("https://{s}.fbcdn.net/{s}"), format!("http://127.0.0.1:3001/{s}")] {
+                if let Ok(url) = reqwest::Url::parse(&url) {
+                    let _ = allow.check(&url);
+                }
+            }
+            let body = serde_json::json!({"object": "page", "entry": [{"id": s, "messaging": [{
+                "sender": {"id": s}, "recipient": {"id": s}, "timestamp": 1,
+                "message": {"mid": s, "text": s, "quick_reply": {"payload": s}, "app_id": s,
+                            "attachments": [{"type": s, "payload": {"url": s}}]},
+                "postback": {"payload": s, "referral": {"ref": s}}, "referral": {"ref": s}}]}]});
+            let parsed: Envelope = serde_json::from_value(body).expect("any strings parse");
+            assert_eq!(parsed.entry[0].messaging[0].sender.as_ref().map(|p| p.id.as_str()), Some(s.as_str()));
+        }
+    }
+
+    #[test]
+    fn labels_use_the_last_four_characters_not_bytes() {
+        assert_eq!(contact_label("1é234"), "Messenger é234");
+        assert_eq!(contact_label("12345678"), "Messenger 5678");
+        assert_eq!(contact_label("é"), "Messenger é");
+        assert_eq!(contact_label(""), "Messenger ");
+    }
+
+    #[test]
+    fn retries_back_off_up_to_30_seconds() {
+        assert_eq!(retry_delay(1), Duration::from_millis(250));
+        assert_eq!(retry_delay(2), Duration::from_millis(500));
+        assert_eq!(retry_delay(100), Duration::from_secs(30));
+    }
 }

@@ -102,9 +102,44 @@ pub fn short_code_candidates(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Title of the quick reply that binds a Messenger thread to the web conversation.
+pub const CONSENT_YES: &str = "Yes, continue here";
+/// Title of the quick reply that refuses.
+pub const CONSENT_NO: &str = "No";
+const CONSENT_PREFIX: &str = "ws1c_";
+
+/// The quick-reply payload answering the offer of link `nonce` (hex).
+pub fn consent_payload(nonce: &str, yes: bool) -> String {
+    format!("{CONSENT_PREFIX}{}_{nonce}", if yes { "yes" } else { "no" })
+}
+
+/// Reads a consent quick-reply payload: `(nonce, yes)`. Anything else (other apps' payloads, junk) is `None`.
+pub fn parse_consent(payload: &str) -> Option<(String, bool)> {
+    let rest = payload.strip_prefix(CONSENT_PREFIX)?;
+    let (answer, nonce) = rest.split_once('_')?;
+    let yes = match answer {
+        "yes" => true,
+        "no" => false,
+        _ => return None,
+    };
+    (nonce.len() == NONCE * 2 && nonce.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then(|| (nonce.to_string(), yes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consent_payloads_round_trip_and_junk_is_ignored() {
+        let (_, minted) = mint(b"key", 2_000);
+        assert_eq!(parse_consent(&consent_payload(&minted.nonce, true)), Some((minted.nonce.clone(), true)));
+        assert_eq!(parse_consent(&consent_payload(&minted.nonce, false)), Some((minted.nonce.clone(), false)));
+        assert!(consent_payload(&minted.nonce, true).len() <= 1000);
+        for junk in ["", "ws1c_", "ws1c_yes_", "ws1c_maybe_00", "ws1c_yes_zz", "GET_STARTED", "ws1c_yes_é"] {
+            assert_eq!(parse_consent(junk), None, "{junk}");
+        }
+    }
 
     #[test]
     fn a_minted_token_verifies_and_fits_m_me_rules() {

@@ -252,6 +252,31 @@ impl GraphClient {
     }
 }
 
+impl GraphClient {
+    /// Sends a question with quick-reply buttons `(title, payload)` (as a `RESPONSE`); returns Meta's message id.
+    pub async fn send_quick_replies(
+        &self,
+        psid: &str,
+        text: &str,
+        replies: &[(&str, &str)],
+    ) -> Result<String, GraphError> {
+        let quick_replies: Vec<serde_json::Value> = replies
+            .iter()
+            .map(|(title, payload)| serde_json::json!({ "content_type": "text", "title": title, "payload": payload }))
+            .collect();
+        let mut body = serde_json::json!({
+            "recipient": { "id": psid },
+            "messaging_type": "RESPONSE",
+            "message": { "text": text },
+        });
+        if !quick_replies.is_empty() {
+            body["message"]["quick_replies"] = quick_replies.into();
+        }
+        let response: SendResponse = self.post(&format!("{}/messages", self.page_id), &body).await?;
+        Ok(response.message_id.unwrap_or_default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

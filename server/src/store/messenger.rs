@@ -116,7 +116,25 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a new link for a contact. Expired links (of anyone) are deleted first, and the contact keeps at most
+    /// [`MAX_LIVE_LINKS`] unused ones: asking again and again replaces the oldest instead of piling up rows.
     pub async fn create_link(&self, nonce: &str, contact_id: &str, code: &str, expires_at: i64) -> StoreResult<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("delete from messenger_links where max(expires_at, coalesce(offer_expires_at, 0)) <= ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "delete from messenger_links where contact_id = ? and used_at is null and nonce not in
+                (select nonce from messenger_links where contact_id = ? and used_at is null
+                 order by created_at desc, rowid desc limit ?)",
+        )
+        .bind(contact_id)
+        .bind(contact_id)
+        .bind(MAX_LIVE_LINKS - 1)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "insert into messenger_links (nonce, contact_id, code, expires_at, created_at) values (?, ?, ?, ?, ?)",
         )
@@ -124,89 +142,149 @@ impl Store {
         .bind(contact_id)
         .bind(code)
         .bind(expires_at)
-        .bind(now_ms())
-        .execute(&self.pool)
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Uses a link token once: only the first redeemer of an unexpired token gets its row.
-    pub async fn redeem_link(&self, nonce: &str, psid: &str) -> StoreResult<Option<LinkRow>> {
-        Ok(sqlx::query_as::<_, LinkRow>(
-            "update messenger_links set used_at = ?, psid = ? where nonce = ? and used_at is null and expires_at > ?
-             returning nonce, contact_id, code, expires_at",
-        )
-        .bind(now_ms())
-        .bind(psid)
-        .bind(nonce)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?)
+    /// Number of link rows of a contact (for tests and diagnostics).
+    pub async fn link_count(&self, contact_id: &str) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("select count(*) from messenger_links where contact_id = ?")
+            .bind(contact_id)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
-    /// Uses a fallback short code once (the newest unexpired link with that code).
-    pub async fn redeem_code(&self, code: &str, psid: &str) -> StoreResult<Option<LinkRow>> {
-        Ok(sqlx::query_as::<_, LinkRow>(
-            "update messenger_links set used_at = ?, psid = ?
-             where nonce = (select nonce from messenger_links where code = ? and used_at is null and expires_at > ?
-                            order by created_at desc limit 1)
-             returning nonce, contact_id, code, expires_at",
-        )
-        .bind(now_ms())
-        .bind(psid)
-        .bind(code)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?)
+    /// A Messenger user presented a link token: offers that link to them (the first presenter only; presenting it
+    /// again re-offers it), recording the event's idempotency `key` in the same transaction. Binds nothing: the
+    /// person must accept first ([`Store::accept_link`]).
+    pub async fn offer_link(&self, nonce: &str, psid: &str, key: &str, ttl_ms: i64) -> StoreResult<OfferOutcome> {
+        self.offer("nonce = ?1", nonce, psid, key, ttl_ms).await
     }
 
-    /// Binds a PSID to a contact (moving it off any other contact) and logs the link in the contact's conversation.
-    pub async fn bind_psid(
-        &self,
-        contact_id: &str,
-        psid: &str,
-        name: Option<String>,
-    ) -> StoreResult<Option<(String, Event)>> {
+    /// Like [`Store::offer_link`] for a fallback short code (the newest live link with that code).
+    pub async fn offer_code(&self, code: &str, psid: &str, key: &str, ttl_ms: i64) -> StoreResult<OfferOutcome> {
+        self.offer(
+            "nonce = (select nonce from messenger_links where code = ?1 and used_at is null and expires_at > ?2
+                      and (psid is null or psid = ?3) order by created_at desc limit 1)",
+            code,
+            psid,
+            key,
+            ttl_ms,
+        )
+        .await
+    }
+
+    async fn offer(&self, which: &str, id: &str, psid: &str, key: &str, ttl_ms: i64) -> StoreResult<OfferOutcome> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("update contacts set psid = null where psid = ? and id <> ?")
-            .bind(psid)
-            .bind(contact_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("update contacts set psid = ?, messenger_linked_at = ?, updated_at = ? where id = ?")
-            .bind(psid)
-            .bind(now)
-            .bind(now)
-            .bind(contact_id)
-            .execute(&mut *tx)
-            .await?;
-        // A visitor may continue on Messenger before writing anything: the conversation starts with the link.
-        sqlx::query(
-            "insert into conversations (id, site_id, contact_id, status, last_activity_at, created_at, updated_at)
-             select ?, site_id, id, 'open', ?, ?, ? from contacts where id = ? on conflict(contact_id) do nothing",
+        if !mark_applied_in(&mut tx, key, now).await? {
+            return Ok(OfferOutcome::Duplicate);
+        }
+        // ?1 = nonce or code, ?2 = now, ?3 = psid, ?4 = offer expiry.
+        let row = sqlx::query_as::<_, LinkRow>(&format!(
+            "update messenger_links set psid = ?3, offered_at = coalesce(offered_at, ?2), offer_expires_at = ?4
+             where {which} and used_at is null and expires_at > ?2 and (psid is null or psid = ?3)
+             returning nonce, contact_id, code, expires_at"
+        ))
+        .bind(id)
+        .bind(now)
+        .bind(psid)
+        .bind(now.saturating_add(ttl_ms))
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row.map_or(OfferOutcome::Unavailable, OfferOutcome::Offered))
+    }
+
+    /// The link offered to this PSID and still waiting for an answer, if any.
+    pub async fn pending_offer(&self, nonce: &str, psid: &str) -> StoreResult<Option<LinkRow>> {
+        Ok(sqlx::query_as::<_, LinkRow>(
+            "select nonce, contact_id, code, expires_at from messenger_links
+             where nonce = ? and psid = ? and used_at is null and offer_expires_at > ?",
         )
-        .bind(new_id())
+        .bind(nonce)
+        .bind(psid)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Whether the link offered to this PSID was answered already (`None`: no such offer, e.g. cleaned up).
+    pub async fn link_answered(&self, nonce: &str, psid: &str) -> StoreResult<Option<bool>> {
+        Ok(sqlx::query_scalar("select used_at is not null from messenger_links where nonce = ? and psid = ?")
+            .bind(nonce)
+            .bind(psid)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The person said "Yes, continue here": uses the offer once and, in the same transaction, binds the PSID to
+    /// the link's contact, logs the link in its conversation, reopens the messaging window at `action_at` and
+    /// queues the `recap`. `None` if the offer is gone (answered before, expired, or never made to this PSID).
+    pub async fn accept_link(
+        &self,
+        nonce: &str,
+        psid: &str,
+        name: Option<String>,
+        action_at: i64,
+        recap: Option<&str>,
+    ) -> StoreResult<Option<Accepted>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let contact_id: Option<String> = sqlx::query_scalar(
+            "update messenger_links set used_at = ? where nonce = ? and psid = ? and used_at is null
+                and offer_expires_at > ? returning contact_id",
+        )
         .bind(now)
+        .bind(nonce)
+        .bind(psid)
         .bind(now)
-        .bind(now)
-        .bind(contact_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(contact_id) = contact_id else { return Ok(None) };
+        let event = bind_in(&mut tx, &contact_id, psid, name, now).await?;
+        sqlx::query(
+            "update contacts set messenger_last_action_at = max(coalesce(messenger_last_action_at, 0), ?) where id = ?",
+        )
+        .bind(action_at)
+        .bind(&contact_id)
         .execute(&mut *tx)
         .await?;
-        let conversation: Option<String> = sqlx::query_scalar("select id from conversations where contact_id = ?")
-            .bind(contact_id)
-            .fetch_optional(&mut *tx)
+        if let (Some(recap), Some((conversation_id, _))) = (recap, &event) {
+            sqlx::query(
+                "insert into outbox (conversation_id, psid, body, messaging_type, next_attempt_at, created_at, updated_at)
+                 values (?, ?, ?, 'RESPONSE', ?, ?, ?)",
+            )
+            .bind(conversation_id)
+            .bind(psid)
+            .bind(recap)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
             .await?;
-        let event = match conversation {
-            Some(conversation_id) => {
-                let seq = bump_seq(&mut tx, &conversation_id, now).await?;
-                let kind = EventKind::Channel { channel: Channel::Messenger, linked: true, name };
-                Some((conversation_id.clone(), insert_event(&mut tx, &conversation_id, seq, now, kind).await?))
-            }
-            None => None,
-        };
+        }
         tx.commit().await?;
-        Ok(event)
+        Ok(Some(Accepted { contact_id, event }))
+    }
+
+    /// The person said "No": the offer is used up and binds nothing. `false` if there was no open offer.
+    pub async fn refuse_link(&self, nonce: &str, psid: &str) -> StoreResult<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "update messenger_links set used_at = ?, refused_at = ? where nonce = ? and psid = ? and used_at is null",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(nonce)
+        .bind(psid)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
     }
 
     /// Undoes a link ("not me"): pending sends to that PSID are dropped.
@@ -252,11 +330,69 @@ impl Store {
             .await?)
     }
 
+    /// Deliveries waiting to be applied, oldest first (quarantined ones wait for an operator instead).
     pub async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
-        Ok(sqlx::query_as("select id, body from webhook_deliveries where processed_at is null order by id limit ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
+        Ok(sqlx::query_as(
+            "select id, body from webhook_deliveries where processed_at is null and quarantined_at is null
+             order by id limit ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Counts a failed attempt to apply a delivery; at `max_attempts` it is quarantined. Returns whether it was.
+    pub async fn webhook_delivery_failed(&self, id: i64, error: &str, max_attempts: u32) -> StoreResult<bool> {
+        let quarantined: Option<Option<i64>> = sqlx::query_scalar(
+            "update webhook_deliveries set attempts = attempts + 1, error = ?,
+                quarantined_at = case when attempts + 1 >= ? then ? end
+             where id = ? and processed_at is null returning quarantined_at",
+        )
+        .bind(error)
+        .bind(i64::from(max_attempts))
+        .bind(now_ms())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(quarantined.flatten().is_some())
+    }
+
+    /// Quarantined deliveries, oldest first.
+    pub async fn quarantined_deliveries(&self) -> StoreResult<Vec<QuarantinedDelivery>> {
+        Ok(sqlx::query_as::<_, QuarantinedDelivery>(
+            "select id, received_at, attempts, error from webhook_deliveries
+             where quarantined_at is not null and processed_at is null order by id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Failed attempts of the deliveries still waiting to be applied (for tests and diagnostics).
+    pub async fn failed_delivery_attempts(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("select coalesce(sum(attempts), 0) from webhook_deliveries where processed_at is null")
+            .fetch_one(&self.pool)
             .await?)
+    }
+
+    pub async fn quarantined_delivery_count(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "select count(*) from webhook_deliveries where quarantined_at is not null and processed_at is null",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Releases quarantined deliveries (one, or all with `None`) for the intake to try again from scratch.
+    /// Returns how many were released.
+    pub async fn replay_quarantined(&self, id: Option<i64>) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "update webhook_deliveries set quarantined_at = null, attempts = 0, error = null
+             where quarantined_at is not null and processed_at is null and (?1 is null or id = ?1)",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     pub async fn mark_webhook_processed(&self, id: i64, error: Option<&str>) -> StoreResult<()> {
@@ -448,7 +584,8 @@ impl Store {
         .await?)
     }
 
-    /// Messenger says these messages reached the customer's device.
+    /// Messenger says these messages reached the customer's device. Each mid's applied-key is recorded in the
+    /// same transaction as its `Delivered` event, so a failure in between loses nothing.
     pub async fn messenger_delivered(&self, mids: &[String]) -> StoreResult<Vec<(String, Event)>> {
         let mut out = Vec::new();
         for mid in mids {
@@ -458,11 +595,11 @@ impl Store {
                     .fetch_optional(&self.pool)
                     .await?;
             let Some((conversation_id, message_id)) = row else { continue };
-            if !self.mark_applied(&format!("delivered:{mid}")).await? {
-                continue;
-            }
             let now = now_ms();
             let mut tx = self.pool.begin().await?;
+            if !mark_applied_in(&mut tx, &format!("delivered:{mid}"), now).await? {
+                continue;
+            }
             let seq = bump_seq(&mut tx, &conversation_id, now).await?;
             let kind = EventKind::Delivery {
                 message_id,
@@ -515,11 +652,78 @@ impl Store {
         Ok(id)
     }
 
+    /// A downloaded file: (content type, bytes). `None` while it is being downloaded or when it is unavailable.
     pub async fn attachment(&self, id: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
-        Ok(sqlx::query_as("select content_type, bytes from attachments where id = ?")
+        Ok(sqlx::query_as("select content_type, bytes from attachments where id = ? and status = 'ready'")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    /// `ready`, `pending`, `downloading` or `failed` (with why), or `None` for an unknown id.
+    pub async fn attachment_status(&self, id: &str) -> StoreResult<Option<(String, Option<String>)>> {
+        Ok(sqlx::query_as("select status, error from attachments where id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Records a file to download from `source_url`; the download queue fills it in. Returns its id.
+    pub async fn queue_attachment(&self, name: Option<&str>, source_url: &str) -> StoreResult<String> {
+        let id = crate::auth::new_token();
+        sqlx::query(
+            "insert into attachments (id, content_type, name, bytes, created_at, status, source_url)
+             values (?, 'application/octet-stream', ?, x'', ?, 'pending', ?)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(now_ms())
+        .bind(source_url)
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// Takes up to `limit` waiting downloads, oldest first: (id, URL).
+    pub async fn claim_attachments(&self, limit: i64) -> StoreResult<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "update attachments set status = 'downloading'
+             where id in (select id from attachments where status = 'pending' order by created_at limit ?)
+             returning id, coalesce(source_url, '')",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Puts downloads interrupted by a stop back in the queue.
+    pub async fn requeue_attachments(&self) -> StoreResult<u64> {
+        Ok(sqlx::query("update attachments set status = 'pending' where status = 'downloading'")
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    pub async fn attachment_downloaded(&self, id: &str, content_type: &str, bytes: &[u8]) -> StoreResult<()> {
+        sqlx::query(
+            "update attachments set status = 'ready', content_type = ?, bytes = ?, source_url = null, error = null
+             where id = ?",
+        )
+        .bind(content_type)
+        .bind(bytes)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn attachment_unavailable(&self, id: &str, error: &str) -> StoreResult<()> {
+        sqlx::query("update attachments set status = 'failed', error = ?, source_url = null where id = ?")
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The last `limit` messages of a conversation, oldest first (for the recap sent to Messenger).
@@ -556,6 +760,12 @@ impl Store {
         Ok(sqlx::query_as("select body, status, external_id from outbox order by id").fetch_all(&self.pool).await?)
     }
 
+    /// Runs one raw SQL statement. Tests use it to inject faults (e.g. a trigger that makes an insert fail).
+    pub async fn execute_raw(&self, sql: &str) -> StoreResult<()> {
+        sqlx::raw_sql(sql).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Number of stored webhook deliveries (for tests and diagnostics).
     pub async fn webhook_delivery_count(&self) -> StoreResult<i64> {
         Ok(sqlx::query_scalar("select count(*) from webhook_deliveries").fetch_one(&self.pool).await?)
@@ -565,4 +775,92 @@ impl Store {
     pub async fn oldest_site_id(&self) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar("select id from sites order by created_at limit 1").fetch_optional(&self.pool).await?)
     }
+}
+
+/// Live (unused, unexpired) links a contact may hold; asking for more replaces the oldest.
+pub const MAX_LIVE_LINKS: i64 = 3;
+
+/// What presenting a link from Messenger did.
+#[derive(Debug)]
+pub enum OfferOutcome {
+    /// The link is now offered to this person (first time or again).
+    Offered(LinkRow),
+    /// This event was applied before: do nothing again.
+    Duplicate,
+    /// No such live link, or it was offered to someone else first.
+    Unavailable,
+}
+
+/// An accepted link.
+#[derive(Debug)]
+pub struct Accepted {
+    pub contact_id: String,
+    /// The conversation and its `Channel { linked: true }` event.
+    pub event: Option<(String, Event)>,
+}
+
+/// A delivery that failed too often and waits for an operator.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct QuarantinedDelivery {
+    pub id: i64,
+    pub received_at: i64,
+    pub attempts: i64,
+    pub error: Option<String>,
+}
+
+/// Records an applied-key inside a transaction; `false` if it was recorded before.
+async fn mark_applied_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, key: &str, now: i64) -> StoreResult<bool> {
+    let inserted = sqlx::query("insert into webhook_applied (key, created_at) values (?, ?) on conflict do nothing")
+        .bind(key)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Binds a PSID to a contact (moving it off any other contact) and logs the link in the contact's conversation.
+async fn bind_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    contact_id: &str,
+    psid: &str,
+    name: Option<String>,
+    now: i64,
+) -> StoreResult<Option<(String, Event)>> {
+    sqlx::query("update contacts set psid = null where psid = ? and id <> ?")
+        .bind(psid)
+        .bind(contact_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("update contacts set psid = ?, messenger_linked_at = ?, updated_at = ? where id = ?")
+        .bind(psid)
+        .bind(now)
+        .bind(now)
+        .bind(contact_id)
+        .execute(&mut **tx)
+        .await?;
+    // A visitor may continue on Messenger before writing anything: the conversation starts with the link.
+    sqlx::query(
+        "insert into conversations (id, site_id, contact_id, status, last_activity_at, created_at, updated_at)
+         select ?, site_id, id, 'open', ?, ?, ? from contacts where id = ? on conflict(contact_id) do nothing",
+    )
+    .bind(new_id())
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .bind(contact_id)
+    .execute(&mut **tx)
+    .await?;
+    let conversation: Option<String> = sqlx::query_scalar("select id from conversations where contact_id = ?")
+        .bind(contact_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match conversation {
+        Some(conversation_id) => {
+            let seq = bump_seq(tx, &conversation_id, now).await?;
+            let kind = EventKind::Channel { channel: Channel::Messenger, linked: true, name };
+            Some((conversation_id.clone(), insert_event(tx, &conversation_id, seq, now, kind).await?))
+        }
+        None => None,
+    })
 }

@@ -31,6 +31,8 @@ pub struct TestApp {
     /// The app's stop signal (for workers a test adds).
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub database_url: String,
+    /// The running app's shared state (e.g. to reach the Messenger channel directly).
+    pub state: parley::state::AppState,
     _dir: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -68,6 +70,7 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
     let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
     let workers = app.state().workers.clone();
     let stop = app.state().shutdown.clone();
+    let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
@@ -79,6 +82,7 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
         agent_id: agent.id,
         http: reqwest::Client::new(),
         workers,
+        state,
         stop,
         database_url,
         _dir: dir,
@@ -305,5 +309,7 @@ pub async fn spawn_messenger_app(
     let sandbox = messenger_sandbox::launch(sandbox_config, sandbox_listener).await.expect("sandbox starts");
     settings.messenger.graph_url = sandbox.base_url().to_string();
     settings.messenger.m_me_url = sandbox.m_me_base();
+    // The sandbox's media and pictures, on exactly its host and port (loopback needs an explicit entry).
+    settings.messenger.attachment_hosts.push(sandbox.base_url().to_string());
     MessengerApp { app: start(settings, listener, dir).await, sandbox }
 }

@@ -10,4 +10,5 @@ mod liveness;
 mod messenger;
 mod outbox;
 mod supervision;
+mod messenger_intake;
 mod visitor_ws;

@@ -11,13 +11,13 @@ use protocol::{Author, Channel, DeliveryState, Event, EventKind};
 
 use crate::helpers::{MessengerApp, TestApp, Ws, spawn_messenger_app};
 
-const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 fn send(client_id: &str, body: &str) -> ClientMsg {
     ClientMsg::Send { client_id: client_id.into(), body: body.into() }
 }
 
-async fn next_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event {
+pub(crate) async fn next_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event {
     ws.recv_until(|m: ServerMsg| match m {
         ServerMsg::Event { event } if pick(&event) => Some(event),
         _ => None,
@@ -25,7 +25,7 @@ async fn next_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event 
     .await
 }
 
-async fn agent_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event {
+pub(crate) async fn agent_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event {
     ws.recv_until(|m: console::ServerMsg| match m {
         console::ServerMsg::Event { event, .. } if pick(&event) => Some(event),
         _ => None,
@@ -33,13 +33,13 @@ async fn agent_event(ws: &mut Ws, mut pick: impl FnMut(&Event) -> bool) -> Event
     .await
 }
 
-fn is_message(event: &Event, body: &str) -> bool {
+pub(crate) fn is_message(event: &Event, body: &str) -> bool {
     matches!(&event.kind, EventKind::Message { message } if message.body == body)
 }
 
 /// The log of a Messenger customer's conversation once it holds `n` messages (the store is polled: intake runs
 /// in the background and this test has no socket on that conversation).
-async fn wait_for_messages(app: &TestApp, psid: &str, n: usize) -> Vec<Event> {
+pub(crate) async fn wait_for_messages(app: &TestApp, psid: &str, n: usize) -> Vec<Event> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(contact) = app.store.contact_by_psid(psid).await.expect("query")
@@ -97,7 +97,7 @@ pub(crate) async fn agent_says(agent: &mut Ws, conversation_id: &str, client_id:
         .await
 }
 
-fn customer(sandbox: &messenger_sandbox::Sandbox, first_name: &str) -> String {
+pub(crate) fn customer(sandbox: &messenger_sandbox::Sandbox, first_name: &str) -> String {
     sandbox
         .create_user(NewUser {
             first_name: Some(first_name.into()),
@@ -108,11 +108,45 @@ fn customer(sandbox: &messenger_sandbox::Sandbox, first_name: &str) -> String {
         .psid
 }
 
-/// Links a fresh customer through Get Started with the visitor's ref.
+/// Waits until the Page asks this customer whether to continue the web chat in Messenger; returns the payload of
+/// the "Yes, continue here" quick reply.
+pub(crate) async fn consent_question(sandbox: &messenger_sandbox::Sandbox, psid: &str) -> String {
+    sandbox
+        .wait_until(WAIT, |s| {
+            s.sent_messages().into_iter().filter(|m| m.psid == psid).find_map(|m| {
+                m.message.quick_replies.iter().find_map(|q| {
+                    (q["title"] == "Yes, continue here").then(|| q["payload"].as_str().unwrap_or_default().to_string())
+                })
+            })
+        })
+        .await
+        .expect("the Page asks before linking")
+}
+
+/// The customer taps "Yes, continue here" on the Page's question.
+pub(crate) async fn says_yes(sandbox: &messenger_sandbox::Sandbox, psid: &str) {
+    let payload = consent_question(sandbox, psid).await;
+    sandbox.user_taps_quick_reply(psid, "Yes, continue here", &payload).expect("tap");
+}
+
+/// The recap of the web conversation the customer receives once linked.
+async fn recap(sandbox: &messenger_sandbox::Sandbox) -> messenger_sandbox::SentMessage {
+    sandbox
+        .wait_until(WAIT, |s| {
+            s.sent_messages()
+                .into_iter()
+                .find(|m| m.message.text.as_deref().is_some_and(|t| t.starts_with("Here's where we left off")))
+        })
+        .await
+        .expect("recap sent")
+}
+
+/// Links a fresh customer through Get Started with the visitor's ref (and their "Yes").
 async fn link_new_customer(sandbox: &messenger_sandbox::Sandbox, visitor: &mut Ws, reference: &str) -> String {
     let psid = customer(sandbox, "Peter");
     assert_eq!(sandbox.user_opens_link(&psid, Some(reference)).expect("open"), OpenOutcome::GetStartedShown);
     sandbox.user_taps_get_started(&psid, Some(reference)).expect("get started");
+    says_yes(sandbox, &psid).await;
     let linked = next_event(visitor, |e| matches!(e.kind, EventKind::Channel { linked: true, .. })).await;
     assert!(matches!(linked.kind, EventKind::Channel { name: Some(ref n), .. } if n == "Peter"), "{linked:?}");
     psid
@@ -181,10 +215,10 @@ async fn a_web_chat_continues_on_messenger_as_one_conversation() {
     let psid = link_new_customer(&sandbox, &mut visitor, &reference).await;
 
     // The customer gets a recap of the web conversation in Messenger.
-    let sent = sandbox.wait_for_sent(1, WAIT).await.expect("recap sent");
-    let recap = sent[0].message.text.clone().unwrap_or_default();
-    assert!(recap.contains("Where is my order 1234?"), "{recap}");
-    assert_eq!(sent[0].message.messaging_type.as_deref(), Some("RESPONSE"));
+    let sent = recap(&sandbox).await;
+    let text = sent.message.text.clone().unwrap_or_default();
+    assert!(text.contains("Where is my order 1234?"), "{text}");
+    assert_eq!(sent.message.messaging_type.as_deref(), Some("RESPONSE"));
 
     // They write in Messenger: it shows in the widget, in the same conversation.
     sandbox.user_sends_text(&psid, "It was due yesterday").expect("send");
@@ -226,6 +260,7 @@ async fn a_ref_into_an_existing_thread_links_too() {
     // That made a Messenger-first conversation; now the same person chats on the web and links.
     let (mut visitor, reference, _) = web_visitor_with_link(&app, "web question").await;
     assert_eq!(sandbox.user_opens_link(&psid, Some(&reference)).expect("open"), OpenOutcome::ReferralSent);
+    says_yes(&sandbox, &psid).await;
     let linked = next_event(&mut visitor, |e| matches!(e.kind, EventKind::Channel { linked: true, .. })).await;
     assert!(matches!(linked.kind, EventKind::Channel { name: Some(ref n), .. } if n == "Ana"));
     sandbox.user_sends_text(&psid, "now from messenger").expect("send");
@@ -267,13 +302,20 @@ async fn the_short_code_links_when_no_referral_arrives() {
     // Without Get Started no ref ever arrives.
     assert_eq!(sandbox.user_opens_link(&psid, Some(&reference)).expect("open"), OpenOutcome::ComposerShown);
     sandbox.user_sends_text(&psid, &format!("my code is {}", code.to_lowercase())).expect("send");
+    says_yes(&sandbox, &psid).await;
     let linked = next_event(&mut visitor, |e| matches!(e.kind, EventKind::Channel { linked: true, .. })).await;
     assert!(matches!(linked.kind, EventKind::Channel { name: Some(ref n), .. } if n == "Kim"));
-    next_event(
-        &mut visitor,
-        |e| matches!(&e.kind, EventKind::Message { message } if message.body.contains("my code is")),
-    )
-    .await;
+    // What they wrote before saying yes stayed on their side; what they write now reaches the web conversation.
+    sandbox.user_sends_text(&psid, "linked now").expect("send");
+    let seen = visitor
+        .recv_until(|m: ServerMsg| match m {
+            ServerMsg::Event { event: Event { kind: EventKind::Message { message }, .. } } => {
+                (message.body == "linked now" || message.body.contains("my code is")).then_some(message.body)
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(seen, "linked now");
 }
 
 #[tokio::test]
@@ -319,10 +361,10 @@ async fn duplicated_and_reordered_deliveries_apply_once_in_timestamp_order() {
 }
 
 /// A linked visitor with the agent on the conversation; returns (visitor, agent, conversation id, psid).
-async fn linked(app: &TestApp, sandbox: &messenger_sandbox::Sandbox) -> (Ws, Ws, String, String) {
+pub(crate) async fn linked(app: &TestApp, sandbox: &messenger_sandbox::Sandbox) -> (Ws, Ws, String, String) {
     let (mut visitor, reference, _) = web_visitor_with_link(app, "hello").await;
     let psid = link_new_customer(sandbox, &mut visitor, &reference).await;
-    sandbox.wait_for_sent(1, WAIT).await.expect("recap");
+    recap(sandbox).await;
     let (agent, conversation_id) = agent_on(app).await;
     (visitor, agent, conversation_id, psid)
 }
@@ -542,6 +584,7 @@ async fn when_android_drops_the_referral_the_short_code_still_links() {
     sandbox.user_taps_get_started(&psid, Some(&reference)).expect("tap");
     sandbox.wait_idle(WAIT).await.expect("delivered");
     sandbox.user_sends_text(&psid, &code).expect("send");
+    says_yes(&sandbox, &psid).await;
     let linked = next_event(&mut visitor, |e| matches!(e.kind, EventKind::Channel { linked: true, .. })).await;
     assert!(matches!(linked.kind, EventKind::Channel { name: Some(ref n), .. } if n == "Droid"));
 }
@@ -579,8 +622,8 @@ async fn undoing_the_link_stops_the_mirror() {
     next_event(&mut visitor, |e| matches!(e.kind, EventKind::Channel { linked: false, .. })).await;
     agent_says(&mut agent, &conversation_id, "a-1", "web only now").await;
     next_event(&mut visitor, |e| is_message(e, "web only now")).await;
-    // Sent to Messenger: only the recap.
-    assert_eq!(sandbox.sent_messages().len(), 1);
+    // Sent to Messenger: only the question and the recap.
+    assert_eq!(sandbox.sent_messages().len(), 2, "{:?}", sandbox.sent_messages());
     let summary = app.store.summaries().await.expect("summaries").remove(0);
     assert!(summary.psid.is_none());
 }
