@@ -13,6 +13,7 @@ pub mod hub;
 pub mod limits;
 pub mod messenger;
 pub mod services;
+pub mod signin;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::hub::Hub;
 use crate::messenger::Messenger;
 use crate::services::Conversations;
+use crate::signin::SignInGuard;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -27,6 +28,8 @@ pub struct AppState {
     pub messenger: Option<Arc<Messenger>>,
     /// Flips to `true` when the server is shutting down; sockets close with 1001 so clients reconnect elsewhere.
     pub shutdown: watch::Receiver<bool>,
+    /// Console sign-in: hashing slots, per-IP rate and per (email, IP) backoff.
+    pub signin: Arc<SignInGuard>,
 }
 
 impl FromRef<AppState> for LeptosOptions {

@@ -94,6 +94,11 @@ trait Connection {
     async fn on_hub(&mut self, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error>;
     /// The frame telling the client its frame could not be read.
     fn bad_frame(&self, why: &str) -> impl Serialize;
+    /// Resolves when the connection must end for a reason of its own (e.g. the agent's session is gone), with
+    /// the close code and reason to send. Never, by default.
+    fn ended(&self) -> impl Future<Output = (u16, &'static str)> + Send + 'static {
+        std::future::pending()
+    }
 }
 
 /// Runs a socket until it ends: client frames, hub messages, pings every [`PING_SECS`], and shutdown (1001).
@@ -107,6 +112,8 @@ async fn serve<C: Connection>(
 ) {
     let mut ping = tokio::time::interval(Duration::from_secs(PING_SECS));
     ping.reset();
+    let ended = conn.ended();
+    tokio::pin!(ended);
     loop {
         tokio::select! {
             frame = next_frame::<C::Client>(stream) => match frame {
@@ -141,6 +148,10 @@ async fn serve<C: Connection>(
             }
             _ = shutdown.changed() => {
                 send_close(sink, close::GOING_AWAY, "server restarting").await;
+                break;
+            }
+            (code, reason) = &mut ended => {
+                send_close(sink, code, reason).await;
                 break;
             }
         }
