@@ -22,6 +22,8 @@ pub enum ConsoleError {
     NotFound,
     /// The server refused, and says why (e.g. too many login attempts).
     Refused(String),
+    /// The server is at capacity for now (e.g. checking many sign-ins at once).
+    Busy,
     /// The server failed; details are in its log.
     Server,
     /// The request did not reach the server.
@@ -35,6 +37,7 @@ impl std::fmt::Display for ConsoleError {
             Self::SignedOut => "Your session has ended. Sign in again.",
             Self::NotFound => "This conversation does not exist.",
             Self::Refused(why) => why,
+            Self::Busy => "The server is busy. Try again in a moment.",
             Self::Server => "Something went wrong on the server. Try again.",
             Self::Unreachable => "Could not reach the server. Check your connection and try again.",
         })
@@ -73,88 +76,106 @@ pub struct ConversationSnapshot {
 /// Checks the credentials; on success sets the session cookie and redirects to the inbox.
 #[server(endpoint = "console/login")]
 pub async fn login(email: String, password: String) -> Result<(), ConsoleError> {
-    let email = email.trim();
-    if email.is_empty() || password.is_empty() {
-        return Err(ConsoleError::WrongCredentials);
-    }
-    let backend = ssr::backend()?;
-    let session = backend.login(email, &password).await.map_err(ssr::from_backend)?;
-    let Some(session) = session else {
-        ssr::set_status(http::StatusCode::UNAUTHORIZED);
-        return Err(ConsoleError::WrongCredentials);
-    };
-    let mut cookie = format!(
-        "{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        crate::backend::SESSION_COOKIE,
-        session.token,
-        session.max_age_secs.max(0)
-    );
-    if backend.secure_cookies() {
-        cookie.push_str("; Secure");
-    }
-    ssr::set_cookie(&cookie)?;
-    leptos_axum::redirect("/console");
-    Ok(())
+    ssr::answer(
+        async move {
+            let email = email.trim();
+            if email.is_empty() || password.is_empty() {
+                return Err(ConsoleError::WrongCredentials);
+            }
+            let backend = ssr::backend()?;
+            let session = backend.login(email, &password, ssr::client_addr()).await.map_err(ssr::from_backend)?;
+            let session = session.ok_or(ConsoleError::WrongCredentials)?;
+            let mut cookie = format!(
+                "{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                crate::backend::SESSION_COOKIE,
+                session.token,
+                session.max_age_secs.max(0)
+            );
+            if backend.secure_cookies() {
+                cookie.push_str("; Secure");
+            }
+            ssr::set_cookie(&cookie)?;
+            leptos_axum::redirect("/console");
+            Ok(())
+        }
+        .await,
+    )
 }
 
 /// Ends the session, clears the cookie and redirects to the login page.
 #[server(endpoint = "console/logout")]
 pub async fn logout() -> Result<(), ConsoleError> {
-    let backend = ssr::backend()?;
-    if let Some(token) = ssr::session_token() {
-        backend.logout(&token).await.map_err(ssr::from_backend)?;
-    }
-    let mut cookie = format!("{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0", crate::backend::SESSION_COOKIE);
-    if backend.secure_cookies() {
-        cookie.push_str("; Secure");
-    }
-    ssr::set_cookie(&cookie)?;
-    leptos_axum::redirect("/console/login");
-    Ok(())
+    ssr::answer(
+        async move {
+            let backend = ssr::backend()?;
+            if let Some(token) = ssr::session_token() {
+                backend.logout(&token).await.map_err(ssr::from_backend)?;
+            }
+            let mut cookie =
+                format!("{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0", crate::backend::SESSION_COOKIE);
+            if backend.secure_cookies() {
+                cookie.push_str("; Secure");
+            }
+            ssr::set_cookie(&cookie)?;
+            leptos_axum::redirect("/console/login");
+            Ok(())
+        }
+        .await,
+    )
 }
 
 /// The signed-in agent, or `None` without a valid session.
 #[server(endpoint = "console/session")]
 pub async fn current_agent() -> Result<Option<AgentInfo>, ConsoleError> {
     ssr::no_store();
-    ssr::agent().await
+    ssr::answer(ssr::agent().await)
 }
 
 /// The agent and every conversation, most recent activity first.
 #[server(endpoint = "console/inbox")]
 pub async fn load_inbox() -> Result<InboxSnapshot, ConsoleError> {
     ssr::no_store();
-    let agent = ssr::agent().await?.ok_or(ConsoleError::SignedOut)?;
-    let conversations = ssr::backend()?.inbox().await.map_err(ssr::from_backend)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    Ok(InboxSnapshot { agent, conversations, now })
+    ssr::answer(
+        async {
+            let agent = ssr::agent().await?.ok_or(ConsoleError::SignedOut)?;
+            let conversations = ssr::backend()?.inbox().await.map_err(ssr::from_backend)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            Ok(InboxSnapshot { agent, conversations, now })
+        }
+        .await,
+    )
 }
 
 /// One conversation with its whole log.
 #[server(endpoint = "console/conversation")]
 pub async fn load_conversation(id: String) -> Result<ConversationSnapshot, ConsoleError> {
     ssr::no_store();
-    ssr::agent().await?.ok_or(ConsoleError::SignedOut)?;
-    let (summary, events) =
-        ssr::backend()?.conversation(&id).await.map_err(ssr::from_backend)?.ok_or(ConsoleError::NotFound)?;
-    Ok(ConversationSnapshot { summary, events })
+    ssr::answer(
+        async {
+            ssr::agent().await?.ok_or(ConsoleError::SignedOut)?;
+            let (summary, events) =
+                ssr::backend()?.conversation(&id).await.map_err(ssr::from_backend)?.ok_or(ConsoleError::NotFound)?;
+            Ok(ConversationSnapshot { summary, events })
+        }
+        .await,
+    )
 }
 
 #[cfg(feature = "ssr")]
 mod ssr {
     use std::sync::Arc;
 
-    use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
-    use http::{HeaderValue, request::Parts};
+    use http::header::{CACHE_CONTROL, COOKIE, RETRY_AFTER, SET_COOKIE};
+    use http::{HeaderValue, StatusCode, request::Parts};
     use leptos::prelude::*;
     use leptos_axum::ResponseOptions;
     use protocol::console::AgentInfo;
 
     use super::ConsoleError;
-    use crate::backend::{BackendError, ConsoleBackend, SESSION_COOKIE};
+    use crate::backend::{BackendError, ClientAddr, ConsoleBackend, SESSION_COOKIE};
 
     pub fn backend() -> Result<Arc<dyn ConsoleBackend>, ConsoleError> {
         use_context::<Arc<dyn ConsoleBackend>>().ok_or_else(|| {
@@ -166,8 +187,48 @@ mod ssr {
     pub fn from_backend(e: BackendError) -> ConsoleError {
         match e {
             BackendError::Refused(why) => ConsoleError::Refused(why),
+            BackendError::Throttled { why, retry_after_secs } => {
+                retry_after(retry_after_secs);
+                ConsoleError::Refused(why)
+            }
+            BackendError::Busy => {
+                retry_after(1);
+                ConsoleError::Busy
+            }
             BackendError::Internal => ConsoleError::Server,
         }
+    }
+
+    fn retry_after(secs: u64) {
+        if let Some(res) = use_context::<ResponseOptions>() {
+            res.insert_header(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+    }
+
+    /// The HTTP status of each failure, so that no failure is answered with a success or a bare 500.
+    pub fn status(e: &ConsoleError) -> StatusCode {
+        match e {
+            ConsoleError::WrongCredentials | ConsoleError::SignedOut => StatusCode::UNAUTHORIZED,
+            ConsoleError::NotFound => StatusCode::NOT_FOUND,
+            ConsoleError::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
+            ConsoleError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ConsoleError::Server | ConsoleError::Unreachable => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Sets the response status from a server function's result.
+    pub fn answer<T>(result: Result<T, ConsoleError>) -> Result<T, ConsoleError> {
+        if let Err(e) = &result
+            && let Some(res) = use_context::<ResponseOptions>()
+        {
+            res.set_status(status(e));
+        }
+        result
+    }
+
+    /// The client's address, as the server determined it for this request.
+    pub fn client_addr() -> Option<ClientAddr> {
+        use_context::<ClientAddr>()
     }
 
     /// The session token from the request's `Cookie` header(s).
@@ -197,12 +258,6 @@ mod ssr {
             res.append_header(SET_COOKIE, value);
         }
         Ok(())
-    }
-
-    pub fn set_status(status: http::StatusCode) {
-        if let Some(res) = use_context::<ResponseOptions>() {
-            res.set_status(status);
-        }
     }
 
     /// Console data is per agent: keep it out of shared caches and the back-forward cache of other users.

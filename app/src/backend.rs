@@ -11,6 +11,10 @@ use protocol::console::{AgentInfo, ConversationSummary};
 /// Name of the console's session cookie (HttpOnly, SameSite=Strict, Path=/).
 pub const SESSION_COOKIE: &str = "parley_session";
 
+/// The client's IP address, provided as context by the server for each request (sign-in is throttled by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
 /// A successful login.
 #[derive(Clone, Debug)]
 pub struct LoginSession {
@@ -26,6 +30,10 @@ pub struct LoginSession {
 pub enum BackendError {
     /// The request was refused (e.g. too many login attempts); the text says why.
     Refused(String),
+    /// Too many attempts: the text says why; try again after `retry_after_secs`.
+    Throttled { why: String, retry_after_secs: u64 },
+    /// The server is at capacity (e.g. every password-hashing slot is taken); try again shortly.
+    Busy,
     /// Something failed on the server; details are in the server log, not here.
     Internal,
 }
@@ -33,7 +41,8 @@ pub enum BackendError {
 impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Refused(why) => f.write_str(why),
+            Self::Refused(why) | Self::Throttled { why, .. } => f.write_str(why),
+            Self::Busy => f.write_str("the server is busy; try again in a moment"),
             Self::Internal => f.write_str("something went wrong on the server; try again"),
         }
     }
@@ -44,8 +53,13 @@ impl std::error::Error for BackendError {}
 /// What the console's server side asks of the Parley server.
 #[async_trait::async_trait]
 pub trait ConsoleBackend: Send + Sync + 'static {
-    /// Checks the credentials; `Ok(None)` means wrong email or password.
-    async fn login(&self, email: &str, password: &str) -> Result<Option<LoginSession>, BackendError>;
+    /// Checks the credentials of a sign-in from `client`; `Ok(None)` means wrong email or password.
+    async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        client: Option<ClientAddr>,
+    ) -> Result<Option<LoginSession>, BackendError>;
     /// The agent a session token belongs to, if the session is valid.
     async fn agent_for_session(&self, token: &str) -> Result<Option<AgentInfo>, BackendError>;
     /// Ends a session (no error if it was already gone).

@@ -243,7 +243,7 @@ mod socket {
     use protocol::console::{ClientMsg, ServerMsg};
     use wasm_bindgen::JsCast;
     use wasm_bindgen::prelude::*;
-    use web_sys::{MessageEvent, WebSocket};
+    use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
     use super::{ConnState, Live};
 
@@ -251,6 +251,8 @@ mod socket {
     /// A connection that delivered nothing (not even a `Pong`) for this long is presumed dead.
     const SILENCE_LIMIT_MS: f64 = 60_000.0;
     const BACKOFF_BASE_MS: f64 = 500.0;
+    /// Close code of a socket whose session ended (the server's `ws::agent::SIGNED_OUT`).
+    const SIGNED_OUT: u16 = 4401;
     const BACKOFF_MAX_MS: f64 = 30_000.0;
     /// How long a visitor's "typing" lasts without a refresh.
     const TYPING_TTL: Duration = Duration::from_secs(8);
@@ -420,9 +422,10 @@ mod socket {
             on_frame(&link, &text);
         });
         let weak = Rc::downgrade(link);
-        let on_close = Handler::new(move |_| {
+        let on_close = Handler::new(move |ev: JsValue| {
+            let code = ev.dyn_ref::<CloseEvent>().map(CloseEvent::code);
             if let Some(link) = weak.upgrade() {
-                on_close(&link);
+                on_close(&link, code);
             }
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
@@ -483,7 +486,7 @@ mod socket {
         }
     }
 
-    fn on_close(link: &Rc<RefCell<Link>>) {
+    fn on_close(link: &Rc<RefCell<Link>>, code: Option<u16>) {
         let (live, was_attempt) = {
             let mut l = link.borrow_mut();
             if let Some(ws) = l.ws.take() {
@@ -496,6 +499,11 @@ mod socket {
             }
             (l.live, l.attempt)
         };
+        // The server closed the socket because this session ended (sign-out elsewhere, password changed).
+        if code == Some(SIGNED_OUT) {
+            sign_out(link);
+            return;
+        }
         live.conn.try_set(ConnState::Reconnecting);
         schedule_retry(link);
         // Repeated failures may mean the session is gone (the upgrade is refused before any frame): ask.

@@ -139,6 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(AgentCommand::SetPassword(args)) => {
             let store = Store::connect(&settings.database.url, 1).await?;
             let password = read_password(args.password_stdin)?;
+            check_password(&password)?;
             let hash = auth::hash_password(&password)?;
             anyhow::ensure!(store.set_agent_password(&args.email, &hash).await?, "no agent with email {}", args.email);
             println!("password changed; {} was signed out everywhere", args.email);
@@ -238,12 +239,17 @@ pub async fn create_agent(
     password: &str,
 ) -> anyhow::Result<crate::store::models::Agent> {
     anyhow::ensure!(email.contains('@'), "{email} is not an email address");
-    anyhow::ensure!(password.chars().count() >= 8, "the password needs at least 8 characters");
+    check_password(password)?;
     let hash = auth::hash_password(password)?;
     store.create_agent(email.trim(), name.trim(), &hash).await.map_err(|e| match e {
         StoreError::Conflict(_) => anyhow::anyhow!("an agent with email {email} already exists"),
         other => other.into(),
     })
+}
+
+fn check_password(password: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(password.chars().count() >= 8, "the password needs at least 8 characters");
+    Ok(())
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {

@@ -25,6 +25,7 @@ pub struct Settings {
     pub console: ConsoleSettings,
     pub limits: LimitSettings,
     pub messenger: MessengerSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -99,11 +100,67 @@ impl Default for AssetSettings {
 pub struct ConsoleSettings {
     /// How long an agent stays signed in, in hours.
     pub session_hours: i64,
+    /// Seconds between checks that an open agent socket's session still exists (sign-out, password change).
+    pub session_check_secs: u64,
+}
+
+impl ConsoleSettings {
+    /// Refuses values that would leave revoked sessions working for long, or poll the database in a loop.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.session_hours >= 1, "console.session_hours must be at least 1");
+        anyhow::ensure!(
+            (1..=300).contains(&self.session_check_secs),
+            "console.session_check_secs must be between 1 and 300"
+        );
+        Ok(())
+    }
 }
 
 impl Default for ConsoleSettings {
     fn default() -> Self {
-        Self { session_hours: 24 * 14 }
+        Self { session_hours: 24 * 14, session_check_secs: 5 }
+    }
+}
+
+/// Console sign-in: how much password hashing may run at once and how repeated failures slow down.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Password hashes (argon2id, ~19 MiB each) computed at once; more sign-ins wait for a slot.
+    pub max_concurrent_hashes: usize,
+    /// How long a sign-in waits for a hashing slot before it is answered 503 "busy".
+    pub hash_wait_ms: u64,
+    /// Sign-in attempts per client IP address per minute (any email), then 429 until the rate allows again.
+    pub attempts_per_ip_per_minute: u32,
+    /// First delay after `limits.login_failures` failures for one email from one IP; it doubles with each
+    /// further failure up to `backoff_max_secs`. Other IPs are not slowed, so nobody can lock an agent out.
+    pub backoff_base_secs: u64,
+    pub backoff_max_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_hashes: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            hash_wait_ms: 2000,
+            attempts_per_ip_per_minute: 30,
+            backoff_base_secs: 1,
+            backoff_max_secs: 300,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// Refuses values that would disable a defence or make sign-in impossible.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_concurrent_hashes >= 1, "auth.max_concurrent_hashes must be at least 1");
+        anyhow::ensure!(self.attempts_per_ip_per_minute >= 1, "auth.attempts_per_ip_per_minute must be at least 1");
+        anyhow::ensure!(self.backoff_base_secs >= 1, "auth.backoff_base_secs must be at least 1");
+        anyhow::ensure!(
+            (self.backoff_base_secs..=3600).contains(&self.backoff_max_secs),
+            "auth.backoff_max_secs must be between auth.backoff_base_secs and 3600 (a bounded delay, not a lockout)"
+        );
+        Ok(())
     }
 }
 

@@ -29,12 +29,13 @@ use crate::console::Backend;
 use crate::hub::Hub;
 use crate::messenger::{Messenger, intake, outbox, spool::Spool};
 use crate::services::Conversations;
+use crate::signin::SignInGuard;
 use crate::state::AppState;
 use crate::store::MirrorPolicy;
 use crate::store::Store;
-use crate::ws::flood::FloodControl;
 use crate::supervisor::{Backoff, Workers};
-use crate::{error, http, messenger, ws};
+use crate::ws::flood::FloodControl;
+use crate::{console, error, http, messenger, ws};
 use tokio::sync::Notify;
 
 /// A built, not yet running, server.
@@ -61,6 +62,8 @@ impl Application {
             settings.http.public_url = format!("http://{addr}");
         }
         let public_origin: Arc<str> = settings.public_origin().into();
+        settings.console.validate()?;
+        let signin = Arc::new(SignInGuard::new(&settings.auth, settings.limits.login_failures)?);
         let hub = Hub::new(settings.limits.connection_queue);
         let assets = Arc::new(Assets::load(&settings.assets.dir));
         let leptos = LeptosOptions::builder()
@@ -95,6 +98,7 @@ impl Application {
             leptos,
             shutdown: shutdown_rx,
             workers: Workers::new(),
+            signin,
         };
         let router = build_router(state.clone());
         Ok(Self { listener, router, state, shutdown_tx })
@@ -211,6 +215,7 @@ pub fn build_router(state: AppState) -> Router {
     let context = move || {
         provide_context(backend.clone());
         provide_context(console_assets.clone());
+        console::provide_request_context();
     };
     let leptos = state.leptos.clone();
     let console_routes = generate_route_list(app::App);
@@ -226,6 +231,7 @@ pub fn build_router(state: AppState) -> Router {
         .leptos_routes_with_context(&state, console_routes, context, move || app::shell(leptos.clone()))
         .merge(http::static_files::router(&state.assets.dir))
         .layer(axum::middleware::from_fn(error::log_errors))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), console::guard))
         .layer(SetResponseHeaderLayer::if_not_present(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::if_not_present(
             REFERRER_POLICY,

@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::hub::Hub;
 use crate::messenger::Messenger;
 use crate::services::Conversations;
+use crate::signin::SignInGuard;
 use crate::store::Store;
 use crate::ws::flood::FloodControl;
 use crate::supervisor::Workers;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub floods: Arc<FloodControl>,
     /// Supervised background workers and their health.
     pub workers: Arc<Workers>,
+    /// Console sign-in: hashing slots, per-IP rate and per (email, IP) backoff.
+    pub signin: Arc<SignInGuard>,
 }
 
 impl FromRef<AppState> for LeptosOptions {

@@ -208,6 +208,11 @@ trait Connection {
     async fn on_hub(&mut self, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error>;
     /// The frame telling the client its frame could not be read.
     fn bad_frame(&self, why: &str) -> Self::Server;
+    /// Resolves when the connection must end for a reason of its own (e.g. the agent's session is gone), with
+    /// the close code and reason to send. Never, by default.
+    fn ended(&self) -> impl Future<Output = (u16, &'static str)> + Send + 'static {
+        std::future::pending()
+    }
 }
 
 /// Answers one client frame: refused by flood control, handled, or explained as unreadable.
@@ -247,6 +252,8 @@ async fn serve<C: Connection>(
     ping.reset();
     // When the oldest unanswered ping went out.
     let mut unanswered: Option<Instant> = None;
+    let ended = conn.ended();
+    tokio::pin!(ended);
     loop {
         let pong_due = async {
             match unanswered {
@@ -297,6 +304,10 @@ async fn serve<C: Connection>(
             }
             _ = shutdown.changed() => {
                 send_close(sink, close::GOING_AWAY, "server restarting").await;
+                break;
+            }
+            (code, reason) = &mut ended => {
+                send_close(sink, code, reason).await;
                 break;
             }
         }

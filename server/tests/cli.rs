@@ -125,3 +125,33 @@ fn serve_refuses_to_start_with_messenger_on_and_an_empty_id_or_secret_naming_the
         assert!(text(&out).contains(key), "{}", text(&out));
     }
 }
+
+#[test]
+fn agent_set_password_replaces_the_password_and_names_an_unknown_agent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let create = ["agent", "create", "--email", "dana@shop.example", "--name", "Dana", "--password-stdin"];
+    let out = parley(&db, &create, Some("correct horse battery\n"));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out =
+        parley(&db, &["agent", "set-password", "--email", "dana@shop.example", "--password-stdin"], Some("short\n"));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("at least 8 characters"), "{}", text(&out));
+
+    let out = parley(
+        &db,
+        &["agent", "set-password", "--email", "dana@shop.example", "--password-stdin"],
+        Some("a new passphrase\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("password changed; dana@shop.example was signed out everywhere"), "{}", text(&out));
+
+    let out = parley(
+        &db,
+        &["agent", "set-password", "--email", "nobody@shop.example", "--password-stdin"],
+        Some("long enough\n"),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no agent with email nobody@shop.example"), "{}", text(&out));
+}

@@ -3,8 +3,13 @@
 //! The upgrade is refused unless `Origin` is this server's own origin (no cross-site WebSocket hijacking) and the
 //! cookie names a live session. Every agent socket receives every inbox change; a conversation's events stream
 //! only after `open`, each through its own [`Relay`].
+//!
+//! The session is checked again before every frame that reads or changes anything, and every
+//! `console.session_check_secs` while the socket is open: once it is gone (sign-out, `parley agent set-password`
+//! from another process, expiry), the socket closes with [`SIGNED_OUT`].
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
@@ -16,11 +21,16 @@ use protocol::{ErrorCode, Party};
 
 use super::flood::TypingGate;
 use super::{Connection, Liveness, Relay, Sink, close, send_close, send_json, serve};
-use crate::console::session_agent;
+use crate::auth;
+use crate::console::{session_agent, session_token};
 use crate::error::ApiError;
 use crate::hub::HubMsg;
 use crate::services::ServiceError;
 use crate::state::AppState;
+use crate::store::Store;
+
+/// Close code for a socket whose session ended (like HTTP 401): the console goes to its login page.
+pub const SIGNED_OUT: u16 = 4401;
 
 /// Checks origin and session, then upgrades.
 pub async fn upgrade(
@@ -32,14 +42,17 @@ pub async fn upgrade(
     if origin != &*state.public_origin {
         return Err(ApiError::ForbiddenOrigin);
     }
+    let token_hash = session_token(&headers).map(|t| auth::token_hash(&t)).ok_or(ApiError::Unauthorized)?;
     let agent = session_agent(&state, &headers).await?.ok_or(ApiError::Unauthorized)?;
     let limit = state.settings.limits.max_frame_bytes;
-    Ok(ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run(state, agent, socket)))
+    Ok(ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run(state, agent, token_hash, socket)))
 }
 
 struct Session {
     state: AppState,
     agent: AgentInfo,
+    /// Digest of the session token this socket was opened with.
+    token_hash: Vec<u8>,
     /// Opened conversations and how far each has been sent.
     open: HashMap<String, Relay>,
     /// Typing signals passed on, per conversation (changes and a periodic refresh only).
@@ -59,11 +72,22 @@ impl Session {
     }
 }
 
+/// Whether the session is gone. A database error is not a sign-out: the next check decides.
+async fn session_gone(store: &Store, token_hash: &[u8]) -> bool {
+    match store.agent_for_session(token_hash).await {
+        Ok(agent) => agent.is_none(),
+        Err(e) => {
+            tracing::warn!(error = ?e, "cannot check an agent session");
+            false
+        }
+    }
+}
+
 fn error_frame(code: ErrorCode, message: &str, client_id: Option<String>) -> ServerMsg {
     ServerMsg::Error { code, message: message.to_string(), client_id }
 }
 
-async fn run(state: AppState, agent: AgentInfo, socket: WebSocket) {
+async fn run(state: AppState, agent: AgentInfo, token_hash: Vec<u8>, socket: WebSocket) {
     let (mut sink, mut stream) = super::split(socket, &state.settings.limits);
     let (_registration, mut hub_rx) = state.hub.join_agent();
     let inbox = match state.conversations.summaries().await {
@@ -81,7 +105,7 @@ async fn run(state: AppState, agent: AgentInfo, socket: WebSocket) {
             return;
         }
     }
-    let mut session = Session { state: state.clone(), agent, open: HashMap::new(), typing: HashMap::new() };
+    let mut session = Session { state: state.clone(), agent, token_hash, open: HashMap::new(), typing: HashMap::new() };
     let liveness = Liveness::new(&state.settings.limits);
     serve(&mut session, &mut sink, &mut stream, &mut hub_rx, state.shutdown.clone(), liveness).await;
 }
@@ -102,6 +126,12 @@ impl Connection for Session {
     }
 
     async fn on_client(&mut self, sink: &mut Sink, msg: ClientMsg) -> Result<(), axum::Error> {
+        if !matches!(msg, ClientMsg::Ping | ClientMsg::Close { .. })
+            && session_gone(&self.state.store, &self.token_hash).await
+        {
+            send_close(sink, SIGNED_OUT, "signed out").await;
+            return Err(axum::Error::new("the agent's session ended"));
+        }
         handle_client(self, sink, msg).await
     }
 
@@ -111,6 +141,24 @@ impl Connection for Session {
 
     fn bad_frame(&self, why: &str) -> ServerMsg {
         error_frame(ErrorCode::BadFrame, why, None)
+    }
+
+    fn ended(&self) -> impl Future<Output = (u16, &'static str)> + Send + 'static {
+        let store = self.state.store.clone();
+        let token_hash = self.token_hash.clone();
+        let every = Duration::from_secs(self.state.settings.console.session_check_secs.max(1));
+        async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.reset();
+            loop {
+                tick.tick().await;
+                if session_gone(&store, &token_hash).await {
+                    tracing::info!("agent socket closed: its session ended");
+                    return (SIGNED_OUT, "signed out");
+                }
+            }
+        }
     }
 }
 

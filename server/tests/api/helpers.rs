@@ -18,6 +18,20 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const HOST_ORIGIN: &str = "http://shop.test:8080";
 pub const SITE_KEY: &str = "test-site";
 pub const AGENT_NAME: &str = "Alex";
+pub const AGENT_EMAIL: &str = "alex@example.com";
+pub const AGENT_PASSWORD: &str = "correct horse battery";
+
+/// The `parley_session=…` pair a response sets, if any.
+pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|pair| pair.starts_with("parley_session=") && pair.len() > "parley_session=".len())
+        .map(str::to_string)
+}
 
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
@@ -62,9 +76,7 @@ fn test_settings(dir: &tempfile::TempDir) -> Settings {
 async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempfile::TempDir) -> TestApp {
     let store = Store::connect(&settings.database.url, 4).await.expect("store opens");
     store.create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there").await.expect("site");
-    let agent = parley::cli::create_agent(&store, "alex@example.com", AGENT_NAME, "correct horse battery")
-        .await
-        .expect("agent");
+    let agent = parley::cli::create_agent(&store, AGENT_EMAIL, AGENT_NAME, AGENT_PASSWORD).await.expect("agent");
     let addr = listener.local_addr().expect("addr");
     let database_url = settings.database.url.clone();
     let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
@@ -138,6 +150,39 @@ impl TestApp {
         let mut ws = self.visitor_socket(Some(&self.origin())).await.expect("visitor connects");
         let welcome = hello(&mut ws, token, last_seq).await;
         (ws, welcome)
+    }
+
+    /// A console request as a browser on `from` (a loopback address such as 127.0.0.2) would send it: POST, form
+    /// encoded, with the given extra headers (e.g. `Origin`), redirects not followed.
+    pub async fn console_post(
+        &self,
+        from: std::net::IpAddr,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let client = reqwest::Client::builder()
+            .local_address(from)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let mut request = client.post(self.url(path)).form(form);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// Signs in through the real login endpoint from `from` (same origin); the response.
+    pub async fn sign_in(&self, from: std::net::IpAddr, password: &str) -> reqwest::Response {
+        let origin = self.origin();
+        self.console_post(
+            from,
+            "/api/console/login",
+            &[("email", AGENT_EMAIL), ("password", password)],
+            &[("origin", &origin)],
+        )
+        .await
     }
 
     /// A session cookie for the test agent.
