@@ -306,7 +306,9 @@ async fn new_messenger_contact(messenger: &Messenger, psid: &str) -> Result<Cont
             store.oldest_site_id().await?.ok_or(ServiceError::Invalid("no site exists for Messenger conversations"))?
         }
     };
-    let label = format!("Messenger {}", &psid[psid.len().saturating_sub(4)..]);
+    // The last four characters (not bytes: a PSID from the wire may hold any Unicode).
+    let tail = psid.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
+    let label = format!("Messenger {}", &psid[tail..]);
     let contact = store.create_messenger_contact(&site_id, psid, &label).await?;
     fetch_profile(messenger, &contact.id, psid).await;
     Ok(store.contact(&contact.id).await?.unwrap_or(contact))
