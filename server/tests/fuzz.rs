@@ -519,7 +519,8 @@ fn fuzz_webhook_intake() {
             &sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{}", db_path.display())).expect("url"),
         ))
         .expect("db");
-    let db = std::cell::RefCell::new(db);
+    // An async mutex: the connection is used across awaits inside each case.
+    let db = tokio::sync::Mutex::new(db);
     let cases = 150 * scale();
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     // Mostly well-formed payloads, so most deliveries get past the parser into the intake's logic.
@@ -529,7 +530,7 @@ fn fuzz_webhook_intake() {
     ];
     let result = runner.run(&bodies.prop_map(Delivery), |Delivery(body)| {
         rt.block_on(async {
-            let mut db = db.borrow_mut();
+            let mut db = db.lock().await;
             let forged = parley::messenger::signature::sign_sha256(b"not the app secret", &body);
             assert_eq!(post_webhook(&router, &body, &forged).await, StatusCode::FORBIDDEN);
             assert!(messenger.spool.pending().await.expect("spool").is_empty(), "a refused delivery was spooled");
