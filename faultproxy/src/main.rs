@@ -48,7 +48,17 @@ fn command(proxy: &FaultProxy, line: &str) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), String> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faultproxy: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let listen = arg(&args, "--listen")?;
     let upstream = arg(&args, "--upstream")?;
