@@ -1,28 +1,9 @@
 //! The `parley` command line, run as a real process against a temporary SQLite database.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+#[path = "support/parley_cli.rs"]
+mod parley_cli;
 
-fn parley(db: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
-        .args(args)
-        .env("PARLEY_DATABASE__URL", db)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("parley starts");
-    if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().expect("parley finishes")
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use parley_cli::{parley, text};
 
 #[test]
 fn migrate_site_create_site_list_and_agent_create_work_from_the_command_line() {

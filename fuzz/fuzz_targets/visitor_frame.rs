@@ -1,0 +1,4 @@
+#![no_main]
+//! cargo-fuzz target: `parley_fuzz::targets::visitor_frame` on every input.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| parley_fuzz::targets::visitor_frame(data));
