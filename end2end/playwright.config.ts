@@ -56,6 +56,9 @@ export default defineConfig({
       PARLEY_DEMO_EMAIL: 'agent@demo.parley',
       PARLEY_DEMO_PASSWORD: 'e2e-password-1',
       RUST_LOG: 'info',
+      // Every browser of the suite connects from 127.0.0.1: per-address limits sized for a whole office instead.
+      PARLEY_LIMITS__IP_HELLOS_PER_MINUTE: '600',
+      PARLEY_LIMITS__IP_FRAME_BURST: '6000',
     },
   },
 });

@@ -8,6 +8,8 @@ use protocol::console;
 use protocol::widget::{ClientMsg, ServerMsg};
 use protocol::{ErrorCode, EventKind};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::helpers::{TestApp, Ws, hello, refused_status, spawn_app, spawn_app_with, spawn_messenger_app};
 
@@ -333,7 +335,7 @@ async fn agent_frames_are_limited_per_agent_across_sockets() {
 }
 
 #[tokio::test]
-async fn an_oversized_frame_is_closed_with_1009_and_other_broken_frames_are_answered() {
+async fn an_oversized_frame_is_closed_with_1009_and_other_broken_frames_are_answered_or_closed_with_their_code() {
     let app = spawn_app_with(|s| s.limits.max_frame_bytes = 4096).await;
     let (mut visitor, _) = app.visitor(None, 0).await;
     // Binary and malformed frames get a clear error and the socket lives on.
@@ -345,6 +347,12 @@ async fn an_oversized_frame_is_closed_with_1009_and_other_broken_frames_are_answ
     // A frame over the limit ends the socket with "message too big", not a bare TCP reset.
     visitor.send_raw(&format!(r#"{{"type":"send","client_id":"c-2","body":"{}"}}"#, "x".repeat(5000))).await;
     assert_eq!(visitor.closed().await, Some(1009));
+
+    // A text frame that is not UTF-8 breaks the protocol: 1007, with the reason.
+    let (mut visitor, _) = app.visitor(None, 0).await;
+    let not_utf8 = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    visitor.send_message(Message::Frame(not_utf8)).await;
+    assert_eq!(visitor.closed().await, Some(1007));
 
     // The same before hello, and on the agent socket.
     let mut fresh = app.visitor_socket_with(&[]).await.expect("connects");

@@ -92,6 +92,7 @@ async fn a_visitor_that_never_reads_is_closed_by_the_pong_deadline_and_a_reading
     assert!(server_holds(app.addr, deaf_addr));
     let took = released_within(app.addr, deaf_addr, Duration::from_secs(10)).await;
     let took = took.expect("a socket that never answers pings is closed");
+    eprintln!("the server let go of the non-reading socket after {took:?}");
     // One ping interval plus the pong deadline, with slack for a slow machine.
     assert!(took < Duration::from_secs(6), "{took:?}");
     assert!(server_holds(app.addr, healthy_addr), "a socket that answers its pings stays");
@@ -130,6 +131,7 @@ async fn a_visitor_that_stops_reading_while_replies_pour_in_is_closed_by_the_wri
         agent.recv_until(|m: console::ServerMsg| matches!(m, console::ServerMsg::Ack { .. }).then_some(())).await;
         replies += 1;
     }
+    eprintln!("the server let go of the non-reading socket after {replies} replies, {:?}", start.elapsed());
     // The agent is unaffected.
     agent.send(&console::ClientMsg::Ping).await;
     agent.recv_until(|m: console::ServerMsg| matches!(m, console::ServerMsg::Pong).then_some(())).await;
