@@ -114,7 +114,7 @@ async fn a_head_send_in_backoff_neither_spins_the_worker_nor_delays_another_cust
     let before = counter(&app, "iterations");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let woke = counter(&app, "iterations") - before;
-    assert!(woke <= 3, "the outbox worker woke {woke} times in a second");
+    assert!(woke <= 5, "the outbox worker woke {woke} times in a second");
     // A's queue keeps its order: nothing behind the head went out.
     assert!(sandbox.sent_messages().iter().all(|m| !m.message.text.as_deref().unwrap_or("").starts_with("for Ann")));
 }
