@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use app::backend::{BackendError, ConsoleBackend, LoginSession, SESSION_COOKIE};
 use axum::http::HeaderMap;
-use axum::http::header::COOKIE;
 use protocol::Event;
 use protocol::console::{AgentInfo, ConversationSummary};
 
@@ -17,15 +16,7 @@ use crate::store::{StoreError, now_ms};
 
 /// Reads the session token from a `Cookie` header.
 pub fn session_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_string())
-        .filter(|v| !v.is_empty())
+    crate::http::cookie_value(headers, SESSION_COOKIE, |v| !v.is_empty())
 }
 
 /// The agent signed in by the request's cookie.
@@ -127,6 +118,7 @@ impl ConsoleBackend for Backend {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use axum::http::header::COOKIE;
 
     #[test]
     fn finds_the_session_cookie_among_others() {

@@ -6,4 +6,5 @@ mod helpers;
 mod agent_ws;
 mod http;
 mod messenger;
+mod visitor_session;
 mod visitor_ws;
