@@ -29,6 +29,8 @@ use crate::typing::{self, Throttle};
 
 /// How long to wait for the loader's `init` (page URL, referrer) before connecting without it.
 const INIT_WAIT_MS: u64 = 1_500;
+/// What a tab tells its siblings after the server minted a token for it.
+const SIBLING_MINTED: &str = "minted";
 /// Retry delay for sends the server refused with a retryable error.
 const RESEND_AFTER_MS: u64 = 3_000;
 
@@ -93,6 +95,10 @@ struct St {
     cookie_missing: bool,
     /// Storage access was asked for already (once per page).
     access_asked: bool,
+    /// The socket was started (after the session call).
+    connecting: bool,
+    /// Where sibling tabs of this host site say they minted a token (`identity.rs`).
+    siblings: Option<web_sys::BroadcastChannel>,
 }
 
 /// Builds the session, mounts the panel into `<body>` and starts talking to the host page and the server.
@@ -209,16 +215,51 @@ impl Session {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
+        self.listen_to_siblings();
         let stored = self.store.token();
         wasm_bindgen_futures::spawn_local(async move {
-            let granted = identity::establish(&me.cfg.site_key, stored).await;
+            let established = identity::establish(&me.cfg.site_key, stored).await;
             // Another tab may have stored a token while this one waited for the lock.
-            let token = granted.or_else(|| me.store.token());
-            if let Some(token) = token {
-                me.st.borrow_mut().token = Some(token);
+            let token = established.token.or_else(|| me.store.token());
+            let siblings = {
+                let mut st = me.st.borrow_mut();
+                if let Some(token) = token {
+                    st.token = Some(token);
+                }
+                st.connecting = true;
+                st.siblings.clone()
+            };
+            if established.minted
+                && let Some(channel) = siblings
+            {
+                let _ = channel.post_message(&JsValue::from_str(SIBLING_MINTED));
             }
             me.conn.start();
         });
+    }
+
+    /// Two tabs of a new visitor may each mint a token where the browser gives the frame no Web Lock; the browser
+    /// keeps the cookie set last. A tab told that a sibling minted reconnects, so its socket carries that cookie —
+    /// unless it already has a conversation of its own.
+    fn listen_to_siblings(&self) {
+        let Ok(channel) = web_sys::BroadcastChannel::new(&format!("parley-session:{}", self.cfg.site_key)) else {
+            return;
+        };
+        let w = self.me.clone();
+        let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+            let Some(s) = w.upgrade() else { return };
+            if ev.data().as_string().as_deref() != Some(SIBLING_MINTED) || !s.st.borrow().connecting {
+                return;
+            }
+            if s.ui.chat.with_untracked(Chat::last_seq) == 0 {
+                s.conn.restart(true);
+                s.on_down();
+            }
+        });
+        channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        // Lives as long as the page.
+        on_message.forget();
+        self.st.borrow_mut().siblings = Some(channel);
     }
 
     /// Where neither the cookie nor the frame's storage keep the session, a click in the frame asks the browser for

@@ -10,6 +10,9 @@
 //!
 //! Which token: the cookie's, else the frame's stored token (a session from before the cookie), else a new one.
 //! Minting writes nothing to the database: the contact is created when the visitor first writes (`ws::visitor`).
+//! Where the browser refuses a third-party frame Web Locks (Chromium does, like storage), two tabs may mint at
+//! once; the answer's `minted` lets the frame tell its sibling tabs (BroadcastChannel, which still works there), and
+//! every tab reconnects on the cookie the browser kept last, before the visitor can write.
 //! When the frame has storage access through the Storage Access API (`"storage_access": true`, used where neither
 //! partitioned cookies nor frame storage work), the cookie is set unpartitioned and the token is also returned,
 //! because the frame must then present it in `hello` itself.
@@ -46,6 +49,9 @@ struct SessionRequest {
 
 #[derive(Serialize)]
 struct SessionResponse {
+    /// Whether a new token was minted (no cookie and no stored token came with the request): the frame tells the
+    /// host site's other tabs, which then reconnect so every tab ends on the cookie the browser kept.
+    minted: bool,
     /// Only with `storage_access`: the token the frame must present in `hello`.
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<String>,
@@ -99,11 +105,12 @@ pub async fn post(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad session request: {e}")))?
     };
-    let token =
-        cookie_token(&headers, &site.key).or(request.token.filter(|t| valid_token(t))).unwrap_or_else(auth::new_token);
+    let known = cookie_token(&headers, &site.key).or(request.token.filter(|t| valid_token(t)));
+    let minted = known.is_none();
+    let token = known.unwrap_or_else(auth::new_token);
     let cookie = HeaderValue::from_str(&set_cookie(&site.key, &token, !request.storage_access))
         .map_err(|e| ApiError::Internal(e.into()))?;
-    let reply = SessionResponse { token: request.storage_access.then_some(token) };
+    let reply = SessionResponse { minted, token: request.storage_access.then_some(token) };
     let mut response = (StatusCode::OK, axum::Json(reply)).into_response();
     response.headers_mut().insert(SET_COOKIE, cookie);
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -187,12 +187,13 @@ async fn the_visitor_cookie_has_exactly_the_right_attributes() {
         format!("{COOKIE_NAME}={token}; Max-Age=34560000; Path=/; Secure; HttpOnly; SameSite=None; Partitioned")
     );
     let body: serde_json::Value = response.json().await.expect("json");
-    assert_eq!(body, serde_json::json!({}), "the token must not be in a script-readable body");
+    assert_eq!(body, serde_json::json!({"minted": true}), "the token must not be in a script-readable body");
 
     // The cookie's token is kept; without a cookie, a token from the frame's storage is adopted.
     let cookie = format!("{COOKIE_NAME}={token}");
     let renewed = session_call(&app, Some(&app.origin()), Some(&cookie), r#"{"token":null}"#).await;
     assert_eq!(cookie_token(&renewed), token);
+    assert_eq!(renewed.json::<serde_json::Value>().await.expect("json"), serde_json::json!({"minted": false}));
     let stored = auth::new_token();
     let adopted = session_call(&app, Some(&app.origin()), None, &format!(r#"{{"token":"{stored}"}}"#)).await;
     assert_eq!(cookie_token(&adopted), stored);
