@@ -117,6 +117,20 @@ async fn opening_the_chat_writes_nothing_until_the_visitor_writes() {
     let (_, events) = welcome_parts(hello(&mut again, None).await);
     assert_eq!(events.len(), 1);
     assert_eq!(db_state(&mut db).await, written);
+
+    // Moving to another page is recorded for the agent.
+    let mut moved = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
+    moved
+        .send(&ClientMsg::Hello {
+            protocol: protocol::PROTOCOL_VERSION,
+            token: None,
+            last_seq: 1,
+            context: VisitorContext { page_url: Some(format!("{HOST_ORIGIN}/checkout")), ..Default::default() },
+        })
+        .await;
+    welcome_parts(moved.recv().await);
+    let summary = app.store.summaries().await.expect("summaries").remove(0);
+    assert_eq!(summary.page_url.as_deref(), Some(&*format!("{HOST_ORIGIN}/checkout")));
 }
 
 #[tokio::test]
