@@ -1,6 +1,9 @@
 // Parley's browser tests. Playwright starts `parley demo` (built by `cargo xtask build`) on its own ports with a
 // throw-away SQLite database: the chat server on CHAT_ORIGIN and the demo customer page on HOST_ORIGIN, a
-// different origin that embeds the widget with the one script tag. Chromium is Debian's (/usr/bin/chromium).
+// different *site* (localhost vs 127.0.0.1, not only another port) that embeds the widget with the one script tag,
+// so the chat frame is a third party exactly as on a customer's site: no frame localStorage, only partitioned
+// cookies. Chromium is Debian's (/usr/bin/chromium) with its default third-party rules: never add a flag that
+// relaxes them.
 import { defineConfig } from '@playwright/test';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -10,7 +13,8 @@ const chatPort = Number(process.env.PARLEY_E2E_CHAT_PORT ?? 3917);
 const hostPort = Number(process.env.PARLEY_E2E_HOST_PORT ?? 8917);
 const messengerPort = Number(process.env.PARLEY_E2E_MESSENGER_PORT ?? 3918);
 export const CHAT_ORIGIN = `http://127.0.0.1:${chatPort}`;
-export const HOST_ORIGIN = `http://127.0.0.1:${hostPort}`;
+// `parley demo` serves its host page as http://localhost:PORT when the chat is on 127.0.0.1.
+export const HOST_ORIGIN = `http://localhost:${hostPort}`;
 
 const root = path.resolve(__dirname, '..');
 const bin = process.env.PARLEY_E2E_BIN ?? path.join(root, 'target/debug/parley');

@@ -6,6 +6,7 @@ import {
   HOST_ORIGIN,
   agentOpens,
   agentReplies,
+  inChatFrame,
   openChat,
   signInAgent,
   unique,
@@ -81,9 +82,19 @@ test('a visitor and an agent chat live across origins', async ({ browser }) => {
   await agent.context().close();
 });
 
-test('the conversation is back after the host page reloads', async ({ browser }) => {
+test('the conversation is back after the host page (on another site) reloads, and later replies reach it', async ({
+  browser,
+}) => {
   const visitor = await visitHostPage(browser);
   await openChat(visitor);
+  // The frame really is a third party here: the browser refuses it localStorage.
+  expect(await inChatFrame(visitor, () => {
+    try {
+      return String(localStorage.length);
+    } catch (e) {
+      return (e as Error).name;
+    }
+  })).toBe('SecurityError');
   const first = unique('My order is late');
   await visitorSends(visitor, first);
   const agent = await signInAgent(browser);
@@ -99,6 +110,13 @@ test('the conversation is back after the host page reloads', async ({ browser })
   await expect(log).toContainText(reply);
   await expect(log.getByText(first, { exact: true })).toHaveCount(1);
   await expect(log.getByText(reply, { exact: true })).toHaveCount(1);
+  // A reply written after the reload reaches the reloaded page, and so does the visitor's next message the agent.
+  const later = unique('Found it: it ships tomorrow.');
+  await agentReplies(agent, later);
+  await expect(log).toContainText(later);
+  const thanks = unique('Thanks!');
+  await visitorSends(visitor, thanks);
+  await expect(agent.getByRole('log')).toContainText(thanks);
   await visitor.context.close();
   await agent.context().close();
 });

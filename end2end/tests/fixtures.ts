@@ -26,6 +26,21 @@ export async function visitHostPage(browser: Browser, viewport = { width: 1280, 
   return { context, page, chat };
 }
 
+/** Another tab of the same visitor (same browser context) on the host page. */
+export async function newTab(visitor: Visitor): Promise<Visitor> {
+  const page = await visitor.context.newPage();
+  await page.goto(`${HOST_ORIGIN}/`);
+  return { context: visitor.context, page, chat: page.frameLocator('iframe[title="Chat"]') };
+}
+
+/** Runs `script` inside the chat frame (on the chat origin) of a visitor's page. */
+export async function inChatFrame<T>(visitor: Visitor, script: () => T): Promise<T> {
+  await expect(visitor.page.locator('iframe[title="Chat"]')).toHaveCount(1);
+  const frame = visitor.page.frames().find((f) => f.url().startsWith(`${CHAT_ORIGIN}/frame/`));
+  if (!frame) throw new Error('no chat frame');
+  return frame.evaluate(script);
+}
+
 /** Opens the chat panel from the launcher and waits for the composer. */
 export async function openChat(visitor: Visitor): Promise<void> {
   await visitor.page.getByRole('button', { name: 'Open chat' }).click();

@@ -1,8 +1,9 @@
 //! Frames between the chat frame (the Leptos/Wasm widget) and the server, on `GET /ws/visitor`.
 //!
-//! Flow: the client opens the socket and sends [`ClientMsg::Hello`] (with its stored token, if any, and the last
-//! `seq` it applied). The server answers [`ServerMsg::Welcome`] with the token to keep and every event after
-//! `last_seq`, then streams live [`ServerMsg::Event`]s. Each [`ClientMsg::Send`] is answered by exactly one
+//! Flow: the chat frame first calls `POST /api/visitor/session` (which sets the visitor cookie the upgrade then
+//! carries), opens the socket and sends [`ClientMsg::Hello`] (with its stored token, if any, and the last `seq` it
+//! applied). The server answers [`ServerMsg::Welcome`] with the token to keep (none when the cookie holds the
+//! session) and every event after `last_seq`, then streams live [`ServerMsg::Event`]s. Each [`ClientMsg::Send`] is answered by exactly one
 //! [`ServerMsg::Ack`] (or an `Error` naming the same `client_id`) only after the message is committed to disk;
 //! re-sending the same `client_id` is safe and returns the original ack.
 
@@ -19,7 +20,8 @@ pub enum ClientMsg {
         /// [`crate::PROTOCOL_VERSION`] of the client.
         #[serde(default)]
         protocol: u32,
-        /// The visitor token from a previous `Welcome`; `None` starts a new visitor.
+        /// The visitor token from a previous `Welcome`, a fallback for the visitor cookie (which wins when the
+        /// upgrade carries it); `None` and no cookie start a new visitor.
         #[serde(default)]
         token: Option<String>,
         /// Highest event `seq` the client has applied (0 for none).
@@ -69,7 +71,8 @@ pub struct VisitorContext {
 pub enum ServerMsg {
     /// Answer to `Hello`.
     Welcome {
-        /// Token to store (in the frame's own storage) and present in the next `Hello`.
+        /// Token to store (in the frame's own storage) and present in the next `Hello`; empty when the session
+        /// lives in the visitor cookie, which no script may read.
         token: String,
         /// Events after the client's `last_seq`, in order.
         events: Vec<Event>,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use app::backend::{BackendError, ClientAddr, ConsoleBackend, LoginSession, SESSION_COOKIE};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{
-    CONTENT_SECURITY_POLICY, COOKIE, ORIGIN, REFERER, STRICT_TRANSPORT_SECURITY, X_FRAME_OPTIONS,
+    CONTENT_SECURITY_POLICY, ORIGIN, REFERER, STRICT_TRANSPORT_SECURITY, X_FRAME_OPTIONS,
 };
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, request::Parts};
 use axum::middleware::Next;
@@ -27,15 +27,7 @@ use crate::store::{StoreError, now_ms};
 
 /// Reads the session token from a `Cookie` header.
 pub fn session_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_string())
-        .filter(|v| !v.is_empty())
+    crate::http::cookie_value(headers, SESSION_COOKIE, |v| !v.is_empty())
 }
 
 /// The agent signed in by the request's cookie.
@@ -240,6 +232,7 @@ impl ConsoleBackend for Backend {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use axum::http::header::COOKIE;
 
     #[test]
     fn finds_the_session_cookie_among_others() {

@@ -1,9 +1,9 @@
 //! `parley demo`: everything a newcomer needs to see Parley work, in one process.
 //!
 //! It makes sure a demo site (key `demo`, allowed origin = the host page's origin) and a demo agent exist, prints
-//! the agent's credentials, serves the chat server (default http://127.0.0.1:3000) and, on a *different origin*
-//! (default http://127.0.0.1:8080), a host page that embeds the widget with the one script tag, exactly as a
-//! customer's site would. The host page sends a strict CSP without `'wasm-unsafe-eval'`, to show it is not needed.
+//! the agent's credentials, serves the chat server (default http://127.0.0.1:3000) and, on a *different site*
+//! (default http://localhost:8080: another host name, not only another port, so the browser treats the chat frame as
+//! a third party exactly as on a customer's site), a host page that embeds the widget with the one script tag. The host page sends a strict CSP without `'wasm-unsafe-eval'`, to show it is not needed.
 //! Unless `--no-messenger` is given, it also starts the Messenger sandbox (default http://127.0.0.1:3001) and wires
 //! the server to it, so "Continue on Messenger" opens the sandbox's Messenger-like page for a simulated customer and
 //! the whole loop works locally without a Facebook account.
@@ -26,7 +26,8 @@ use crate::store::Store;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Address of the demo host page (a different origin from the chat server).
+    /// Address of the demo host page (served under another site name than the chat server: `localhost` for a
+    /// loopback address).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub host_bind: SocketAddr,
     /// Address of the Messenger sandbox (Graph API emulator and simulated customer page).
@@ -47,7 +48,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let host_listener = TcpListener::bind(args.host_bind)
         .await
         .with_context(|| format!("cannot listen on {} for the demo host page", args.host_bind))?;
-    let host_origin = format!("http://{}", host_listener.local_addr()?);
+    let host_origin = host_page_origin(host_listener.local_addr()?, &settings.public_origin());
     let listener = TcpListener::bind(settings.http.bind)
         .await
         .with_context(|| format!("cannot listen on {}", settings.http.bind))?;
@@ -58,15 +59,22 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         Some(start_sandbox(&mut settings, args.messenger_bind, chat_addr).await?)
     };
     let store = Store::connect(&settings.database.url, settings.database.max_connections).await?;
-    if store.site_by_key("demo").await?.is_none() {
-        store
-            .create_site(
-                "demo",
-                "Parley Demo Shop",
-                std::slice::from_ref(&host_origin),
-                "Hi! Ask us anything — a person will answer.",
-            )
-            .await?;
+    match store.site_by_key("demo").await? {
+        None => {
+            store
+                .create_site(
+                    "demo",
+                    "Parley Demo Shop",
+                    std::slice::from_ref(&host_origin),
+                    "Hi! Ask us anything — a person will answer.",
+                )
+                .await?;
+        }
+        // A demo database from an earlier run may name another host page address.
+        Some(site) if !site.allowed_origins().contains(&host_origin) => {
+            store.set_allowed_origins(&site.id, std::slice::from_ref(&host_origin)).await?;
+        }
+        Some(_) => {}
     }
     let agent_created = if store.agent_by_email(&args.email).await?.is_none() {
         create_agent(&store, &args.email, "Dana (demo agent)", &args.password).await?;
@@ -103,6 +111,16 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         sandbox.shutdown().await;
     }
     host.context("demo host page server failed")
+}
+
+/// The host page's origin: on a loopback address, the loopback *name* the chat server does not use (`localhost`
+/// when the chat is on `127.0.0.1`), so host page and chat are different sites, as on a customer's site.
+fn host_page_origin(addr: SocketAddr, chat_origin: &str) -> String {
+    if !addr.ip().is_loopback() {
+        return format!("http://{addr}");
+    }
+    let host = if chat_origin.contains("://localhost") { "127.0.0.1" } else { "localhost" };
+    format!("http://{host}:{}", addr.port())
 }
 
 /// Starts the sandbox and points the Messenger settings at it (same app, page and secrets on both sides).
@@ -211,3 +229,17 @@ whenReady(function () {
   document.getElementById('open-chat').addEventListener('click', function () { Parley('open'); });
 });
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_page_is_on_another_site_than_the_chat() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        assert_eq!(host_page_origin(addr, "http://127.0.0.1:3000"), "http://localhost:8080");
+        assert_eq!(host_page_origin(addr, "http://localhost:3000"), "http://127.0.0.1:8080");
+        let public: SocketAddr = "192.0.2.7:8080".parse().expect("addr");
+        assert_eq!(host_page_origin(public, "https://chat.example"), "http://192.0.2.7:8080");
+    }
+}

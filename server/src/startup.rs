@@ -12,7 +12,7 @@ use axum::Router;
 use axum::http::HeaderValue;
 use axum::http::header::{REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS};
 use axum::response::Redirect;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -224,6 +224,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/healthz", get(http::health::get))
         .route("/frame/{site_key}", get(http::frame::get))
         .route("/ws/visitor", get(ws::visitor::upgrade))
+        .route("/api/visitor/session", post(http::visitor_session::post))
         .route("/ws/agent", get(ws::agent::upgrade))
         .route("/webhooks/messenger", get(messenger::webhook::verify).post(messenger::webhook::receive))
         .route("/attachments/{id}", get(http::attachments::get))

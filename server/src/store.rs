@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+pub use conversations::web_contact_id;
 pub use conversations::{AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS};
 pub use messenger::{Accepted, MAX_LIVE_LINKS, OfferOutcome, QuarantinedDelivery};
 pub use messenger::{LinkRow, OutboxRow, outbox_metadata};

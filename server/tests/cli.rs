@@ -3,6 +3,8 @@
 #[path = "support/parley_cli.rs"]
 mod parley_cli;
 
+use std::process::{Command, Output, Stdio};
+
 use parley_cli::{parley, text};
 
 #[test]

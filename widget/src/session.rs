@@ -1,5 +1,6 @@
 //! The controller of the chat frame: speaks the visitor protocol over the [`Connection`], keeps [`Chat`] and the
-//! other UI signals up to date, persists the token and the outbox, and reports to the host page through [`Host`].
+//! other UI signals up to date, persists the outbox (and the token, where the visitor cookie does not stick), and
+//! reports to the host page through [`Host`]. Before the first socket it sets up the visitor cookie ([`identity`]).
 //!
 //! Rules it enforces: `Hello` (token + last applied seq) first on every socket; after `Welcome`, every unacked
 //! message is re-sent with its same client id, in order; a gap in live events resumes instead of applying out of
@@ -20,6 +21,7 @@ use crate::boot::{self, BootConfig};
 use crate::components::panel::Panel;
 use crate::connection::{ConnEvent, Connection};
 use crate::host::{Host, HostMsg};
+use crate::identity;
 use crate::js::{new_client_id, now_ms, warn};
 use crate::state::{Applied, Chat};
 use crate::storage::Store;
@@ -27,6 +29,8 @@ use crate::typing::{self, Throttle};
 
 /// How long to wait for the loader's `init` (page URL, referrer) before connecting without it.
 const INIT_WAIT_MS: u64 = 1_500;
+/// What a tab tells its siblings after the server minted a token for it.
+const SIBLING_MINTED: &str = "minted";
 /// Retry delay for sends the server refused with a retryable error.
 const RESEND_AFTER_MS: u64 = 3_000;
 
@@ -87,6 +91,14 @@ struct St {
     agent_typing_ttl: Option<TimeoutHandle>,
     resend: Option<TimeoutHandle>,
     posted_unread: Option<u32>,
+    /// The server handed us a token: the visitor cookie did not come back on the socket.
+    cookie_missing: bool,
+    /// Storage access was asked for already (once per page).
+    access_asked: bool,
+    /// The socket was started (after the session call).
+    connecting: bool,
+    /// Where sibling tabs of this host site say they minted a token (`identity.rs`).
+    siblings: Option<web_sys::BroadcastChannel>,
 }
 
 /// Builds the session, mounts the panel into `<body>` and starts talking to the host page and the server.
@@ -160,6 +172,12 @@ impl Session {
         on_visibility.forget();
 
         let w = weak.clone();
+        let _ = window_event_listener(leptos::ev::click, move |_| {
+            if let Some(s) = w.upgrade() {
+                s.on_click();
+            }
+        });
+        let w = weak.clone();
         let _ = window_event_listener(leptos::ev::keydown, move |ev| {
             if ev.key() == "Escape"
                 && !ev.is_composing()
@@ -196,7 +214,75 @@ impl Session {
         if std::mem::replace(&mut self.st.borrow_mut().started, true) {
             return;
         }
-        self.conn.start();
+        let Some(me) = self.me.upgrade() else { return };
+        self.listen_to_siblings();
+        let stored = self.store.token();
+        wasm_bindgen_futures::spawn_local(async move {
+            let established = identity::establish(&me.cfg.site_key, stored).await;
+            // Another tab may have stored a token while this one waited for the lock.
+            let token = established.token.or_else(|| me.store.token());
+            let siblings = {
+                let mut st = me.st.borrow_mut();
+                if let Some(token) = token {
+                    st.token = Some(token);
+                }
+                st.connecting = true;
+                st.siblings.clone()
+            };
+            if established.minted
+                && let Some(channel) = siblings
+            {
+                let _ = channel.post_message(&JsValue::from_str(SIBLING_MINTED));
+            }
+            me.conn.start();
+        });
+    }
+
+    /// Two tabs of a new visitor may each mint a token where the browser gives the frame no Web Lock; the browser
+    /// keeps the cookie set last. A tab told that a sibling minted reconnects, so its socket carries that cookie —
+    /// unless it already has a conversation of its own.
+    fn listen_to_siblings(&self) {
+        let Ok(channel) = web_sys::BroadcastChannel::new(&format!("parley-session:{}", self.cfg.site_key)) else {
+            return;
+        };
+        let w = self.me.clone();
+        let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+            let Some(s) = w.upgrade() else { return };
+            if ev.data().as_string().as_deref() != Some(SIBLING_MINTED) || !s.st.borrow().connecting {
+                return;
+            }
+            if s.ui.chat.with_untracked(Chat::last_seq) == 0 {
+                s.conn.restart(true);
+                s.on_down();
+            }
+        });
+        channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        // Lives as long as the page.
+        on_message.forget();
+        self.st.borrow_mut().siblings = Some(channel);
+    }
+
+    /// Where neither the cookie nor the frame's storage keep the session, a click in the frame asks the browser for
+    /// storage access (it needs a user gesture); once granted, the next load finds the session.
+    fn on_click(&self) {
+        let token = {
+            let mut st = self.st.borrow_mut();
+            if !st.cookie_missing || st.access_asked || self.store.persistent() || self.host.is_none() {
+                return;
+            }
+            let Some(token) = st.token.clone() else { return };
+            st.access_asked = true;
+            token
+        };
+        if !identity::storage_access_api() {
+            return;
+        }
+        let site_key = self.cfg.site_key.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            if !identity::ask_storage_access(&site_key, token).await {
+                warn("parley: no storage access; the chat will start over on the next page load");
+            }
+        });
     }
 
     fn on_host(&self, m: HostMsg) {
@@ -333,8 +419,18 @@ impl Session {
     }
 
     fn on_welcome(&self, token: String, events: Vec<protocol::Event>, last_seq: u64, agent_read_seq: u64, reset: bool) {
-        self.store.set_token(Some(&token));
-        self.st.borrow_mut().token = Some(token);
+        if token.is_empty() {
+            // The session lives in the visitor cookie: no copy of a token in script-readable storage.
+            self.store.set_token(None);
+            let mut st = self.st.borrow_mut();
+            st.token = None;
+            st.cookie_missing = false;
+        } else {
+            self.store.set_token(Some(&token));
+            let mut st = self.st.borrow_mut();
+            st.token = Some(token);
+            st.cookie_missing = true;
+        }
         let Some(w) = self.ui.chat.try_update(|c| c.apply_welcome(events, last_seq, agent_read_seq, reset)) else {
             return;
         };

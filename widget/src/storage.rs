@@ -1,6 +1,9 @@
-//! The frame's persistence: its own origin's `localStorage` only (never cookies, never URLs), under keys
-//! `parley:<site_key>:…`. When storage is blocked or full, values are kept in memory for this page's lifetime, so the
-//! chat keeps working; nothing here may fail loudly.
+//! The frame's own persistence: its origin's `localStorage` only (never the host page's, never URLs), under keys
+//! `parley:<site_key>:…`. It holds the outbox and, only where the visitor cookie does not stick, the visitor token.
+//! The session itself normally lives in the chat origin's `HttpOnly` partitioned cookie (see `identity.rs`), which
+//! no script can read: browsers block `localStorage` in a frame on another site (Chromium throws `SecurityError`),
+//! so storage is a fallback here, not the home of the session. When storage is blocked or full, values are kept in
+//! memory for this page's lifetime, so the chat keeps working; nothing here may fail loudly.
 
 use std::cell::RefCell;
 
@@ -39,6 +42,11 @@ impl Store {
         if !stored && let Some(v) = value {
             memory.push((key, v));
         }
+    }
+
+    /// Whether values outlive this page (the frame may use `localStorage`).
+    pub fn persistent(&self) -> bool {
+        self.local.is_some()
     }
 
     pub fn token(&self) -> Option<String> {

@@ -4,6 +4,7 @@
 //! change itself, so the log and the tables never disagree and replaying the log from any `seq` is exact.
 
 use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
+use sha2::{Digest, Sha256};
 use sqlx::{Sqlite, Transaction};
 
 use super::models::{Contact, ContactContext, Conversation, SummaryRow};
@@ -68,6 +69,20 @@ pub(super) fn seq_param(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The id a web visitor's contact has (or will have once the visitor first writes): derived from the site and the
+/// token's hash, so every socket holding the token knows it before the contact exists. One-way: the id reveals
+/// nothing usable about the token.
+pub fn web_contact_id(site_id: &str, token_hash: &[u8]) -> String {
+    let mut digest = Sha256::new();
+    digest.update(b"parley web contact\0");
+    digest.update(site_id.as_bytes());
+    digest.update([0]);
+    digest.update(token_hash);
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.finalize()[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+}
+
 fn conversation_from_row(row: (String, String, String, String, i64, i64, i64)) -> StoreResult<Conversation> {
     let (id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq) = row;
     Ok(Conversation {
@@ -85,8 +100,10 @@ const CONVERSATION_COLUMNS: &str =
     "select id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq from conversations";
 
 impl Store {
-    /// Creates a contact for a new web visitor.
-    pub async fn create_contact(
+    /// The web visitor's contact for a token, created on first use. Insert-or-get: the insert is a no-op when the
+    /// token hash (or the id derived from it, [`web_contact_id`]) already exists, so concurrent first writes with one
+    /// token (two tabs of a brand-new visitor) end with one contact. `Conflict` if the token belongs to another site.
+    pub async fn contact_for_token(
         &self,
         site_id: &str,
         token_hash: &[u8],
@@ -94,13 +111,13 @@ impl Store {
         ctx: &ContactContext,
     ) -> StoreResult<Contact> {
         let now = now_ms();
-        sqlx::query_as::<_, Contact>(&format!(
+        sqlx::query(
             "insert into contacts (id, site_id, web_token_hash, label, page_url, referrer, user_agent, timezone,
                 utc_offset_minutes, language, created_at, updated_at)
              values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             returning {CONTACT_COLUMNS}"
-        ))
-        .bind(new_id())
+             on conflict do nothing",
+        )
+        .bind(web_contact_id(site_id, token_hash))
         .bind(site_id)
         .bind(token_hash)
         .bind(label)
@@ -112,9 +129,20 @@ impl Store {
         .bind(&ctx.language)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| on_unique(e, "a contact with this token"))
+        .execute(&self.pool)
+        .await?;
+        self.contact_by_token(site_id, token_hash)
+            .await?
+            .ok_or_else(|| StoreError::Conflict("a contact of another site with this token".into()))
+    }
+
+    /// Whether any contact, of any site, holds this web token.
+    pub async fn web_token_taken(&self, token_hash: &[u8]) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar("select 1 from contacts where web_token_hash = ?")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// The contact holding a web token on a site.
@@ -128,14 +156,17 @@ impl Store {
         .await?)
     }
 
-    /// Records where the contact is now (fields the browser did not send keep their old value).
+    /// Records where the contact is now (fields the browser did not send keep their old value). Writes nothing when
+    /// nothing changed, so a visitor reopening the chat from the same page writes nothing.
     pub async fn update_contact_context(&self, contact_id: &str, ctx: &ContactContext) -> StoreResult<()> {
         sqlx::query(
-            "update contacts set page_url = coalesce(?, page_url), referrer = coalesce(?, referrer),
-                user_agent = coalesce(?, user_agent), timezone = coalesce(?, timezone),
-                utc_offset_minutes = coalesce(?, utc_offset_minutes), language = coalesce(?, language),
-                updated_at = ?
-             where id = ?",
+            "update contacts set page_url = coalesce(?1, page_url), referrer = coalesce(?2, referrer),
+                user_agent = coalesce(?3, user_agent), timezone = coalesce(?4, timezone),
+                utc_offset_minutes = coalesce(?5, utc_offset_minutes), language = coalesce(?6, language),
+                updated_at = ?7
+             where id = ?8 and (page_url is not coalesce(?1, page_url) or referrer is not coalesce(?2, referrer)
+                or user_agent is not coalesce(?3, user_agent) or timezone is not coalesce(?4, timezone)
+                or utc_offset_minutes is not coalesce(?5, utc_offset_minutes) or language is not coalesce(?6, language))",
         )
         .bind(&ctx.page_url)
         .bind(&ctx.referrer)

@@ -41,4 +41,16 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// Replaces a site's allowed origins.
+    pub async fn set_allowed_origins(&self, site_id: &str, origins: &[String]) -> StoreResult<()> {
+        let origins_json = serde_json::to_string(origins).map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("update sites set allowed_origins = ?, updated_at = ? where id = ?")
+            .bind(origins_json)
+            .bind(now_ms())
+            .bind(site_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }

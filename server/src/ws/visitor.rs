@@ -1,8 +1,12 @@
 //! `GET /ws/visitor?site=KEY`: the widget's socket.
 //!
 //! The upgrade is refused with 403 unless `Origin` is this server's own origin (the chat frame) or one of the site's
-//! allowed origins. The first frame must be `hello`; the visitor token in it (kept in the frame's own storage)
-//! names the contact, or a new contact is created and its token returned in `welcome`.
+//! allowed origins. The first frame must be `hello`. The visitor token comes from the visitor cookie (read only on
+//! an upgrade from the chat frame's own origin, see `http::visitor_session`), else from `hello` (the frame's own
+//! storage, where it works), else a new one is minted and returned in `welcome` (a cookie token is never echoed).
+//! Opening the chat writes nothing: the contact is created when the visitor first writes or asks for a Messenger
+//! link, insert-or-get on the token, under an id derived from it, so the socket can join the hub before the contact
+//! exists and two tabs with one token end in one contact.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,10 +23,12 @@ use serde::Deserialize;
 use super::flood::{TypingGate, VisitorFrame};
 use super::{Connection, FRAME_TOO_BIG, Liveness, Peer, Relay, Sink, close, next_frame, send_close, send_json, serve};
 use crate::error::ApiError;
+use crate::http::visitor_session;
 use crate::hub::HubMsg;
 use crate::services::{PostInput, Poster, ServiceError};
 use crate::state::AppState;
-use crate::store::models::{Contact, ContactContext, Conversation, Site};
+use crate::store;
+use crate::store::models::{ContactContext, Conversation, Site};
 use crate::{auth, client_ip};
 
 #[derive(Deserialize)]
@@ -44,6 +50,9 @@ pub async fn upgrade(
     if origin != &*state.public_origin && !site.allowed_origins().iter().any(|o| o == origin) {
         return Err(ApiError::ForbiddenOrigin);
     }
+    // Only the chat frame's own socket speaks for the cookie: a host page connecting directly gets no session.
+    let cookie =
+        (origin == &*state.public_origin).then(|| visitor_session::cookie_token(&headers, &site.key)).flatten();
     let user_agent =
         headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect::<String>());
     let ip = client_ip::resolve(peer, &headers, &state.settings.http.trusted_proxies);
@@ -53,7 +62,7 @@ pub async fn upgrade(
     Ok(ws
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| run(state, site, user_agent, socket, peer)))
+        .on_upgrade(move |socket| run(state, site, cookie, user_agent, socket, peer)))
 }
 
 fn clip(value: Option<String>, max: usize) -> Option<String> {
@@ -74,7 +83,12 @@ fn contact_context(ctx: VisitorContext, user_agent: Option<String>) -> ContactCo
 struct Session {
     state: AppState,
     site: Site,
-    contact: Contact,
+    /// The contact this socket speaks for; it exists once `contact_stored` (see [`Session::ensure_contact`]).
+    contact_id: String,
+    contact_stored: bool,
+    /// SHA-256 of the visitor token and what the browser said, to create the contact on the first write.
+    token_hash: Vec<u8>,
+    context: ContactContext,
     conversation: Option<Conversation>,
     relay: Relay,
     /// Where the socket comes from (flood limits count per visitor and per address).
@@ -95,13 +109,36 @@ impl Session {
     /// The contact's conversation, looked up once it exists.
     async fn conversation(&mut self) -> Result<Option<Conversation>, ServiceError> {
         if self.conversation.is_none() {
-            self.conversation = self.state.store.conversation_for_contact(&self.contact.id).await?;
+            self.conversation = self.state.store.conversation_for_contact(&self.contact_id).await?;
         }
         Ok(self.conversation.clone())
     }
+
+    /// Creates the contact on the visitor's first write (insert-or-get on the token, so other tabs share it).
+    async fn ensure_contact(&mut self) -> Result<(), ServiceError> {
+        if self.contact_stored {
+            return Ok(());
+        }
+        let label = format!("Visitor {}", &auth::new_token()[..4].to_ascii_uppercase());
+        let contact =
+            self.state.store.contact_for_token(&self.site.id, &self.token_hash, &label, &self.context).await?;
+        if contact.id != self.contact_id {
+            tracing::warn!("a web contact's id is not the one derived from its token");
+            self.contact_id = contact.id;
+        }
+        self.contact_stored = true;
+        Ok(())
+    }
 }
 
-async fn run(state: AppState, site: Site, user_agent: Option<String>, socket: WebSocket, peer: Peer) {
+async fn run(
+    state: AppState,
+    site: Site,
+    cookie: Option<String>,
+    user_agent: Option<String>,
+    socket: WebSocket,
+    peer: Peer,
+) {
     let (mut sink, mut stream) = super::split(socket, &state.settings.limits);
     let hello_timeout = Duration::from_secs(state.settings.limits.hello_timeout_secs);
     let hello = match tokio::time::timeout(hello_timeout, next_frame(&mut stream)).await {
@@ -117,7 +154,7 @@ async fn run(state: AppState, site: Site, user_agent: Option<String>, socket: We
     }
     let (token, last_seq, context) = hello;
     let ctx = contact_context(context, user_agent);
-    let (contact, token) = match resolve_contact(&state, &site, token.as_deref(), &ctx).await {
+    let visitor = match resolve_contact(&state, &site, cookie, token, &ctx).await {
         Ok(found) => found,
         Err(e) => {
             tracing::error!(error = ?e, "visitor hello failed");
@@ -126,16 +163,21 @@ async fn run(state: AppState, site: Site, user_agent: Option<String>, socket: We
         }
     };
     // Join the hub before reading the log, so no event can fall between the two.
-    let (registration, mut hub_rx) = state.hub.join_visitor(&contact.id);
+    let (registration, mut hub_rx) = state.hub.join_visitor(&visitor.contact_id);
     let mut session = Session {
         state: state.clone(),
         site,
-        contact,
+        contact_id: visitor.contact_id,
+        contact_stored: visitor.stored,
+        token_hash: visitor.token_hash,
+        context: ctx,
         conversation: None,
         relay: Relay::default(),
         peer,
         gates: Gates::default(),
     };
+    // A token from the cookie stays out of reach of scripts: the frame is told none.
+    let token = if visitor.from_cookie { String::new() } else { visitor.token };
     let welcome = match welcome(&mut session, token, last_seq).await {
         Ok(w) => w,
         Err(e) => {
@@ -154,23 +196,48 @@ async fn run(state: AppState, site: Site, user_agent: Option<String>, socket: We
     announce_presence(&session).await;
 }
 
-/// Finds the contact for a token, or creates a new one with a fresh token.
+/// Who a socket speaks for.
+struct Visitor {
+    token: String,
+    /// The token came from the visitor cookie.
+    from_cookie: bool,
+    token_hash: Vec<u8>,
+    /// The stored contact's id, or the id the contact will get on the first write.
+    contact_id: String,
+    /// Whether the contact exists already.
+    stored: bool,
+}
+
+/// Picks the token (the cookie's, else `hello`'s, preferring one that already has a contact; else a new one) and
+/// finds its contact. Writes nothing, except the whereabouts of a known contact when they changed.
 async fn resolve_contact(
     state: &AppState,
     site: &Site,
-    token: Option<&str>,
+    cookie: Option<String>,
+    hello_token: Option<String>,
     ctx: &ContactContext,
-) -> Result<(Contact, String), ServiceError> {
-    if let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 128)
-        && let Some(contact) = state.store.contact_by_token(&site.id, &auth::token_hash(token)).await?
-    {
-        state.store.update_contact_context(&contact.id, ctx).await?;
-        return Ok((contact, token.to_string()));
+) -> Result<Visitor, ServiceError> {
+    let hello_token = hello_token.filter(|t| visitor_session::valid_token(t));
+    let mut unused = None;
+    for (token, from_cookie) in [(cookie, true), (hello_token, false)] {
+        let Some(token) = token else { continue };
+        let token_hash = auth::token_hash(&token);
+        if let Some(contact) = state.store.contact_by_token(&site.id, &token_hash).await? {
+            state.store.update_contact_context(&contact.id, ctx).await?;
+            return Ok(Visitor { token, from_cookie, token_hash, contact_id: contact.id, stored: true });
+        }
+        // A token some other site's contact holds cannot name a contact here.
+        if unused.is_none() && !state.store.web_token_taken(&token_hash).await? {
+            unused = Some((token, from_cookie, token_hash));
+        }
     }
-    let token = auth::new_token();
-    let label = format!("Visitor {}", &auth::new_token()[..4].to_ascii_uppercase());
-    let contact = state.store.create_contact(&site.id, &auth::token_hash(&token), &label, ctx).await?;
-    Ok((contact, token))
+    let (token, from_cookie, token_hash) = unused.unwrap_or_else(|| {
+        let token = auth::new_token();
+        let hash = auth::token_hash(&token);
+        (token, false, hash)
+    });
+    let contact_id = store::web_contact_id(&site.id, &token_hash);
+    Ok(Visitor { token, from_cookie, token_hash, contact_id, stored: false })
 }
 
 async fn welcome(session: &mut Session, token: String, last_seq: u64) -> Result<ServerMsg, ServiceError> {
@@ -214,7 +281,7 @@ impl Connection for Session {
             Some(ClientMsg::MessengerLink | ClientMsg::UnlinkMessenger) => VisitorFrame::Link,
             _ => VisitorFrame::Other,
         };
-        if self.state.floods.visitor_frame(&self.contact.id, self.peer.ip, kind) {
+        if self.state.floods.visitor_frame(&self.contact_id, self.peer.ip, kind) {
             return Ok(());
         }
         Err(match msg {
@@ -248,10 +315,17 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
         }
         ClientMsg::Ping => send_json(sink, &ServerMsg::Pong).await,
         ClientMsg::Send { client_id, body } => {
+            // Input that will be refused creates nothing.
+            let valid = protocol::validate_client_id(&client_id).is_ok() && protocol::validate_body(&body).is_ok();
+            if valid && let Err(e) = session.ensure_contact().await {
+                tracing::error!(error = ?e, "visitor contact not stored");
+                let why = "message not stored; it will be re-sent";
+                return send_json(sink, &error_frame(ErrorCode::Internal, why, Some(client_id))).await;
+            }
             let result = session
                 .state
                 .conversations
-                .post(PostInput::new(&session.contact.id, &session.site.id, Poster::Visitor, &client_id, &body))
+                .post(PostInput::new(&session.contact_id, &session.site.id, Poster::Visitor, &client_id, &body))
                 .await;
             let reply = match result {
                 Ok(posted) => {
@@ -280,7 +354,12 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
                 return send_json(sink, &error_frame(ErrorCode::InvalidInput, "Messenger is not available", None))
                     .await;
             };
-            match messenger.offer_link(&session.contact.id).await {
+            if let Err(e) = session.ensure_contact().await {
+                tracing::error!(error = ?e, "visitor contact not stored");
+                return send_json(sink, &error_frame(ErrorCode::Internal, "could not create a Messenger link", None))
+                    .await;
+            }
+            match messenger.offer_link(&session.contact_id).await {
                 Ok(offer) => {
                     send_json(
                         sink,
@@ -296,7 +375,7 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
         }
         ClientMsg::UnlinkMessenger => {
             if let Some(messenger) = session.state.messenger.clone()
-                && let Err(e) = messenger.unlink(&session.contact.id).await
+                && let Err(e) = messenger.unlink(&session.contact_id).await
             {
                 tracing::error!(error = ?e, "unlink failed");
                 return send_json(sink, &error_frame(ErrorCode::Internal, "could not unlink; try again", None)).await;

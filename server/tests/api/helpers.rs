@@ -145,6 +145,24 @@ impl TestApp {
         Ok(Ws { inner: stream })
     }
 
+    /// Opens the visitor socket with the given `Origin` and `Cookie` headers (None sends none).
+    pub async fn visitor_socket_with_cookie(&self, origin: Option<&str>, cookie: Option<&str>) -> Ws {
+        let url = format!("ws://{}/ws/visitor?site={SITE_KEY}", self.addr);
+        let mut request = url.into_client_request().expect("request");
+        for (name, value) in [("origin", origin), ("cookie", cookie)] {
+            if let Some(value) = value {
+                request.headers_mut().insert(name, HeaderValue::from_str(value).expect("header"));
+            }
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("visitor connects");
+        Ws { inner: stream }
+    }
+
+    /// The database file's URL, for tests that look at it directly.
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}", self._dir.path().join("parley.db").display())
+    }
+
     /// A visitor socket from the chat frame (this server's own origin) that has said hello.
     pub async fn visitor(&self, token: Option<&str>, last_seq: u64) -> (Ws, protocol::widget::ServerMsg) {
         let mut ws = self.visitor_socket(Some(&self.origin())).await.expect("visitor connects");

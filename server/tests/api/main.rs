@@ -11,4 +11,5 @@ mod messenger;
 mod outbox;
 mod supervision;
 mod messenger_intake;
+mod visitor_session;
 mod visitor_ws;

@@ -1,0 +1,282 @@
+//! Where the visitor's session lives: the `POST /api/visitor/session` cookie, the upgrade that reads it, and
+//! contacts created on the first write only (never on `hello`).
+
+use parley::auth;
+use protocol::EventKind;
+use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
+use sqlx::{Connection, SqliteConnection};
+
+use crate::helpers::{HOST_ORIGIN, SITE_KEY, TestApp, Ws, spawn_app};
+
+const COOKIE_NAME: &str = "parley_v_test-site";
+
+/// Calls the session endpoint as the chat frame would (or with another `Origin`); returns the response.
+async fn session_call(app: &TestApp, origin: Option<&str>, cookie: Option<&str>, body: &str) -> reqwest::Response {
+    let mut request = app.http.post(app.url(&format!("/api/visitor/session?site={SITE_KEY}"))).body(body.to_string());
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.expect("request")
+}
+
+/// The token the response's `Set-Cookie` stores.
+fn cookie_token(response: &reqwest::Response) -> String {
+    let set = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("a Set-Cookie header");
+    let pair = set.split(';').next().expect("name=value");
+    pair.strip_prefix(&format!("{COOKIE_NAME}=")).unwrap_or_else(|| panic!("unexpected cookie {set}")).to_string()
+}
+
+async fn hello(ws: &mut Ws, token: Option<&str>) -> ServerMsg {
+    ws.send(&ClientMsg::Hello {
+        protocol: protocol::PROTOCOL_VERSION,
+        token: token.map(str::to_string),
+        last_seq: 0,
+        context: VisitorContext { page_url: Some(format!("{HOST_ORIGIN}/")), ..Default::default() },
+    })
+    .await;
+    ws.recv().await
+}
+
+fn welcome_parts(welcome: ServerMsg) -> (String, Vec<protocol::Event>) {
+    match welcome {
+        ServerMsg::Welcome { token, events, .. } => (token, events),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+async fn send_acked(ws: &mut Ws, client_id: &str, body: &str) -> u64 {
+    ws.send(&ClientMsg::Send { client_id: client_id.into(), body: body.into() }).await;
+    ws.recv_until(|m: ServerMsg| match m {
+        ServerMsg::Ack { client_id: c, seq, .. } if c == client_id => Some(seq),
+        ServerMsg::Error { message, client_id: Some(c), .. } if c == client_id => panic!("refused: {message}"),
+        _ => None,
+    })
+    .await
+}
+
+/// Every row of every table, and SQLite's `data_version` (which moves whenever another connection commits).
+async fn db_state(conn: &mut SqliteConnection) -> (i64, Vec<(String, i64)>) {
+    let version: i64 = sqlx::query_scalar("pragma data_version").fetch_one(&mut *conn).await.expect("data_version");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' order by name",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("tables");
+    let mut counts = Vec::new();
+    for table in tables {
+        let n: i64 = sqlx::query_scalar(&format!("select count(*) from \"{table}\""))
+            .fetch_one(&mut *conn)
+            .await
+            .expect("count");
+        counts.push((table, n));
+    }
+    (version, counts)
+}
+
+fn rows(state: &(i64, Vec<(String, i64)>), table: &str) -> i64 {
+    state.1.iter().find(|(t, _)| t == table).map(|(_, n)| *n).unwrap_or_else(|| panic!("no table {table}"))
+}
+
+#[tokio::test]
+async fn opening_the_chat_writes_nothing_until_the_visitor_writes() {
+    let app = spawn_app().await;
+    let mut db = SqliteConnection::connect(&app.database_url()).await.expect("db opens");
+    let before = db_state(&mut db).await;
+
+    // A brand-new visitor: the session call, then hellos with the cookie, with a stored token, and with nothing.
+    let response = session_call(&app, Some(&app.origin()), None, "").await;
+    assert_eq!(response.status(), 200);
+    let token = cookie_token(&response);
+    let cookie = format!("{COOKIE_NAME}={token}");
+    let mut sockets = Vec::new();
+    for (cookie, token) in [(Some(cookie.as_str()), None), (None, Some(token.as_str())), (None, None)] {
+        let mut ws = app.visitor_socket_with_cookie(Some(&app.origin()), cookie).await;
+        let (_, events) = welcome_parts(hello(&mut ws, token).await);
+        assert!(events.is_empty());
+        ws.send(&ClientMsg::Typing { typing: true }).await;
+        ws.send(&ClientMsg::Read { up_to_seq: 5 }).await;
+        ws.send(&ClientMsg::Ping).await;
+        assert_eq!(ws.recv::<ServerMsg>().await, ServerMsg::Pong);
+        sockets.push(ws);
+    }
+    let after = db_state(&mut db).await;
+    assert_eq!(after, before, "opening the chat wrote to the database");
+
+    // The first message creates the contact and the conversation.
+    send_acked(&mut sockets[0], "c-1", "Hello").await;
+    let written = db_state(&mut db).await;
+    assert_eq!(rows(&written, "contacts"), rows(&before, "contacts") + 1);
+    assert_eq!(rows(&written, "conversations"), rows(&before, "conversations") + 1);
+
+    // A known visitor reopening the chat from the same page writes nothing either.
+    let mut again = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
+    let (_, events) = welcome_parts(hello(&mut again, None).await);
+    assert_eq!(events.len(), 1);
+    assert_eq!(db_state(&mut db).await, written);
+
+    // Moving to another page is recorded for the agent.
+    let mut moved = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
+    moved
+        .send(&ClientMsg::Hello {
+            protocol: protocol::PROTOCOL_VERSION,
+            token: None,
+            last_seq: 1,
+            context: VisitorContext { page_url: Some(format!("{HOST_ORIGIN}/checkout")), ..Default::default() },
+        })
+        .await;
+    welcome_parts(moved.recv().await);
+    let summary = app.store.summaries().await.expect("summaries").remove(0);
+    assert_eq!(summary.page_url.as_deref(), Some(&*format!("{HOST_ORIGIN}/checkout")));
+}
+
+#[tokio::test]
+async fn the_socket_upgrade_uses_the_cookie_token_and_never_echoes_it() {
+    let app = spawn_app().await;
+    let response = session_call(&app, Some(&app.origin()), None, "").await;
+    let token = cookie_token(&response);
+    let cookie = format!("{COOKIE_NAME}={token}");
+
+    let mut ws = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
+    let (echoed, _) = welcome_parts(hello(&mut ws, None).await);
+    assert_eq!(echoed, "", "a cookie token must not reach the frame's script");
+    send_acked(&mut ws, "c-1", "Where is my parcel?").await;
+
+    // The contact is the cookie token's.
+    let site = app.store.site_by_key(SITE_KEY).await.expect("query").expect("site");
+    let contact = app.store.contact_by_token(&site.id, &auth::token_hash(&token)).await.expect("query");
+    assert!(contact.is_some(), "the message was not stored under the cookie's token");
+
+    // A reload: the cookie alone brings the conversation back, even with a stale token in hello.
+    let mut reload = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
+    let (_, events) = welcome_parts(hello(&mut reload, Some(&auth::new_token())).await);
+    assert!(
+        matches!(&events[..], [e] if matches!(&e.kind, EventKind::Message { message } if message.body == "Where is my parcel?"))
+    );
+
+    // A host page opening the socket itself is not the chat frame: the cookie does not speak for it.
+    let mut direct = app.visitor_socket_with_cookie(Some(HOST_ORIGIN), Some(&cookie)).await;
+    let (fresh, events) = welcome_parts(hello(&mut direct, None).await);
+    assert!(events.is_empty());
+    assert_ne!(fresh, token);
+    assert_eq!(fresh.len(), 43);
+}
+
+#[tokio::test]
+async fn the_session_endpoint_refuses_every_origin_but_its_own() {
+    let app = spawn_app().await;
+    for origin in [Some("https://evil.example"), Some(HOST_ORIGIN), Some("null"), None] {
+        let response = session_call(&app, origin, None, "").await;
+        assert_eq!(response.status(), 403, "{origin:?}");
+        assert!(response.headers().get("set-cookie").is_none(), "{origin:?}");
+    }
+    let response = app
+        .http
+        .post(app.url("/api/visitor/session?site=nope"))
+        .header("origin", app.origin())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 404);
+    let response = session_call(&app, Some(&app.origin()), None, "{not json").await;
+    assert_eq!(response.status(), 400);
+    assert!(response.headers().get("set-cookie").is_none());
+}
+
+#[tokio::test]
+async fn the_visitor_cookie_has_exactly_the_right_attributes() {
+    let app = spawn_app().await;
+    let response = session_call(&app, Some(&app.origin()), None, "").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"));
+    let set = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("set-cookie").to_string();
+    let token = cookie_token(&response);
+    assert_eq!(token.len(), 43);
+    assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert_eq!(
+        set,
+        format!("{COOKIE_NAME}={token}; Max-Age=34560000; Path=/; Secure; HttpOnly; SameSite=None; Partitioned")
+    );
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body, serde_json::json!({"minted": true}), "the token must not be in a script-readable body");
+
+    // The cookie's token is kept; without a cookie, a token from the frame's storage is adopted.
+    let cookie = format!("{COOKIE_NAME}={token}");
+    let renewed = session_call(&app, Some(&app.origin()), Some(&cookie), r#"{"token":null}"#).await;
+    assert_eq!(cookie_token(&renewed), token);
+    assert_eq!(renewed.json::<serde_json::Value>().await.expect("json"), serde_json::json!({"minted": false}));
+    let stored = auth::new_token();
+    let adopted = session_call(&app, Some(&app.origin()), None, &format!(r#"{{"token":"{stored}"}}"#)).await;
+    assert_eq!(cookie_token(&adopted), stored);
+
+    // With storage access (Storage Access API) the cookie is unpartitioned and the frame gets the token to present.
+    let access =
+        session_call(&app, Some(&app.origin()), Some(&cookie), r#"{"token":null,"storage_access":true}"#).await;
+    let set = access.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("set-cookie").to_string();
+    assert_eq!(set, format!("{COOKIE_NAME}={token}; Max-Age=34560000; Path=/; Secure; HttpOnly; SameSite=None"));
+    let body: serde_json::Value = access.json().await.expect("json");
+    assert_eq!(body["token"], token);
+}
+
+#[tokio::test]
+async fn two_tabs_of_a_new_visitor_writing_at_once_make_one_contact_and_one_conversation() {
+    let app = spawn_app().await;
+    let token = cookie_token(&session_call(&app, Some(&app.origin()), None, "").await);
+    let cookie = format!("{COOKIE_NAME}={token}");
+    let mut a = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
+    let mut b = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
+    welcome_parts(hello(&mut a, None).await);
+    welcome_parts(hello(&mut b, None).await);
+
+    let (seq_a, seq_b) = tokio::join!(send_acked(&mut a, "a-1", "from tab A"), send_acked(&mut b, "b-1", "from tab B"));
+    let mut seqs = [seq_a, seq_b];
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2], "both messages in one conversation");
+    let summaries = app.store.summaries().await.expect("summaries");
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    let mut db = SqliteConnection::connect(&app.database_url()).await.expect("db opens");
+    assert_eq!(rows(&db_state(&mut db).await, "contacts"), 1);
+
+    // Each tab sees the other tab's message live, though the contact did not exist when it said hello.
+    for (ws, other) in [(&mut a, "from tab B"), (&mut b, "from tab A")] {
+        ws.recv_until(|m: ServerMsg| match m {
+            ServerMsg::Event { event: protocol::Event { kind: EventKind::Message { message }, .. } }
+                if message.body == other =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_first_writes_with_one_token_create_one_contact() {
+    let app = spawn_app().await;
+    let site = app.store.site_by_key(SITE_KEY).await.expect("query").expect("site");
+    let hash = auth::token_hash(&auth::new_token());
+    let ctx = parley::store::models::ContactContext::default();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = app.store.clone();
+            let (site_id, hash, ctx) = (site.id.clone(), hash.clone(), ctx.clone());
+            tokio::spawn(async move { store.contact_for_token(&site_id, &hash, &format!("V{i}"), &ctx).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.expect("task").expect("contact").id);
+    }
+    ids.dedup();
+    assert_eq!(ids, vec![parley::store::web_contact_id(&site.id, &hash)]);
+    let mut db = SqliteConnection::connect(&app.database_url()).await.expect("db opens");
+    assert_eq!(rows(&db_state(&mut db).await, "contacts"), 1);
+
+    // The same token presented to another site names nothing there.
+    let other = app.store.create_site("other", "Other", &[], "").await.expect("site");
+    assert!(app.store.contact_for_token(&other.id, &hash, "V", &ctx).await.is_err());
+}
