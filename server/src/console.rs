@@ -9,9 +9,7 @@ use std::sync::Arc;
 
 use app::backend::{BackendError, ClientAddr, ConsoleBackend, LoginSession, SESSION_COOKIE};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::{
-    CONTENT_SECURITY_POLICY, ORIGIN, REFERER, STRICT_TRANSPORT_SECURITY, X_FRAME_OPTIONS,
-};
+use axum::http::header::{CONTENT_SECURITY_POLICY, ORIGIN, REFERER, STRICT_TRANSPORT_SECURITY, X_FRAME_OPTIONS};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};

@@ -13,8 +13,8 @@ use crate::messenger::Messenger;
 use crate::services::Conversations;
 use crate::signin::SignInGuard;
 use crate::store::Store;
-use crate::ws::flood::FloodControl;
 use crate::supervisor::Workers;
+use crate::ws::flood::FloodControl;
 
 #[derive(Clone)]
 pub struct AppState {
