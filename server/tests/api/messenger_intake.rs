@@ -440,6 +440,11 @@ async fn a_delivery_that_always_fails_is_quarantined_and_replays_once_fixed() {
     let quarantined = app.store.quarantined_deliveries().await.expect("list");
     assert_eq!(quarantined[0].attempts, 3);
     assert!(quarantined[0].error.as_deref().unwrap_or_default().contains("injected failure"));
+    // /healthz shows it, without calling the server down.
+    let health = app.http.get(app.url("/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status(), 200);
+    let health: serde_json::Value = health.json().await.expect("json");
+    assert_eq!(health["messenger"]["quarantined"], 1, "{health}");
     // Later deliveries are not blocked.
     sandbox.user_sends_text(&psid, "after").expect("send");
     let events = wait_for_messages(&app, &psid, 1).await;
@@ -464,6 +469,9 @@ async fn a_delivery_that_always_fails_is_quarantined_and_replays_once_fixed() {
     let events = wait_for_messages(&app, &psid, 2).await;
     assert_eq!(events.iter().filter(|e| is_message(e, "poison")).count(), 1);
     assert_eq!(app.store.quarantined_delivery_count().await.expect("count"), 0);
+    let health: serde_json::Value =
+        app.http.get(app.url("/healthz")).send().await.expect("healthz").json().await.expect("json");
+    assert_eq!(health["messenger"]["quarantined"], 0, "{health}");
     let none = cli(&["messenger", "quarantine", "replay", "999"]);
     assert!(!none.status.success());
 }

@@ -9,7 +9,7 @@ use protocol::console;
 use protocol::{DeliveryState, EventKind};
 
 use crate::helpers::{MessengerApp, TestApp, Ws, spawn_messenger_app};
-use crate::messenger::{agent_says, web_visitor_with_link};
+use crate::messenger::{agent_says, consent_question, web_visitor_with_link};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -189,9 +189,12 @@ async fn the_recap_is_reconciled_by_its_echo_after_a_lost_answer_and_sent_once()
     let (_visitor, reference, _) = web_visitor_with_link(&app, "Is my parcel lost?").await;
     let psid =
         sandbox.create_user(NewUser { first_name: Some("Rae".into()), ..Default::default() }).expect("user").psid;
-    // The recap is delivered (and echoed) but the call answers 1/1357046 "invalid JSON reply".
-    sandbox.push_send_fault(FaultRule::once(SendFault::DeliveredButError));
     sandbox.user_taps_get_started(&psid, Some(&reference)).expect("get started");
+    // The Page asks first; once the customer says yes, the recap is queued. It is delivered (and echoed) but the
+    // call answers 1/1357046 "invalid JSON reply".
+    let yes = consent_question(&sandbox, &psid).await;
+    sandbox.push_send_fault(FaultRule::once(SendFault::DeliveredButError));
+    sandbox.user_taps_quick_reply(&psid, "Yes, continue here", &yes).expect("tap");
 
     let external_id = outbox_status(&app, "Here's where we left off", "sent").await;
     let recaps: Vec<_> = sandbox
