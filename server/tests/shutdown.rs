@@ -140,9 +140,23 @@ impl Env {
     /// Links a new Messenger customer, whose recap send then hangs for `hang_ms` at the sandbox; returns once that
     /// call is in flight.
     async fn recap_in_flight(&self, reference: &str, hang_ms: u64) {
-        self.sandbox.push_send_fault(FaultRule::once(SendFault::Hang { ms: hang_ms }));
         let psid = self.sandbox.create_user(NewUser::default()).expect("user").psid;
         self.sandbox.user_taps_get_started(&psid, Some(reference)).expect("get started");
+        // The Page asks before linking; the recap is queued once the customer says yes.
+        let yes = self
+            .sandbox
+            .wait_until(WAIT, |s| {
+                s.sent_messages().into_iter().filter(|m| m.psid == psid).find_map(|m| {
+                    m.message.quick_replies.iter().find_map(|q| {
+                        (q["title"] == "Yes, continue here")
+                            .then(|| q["payload"].as_str().unwrap_or_default().to_string())
+                    })
+                })
+            })
+            .await
+            .expect("the Page asks before linking");
+        self.sandbox.push_send_fault(FaultRule::once(SendFault::Hang { ms: hang_ms }));
+        self.sandbox.user_taps_quick_reply(&psid, "Yes, continue here", &yes).expect("tap yes");
         self.sandbox.wait_until(WAIT, |s| s.faults().send.is_empty().then_some(())).await.expect("the recap call");
     }
 
@@ -261,7 +275,12 @@ async fn after_sigkill_during_a_send_the_restarted_server_reconciles_it_by_its_e
     signal(&child, Signal::SIGKILL);
     wait_exit(&mut child, Duration::from_secs(5)).await;
     // The sandbox delivers the recap anyway; its echo cannot reach the dead server and is retried.
-    env.sandbox.wait_until(WAIT, |s| s.sent_messages().into_iter().next()).await.expect("delivered");
+    env.sandbox
+        .wait_until(WAIT, |s| {
+            s.sent_messages().into_iter().find(|m| m.message.text.as_deref().is_some_and(|t| t.starts_with(RECAP)))
+        })
+        .await
+        .expect("delivered");
     assert_eq!(env.recap_row().await.map(|(status, _)| status).as_deref(), Some("pending"));
 
     let mut child = env.start();
