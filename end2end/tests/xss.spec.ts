@@ -101,7 +101,9 @@ test('an XSS corpus from visitors, agents and Messenger customers renders as tex
   await messenger.getByRole('button', { name: 'Get Started' }).click();
   await messenger.getByRole('button', { name: 'Yes, continue here' }).click();
   const thread = messenger.getByRole('log');
-  await expect(thread).toContainText(first);
+  // The recap of the (hostile) web conversation arrives first.
+  await expect(thread).toContainText("Here's where we left off");
+  await expect(visitor.chat.getByText(/Continued on Messenger as/)).toBeVisible();
   for (const payload of CORPUS) {
     const text = `${payload} m-${tag}`;
     await messenger.getByRole('textbox', { name: 'Message' }).fill(text);
