@@ -30,6 +30,9 @@ pub enum ClientMsg {
         /// Where the visitor is; shown to agents.
         #[serde(default)]
         context: VisitorContext,
+        /// The host page's signed statement of who its logged-in customer is (`Parley('identify', …)`).
+        #[serde(default)]
+        identity: Option<Identity>,
     },
     /// Post a message.
     Send { client_id: String, body: String },
@@ -63,6 +66,19 @@ pub struct VisitorContext {
     /// `navigator.language`.
     #[serde(default)]
     pub language: Option<String>,
+}
+
+/// A logged-in customer, as the host page states it: `hash` is the lowercase hex HMAC-SHA256 of `id` under the
+/// site's identity secret, computed by the customer's backend. Only `id` is signed; `name` and `email` are what the
+/// host page says about that id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    pub hash: String,
 }
 
 /// Frames the server sends to the widget.
