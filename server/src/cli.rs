@@ -107,7 +107,7 @@ pub enum SiteCommand {
 }
 
 #[derive(Args, Debug)]
-#[group(id = "change", required = true, multiple = true, args = ["generate", "clear", "require", "no_require"])]
+#[command(group = clap::ArgGroup::new("change").required(true).multiple(true).args(["generate", "clear", "require", "no_require"]))]
 pub struct SiteIdentityArgs {
     /// The site's key.
     #[arg(long)]
