@@ -138,3 +138,33 @@ pub enum ServerMsg {
     #[serde(other)]
     Unknown,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_without_identity_still_parses_and_one_with_it_round_trips() {
+        let old: ClientMsg = serde_json::from_str(r#"{"type":"hello","protocol":1,"last_seq":3}"#).expect("old hello");
+        assert!(matches!(old, ClientMsg::Hello { identity: None, last_seq: 3, .. }));
+        let with = ClientMsg::Hello {
+            protocol: crate::PROTOCOL_VERSION,
+            token: None,
+            last_seq: 0,
+            context: VisitorContext::default(),
+            identity: Some(Identity { id: "u-1".into(), name: None, email: None, hash: "ab".into() }),
+        };
+        let json = serde_json::to_string(&with).expect("serializes");
+        assert_eq!(serde_json::from_str::<ClientMsg>(&json).expect("parses"), with);
+        let partial: Identity = serde_json::from_str(r#"{"id":"u-1","hash":"ab"}"#).expect("name and email optional");
+        assert_eq!(partial.name, None);
+    }
+
+    #[test]
+    fn the_identity_error_codes_are_snake_case() {
+        let code = serde_json::to_string(&crate::ErrorCode::IdentityRefused).expect("serializes");
+        assert_eq!(code, r#""identity_refused""#);
+        let code = serde_json::to_string(&crate::ErrorCode::IdentityRequired).expect("serializes");
+        assert_eq!(code, r#""identity_required""#);
+    }
+}
