@@ -37,6 +37,10 @@ pub enum ErrorCode {
     RateLimited,
     /// Something failed on the server; the client may retry the same frame later.
     Internal,
+    /// The `hello`'s identity did not verify (wrong hash, or the site has no identity secret): it was ignored.
+    IdentityRefused,
+    /// The site accepts messages only from customers the host page identified (`Parley('identify', …)`).
+    IdentityRequired,
     /// An error code this peer does not know yet.
     #[serde(other)]
     Unknown,

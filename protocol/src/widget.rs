@@ -30,6 +30,9 @@ pub enum ClientMsg {
         /// Where the visitor is; shown to agents.
         #[serde(default)]
         context: VisitorContext,
+        /// The host page's signed statement of who its logged-in customer is (`Parley('identify', …)`).
+        #[serde(default)]
+        identity: Option<Identity>,
     },
     /// Post a message.
     Send { client_id: String, body: String },
@@ -63,6 +66,19 @@ pub struct VisitorContext {
     /// `navigator.language`.
     #[serde(default)]
     pub language: Option<String>,
+}
+
+/// A logged-in customer, as the host page states it: `hash` is the lowercase hex HMAC-SHA256 of `id` under the
+/// site's identity secret, computed by the customer's backend. Only `id` is signed; `name` and `email` are what the
+/// host page says about that id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    pub hash: String,
 }
 
 /// Frames the server sends to the widget.
@@ -121,4 +137,34 @@ pub enum ServerMsg {
     /// A frame this client does not know yet.
     #[serde(other)]
     Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_without_identity_still_parses_and_one_with_it_round_trips() {
+        let old: ClientMsg = serde_json::from_str(r#"{"type":"hello","protocol":1,"last_seq":3}"#).expect("old hello");
+        assert!(matches!(old, ClientMsg::Hello { identity: None, last_seq: 3, .. }));
+        let with = ClientMsg::Hello {
+            protocol: crate::PROTOCOL_VERSION,
+            token: None,
+            last_seq: 0,
+            context: VisitorContext::default(),
+            identity: Some(Identity { id: "u-1".into(), name: None, email: None, hash: "ab".into() }),
+        };
+        let json = serde_json::to_string(&with).expect("serializes");
+        assert_eq!(serde_json::from_str::<ClientMsg>(&json).expect("parses"), with);
+        let partial: Identity = serde_json::from_str(r#"{"id":"u-1","hash":"ab"}"#).expect("name and email optional");
+        assert_eq!(partial.name, None);
+    }
+
+    #[test]
+    fn the_identity_error_codes_are_snake_case() {
+        let code = serde_json::to_string(&crate::ErrorCode::IdentityRefused).expect("serializes");
+        assert_eq!(code, r#""identity_refused""#);
+        let code = serde_json::to_string(&crate::ErrorCode::IdentityRequired).expect("serializes");
+        assert_eq!(code, r#""identity_required""#);
+    }
 }

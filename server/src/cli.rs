@@ -1,4 +1,4 @@
-//! The `parley` command line: `serve`, `migrate`, `agent create|set-password`, `site create|list`, `demo`.
+//! The `parley` command line: `serve`, `migrate`, `agent create|set-password`, `site create|list|identity`, `demo`.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -101,6 +101,29 @@ pub enum SiteCommand {
     Create(SiteArgs),
     /// List sites.
     List,
+    /// Signed identity for logged-in customers: make a new identity secret (printed once) or remove it, and
+    /// require identity or not.
+    Identity(SiteIdentityArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("change").required(true).multiple(true).args(["generate", "clear", "require", "no_require"]))]
+pub struct SiteIdentityArgs {
+    /// The site's key.
+    #[arg(long)]
+    pub site: String,
+    /// Make a new identity secret (replacing any old one: hashes made with it stop verifying) and print it once.
+    #[arg(long, conflicts_with = "clear")]
+    pub generate: bool,
+    /// Remove the identity secret: no identity verifies any more.
+    #[arg(long)]
+    pub clear: bool,
+    /// Only identified customers may chat; others see no history and cannot send.
+    #[arg(long, conflicts_with = "no_require")]
+    pub require: bool,
+    /// Anonymous visitors may chat again (the default).
+    #[arg(long)]
+    pub no_require: bool,
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +139,32 @@ pub struct SiteArgs {
     /// First message the widget shows.
     #[arg(long, default_value = "Hi! How can we help?")]
     pub greeting: String,
+}
+
+/// `parley site identity`: applies the changes; a generated secret is printed once, to stdout only.
+async fn site_identity(store: &Store, args: &SiteIdentityArgs) -> anyhow::Result<()> {
+    let site = store.site_by_key(&args.site).await?.ok_or_else(|| anyhow::anyhow!("no site with key {}", args.site))?;
+    if args.generate || args.clear {
+        let secret = args.generate.then(crate::identity::IdentitySecret::generate);
+        store.set_identity_secret(&site.key, secret.as_ref()).await?;
+        match &secret {
+            Some(secret) => {
+                println!("identity secret for site {} (shown once; keep it on your backend only):", site.key);
+                println!("{}", secret.expose());
+                println!("hash = hex(HMAC-SHA256(key = this secret as UTF-8, message = the customer's id))");
+            }
+            None => println!("identity secret of site {} removed", site.key),
+        }
+    }
+    if args.require || args.no_require {
+        store.set_identity_required(&site.key, args.require).await?;
+        let state = if args.require { "requires" } else { "does not require" };
+        println!("site {} {state} identity", site.key);
+    }
+    if args.require && store.site_identity(&site.id).await?.secret.is_none() {
+        eprintln!("warning: site {} has no identity secret, so nobody can chat until you --generate one", site.key);
+    }
+    Ok(())
 }
 
 /// Runs a parsed command line.
@@ -167,6 +216,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for site in store.sites().await? {
                 println!("{}\t{}\t{}", site.key, site.name, site.allowed_origins().join(" "));
             }
+            Ok(())
+        }
+        Command::Site(SiteCommand::Identity(args)) => {
+            let store = Store::connect(&settings.database.url, 1).await?;
+            site_identity(&store, &args).await?;
+            store.close().await;
             Ok(())
         }
         Command::Demo(args) => demo::run(settings, args).await,

@@ -7,6 +7,9 @@
 //! Unless `--no-messenger` is given, it also starts the Messenger sandbox (default http://127.0.0.1:3001) and wires
 //! the server to it, so "Continue on Messenger" opens the sandbox's Messenger-like page for a simulated customer and
 //! the whole loop works locally without a Facebook account.
+//! `/account` on the host page is the same shop with a signed-in customer: the host server (standing for the
+//! customer's backend) signs the customer's id with the demo site's identity secret and the page calls
+//! `Parley('identify', …)`, so the customer's conversation follows them to any browser.
 
 use std::net::SocketAddr;
 
@@ -21,6 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::{create_agent, shutdown_signal};
 use crate::config::Settings;
+use crate::identity::IdentitySecret;
 use crate::startup::Application;
 use crate::store::Store;
 
@@ -76,6 +80,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         }
         Some(_) => {}
     }
+    let identity = demo_identity_secret(&store).await?;
     let agent_created = if store.agent_by_email(&args.email).await?.is_none() {
         create_agent(&store, &args.email, "Dana (demo agent)", &args.password).await?;
         true
@@ -88,6 +93,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("  Parley demo");
     println!("  host page (a customer's site):  {host_origin}/");
+    println!("  ... with a signed-in customer:  {host_origin}/account");
     println!("  agent console:                  {chat_origin}/console");
     if let Some(sandbox) = &sandbox {
         println!(
@@ -103,7 +109,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     }
     println!();
 
-    let host = host_router(&chat_origin);
+    let host = host_router(&chat_origin, &identity);
     let host_server = axum::serve(host_listener, host).with_graceful_shutdown(shutdown_signal());
     let (chat, host) = tokio::join!(app.run_until_stopped(shutdown_signal()), host_server);
     chat?;
@@ -155,29 +161,70 @@ async fn start_sandbox(
     Ok(sandbox)
 }
 
-/// The demo customer site: one page embedding the widget, plus its own script using the JS API.
-pub fn host_router(chat_origin: &str) -> Router {
-    let page = HOST_PAGE.replace("{CHAT}", chat_origin);
+/// The demo site's identity secret, made on the first run.
+async fn demo_identity_secret(store: &Store) -> anyhow::Result<IdentitySecret> {
+    let site = store.site_by_key("demo").await?.context("the demo site is missing")?;
+    if let Some(secret) = store.site_identity(&site.id).await?.secret {
+        return Ok(secret);
+    }
+    let secret = IdentitySecret::generate();
+    store.set_identity_secret(&site.key, Some(&secret)).await?;
+    Ok(secret)
+}
+
+/// The demo's signed-in customer.
+pub const DEMO_CUSTOMER_ID: &str = "demo-customer-ada";
+
+/// The demo customer site: a page embedding the widget, plus its own script using the JS API; `/account` is the
+/// same page with a signed-in customer, identified with a hash the host server computes (as a backend would).
+pub fn host_router(chat_origin: &str, identity: &IdentitySecret) -> Router {
     let csp = format!("script-src 'self' {chat_origin}; frame-src {chat_origin}; object-src 'none'; base-uri 'none'");
     let csp = HeaderValue::from_str(&csp).unwrap_or_else(|_| HeaderValue::from_static("object-src 'none'"));
+    let anonymous = HOST_PAGE.replace("{CHAT}", chat_origin).replace("{IDENTIFY}", "").replace("{WHO}", "");
+    let account = HOST_PAGE
+        .replace("{CHAT}", chat_origin)
+        .replace("{IDENTIFY}", "<script src=\"/identify.js\"></script>\n")
+        .replace("{WHO}", "<p id=\"signed-in\">Signed in as Ada (demo customer).</p>\n");
+    let claim = serde_json::json!({
+        "id": DEMO_CUSTOMER_ID,
+        "name": "Ada (demo customer)",
+        "email": "ada@demo.parley",
+        "hash": identity.sign(DEMO_CUSTOMER_ID),
+    });
+    let identify_js = format!(
+        "// The shop's backend signed its logged-in customer's id with the site's identity secret (HMAC-SHA256).\n\
+         window.Parley = window.Parley || function () {{ (Parley.q = Parley.q || []).push(arguments); }};\n\
+         Parley('identify', {claim});\n"
+    );
+    let page = move |html: String| {
+        let csp = csp.clone();
+        get(move || {
+            let html = html.clone();
+            let csp = csp.clone();
+            async move {
+                let mut response = Html(html).into_response();
+                response.headers_mut().insert(CONTENT_SECURITY_POLICY, csp);
+                response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+        })
+    };
+    let script = |js: String| {
+        get(move || {
+            let js = js.clone();
+            async move {
+                let mut response =
+                    ([(CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"))], js).into_response();
+                response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+        })
+    };
     Router::new()
-        .route(
-            "/",
-            get(move || {
-                let page = page.clone();
-                let csp = csp.clone();
-                async move {
-                    let mut response = Html(page).into_response();
-                    response.headers_mut().insert(CONTENT_SECURITY_POLICY, csp);
-                    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                    response
-                }
-            }),
-        )
-        .route(
-            "/host.js",
-            get(|| async { ([(CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"))], HOST_JS) }),
-        )
+        .route("/", page(anonymous))
+        .route("/account", page(account))
+        .route("/host.js", script(HOST_JS.to_string()))
+        .route("/identify.js", script(identify_js))
 }
 
 const HOST_PAGE: &str = r#"<!doctype html>
@@ -187,11 +234,12 @@ const HOST_PAGE: &str = r#"<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Parley Demo Shop</title>
 <script src="/host.js"></script>
-<script src="{CHAT}/widget.js" data-site="demo" async></script>
+{IDENTIFY}<script src="{CHAT}/widget.js" data-site="demo" async></script>
 </head>
 <body>
 <header><h1>Parley Demo Shop</h1></header>
 <main>
+{WHO}
 <p>This page stands for a customer's website on its own origin. The chat in the corner comes from one script tag:</p>
 <pre>&lt;script src="{CHAT}/widget.js" data-site="demo" async&gt;&lt;/script&gt;</pre>
 <p>
@@ -241,5 +289,25 @@ mod tests {
         assert_eq!(host_page_origin(addr, "http://localhost:3000"), "http://127.0.0.1:8080");
         let public: SocketAddr = "192.0.2.7:8080".parse().expect("addr");
         assert_eq!(host_page_origin(public, "https://chat.example"), "http://192.0.2.7:8080");
+    }
+
+    #[tokio::test]
+    async fn the_account_page_identifies_its_customer_with_a_hash_that_verifies() {
+        let secret = IdentitySecret::generate();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(axum::serve(listener, host_router("http://127.0.0.1:3000", &secret)).into_future());
+        let get = |path: &str| {
+            let url = format!("{base}{path}");
+            async move { reqwest::get(url).await.expect("get").text().await.expect("body") }
+        };
+        assert!(!get("/").await.contains("identify.js"));
+        assert!(get("/account").await.contains("<script src=\"/identify.js\"></script>"));
+        let script = get("/identify.js").await;
+        let json = script.split("Parley('identify', ").nth(1).and_then(|rest| rest.strip_suffix(");\n")).expect("call");
+        let claim: protocol::widget::Identity = serde_json::from_str(json).expect("an identity");
+        assert_eq!(claim.id, DEMO_CUSTOMER_ID);
+        assert!(secret.verify(&claim.id, &claim.hash));
+        assert!(!script.contains(secret.expose()), "the secret reached the page");
     }
 }

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod identity;
 pub mod messenger;
 pub mod services;
 pub mod signin;

@@ -7,6 +7,7 @@
 
 mod agents;
 mod conversations;
+mod identity;
 mod messenger;
 mod sites;
 
@@ -20,6 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use conversations::web_contact_id;
 pub use conversations::{AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS};
+pub use identity::{SiteIdentity, identity_key};
 pub use messenger::{Accepted, MAX_LIVE_LINKS, OfferOutcome, QuarantinedDelivery};
 pub use messenger::{LinkRow, OutboxRow, outbox_metadata};
 

@@ -123,6 +123,7 @@ impl Env {
             token: None,
             last_seq: 0,
             context: VisitorContext::default(),
+            identity: None,
         })
         .await;
         ws.send(&ClientMsg::Send { client_id: "c-1".into(), body: "Where is my parcel?".into() }).await;

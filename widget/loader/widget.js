@@ -14,6 +14,7 @@
  * Page API (calls made before load are queued by the stub below or by the page's own snippet
  * `window.Parley=window.Parley||function(){(Parley.q=Parley.q||[]).push(arguments)}`):
  *   Parley('open') · Parley('close') · Parley('toggle') · Parley('on', 'ready'|'unread'|'message', fn)
+ *   Parley('identify', {id, name, email, hash}) (see README)
  */
 (() => {
   const w = window;
@@ -28,7 +29,7 @@
   const handlers = { ready: [], unread: [], message: [] };
   const warned = {};
   let wrap, btn, badge, frame;
-  let frameReady = false, isOpen = false, wantOpen = false, unread = 0;
+  let frameReady = false, isOpen = false, wantOpen = false, unread = 0, ident = null;
 
   const CSS =
     ':host{all:initial!important}' +
@@ -106,6 +107,13 @@
       if (cmd === 'open') open();
       else if (cmd === 'close') close();
       else if (cmd === 'toggle') wantOpen || isOpen ? close() : open();
+      // The logged-in customer; `hash` = hex HMAC-SHA256 of `id` under the site's identity secret, made by the
+      // customer's backend. Kept in memory only, handed to the frame with `init` and again when it changes;
+      // Parley('identify', null) signs out.
+      else if (cmd === 'identify') {
+        ident = a || null;
+        if (frameReady) post({ type: 'identify', identity: ident });
+      }
       else if (cmd === 'on' && handlers[a] && typeof b === 'function') {
         handlers[a].push(b);
         if (a === 'ready') b();
@@ -124,7 +132,7 @@
     if (!m || m.parley !== 1) return;
     if (m.type === 'ready') {
       frameReady = true;
-      post({ type: 'init', page_url: location.href, referrer: d.referrer });
+      post({ type: 'init', page_url: location.href, referrer: d.referrer, identity: ident });
       if (isOpen) post({ type: 'open' });
       else if (wantOpen) open();
     } else if (m.type === 'unread') {

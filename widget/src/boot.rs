@@ -3,6 +3,7 @@
 //!
 //! Pure functions only (no DOM), so everything here is unit-tested on the host.
 
+use protocol::widget::Identity;
 use serde::Deserialize;
 
 /// The JSON inside `<script id="parley-boot" type="application/json">`.
@@ -96,6 +97,19 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
+/// The identity in a host page's `init` or `identify` message: the checks the frame makes before it presents an identity.
+pub fn parse_identity(
+    id: Option<String>,
+    name: Option<String>,
+    email: Option<String>,
+    hash: Option<String>,
+) -> Option<Identity> {
+    let id = id.filter(|s| !s.is_empty())?;
+    let hash = hash.map(|h| h.trim().to_string()).filter(|h| !h.is_empty())?;
+    let some = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    Some(Identity { id, name: some(name), email: some(email), hash })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +171,22 @@ mod tests {
         assert_eq!(host_from_fragment(""), None);
         assert_eq!(host_from_fragment("#host=%zz"), None);
         assert_eq!(host_from_fragment("#host=%4"), None);
+    }
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
+    #[test]
+    fn an_identity_needs_an_id_and_a_hash() {
+        let full = parse_identity(s("u-1"), s("Ada"), s(" "), s(" ab12 ")).expect("valid");
+        assert_eq!(
+            (full.id.as_str(), full.name.as_deref(), full.email, full.hash.as_str()),
+            ("u-1", Some("Ada"), None, "ab12")
+        );
+        assert!(parse_identity(None, s("Ada"), None, s("ab12")).is_none());
+        assert!(parse_identity(s(""), None, None, s("ab12")).is_none());
+        assert!(parse_identity(s("u-1"), None, None, None).is_none());
+        assert!(parse_identity(s("u-1"), None, None, s("  ")).is_none());
     }
 }

@@ -3,9 +3,12 @@
 //! The host origin comes from the frame URL's fragment (`#host=…`) and is trusted only if the boot config lists it.
 //! Every message names that exact target origin, and incoming ones must come from that origin AND from
 //! `window.parent`. Messages are plain objects `{parley: 1, type, …}`; unknown ones are ignored.
+//! `init` and `identify` may carry the host page's signed identity of its logged-in customer
+//! (`Parley('identify', {id, name, email, hash})`), passed on to the server in `hello` and checked there.
 
 use js_sys::{Object, Reflect};
 use leptos::prelude::window_event_listener_untyped;
+use protocol::widget::Identity;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{MessageEvent, Window};
 
@@ -14,7 +17,13 @@ use crate::js::warn;
 
 /// What the loader tells the frame.
 pub enum HostMsg {
-    Init { page_url: Option<String>, referrer: Option<String> },
+    Init {
+        page_url: Option<String>,
+        referrer: Option<String>,
+        identity: Option<Identity>,
+    },
+    /// The host page identified its customer (or, with `None`, signed them out).
+    Identify(Option<Identity>),
     Open,
     Close,
 }
@@ -62,7 +71,9 @@ impl Host {
                 Some("init") => on(HostMsg::Init {
                     page_url: get(&data, "page_url").as_string(),
                     referrer: get(&data, "referrer").as_string().filter(|r| !r.is_empty()),
+                    identity: identity_of(&get(&data, "identity")),
                 }),
+                Some("identify") => on(HostMsg::Identify(identity_of(&get(&data, "identity")))),
                 Some("open") => on(HostMsg::Open),
                 Some("close") => on(HostMsg::Close),
                 _ => {}
@@ -98,6 +109,17 @@ impl Host {
     fn post(&self, m: &Object) {
         let _ = self.parent.post_message(m, &self.origin);
     }
+}
+
+/// The identity in a host message: `id` and `hash` must be non-empty strings; a `name` or `email` that is not a
+/// string is dropped. Anything else (no object, a number for an id) means no identity.
+fn identity_of(value: &JsValue) -> Option<Identity> {
+    let text = |key: &str| get(value, key).as_string();
+    let identity = boot::parse_identity(text("id"), text("name"), text("email"), text("hash"));
+    if identity.is_none() && value.is_object() {
+        warn("parley: identify needs string `id` and `hash`; continuing without identity");
+    }
+    identity
 }
 
 fn msg(ty: &str) -> Object {

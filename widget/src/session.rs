@@ -4,7 +4,9 @@
 //!
 //! Rules it enforces: `Hello` (token + last applied seq) first on every socket; after `Welcome`, every unacked
 //! message is re-sent with its same client id, in order; a gap in live events resumes instead of applying out of
-//! order; `Read` is sent only while the panel is open and the document visible. No `RefCell` borrow is held across
+//! order; `Read` is sent only while the panel is open and the document visible. The host page's signed identity
+//! (`init`/`identify`) goes into every `hello`; when it changes after the start, the chat starts over on the new
+//! identity's history (and outbox), so nothing of one person shows under another. No `RefCell` borrow is held across
 //! a call into the connection, the host or a signal.
 
 use std::cell::RefCell;
@@ -12,7 +14,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use leptos::prelude::*;
-use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
+use protocol::widget::{ClientMsg, Identity, ServerMsg, VisitorContext};
 use protocol::{ErrorCode, PROTOCOL_VERSION};
 use wasm_bindgen::prelude::*;
 use web_sys::VisibilityState;
@@ -83,6 +85,8 @@ pub struct Session {
 struct St {
     token: Option<String>,
     context: VisitorContext,
+    /// The host page's signed identity of its logged-in customer, sent in `hello`.
+    identity: Option<Identity>,
     started: bool,
     welcomed: bool,
     ever_welcomed: bool,
@@ -119,10 +123,9 @@ impl Session {
         );
         let store = Store::new(&cfg.site_key);
         let host = Host::detect(&cfg);
-        let mut chat = Chat::default();
-        chat.restore_outbox(store.outbox());
+        // The outbox is restored in `start`, once the host page said who the visitor is.
         let ui = Ui {
-            chat: RwSignal::new(chat),
+            chat: RwSignal::new(Chat::default()),
             link: RwSignal::new(Link::Connecting),
             agent_typing: RwSignal::new(None),
             // Opened directly (not embedded), the page is the panel.
@@ -215,6 +218,7 @@ impl Session {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
+        self.restore_outbox();
         self.listen_to_siblings();
         let stored = self.store.token();
         wasm_bindgen_futures::spawn_local(async move {
@@ -287,14 +291,16 @@ impl Session {
 
     fn on_host(&self, m: HostMsg) {
         match m {
-            HostMsg::Init { page_url, referrer } => {
+            HostMsg::Init { page_url, referrer, identity } => {
                 {
                     let mut st = self.st.borrow_mut();
                     st.context.page_url = page_url;
                     st.context.referrer = referrer;
                 }
+                self.identify(identity);
                 self.start();
             }
+            HostMsg::Identify(identity) => self.identify(identity),
             HostMsg::Open => {
                 self.ui.open.set(true);
                 self.ui.focus_request.update(|n| *n = n.wrapping_add(1));
@@ -302,6 +308,38 @@ impl Session {
             }
             HostMsg::Close => self.ui.open.set(false),
         }
+    }
+
+    /// Takes the host page's identity. Before the start it only goes into the first `hello`; after, a different one
+    /// drops what the frame shows, restores that identity's outbox and reconnects from seq 0.
+    fn identify(&self, identity: Option<Identity>) {
+        let (started, connecting) = {
+            let mut st = self.st.borrow_mut();
+            if st.identity == identity {
+                return;
+            }
+            st.identity = identity;
+            (st.started, st.connecting)
+        };
+        if !started {
+            return;
+        }
+        self.ui.chat.set(Chat::default());
+        self.ui.messenger_offer.set(None);
+        self.restore_outbox();
+        if connecting {
+            self.conn.restart(true);
+            self.on_down();
+        }
+        self.after_change();
+    }
+
+    /// Puts the current identity's unsent messages back in the chat.
+    fn restore_outbox(&self) {
+        let hash = self.st.borrow().identity.as_ref().map(|i| i.hash.clone());
+        self.store.scope_outbox(hash.as_deref());
+        let outbox = self.store.outbox();
+        self.ui.chat.update(|c| c.restore_outbox(outbox));
     }
 
     /// Asks for a fresh Messenger link when the site offers Messenger, the conversation is not there yet, and the
@@ -359,6 +397,7 @@ impl Session {
                         token: st.token.clone(),
                         last_seq: self.ui.chat.with_untracked(Chat::last_seq),
                         context: st.context.clone(),
+                        identity: st.identity.clone(),
                     }
                 };
                 self.conn.send(&hello);

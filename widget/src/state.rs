@@ -430,6 +430,17 @@ pub fn hex_id(bytes: &[u8]) -> String {
     s
 }
 
+/// `outbox` for the anonymous visitor, `outbox:<first 16 hex digits of the identity's hash>` for a customer.
+pub fn outbox_key(identity_hash: Option<&str>) -> String {
+    match identity_hash {
+        Some(hash) => {
+            let digits: String = hash.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+            format!("outbox:{}", digits.to_ascii_lowercase())
+        }
+        None => "outbox".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,6 +718,14 @@ mod tests {
         let item = OutboxItem { client_id: "p".into(), body: "x".into(), created_at: 1 };
         c.restore_outbox(vec![item.clone(), item]);
         assert_eq!(c.messages().len(), 1);
+    }
+
+    #[test]
+    fn each_identity_has_its_own_outbox_key() {
+        assert_eq!(outbox_key(None), "outbox");
+        assert_eq!(outbox_key(Some("ABCDEF0123456789ffff")), "outbox:abcdef0123456789");
+        assert_ne!(outbox_key(Some("00aa")), outbox_key(Some("00ab")));
+        assert_eq!(outbox_key(Some("<x>:1")), "outbox:1");
     }
 
     #[test]

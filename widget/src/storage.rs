@@ -4,6 +4,8 @@
 //! no script can read: browsers block `localStorage` in a frame on another site (Chromium throws `SecurityError`),
 //! so storage is a fallback here, not the home of the session. When storage is blocked or full, values are kept in
 //! memory for this page's lifetime, so the chat keeps working; nothing here may fail loudly.
+//! The outbox is kept per identity ([`Store::scope_outbox`]): unsent messages of a signed-in customer are never
+//! sent as an anonymous visitor or as another customer, and the other way round.
 
 use std::cell::RefCell;
 
@@ -13,13 +15,20 @@ pub struct Store {
     prefix: String,
     local: Option<web_sys::Storage>,
     memory: RefCell<Vec<(String, String)>>,
+    /// The outbox's key for the current identity.
+    outbox_key: RefCell<String>,
 }
 
 impl Store {
     pub fn new(site_key: &str) -> Self {
         // `localStorage` throws (SecurityError) when the browser blocks third-party storage: treat as absent.
         let local = web_sys::window().and_then(|w| w.local_storage().ok().flatten());
-        Self { prefix: format!("parley:{site_key}:"), local, memory: RefCell::new(Vec::new()) }
+        Self {
+            prefix: format!("parley:{site_key}:"),
+            local,
+            memory: RefCell::new(Vec::new()),
+            outbox_key: RefCell::new(state::outbox_key(None)),
+        }
     }
 
     fn get(&self, name: &str) -> Option<String> {
@@ -57,18 +66,26 @@ impl Store {
         self.set("token", token.map(str::to_string));
     }
 
+    /// Keeps the outbox under the identity's key from now on (`identity_hash`: the host page's signed hash).
+    pub fn scope_outbox(&self, identity_hash: Option<&str>) {
+        *self.outbox_key.borrow_mut() = state::outbox_key(identity_hash);
+    }
+
     pub fn outbox(&self) -> Vec<OutboxItem> {
-        self.get("outbox").map(|s| state::decode_outbox(&s)).unwrap_or_default()
+        let key = self.outbox_key.borrow().clone();
+        self.get(&key).map(|s| state::decode_outbox(&s)).unwrap_or_default()
     }
 
     /// Read-modify-write, so entries written by other tabs of this visitor survive.
     pub fn outbox_add(&self, item: &OutboxItem) {
-        let next = state::outbox_with(self.get("outbox").as_deref(), item);
-        self.set("outbox", Some(next));
+        let key = self.outbox_key.borrow().clone();
+        let next = state::outbox_with(self.get(&key).as_deref(), item);
+        self.set(&key, Some(next));
     }
 
     pub fn outbox_remove(&self, client_id: &str) {
-        let next = state::outbox_without(self.get("outbox").as_deref(), client_id);
-        self.set("outbox", next);
+        let key = self.outbox_key.borrow().clone();
+        let next = state::outbox_without(self.get(&key).as_deref(), client_id);
+        self.set(&key, next);
     }
 }

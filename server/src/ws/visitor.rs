@@ -7,6 +7,13 @@
 //! Opening the chat writes nothing: the contact is created when the visitor first writes or asks for a Messenger
 //! link, insert-or-get on the token, under an id derived from it, so the socket can join the hub before the contact
 //! exists and two tabs with one token end in one contact.
+//!
+//! Signed identity (`crate::identity`): a `hello` whose identity verifies under the site's secret speaks for the
+//! contact of that external id (`store::identity_key`), whatever the cookie or token say, so the customer finds
+//! their conversation on any device; the anonymous session is left as it was (never merged, in either direction).
+//! An identity that does not verify is refused with an `identity_refused` error frame before `welcome`, and the
+//! socket goes on anonymously. On a site that requires identity, a socket without a verified identity gets an
+//! empty `welcome`, no live events, and `identity_required` errors for `send` and `messenger_link`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,6 +32,7 @@ use super::{Connection, FRAME_TOO_BIG, Liveness, Peer, Relay, Sink, close, next_
 use crate::error::ApiError;
 use crate::http::visitor_session;
 use crate::hub::HubMsg;
+use crate::identity::{self, Verified};
 use crate::services::{PostInput, Poster, ServiceError};
 use crate::state::AppState;
 use crate::store;
@@ -95,6 +103,10 @@ struct Session {
     peer: Peer,
     /// Repeated frames that would repeat work.
     gates: Gates,
+    /// The verified customer this socket speaks for, if the host page identified them.
+    identified: Option<Verified>,
+    /// The site requires identity and this socket has none: it may read nothing and write nothing.
+    refused: bool,
 }
 
 /// Per-socket memory that turns repeated `typing` and `read` frames into no work.
@@ -119,12 +131,18 @@ impl Session {
         if self.contact_stored {
             return Ok(());
         }
-        let label = format!("Visitor {}", &auth::new_token()[..4].to_ascii_uppercase());
+        let label = match &self.identified {
+            Some(who) => who.name.clone().unwrap_or_else(|| "Customer".to_string()),
+            None => format!("Visitor {}", &auth::new_token()[..4].to_ascii_uppercase()),
+        };
         let contact =
             self.state.store.contact_for_token(&self.site.id, &self.token_hash, &label, &self.context).await?;
         if contact.id != self.contact_id {
             tracing::warn!("a web contact's id is not the one derived from its token");
             self.contact_id = contact.id;
+        }
+        if let Some(who) = &self.identified {
+            self.state.store.record_identity(&self.contact_id, who).await?;
         }
         self.contact_stored = true;
         Ok(())
@@ -142,7 +160,9 @@ async fn run(
     let (mut sink, mut stream) = super::split(socket, &state.settings.limits);
     let hello_timeout = Duration::from_secs(state.settings.limits.hello_timeout_secs);
     let hello = match tokio::time::timeout(hello_timeout, next_frame(&mut stream)).await {
-        Ok(Some(Ok(ClientMsg::Hello { token, last_seq, context, .. }))) => (token, last_seq, context),
+        Ok(Some(Ok(ClientMsg::Hello { token, last_seq, context, identity, .. }))) => {
+            (token, last_seq, context, identity)
+        }
         Ok(None) => return,
         Ok(Some(Err(why))) if why == FRAME_TOO_BIG => return send_close(&mut sink, close::TOO_BIG, &why).await,
         _ => return send_close(&mut sink, close::POLICY, "expected hello").await,
@@ -152,9 +172,13 @@ async fn run(
         let _ = send_json(&mut sink, &error_frame(ErrorCode::RateLimited, why, None)).await;
         return send_close(&mut sink, close::TRY_AGAIN_LATER, "rate limited").await;
     }
-    let (token, last_seq, context) = hello;
+    let (token, last_seq, context, claimed) = hello;
     let ctx = contact_context(context, user_agent);
-    let visitor = match resolve_contact(&state, &site, cookie, token, &ctx).await {
+    let resolved = match resolve_contact(&state, &site, cookie, token, &ctx).await {
+        Ok(anonymous) => resolve_identity(&state, &site, anonymous, claimed, &ctx).await,
+        Err(e) => Err(e),
+    };
+    let (visitor, speaker) = match resolved {
         Ok(found) => found,
         Err(e) => {
             tracing::error!(error = ?e, "visitor hello failed");
@@ -164,6 +188,12 @@ async fn run(
     };
     // Join the hub before reading the log, so no event can fall between the two.
     let (registration, mut hub_rx) = state.hub.join_visitor(&visitor.contact_id);
+    if speaker.identity_refused {
+        let why = "the identity did not verify; continuing without it";
+        if send_json(&mut sink, &error_frame(ErrorCode::IdentityRefused, why, None)).await.is_err() {
+            return;
+        }
+    }
     let mut session = Session {
         state: state.clone(),
         site,
@@ -175,6 +205,8 @@ async fn run(
         relay: Relay::default(),
         peer,
         gates: Gates::default(),
+        identified: speaker.identified,
+        refused: speaker.refused,
     };
     // A token from the cookie stays out of reach of scripts: the frame is told none.
     let token = if visitor.from_cookie { String::new() } else { visitor.token };
@@ -240,6 +272,56 @@ async fn resolve_contact(
     Ok(Visitor { token, from_cookie, token_hash, contact_id, stored: false })
 }
 
+/// Whom a socket speaks for once the `hello`'s identity is checked.
+#[derive(Default)]
+struct Speaker {
+    identified: Option<Verified>,
+    /// An identity came and did not verify.
+    identity_refused: bool,
+    /// The site requires identity and there is none: read nothing, write nothing.
+    refused: bool,
+}
+
+/// Checks the `hello`'s identity. Verified: the socket speaks for the contact of that external id (its name and
+/// email recorded when the contact exists; otherwise on the first write). Else the anonymous visitor stands, unless
+/// the site requires identity: then the socket gets a contact id no one holds, so it sees no history and no events.
+/// The anonymous visitor's token still decides what `welcome` returns, so its session is kept for later.
+async fn resolve_identity(
+    state: &AppState,
+    site: &Site,
+    mut visitor: Visitor,
+    claimed: Option<protocol::widget::Identity>,
+    ctx: &ContactContext,
+) -> Result<(Visitor, Speaker), ServiceError> {
+    let settings = state.store.site_identity(&site.id).await?;
+    let claimed_any = claimed.is_some();
+    let verified = claimed.and_then(|claim| identity::verify(settings.secret.as_ref(), claim));
+    let mut speaker = Speaker { identity_refused: claimed_any && verified.is_none(), ..Speaker::default() };
+    match verified {
+        Some(who) => {
+            visitor.token_hash = store::identity_key(&site.id, &who.id);
+            visitor.contact_id = store::web_contact_id(&site.id, &visitor.token_hash);
+            visitor.stored = match state.store.contact_by_token(&site.id, &visitor.token_hash).await? {
+                Some(contact) => {
+                    visitor.contact_id = contact.id;
+                    state.store.update_contact_context(&visitor.contact_id, ctx).await?;
+                    state.store.record_identity(&visitor.contact_id, &who).await?;
+                    true
+                }
+                None => false,
+            };
+            speaker.identified = Some(who);
+        }
+        None if settings.required => {
+            visitor.contact_id = store::new_id();
+            visitor.stored = false;
+            speaker.refused = true;
+        }
+        None => {}
+    }
+    Ok((visitor, speaker))
+}
+
 async fn welcome(session: &mut Session, token: String, last_seq: u64) -> Result<ServerMsg, ServiceError> {
     let Some(conversation) = session.conversation().await? else {
         return Ok(ServerMsg::Welcome {
@@ -296,6 +378,21 @@ impl Connection for Session {
     }
 
     async fn on_client(&mut self, sink: &mut Sink, msg: ClientMsg) -> Result<(), axum::Error> {
+        // Without identity on a site that requires it: writes are refused, reads and typing are ignored.
+        if self.refused {
+            let why = "sign in on this site to chat with us";
+            match msg {
+                ClientMsg::Send { client_id, .. } => {
+                    let refusal = error_frame(ErrorCode::IdentityRequired, why, Some(client_id));
+                    return send_json(sink, &refusal).await;
+                }
+                ClientMsg::MessengerLink => {
+                    return send_json(sink, &error_frame(ErrorCode::IdentityRequired, why, None)).await;
+                }
+                ClientMsg::Typing { .. } | ClientMsg::Read { .. } | ClientMsg::UnlinkMessenger => return Ok(()),
+                ClientMsg::Ping | ClientMsg::Hello { .. } => {}
+            }
+        }
         handle_client(self, sink, msg).await
     }
 

@@ -247,9 +247,23 @@ pub async fn hello(ws: &mut Ws, token: Option<&str>, last_seq: u64) -> protocol:
             utc_offset_minutes: Some(60),
             language: Some("de-DE".into()),
         },
+        identity: None,
     })
     .await;
     ws.recv().await
+}
+
+/// Sends a message and waits for its ack (panics when it is refused); returns its seq.
+pub async fn send_acked(ws: &mut Ws, client_id: &str, body: &str) -> u64 {
+    ws.send(&protocol::widget::ClientMsg::Send { client_id: client_id.into(), body: body.into() }).await;
+    ws.recv_until(|m: protocol::widget::ServerMsg| match m {
+        protocol::widget::ServerMsg::Ack { client_id: c, seq, .. } if c == client_id => Some(seq),
+        protocol::widget::ServerMsg::Error { message, client_id: Some(c), .. } if c == client_id => {
+            panic!("refused: {message}")
+        }
+        _ => None,
+    })
+    .await
 }
 
 /// The HTTP status of a refused WebSocket upgrade.

@@ -61,6 +61,7 @@ async fn raw_visitor(app: &TestApp) -> (Raw, SocketAddr) {
         token: None,
         last_seq: 0,
         context: Default::default(),
+        identity: None,
     };
     ws.send(text(&hello)).await.expect("hello");
     loop {

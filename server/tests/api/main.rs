@@ -6,6 +6,7 @@ mod helpers;
 mod agent_ws;
 mod floods;
 mod http;
+mod identity;
 mod liveness;
 mod messenger;
 mod messenger_intake;

@@ -6,7 +6,7 @@ use protocol::EventKind;
 use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
 use sqlx::{Connection, SqliteConnection};
 
-use crate::helpers::{HOST_ORIGIN, SITE_KEY, TestApp, Ws, spawn_app};
+use crate::helpers::{HOST_ORIGIN, SITE_KEY, TestApp, Ws, send_acked, spawn_app};
 
 const COOKIE_NAME: &str = "parley_v_test-site";
 
@@ -35,6 +35,7 @@ async fn hello(ws: &mut Ws, token: Option<&str>) -> ServerMsg {
         token: token.map(str::to_string),
         last_seq: 0,
         context: VisitorContext { page_url: Some(format!("{HOST_ORIGIN}/")), ..Default::default() },
+        identity: None,
     })
     .await;
     ws.recv().await
@@ -45,16 +46,6 @@ fn welcome_parts(welcome: ServerMsg) -> (String, Vec<protocol::Event>) {
         ServerMsg::Welcome { token, events, .. } => (token, events),
         other => panic!("expected welcome, got {other:?}"),
     }
-}
-
-async fn send_acked(ws: &mut Ws, client_id: &str, body: &str) -> u64 {
-    ws.send(&ClientMsg::Send { client_id: client_id.into(), body: body.into() }).await;
-    ws.recv_until(|m: ServerMsg| match m {
-        ServerMsg::Ack { client_id: c, seq, .. } if c == client_id => Some(seq),
-        ServerMsg::Error { message, client_id: Some(c), .. } if c == client_id => panic!("refused: {message}"),
-        _ => None,
-    })
-    .await
 }
 
 /// Every row of every table, and SQLite's `data_version` (which moves whenever another connection commits).
@@ -126,6 +117,7 @@ async fn opening_the_chat_writes_nothing_until_the_visitor_writes() {
             token: None,
             last_seq: 1,
             context: VisitorContext { page_url: Some(format!("{HOST_ORIGIN}/checkout")), ..Default::default() },
+            identity: None,
         })
         .await;
     welcome_parts(moved.recv().await);

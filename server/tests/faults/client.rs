@@ -166,6 +166,7 @@ impl Visitor {
             token: self.token.clone(),
             last_seq: self.last_seq,
             context: Default::default(),
+            identity: None,
         };
         write(&mut self.socket, &hello).await?;
         match read(&mut self.socket).await? {
