@@ -8,6 +8,7 @@ mod floods;
 mod http;
 mod liveness;
 mod messenger;
+mod messenger_chaos;
 mod messenger_intake;
 mod outbox;
 mod supervision;
