@@ -180,7 +180,8 @@ async fn an_outage_of_hours_613_bursts_timeouts_that_delivered_and_unruly_webhoo
 
     // 3. Calls that time out (the sandbox hangs past the client timeout, then delivers) and calls that deliver but
     //    answer 1/1357046; webhooks duplicated and reordered at once.
-    let hang = SendFault::Hang { ms: TIMEOUT_SECS * 1000 + 500 };
+    let hang_ms = TIMEOUT_SECS * 1000 + 500;
+    let hang = SendFault::Hang { ms: hang_ms };
     for fault in [hang.clone(), SendFault::DeliveredButError, hang, SendFault::DeliveredButError] {
         sandbox.push_send_fault(FaultRule::once(fault));
     }
@@ -190,8 +191,12 @@ async fn an_outage_of_hours_613_bursts_timeouts_that_delivered_and_unruly_webhoo
     agent_replies(&mut agent, &customers, 2 * REPLIES_PER_PHASE, 3 * REPLIES_PER_PHASE).await;
     customers_write(&sandbox, &customers, 2 * WRITES_PER_PHASE, 3 * WRITES_PER_PHASE);
     consumed(&sandbox, "timeouts that delivered", |f| f.send.is_empty()).await;
+    // The last hanging call started by now; it delivers when its hang is over, even after Parley has settled (or
+    // re-sent) that reply, so the count waits for that moment too: a late double must be counted, not missed.
+    let hangs_over = tokio::time::Instant::now() + Duration::from_millis(hang_ms + 250);
     consumed(&sandbox, "duplicates and reorders", |f| f.webhook.is_empty()).await;
     drained(&app, &sandbox, &customers, 3 * REPLIES_PER_PHASE).await;
+    tokio::time::sleep_until(hangs_over).await;
 
     // Count at the sandbox: every reply once, in order, as a RESPONSE.
     let replies = 3 * REPLIES_PER_PHASE;
@@ -200,6 +205,8 @@ async fn an_outage_of_hours_613_bursts_timeouts_that_delivered_and_unruly_webhoo
     let lost = expected.iter().filter(|t| !counts.contains_key(*t)).count();
     let doubled: usize = counts.values().map(|n| n.saturating_sub(1)).sum();
     let mut out_of_order = 0;
+    // (what, as received, as sent): checked after the counts are printed.
+    let mut sequences: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
     for c in &customers {
         let got: Vec<String> = sandbox
             .sent_messages()
@@ -210,7 +217,7 @@ async fn an_outage_of_hours_613_bursts_timeouts_that_delivered_and_unruly_webhoo
             .collect();
         let want: Vec<String> = (0..replies).map(|k| reply(c.name, k)).collect();
         out_of_order += got.windows(2).filter(|w| w[0] > w[1]).count();
-        assert_eq!(got, want, "replies to {} as the sandbox received them", c.name);
+        sequences.push((format!("replies to {} as the sandbox received them", c.name), got, want));
     }
     let not_response = sandbox
         .sent_messages()
@@ -257,12 +264,16 @@ async fn an_outage_of_hours_613_bursts_timeouts_that_delivered_and_unruly_webhoo
         let agent_replies: Vec<&str> =
             messages.iter().map(|m| m.body.as_str()).filter(|b| b.starts_with("reply ")).collect();
         replies_in_parley += agent_replies.len();
-        assert_eq!(agent_replies, (0..replies).map(|k| reply(c.name, k)).collect::<Vec<_>>());
+        sequences.push((
+            format!("replies to {} in Parley's log", c.name),
+            agent_replies.into_iter().map(str::to_owned).collect(),
+            (0..replies).map(|k| reply(c.name, k)).collect(),
+        ));
     }
 
     let rate_limited: u32 = bursts.iter().sum();
     eprintln!(
-        "messenger chaos ({} customers, {:.1} s): faults injected: {outage_errors} outage errors (2) over \
+        "messenger chaos ({} customers, {:.1} s): faults injected: {outage_errors} outage errors (code 2) over \
          {outage_hours:.1} virtual hours, {rate_limited} × 613 in {} bursts, 2 hangs past the {TIMEOUT_SECS} s \
          timeout that delivered, 2 × 1/1357046 that delivered, {webhook_duplicates} duplicated and \
          {webhook_reorders} reordered webhook deliveries",
@@ -287,4 +298,7 @@ async fn an_outage_of_hours_613_bursts_timeouts_that_delivered_and_unruly_webhoo
     assert_eq!((lost, doubled, not_response), (0, 0, 0));
     assert_eq!((written_lost, written_doubled), (0, 0));
     assert_eq!(written_out_of_order, 0, "customer messages applied out of order");
+    for (what, got, want) in sequences {
+        assert_eq!(got, want, "{what}");
+    }
 }
