@@ -9,6 +9,7 @@ mod http;
 mod identity;
 mod liveness;
 mod messenger;
+mod messenger_chaos;
 mod messenger_intake;
 mod outbox;
 mod supervision;

@@ -26,7 +26,7 @@ async fn messenger_customer(app: &TestApp, sandbox: &messenger_sandbox::Sandbox,
 }
 
 /// Polls `probe` until it returns `Some`, failing after [`WAIT`].
-async fn wait_for<T, F, Fut>(mut probe: F) -> T
+pub(crate) async fn wait_for<T, F, Fut>(mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
