@@ -22,6 +22,7 @@ use web_sys::VisibilityState;
 use crate::boot::{self, BootConfig};
 use crate::components::panel::Panel;
 use crate::connection::{ConnEvent, Connection};
+use crate::election::Election;
 use crate::host::{Host, HostMsg};
 use crate::identity;
 use crate::js::{new_client_id, now_ms, warn};
@@ -103,6 +104,8 @@ struct St {
     connecting: bool,
     /// Where sibling tabs of this host site say they minted a token (`identity.rs`).
     siblings: Option<web_sys::BroadcastChannel>,
+    /// Which sibling tab mints the session when several open at once (`election.rs`).
+    election: Option<Rc<Election>>,
 }
 
 /// Builds the session, mounts the panel into `<body>` and starts talking to the host page and the server.
@@ -222,7 +225,14 @@ impl Session {
         self.listen_to_siblings();
         let stored = self.store.token();
         wasm_bindgen_futures::spawn_local(async move {
+            let election = me.st.borrow().election.clone();
+            if let Some(election) = &election {
+                election.run().await;
+            }
             let established = identity::establish(&me.cfg.site_key, stored).await;
+            if let Some(election) = &election {
+                election.done();
+            }
             // Another tab may have stored a token while this one waited for the lock.
             let token = established.token.or_else(|| me.store.token());
             let siblings = {
@@ -252,7 +262,12 @@ impl Session {
         let w = self.me.clone();
         let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
             let Some(s) = w.upgrade() else { return };
-            if ev.data().as_string().as_deref() != Some(SIBLING_MINTED) || !s.st.borrow().connecting {
+            let data = ev.data().as_string().unwrap_or_default();
+            let election = s.st.borrow().election.clone();
+            if election.is_some_and(|e| e.on_message(&data)) {
+                return;
+            }
+            if data != SIBLING_MINTED || !s.st.borrow().connecting {
                 return;
             }
             if s.ui.chat.with_untracked(Chat::last_seq) == 0 {
@@ -263,7 +278,9 @@ impl Session {
         channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         // Lives as long as the page.
         on_message.forget();
-        self.st.borrow_mut().siblings = Some(channel);
+        let mut st = self.st.borrow_mut();
+        st.election = Some(Rc::new(Election::new(Some(channel.clone()))));
+        st.siblings = Some(channel);
     }
 
     /// Where neither the cookie nor the frame's storage keep the session, a click in the frame asks the browser for
