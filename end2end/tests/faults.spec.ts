@@ -40,6 +40,12 @@ class Proxy {
     expect(answer, command).toMatch(/^ok/);
     return answer;
   }
+  /** Waits until at least `n` connections are open through the proxy (the widget and console sockets are back). */
+  async connections(n: number): Promise<void> {
+    await expect
+      .poll(async () => Number(/connections=(\d+)/.exec(await this.send('status'))?.[1] ?? 0), { timeout: 30_000 })
+      .toBeGreaterThanOrEqual(n);
+  }
   stop(): void {
     this.child.kill('SIGKILL');
   }
@@ -135,17 +141,23 @@ test('through latency, a cut, a reset and a blackhole every message arrives once
     await visitorWrites('right before the cut');
     await agentWrites('answer before the cut');
     // The chat frame's socket and the console's are open, so the cut hits both.
+    await proxy.connections(2);
     expect(Number((await proxy.send('cut')).split(' ')[2])).toBeGreaterThanOrEqual(2);
     await visitorWrites('after the cut');
     await agentWrites('answer after the cut');
 
     // A reset (RST) of every connection.
     await visitorWrites('right before the reset');
+    // Both sides reconnected after the cut: the reset hits their new sockets.
+    await expect(agentLog).toContainText(fromVisitor[fromVisitor.length - 1]);
+    await proxy.connections(2);
     expect(Number((await proxy.send('reset')).split(' ')[2])).toBeGreaterThanOrEqual(2);
     await visitorWrites('after the reset');
     await agentWrites('answer after the reset');
 
     // A blackhole: bytes are held, then delivered in order.
+    await expect(agentLog).toContainText(fromVisitor[fromVisitor.length - 1]);
+    await proxy.connections(2);
     await proxy.send('blackhole on');
     await visitorWrites('into the blackhole');
     await agentWrites('answer into the blackhole');
