@@ -73,7 +73,7 @@ async fn signing_out_closes_the_agents_open_socket() {
 async fn parley_agent_set_password_from_another_process_closes_the_open_agent_socket() {
     let app = spawn_app_with(|s| s.console.session_check_secs = 1).await;
     let (mut ws, _cookie) = signed_in_socket(&app).await;
-    let database_url = app.database_url.clone();
+    let database_url = app.db_url.clone();
     let out = tokio::task::spawn_blocking(move || {
         let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_parley"))
             .args(["agent", "set-password", "--email", AGENT_EMAIL, "--password-stdin"])

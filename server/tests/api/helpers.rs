@@ -44,7 +44,6 @@ pub struct TestApp {
     pub workers: std::sync::Arc<parley::supervisor::Workers>,
     /// The app's stop signal (for workers a test adds).
     pub stop: tokio::sync::watch::Receiver<bool>,
-    pub database_url: String,
     /// The running app's shared state (e.g. to reach the Messenger channel directly).
     pub state: parley::state::AppState,
     _dir: tempfile::TempDir,
@@ -90,13 +89,12 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
     TestApp {
         addr,
         store,
-        db_url: database_url.clone(),
+        db_url: database_url,
         agent_id: agent.id,
         http: reqwest::Client::new(),
         workers,
         state,
         stop,
-        database_url,
         _dir: dir,
         _shutdown: tx,
     }
@@ -156,11 +154,6 @@ impl TestApp {
         }
         let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("visitor connects");
         Ws { inner: stream }
-    }
-
-    /// The database file's URL, for tests that look at it directly.
-    pub fn database_url(&self) -> String {
-        format!("sqlite://{}", self._dir.path().join("parley.db").display())
     }
 
     /// A visitor socket from the chat frame (this server's own origin) that has said hello.

@@ -64,7 +64,7 @@ async fn send_refused(ws: &mut Ws, client_id: &str, body: &str) -> ErrorCode {
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
-    let mut db = SqliteConnection::connect(&app.database_url()).await.expect("db opens");
+    let mut db = SqliteConnection::connect(&app.db_url).await.expect("db opens");
     sqlx::query_scalar(sql).fetch_one(&mut db).await.expect("count")
 }
 

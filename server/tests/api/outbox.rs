@@ -81,7 +81,7 @@ async fn a_head_send_in_backoff_neither_spins_the_worker_nor_delays_another_cust
     let (_psid_b, conversation_b) = messenger_customer(&app, &sandbox, "Bob").await;
 
     // Customer A: a head send in backoff for an hour, and 100 sends due now queued behind it.
-    let db = sqlx::SqlitePool::connect(&app.database_url).await.expect("db");
+    let db = sqlx::SqlitePool::connect(&app.db_url).await.expect("db");
     let now = parley::store::now_ms();
     let mut tx = db.begin().await.expect("tx");
     for i in 0..101 {
@@ -163,7 +163,7 @@ async fn a_send_that_went_out_but_could_not_be_recorded_is_recorded_later_and_no
     let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
     let (_psid, conversation_id) = messenger_customer(&app, &sandbox, "Sam").await;
     // The database refuses to mark any send as sent (as with a full disk), from the worker and from the echo.
-    let db = sqlx::SqlitePool::connect(&app.database_url).await.expect("db");
+    let db = sqlx::SqlitePool::connect(&app.db_url).await.expect("db");
     sqlx::query(
         "create trigger refuse_settle before update of status on outbox when new.status = 'sent'
          begin select raise(abort, 'injected: disk full'); end",

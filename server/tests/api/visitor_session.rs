@@ -75,7 +75,7 @@ fn rows(state: &(i64, Vec<(String, i64)>), table: &str) -> i64 {
 #[tokio::test]
 async fn opening_the_chat_writes_nothing_until_the_visitor_writes() {
     let app = spawn_app().await;
-    let mut db = SqliteConnection::connect(&app.database_url()).await.expect("db opens");
+    let mut db = SqliteConnection::connect(&app.db_url).await.expect("db opens");
     let before = db_state(&mut db).await;
 
     // A brand-new visitor: the session call, then hellos with the cookie, with a stored token, and with nothing.
@@ -229,7 +229,7 @@ async fn two_tabs_of_a_new_visitor_writing_at_once_make_one_contact_and_one_conv
     assert_eq!(seqs, [1, 2], "both messages in one conversation");
     let summaries = app.store.summaries().await.expect("summaries");
     assert_eq!(summaries.len(), 1, "{summaries:?}");
-    let mut db = SqliteConnection::connect(&app.database_url()).await.expect("db opens");
+    let mut db = SqliteConnection::connect(&app.db_url).await.expect("db opens");
     assert_eq!(rows(&db_state(&mut db).await, "contacts"), 1);
 
     // Each tab sees the other tab's message live, though the contact did not exist when it said hello.
@@ -265,7 +265,7 @@ async fn concurrent_first_writes_with_one_token_create_one_contact() {
     }
     ids.dedup();
     assert_eq!(ids, vec![parley::store::web_contact_id(&site.id, &hash)]);
-    let mut db = SqliteConnection::connect(&app.database_url()).await.expect("db opens");
+    let mut db = SqliteConnection::connect(&app.db_url).await.expect("db opens");
     assert_eq!(rows(&db_state(&mut db).await, "contacts"), 1);
 
     // The same token presented to another site names nothing there.
