@@ -315,6 +315,10 @@ pub struct MessengerSettings {
     pub attachment_timeout_secs: u64,
     /// Tries before a webhook delivery that keeps failing is quarantined.
     pub max_delivery_attempts: u32,
+    /// How long each customer's webhook events wait, in milliseconds, so that one whose webhook Meta delivers late
+    /// (after a later one's) is still stored in timestamp order; every customer message waits this long. 0 turns
+    /// the wait off (events are then sorted only among those that arrive together).
+    pub reorder_window_ms: u64,
 }
 
 impl Default for MessengerSettings {
@@ -340,6 +344,7 @@ impl Default for MessengerSettings {
             attachment_max_bytes: 25 * 1024 * 1024,
             attachment_timeout_secs: 60,
             max_delivery_attempts: 5,
+            reorder_window_ms: 1000,
         }
     }
 }
@@ -400,6 +405,11 @@ impl Settings {
                 missing.join(", ")
             );
             anyhow::ensure!(m.reconcile_secs >= 1, "messenger.reconcile_secs must be at least 1");
+            anyhow::ensure!(
+                m.reorder_window_ms <= MAX_REORDER_WINDOW_MS,
+                "messenger.reorder_window_ms must be at most {MAX_REORDER_WINDOW_MS} (every customer message waits \
+                 this long)"
+            );
         }
         Ok(())
     }
@@ -413,6 +423,9 @@ impl Settings {
         }
     }
 }
+
+/// The longest `messenger.reorder_window_ms` accepted: a minute (every customer message waits the window).
+pub const MAX_REORDER_WINDOW_MS: u64 = 60_000;
 
 /// String settings read from the environment exactly as written (see [`Settings::load`]).
 const RAW_STRING_KEYS: &[&str] = &[
@@ -618,6 +631,20 @@ mod tests {
             assert_eq!(Settings::load(None).expect("loads").http.shutdown_grace_secs, 10);
             jail.set_env("PARLEY_HTTP__SHUTDOWN_GRACE_SECS", "0");
             assert!(format!("{:#}", Settings::load(None).expect_err("refused")).contains("shutdown_grace_secs"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_reorder_window_defaults_to_a_second_and_is_bounded() {
+        figment::Jail::expect_with(|jail| {
+            messenger_env(jail);
+            assert_eq!(Settings::load(None).expect("loads").messenger.reorder_window_ms, 1000);
+            jail.set_env("PARLEY_MESSENGER__REORDER_WINDOW_MS", "0");
+            assert_eq!(Settings::load(None).expect("loads").messenger.reorder_window_ms, 0);
+            jail.set_env("PARLEY_MESSENGER__REORDER_WINDOW_MS", "3600000");
+            let text = format!("{:#}", Settings::load(None).expect_err("refused"));
+            assert!(text.contains("messenger.reorder_window_ms"), "{text}");
             Ok(())
         });
     }

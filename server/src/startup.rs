@@ -188,12 +188,13 @@ fn spawn_messenger_workers(state: &AppState, messenger: &Arc<Messenger>) -> Vec<
     let intake_messenger = Arc::clone(messenger);
     let intake = state.workers.supervise("messenger_intake", state.shutdown.clone(), Backoff::default(), move |ctx| {
         let messenger = Arc::clone(&intake_messenger);
-        // The intake keeps no state between batches and applies idempotently, so on shutdown it simply stops.
+        // The intake holds nothing that is not also an unprocessed delivery in the database (events in the reorder
+        // window included) and applies idempotently, so on shutdown it simply stops.
         // (A quarantine count belongs in its health entry: `ctx.health.set("quarantined", n)`.)
         async move {
             let mut stop = ctx.stop;
             tokio::select! {
-                () = intake::run(messenger) => anyhow::bail!("the intake loop ended"),
+                () = intake::run(messenger, ctx.health) => anyhow::bail!("the intake loop ended"),
                 _ = stop.wait_for(|stopping| *stopping) => Ok(()),
             }
         }

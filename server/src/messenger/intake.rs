@@ -1,8 +1,14 @@
 //! Applying webhook deliveries: the spool → `webhook_deliveries` → conversation changes.
 //!
-//! One worker drains the spool, stores each body raw, then applies all waiting deliveries together: events are
-//! gathered from every `entry[]` (`messaging[]` and `standby[]`), sorted by timestamp (stable, so one customer's
-//! events apply in the order they happened even when Meta delivered them out of order), and applied one by one.
+//! One worker drains the spool, stores each body raw, then gathers the events of every waiting delivery (from
+//! every `entry[]`, `messaging[]` and `standby[]`) and applies them in Messenger timestamp order per customer,
+//! even across deliveries that arrive apart: each customer's events wait in a reorder window
+//! (`messenger.reorder_window_ms`, see [`super::reorder`]) so an earlier event whose webhook Meta delivers later
+//! still goes first; a slow or reordered customer holds up no one else. An event later than the window is still
+//! applied (after the ones already stored), logged and counted (`late_events` in the worker's health entry). A
+//! delivery is marked processed only once every one of its events is applied, so a crash during the window loses
+//! nothing: the next start reads the delivery again and holds its events again.
+//!
 //! Every application is idempotent: messages by `mid`, link offers by an applied-key recorded in the same
 //! transaction as the offer, acceptances by the link row itself, deliveries and reads by watermark, so a
 //! redelivered payload changes nothing. A delivery that fails to apply (an error or even a panic) is retried with
@@ -14,19 +20,24 @@
 //! Messenger reaches the web conversation before "Yes"; "No" or no answer within the link lifetime binds nothing.
 //! Attachments are queued for [`super::media`] and downloaded off this path.
 
+use std::collections::{BTreeMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use protocol::{Attachment, Channel};
+use tokio::time::Instant;
 
 use super::channel::Messenger;
 use super::graph_types::{Envelope, Messaging};
+use super::reorder::{Due, HoldBack, Key};
 use super::{link, media};
+use crate::config::MessengerSettings;
 use crate::services::{PostInput, Poster, ServiceError};
 use crate::store::models::Contact;
 use crate::store::{OfferOutcome, now_ms};
+use crate::supervisor::WorkerHealth;
 
 /// The app id Meta uses for messages sent from the Page's own inbox (Business Suite).
 pub const PAGE_INBOX_APP_ID: &str = "263902037430900";
@@ -34,6 +45,9 @@ pub const PAGE_INBOX_APP_ID: &str = "263902037430900";
 /// What the Page asks when someone presents a link.
 pub const CONSENT_QUESTION: &str = "You opened a link to continue a chat from our website here. Continue that \
     conversation in Messenger? Only say yes if you asked for this link yourself.";
+
+/// New deliveries read from the database per round.
+const BATCH: usize = 200;
 
 /// Aborts a task when dropped: the download queue lives exactly as long as the intake that started it.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -49,85 +63,235 @@ pub fn retry_delay(failures: u32) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1 << failures.saturating_sub(1).min(7))).min(Duration::from_secs(30))
 }
 
-/// Runs forever: waits for spooled deliveries, stores and applies them.
-pub async fn run(messenger: Arc<Messenger>) {
+/// Runs forever: waits for spooled deliveries, stores them, and applies their events as they become due. Keeps
+/// `late_events` (applied after the reorder window) and `held_events` (in the window now) in its health entry.
+pub async fn run(messenger: Arc<Messenger>, health: WorkerHealth) {
     let _media = AbortOnDrop(tokio::spawn(media::run(Arc::clone(&messenger))));
+    let mut intake = Intake::new(Duration::from_millis(messenger.settings.reorder_window_ms));
     let mut failures = 0u32;
     loop {
-        if let Err(e) = drain(&messenger).await {
-            failures = failures.saturating_add(1);
-            tracing::error!(error = ?e, "webhook intake failed; retrying");
-            tokio::time::sleep(retry_delay(failures)).await;
-            continue;
-        }
+        let result = intake.pass(&messenger, Instant::now()).await;
+        health.set("late_events", intake.late_events);
+        health.set("held_events", u64::try_from(intake.held.len()).unwrap_or(u64::MAX));
+        let next_ripe = match result {
+            Ok(next_ripe) => next_ripe,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::error!(error = ?e, "webhook intake failed; retrying");
+                tokio::time::sleep(retry_delay(failures)).await;
+                continue;
+            }
+        };
         failures = 0;
+        let idle = Instant::now() + Duration::from_secs(30);
+        let wake_at = next_ripe.map_or(idle, |at| at.min(idle));
         tokio::select! {
             _ = messenger.intake_wake.notified() => {
-                // Let a burst (and any reordered stragglers) arrive, then apply them together in time order.
+                // Let a burst arrive, then store and hold it together.
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
         }
     }
 }
 
-/// Moves spooled files into the database and applies every unprocessed delivery.
+/// Moves spooled files into the database and applies every unprocessed delivery now, sorted by timestamp among
+/// what is waiting (no reorder window): for tests and one-off runs.
 pub async fn drain(messenger: &Messenger) -> anyhow::Result<()> {
-    let store = &messenger.conversations.store;
-    for path in messenger.spool.pending().await? {
-        let body = tokio::fs::read(&path).await?;
-        store.insert_webhook_delivery(&body).await?;
-        tokio::fs::remove_file(&path).await?;
+    Intake::new(Duration::ZERO).pass(messenger, Instant::now()).await.map(|_| ())
+}
+
+/// One webhook event and the delivery it came in.
+struct Event {
+    delivery: i64,
+    page: String,
+    messaging: Messaging,
+}
+
+/// A delivery whose events are not all applied yet.
+struct Open {
+    left: usize,
+    /// Why an event of it could not apply (the first reason).
+    error: Option<String>,
+}
+
+/// The intake's memory between passes. All of it is also in `webhook_deliveries` (rows not yet processed), so
+/// losing it (a crash, a restarted worker) loses nothing.
+struct Intake {
+    held: HoldBack<Event>,
+    open: BTreeMap<i64, Open>,
+    /// Events applied after the reorder window (a message not stored before, so not a mere redelivery).
+    late_events: u64,
+}
+
+impl Intake {
+    fn new(window: Duration) -> Self {
+        Self { held: HoldBack::new(window), open: BTreeMap::new(), late_events: 0 }
     }
-    loop {
-        let deliveries = store.unprocessed_webhook_deliveries(200).await?;
-        if deliveries.is_empty() {
-            return Ok(());
+
+    /// One pass at `now`: stores spooled deliveries, holds the events of new ones, applies those that are due and
+    /// marks finished deliveries processed. Returns when the next held event is due.
+    async fn pass(&mut self, messenger: &Messenger, now: Instant) -> anyhow::Result<Option<Instant>> {
+        let store = &messenger.conversations.store;
+        for path in messenger.spool.pending().await? {
+            let body = tokio::fs::read(&path).await?;
+            store.insert_webhook_delivery(&body).await?;
+            tokio::fs::remove_file(&path).await?;
         }
-        let mut events: Vec<(i64, String, Messaging)> = Vec::new();
-        let mut errors: Vec<(i64, String)> = Vec::new();
-        for (id, body) in &deliveries {
-            match serde_json::from_slice::<Envelope>(body) {
+        loop {
+            self.settle(messenger).await?;
+            let fresh = self.load(messenger, now).await?;
+            let mut due = self.held.take_due(now).into_iter();
+            while let Some(event) = due.next() {
+                if let Err(e) = self.apply_due(messenger, &event).await {
+                    // Not applied: it and the ones after it wait for the next pass, in the same order.
+                    self.held.put_back(std::iter::once(event).chain(due).collect(), now);
+                    return Err(e);
+                }
+            }
+            self.settle(messenger).await?;
+            if fresh < BATCH {
+                return Ok(self.held.next_ripe());
+            }
+        }
+    }
+
+    /// Reads the waiting deliveries; holds the events of those not seen before and returns how many those were.
+    /// Deliveries no longer waiting (quarantined) are forgotten.
+    async fn load(&mut self, messenger: &Messenger, now: Instant) -> anyhow::Result<usize> {
+        let limit = self.open.len() + BATCH;
+        let deliveries = messenger
+            .conversations
+            .store
+            .unprocessed_webhook_deliveries(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await?;
+        let waiting: HashSet<i64> = deliveries.iter().map(|(id, _)| *id).collect();
+        let last = deliveries.last().map(|(id, _)| *id);
+        let complete = deliveries.len() < limit;
+        let gone: Vec<i64> = self
+            .open
+            .keys()
+            .copied()
+            .filter(|id| !waiting.contains(id) && (complete || last.is_some_and(|last| *id < last)))
+            .collect();
+        for id in gone {
+            self.open.remove(&id);
+            self.held.discard(|e| e.delivery == id);
+        }
+        let mut fresh = 0;
+        for (id, body) in deliveries {
+            if self.open.contains_key(&id) {
+                continue;
+            }
+            fresh += 1;
+            let mut open = Open { left: 0, error: None };
+            match serde_json::from_slice::<Envelope>(&body) {
                 Ok(envelope) if envelope.object == "page" => {
                     for entry in envelope.entry {
-                        let page = entry.id.clone();
-                        events.extend(entry.messaging.into_iter().chain(entry.standby).map(|m| (*id, page.clone(), m)));
+                        for messaging in entry.messaging.into_iter().chain(entry.standby) {
+                            let (thread, key) = place(&messenger.settings, &entry.id, &messaging);
+                            let event = Event { delivery: id, page: entry.id.clone(), messaging };
+                            self.held.hold(thread, key, event, now);
+                            open.left += 1;
+                        }
                     }
                 }
                 Ok(_) => {}
-                Err(e) => errors.push((*id, format!("unreadable payload: {e}"))),
+                Err(e) => open.error = Some(format!("unreadable payload: {e}")),
             }
+            self.open.insert(id, open);
         }
-        events.sort_by_key(|(_, _, m)| m.timestamp);
-        for (delivery, page, event) in events {
-            // A panic is a bug, but it must not take the intake down with it: it counts as a failed attempt.
-            match AssertUnwindSafe(apply(messenger, &page, event)).catch_unwind().await {
-                Ok(Ok(())) => {}
-                // An event that can never apply (e.g. no site to file it under) is recorded and skipped, so it
-                // cannot hold up the events behind it.
-                Ok(Err(ServiceError::Invalid(why))) => {
-                    tracing::warn!(reason = why, "a webhook event was not applied");
-                    errors.push((delivery, why.to_string()));
-                }
-                // Transient failures (database) stop the batch; it is retried, and the events already applied are
-                // skipped on the second pass by their idempotency keys. A delivery that keeps failing is
-                // quarantined, so the ones behind it go on.
-                Ok(Err(e)) => return Err(failed(messenger, delivery, &e.to_string()).await),
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    return Err(failed(messenger, delivery, &format!("panicked: {what}")).await);
-                }
-            }
-        }
-        for (id, _) in &deliveries {
-            let error = errors.iter().find(|(e, _)| e == id).map(|(_, m)| m.as_str());
-            store.mark_webhook_processed(*id, error).await?;
-        }
+        Ok(fresh)
     }
+
+    /// Applies one released event, counting it against its delivery. A transient failure (or a panic) is counted
+    /// as a failed attempt at the delivery and returned.
+    async fn apply_due(&mut self, messenger: &Messenger, due: &Due<Event>) -> anyhow::Result<()> {
+        let Event { delivery, page, messaging } = &due.item;
+        let attempt = async {
+            let late = due.late && is_new_message(messenger, messaging).await?;
+            apply(messenger, page, messaging).await.map(|()| late)
+        };
+        // A panic is a bug, but it must not take the intake down with it: it counts as a failed attempt.
+        let error = match AssertUnwindSafe(attempt).catch_unwind().await {
+            Ok(Ok(late)) => {
+                if late {
+                    self.late_events += 1;
+                    tracing::warn!(
+                        delivery,
+                        timestamp = due.key.timestamp,
+                        "a Messenger message arrived after the reorder window; stored after later ones"
+                    );
+                }
+                None
+            }
+            // An event that can never apply (e.g. no site to file it under) is recorded and skipped, so it cannot
+            // hold up the events behind it.
+            Ok(Err(ServiceError::Invalid(why))) => {
+                tracing::warn!(reason = why, "a webhook event was not applied");
+                Some(why.to_string())
+            }
+            // Transient failures (database) stop the pass; it is retried. A delivery that keeps failing is
+            // quarantined, so the ones behind it go on.
+            Ok(Err(e)) => return Err(failed(messenger, *delivery, &e.to_string()).await),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                return Err(failed(messenger, *delivery, &format!("panicked: {what}")).await);
+            }
+        };
+        if let Some(open) = self.open.get_mut(delivery) {
+            open.left = open.left.saturating_sub(1);
+            if open.error.is_none() {
+                open.error = error;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the deliveries whose events are all applied as processed.
+    async fn settle(&mut self, messenger: &Messenger) -> anyhow::Result<()> {
+        let done: Vec<i64> = self.open.iter().filter(|(_, open)| open.left == 0).map(|(id, _)| *id).collect();
+        for id in done {
+            let error = self.open.get(&id).and_then(|open| open.error.clone());
+            messenger.conversations.store.mark_webhook_processed(id, error.as_deref()).await?;
+            self.open.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+/// Where an event waits: the customer's thread (their PSID) for what becomes part of their conversation or
+/// changes it (messages, consent answers, postbacks, referrals, replies sent from the Page inbox); no thread for
+/// what may apply at once (our own echoes, delivery and read receipts, other pages' events). Ordered by Messenger's
+/// timestamp, then the `mid`.
+fn place(settings: &MessengerSettings, page: &str, event: &Messaging) -> (Option<String>, Key) {
+    let mid = event.message.as_ref().and_then(|m| m.mid.clone());
+    let mid = mid.or_else(|| event.postback.as_ref().and_then(|p| p.mid.clone()));
+    let key = Key { timestamp: event.timestamp, tie: mid.unwrap_or_default() };
+    let party = match &event.message {
+        _ if !settings.page_id.is_empty() && page != settings.page_id => None,
+        Some(message) if message.is_echo => {
+            if message.app_id.as_deref() == Some(settings.app_id.as_str()) {
+                None
+            } else {
+                event.recipient.as_ref()
+            }
+        }
+        Some(_) => event.sender.as_ref(),
+        None if event.postback.is_some() || event.referral.is_some() => event.sender.as_ref(),
+        None => None,
+    };
+    (party.map(|p| p.id.clone()).filter(|psid| !psid.is_empty()), key)
+}
+
+/// Whether `event` is a message not stored yet (a late redelivery of a stored one is not late, just a duplicate).
+async fn is_new_message(messenger: &Messenger, event: &Messaging) -> Result<bool, ServiceError> {
+    let Some(mid) = event.message.as_ref().and_then(|m| m.mid.as_deref()) else { return Ok(false) };
+    Ok(messenger.conversations.store.message_by_external_id(mid).await?.is_none())
 }
 
 /// Counts a failed attempt at a delivery (quarantining it at the limit) and returns the error for the caller.
@@ -145,7 +309,7 @@ async fn failed(messenger: &Messenger, delivery: i64, why: &str) -> anyhow::Erro
     anyhow::anyhow!("applying webhook delivery {delivery} failed: {why}")
 }
 
-async fn apply(messenger: &Messenger, page: &str, event: Messaging) -> Result<(), ServiceError> {
+async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(), ServiceError> {
     if !messenger.settings.page_id.is_empty() && page != messenger.settings.page_id {
         tracing::debug!("ignoring an event for another page");
         return Ok(());

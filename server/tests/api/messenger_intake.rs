@@ -369,7 +369,7 @@ async fn link_rows_are_capped_per_contact_and_expired_ones_are_deleted() {
 }
 
 /// Posts a signed webhook body as Meta would.
-async fn deliver(app: &TestApp, body: &str) {
+pub(crate) async fn deliver(app: &TestApp, body: &str) {
     let signed = signature::sign_sha256(b"sandbox-app-secret-0123456789abcdef", body.as_bytes());
     let response = app
         .http
