@@ -71,7 +71,8 @@ pub async fn run(messenger: Arc<Messenger>, health: WorkerHealth) {
     let mut failures = 0u32;
     loop {
         let result = intake.pass(&messenger, Instant::now()).await;
-        health.set("late_events", intake.late_events);
+        // Added, not set: the count survives a restart of the worker.
+        health.add("late_events", std::mem::take(&mut intake.late_events));
         health.set("held_events", u64::try_from(intake.held.len()).unwrap_or(u64::MAX));
         let next_ripe = match result {
             Ok(next_ripe) => next_ripe,
@@ -120,7 +121,8 @@ struct Open {
 struct Intake {
     held: HoldBack<Event>,
     open: BTreeMap<i64, Open>,
-    /// Events applied after the reorder window (a message not stored before, so not a mere redelivery).
+    /// Events applied after the reorder window (a message not stored before, so not a mere redelivery) since the
+    /// count was last reported.
     late_events: u64,
 }
 

@@ -12,7 +12,8 @@
 //! Memory only and clock-free (callers pass `now`): what is held here is still an unprocessed row in
 //! `webhook_deliveries`, so a crash loses nothing; the next start holds it again.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -92,23 +93,28 @@ impl<E> HoldBack<E> {
         }
     }
 
-    /// Releases every event that may apply at `now`, in `(timestamp, tie-break, arrival)` order: in each thread, the
-    /// ripe events and all that sort before them. Threads idle for long are forgotten.
+    /// Releases every event that may apply at `now`: in each thread, the ripe events and all that sort before them,
+    /// in thread order. Threads are merged by timestamp, then arrival (events of different customers in the same
+    /// millisecond go in the order they came). Threads idle for long are forgotten.
     pub fn take_due(&mut self, now: Instant) -> Vec<Due<E>> {
-        let mut due = Vec::new();
+        let mut lists: Vec<std::collections::VecDeque<Due<E>>> = Vec::new();
         for held in self.unthreaded.drain(..) {
-            due.push(Due {
-                key: held.key,
-                late: false,
-                thread: None,
-                arrival: held.arrival,
-                ripe_at: held.ripe_at,
-                before: None,
-                item: held.item,
-            });
+            lists.push(
+                [Due {
+                    key: held.key,
+                    late: false,
+                    thread: None,
+                    arrival: held.arrival,
+                    ripe_at: held.ripe_at,
+                    before: None,
+                    item: held.item,
+                }]
+                .into(),
+            );
         }
         for (name, thread) in &mut self.threads {
             let Some(last_ripe) = thread.pending.iter().rposition(|h| h.ripe_at <= now) else { continue };
+            let mut list = std::collections::VecDeque::new();
             for held in thread.pending.drain(..=last_ripe) {
                 let before = thread.released.clone();
                 let late = before.as_ref().is_some_and(|released| held.key < *released);
@@ -116,7 +122,7 @@ impl<E> HoldBack<E> {
                     thread.released = Some(held.key.clone());
                 }
                 thread.released_at = now;
-                due.push(Due {
+                list.push_back(Due {
                     key: held.key,
                     late,
                     thread: Some(name.clone()),
@@ -126,10 +132,24 @@ impl<E> HoldBack<E> {
                     item: held.item,
                 });
             }
+            lists.push(list);
         }
         self.threads
             .retain(|_, t| !t.pending.is_empty() || now.saturating_duration_since(t.released_at) < FORGET_AFTER);
-        due.sort_by(|a, b| (&a.key, a.arrival).cmp(&(&b.key, b.arrival)));
+        // Merge the lists by their heads, keeping each list's own order.
+        let mut heads: BinaryHeap<Reverse<(i64, u64, usize)>> = lists
+            .iter()
+            .enumerate()
+            .filter_map(|(i, list)| list.front().map(|d| Reverse((d.key.timestamp, d.arrival, i))))
+            .collect();
+        let mut due = Vec::with_capacity(lists.iter().map(|l| l.len()).sum());
+        while let Some(Reverse((_, _, i))) = heads.pop() {
+            let Some(next) = lists[i].pop_front() else { continue };
+            due.push(next);
+            if let Some(d) = lists[i].front() {
+                heads.push(Reverse((d.key.timestamp, d.arrival, i)));
+            }
+        }
         due
     }
 
@@ -286,12 +306,27 @@ mod tests {
     }
 
     #[test]
+    fn customers_in_the_same_millisecond_go_in_arrival_order_and_each_keeps_its_own_order() {
+        let t0 = Instant::now();
+        let mut hold = HoldBack::new(W);
+        hold.hold(Some("eve".into()), key(7, "m_a"), "eve taps", t0);
+        hold.hold(Some("peter".into()), key(7, "m_b"), "peter writes", t0);
+        hold.hold(Some("eve".into()), key(7, "m_c"), "eve writes", t0);
+        assert_eq!(items(hold.take_due(t0 + W)), ["eve taps", "peter writes", "eve writes"]);
+        // Within one customer, equal timestamps order by mid whatever the arrival.
+        hold.hold(Some("eve".into()), key(8, "m_y"), "second", t0 + W);
+        hold.hold(Some("eve".into()), key(8, "m_x"), "first", t0 + W);
+        assert_eq!(items(hold.take_due(t0 + 2 * W)), ["first", "second"]);
+    }
+
+    #[test]
     fn a_zero_window_releases_everything_at_once_in_timestamp_order() {
         let t0 = Instant::now();
         let mut hold = HoldBack::new(Duration::ZERO);
         hold.hold(Some("p".into()), key(2, "m_b"), "B", t0);
         hold.hold(Some("q".into()), key(1, "m_x"), "X", t0);
         hold.hold(Some("p".into()), key(1, "m_a"), "A", t0);
-        assert_eq!(items(hold.take_due(t0)), ["A", "X", "B"]);
+        // Timestamp 1 first (X came before A), then B.
+        assert_eq!(items(hold.take_due(t0)), ["X", "A", "B"]);
     }
 }
