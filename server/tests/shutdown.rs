@@ -301,3 +301,79 @@ async fn after_sigkill_during_a_send_the_restarted_server_reconciles_it_by_its_e
     signal(&child, Signal::SIGTERM);
     assert!(wait_exit(&mut child, Duration::from_secs(12)).await.success());
 }
+
+/// Customer messages acked while they wait in the reorder window (a later one's webhook first) are in the database
+/// as unprocessed deliveries: SIGKILL loses nothing, and the restarted server stores them once, in timestamp order.
+#[tokio::test]
+async fn after_sigkill_during_the_reorder_window_the_restarted_server_stores_the_held_messages_once_in_order() {
+    let mut env = setup(10, 5).await;
+    // Long enough that the kill surely comes while both messages are held.
+    env.vars.push(("PARLEY_MESSENGER__REORDER_WINDOW_MS".into(), "30000".into()));
+    let mut child = env.start();
+    env.wait_healthy(&mut child).await;
+    let var = |key: &str| env.vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).expect("set");
+    let (page, secret) = (var("PARLEY_MESSENGER__PAGE_ID"), var("PARLEY_MESSENGER__APP_SECRET"));
+    let psid = "7200000000000001";
+    let t = parley::store::now_ms();
+    let http = reqwest::Client::new();
+    // Meta delivers B's webhook first, then A's (A was written first).
+    for (mid, timestamp, text) in [("m_held_b", t + 1, "B"), ("m_held_a", t, "A")] {
+        let body = serde_json::json!({"object": "page", "entry": [{"id": page, "time": timestamp, "messaging": [{
+            "sender": {"id": psid}, "recipient": {"id": page}, "timestamp": timestamp,
+            "message": {"mid": mid, "text": text}}]}]})
+        .to_string();
+        let response = http
+            .post(format!("http://127.0.0.1:{}/webhooks/messenger", env.port))
+            .header(
+                "x-hub-signature-256",
+                parley::messenger::signature::sign_sha256(secret.as_bytes(), body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("delivered");
+        assert_eq!(response.status(), 200, "acked");
+    }
+    let store = Store::connect(&env.db, 1).await.expect("store");
+    let stored = || async {
+        let Some(contact) = store.contact_by_psid(psid).await.expect("query") else { return Vec::new() };
+        let Some(conversation) = store.conversation_for_contact(&contact.id).await.expect("query") else {
+            return Vec::new();
+        };
+        let events = store.events_after(&conversation.id, 0).await.expect("events");
+        events
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                protocol::EventKind::Message { message } => Some(message.body),
+                _ => None,
+            })
+            .collect::<Vec<String>>()
+    };
+    // The intake has both deliveries in the database and holds their messages.
+    let deadline = Instant::now() + WAIT;
+    while store.webhook_delivery_count().await.expect("count") < 2 {
+        assert!(Instant::now() < deadline, "the deliveries never reached the database:\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, Signal::SIGKILL);
+    wait_exit(&mut child, Duration::from_secs(5)).await;
+    assert!(stored().await.is_empty(), "stored before the window was over");
+    assert_eq!(store.unprocessed_webhook_deliveries(10).await.expect("query").len(), 2, "both still waiting");
+
+    env.vars.push(("PARLEY_MESSENGER__REORDER_WINDOW_MS".into(), "500".into()));
+    let mut child = env.start();
+    env.wait_healthy(&mut child).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let waiting = store.unprocessed_webhook_deliveries(10).await.expect("query").len();
+        if waiting == 0 && stored().await.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the held messages were not stored after the restart:\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored().await, ["A", "B"]);
+    signal(&child, Signal::SIGTERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(12)).await.success());
+    store.close().await;
+}
