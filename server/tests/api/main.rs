@@ -11,6 +11,7 @@ mod liveness;
 mod messenger;
 mod messenger_chaos;
 mod messenger_intake;
+mod ops;
 mod outbox;
 mod supervision;
 mod visitor_session;
