@@ -685,6 +685,49 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_refused_without_a_long_enough_token_or_with_two_and_read_from_a_file() {
+        figment::Jail::expect_with(|jail| {
+            assert!(Settings::load(None).expect("off by default").metrics.scrape_token().expect("ok").is_none());
+            jail.set_env("PARLEY_METRICS__ENABLED", "true");
+            let err = format!("{:#}", Settings::load(None).expect_err("no token"));
+            assert!(err.contains("metrics.token"), "{err}");
+            jail.set_env("PARLEY_METRICS__TOKEN", "short");
+            assert!(Settings::load(None).is_err());
+            jail.set_env("PARLEY_METRICS__TOKEN", "0123456789012345");
+            let s = Settings::load(None).expect("loads");
+            let token = s.metrics.scrape_token().expect("ok").expect("on");
+            assert_eq!(token.expose_secret(), "0123456789012345");
+            jail.create_file("token", "  from-a-file-0123456789\n")?;
+            jail.set_env("PARLEY_METRICS__TOKEN_FILE", "token");
+            let err = format!("{:#}", Settings::load(None).expect_err("both"));
+            assert!(err.contains("not both"), "{err}");
+            jail.set_env("PARLEY_METRICS__TOKEN", "");
+            let s = Settings::load(None).expect("loads");
+            let token = s.metrics.scrape_token().expect("ok").expect("on");
+            assert_eq!(token.expose_secret(), "from-a-file-0123456789");
+            jail.set_env("PARLEY_METRICS__TOKEN_FILE", "missing");
+            assert!(Settings::load(None).is_ok(), "the file is read when the server starts");
+            assert!(
+                format!("{:#}", Settings::load(None).expect("loads").metrics.scrape_token().expect_err("no file"))
+                    .contains("metrics.token_file")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Settings::load(None).expect("loads").log.format, LogFormat::Text);
+            jail.set_env("PARLEY_LOG__FORMAT", "json");
+            assert_eq!(Settings::load(None).expect("loads").log.format, LogFormat::Json);
+            jail.set_env("PARLEY_LOG__FORMAT", "xml");
+            assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_shutdown_grace_period_is_bounded() {
         figment::Jail::expect_with(|jail| {
             assert_eq!(Settings::load(None).expect("loads").http.shutdown_grace_secs, 10);
