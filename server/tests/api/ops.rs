@@ -142,7 +142,7 @@ async fn metrics_count_sockets_messages_latency_fan_out_outbox_restarts_and_the_
     let open = value(&text, r#"parley_db_pool_connections{state="open"}"#).expect("open");
     let idle = value(&text, r#"parley_db_pool_connections{state="idle"}"#).expect("idle");
     assert_eq!(value(&text, r#"parley_db_pool_connections{state="max"}"#), Some(4.0), "{text}");
-    assert!(open >= 1.0 && open <= 4.0 && idle <= open, "{text}");
+    assert!((1.0..=4.0).contains(&open) && idle <= open, "{text}");
     drop(first);
 }
 
