@@ -1,4 +1,4 @@
-// Parley's browser tests. Playwright starts `parley demo` (built by `cargo xtask build`) on its own ports with a
+// Parley's browser tests. Playwright starts `parley-demo demo` (built by `cargo xtask build`) on its own ports with a
 // throw-away SQLite database: the chat server on CHAT_ORIGIN and the demo customer page on HOST_ORIGIN, a
 // different *site* (localhost vs 127.0.0.1, not only another port) that embeds the widget with the one script tag,
 // so the chat frame is a third party exactly as on a customer's site: no frame localStorage, only partitioned
@@ -17,7 +17,7 @@ export const CHAT_ORIGIN = `http://127.0.0.1:${chatPort}`;
 export const HOST_ORIGIN = `http://localhost:${hostPort}`;
 
 const root = path.resolve(__dirname, '..');
-const bin = process.env.PARLEY_E2E_BIN ?? path.join(root, 'target/debug/parley');
+const bin = process.env.PARLEY_E2E_BIN ?? path.join(root, 'target/debug/parley-demo');
 const site = process.env.PARLEY_E2E_SITE_DIR ?? path.join(root, 'target/site');
 const data = fs.mkdtempSync(path.join(os.tmpdir(), 'parley-e2e-'));
 

@@ -11,7 +11,7 @@ import * as readline from 'node:readline';
 import { AGENT_PASSWORD, AGENT_EMAIL, openChat, unique, type Visitor } from './fixtures';
 
 const root = path.resolve(__dirname, '../..');
-const bin = process.env.PARLEY_E2E_BIN ?? path.join(root, 'target/debug/parley');
+const bin = process.env.PARLEY_E2E_BIN ?? path.join(root, 'target/debug/parley-demo');
 const proxyBin = process.env.PARLEY_E2E_FAULTPROXY_BIN ?? path.join(path.dirname(bin), 'faultproxy');
 const site = process.env.PARLEY_E2E_SITE_DIR ?? path.join(root, 'target/site');
 const CHAT_PORT = Number(process.env.PARLEY_E2E_FAULTS_CHAT_PORT ?? 3937);

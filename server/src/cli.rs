@@ -167,9 +167,21 @@ async fn site_identity(store: &Store, args: &SiteIdentityArgs) -> anyhow::Result
     Ok(())
 }
 
-/// Runs a parsed command line.
+/// The whole program behind both binaries: parse the command line, run it, report an error on stderr.
+pub async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a parsed command line (logging starts once the settings, which choose its format, are loaded).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
+    crate::telemetry::init(settings.log.format);
     match cli.command {
         Command::Serve => serve(settings).await,
         Command::Migrate => {

@@ -26,6 +26,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub messenger: MessengerSettings,
     pub auth: AuthSettings,
+    pub log: LogSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -264,6 +266,74 @@ impl Default for LimitSettings {
     }
 }
 
+/// How log lines are written (to stderr; the level comes from `RUST_LOG`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` (readable) or `json` (one JSON object per line, for log collectors).
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `GET /metrics` (Prometheus text). Off by default; on, every scrape must carry `Authorization: Bearer <token>`,
+/// so the counts are never world-readable, even on a listener behind a public reverse proxy.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// The bearer token scrapers send (at least 16 characters).
+    #[serde(deserialize_with = "secret_from_scalar")]
+    pub token: SecretString,
+    /// A file holding the token instead (e.g. a systemd credential or a mounted secret); surrounding whitespace is
+    /// ignored.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Shortest `/metrics` bearer token accepted.
+pub const MIN_METRICS_TOKEN_CHARS: usize = 16;
+
+impl MetricsSettings {
+    /// The scrape token when `/metrics` is on (`None`: off), read from `token_file` when that is set.
+    pub fn scrape_token(&self) -> anyhow::Result<Option<SecretString>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let token = match &self.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read metrics.token_file {}", path.display()))?;
+                SecretString::from(text.trim().to_string())
+            }
+            None => self.token.clone(),
+        };
+        anyhow::ensure!(
+            token.expose_secret().chars().count() >= MIN_METRICS_TOKEN_CHARS,
+            "metrics.enabled is on: metrics.token (or the file metrics.token_file names) must hold a bearer token of \
+             at least {MIN_METRICS_TOKEN_CHARS} characters, or /metrics would be open to anyone who can reach the server"
+        );
+        Ok(Some(token))
+    }
+
+    /// Refuses combinations that leave `/metrics` open or say two things.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.token_file.is_none() || self.token.expose_secret().is_empty(),
+            "set metrics.token or metrics.token_file, not both"
+        );
+        if self.enabled && self.token_file.is_none() {
+            self.scrape_token()?;
+        }
+        Ok(())
+    }
+}
+
 /// The Facebook Page that conversations continue on. Secrets are redacted in `Debug` and never logged.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -384,6 +454,7 @@ impl Settings {
             (1..=3600).contains(&self.http.shutdown_grace_secs),
             "http.shutdown_grace_secs must be between 1 and 3600"
         );
+        self.metrics.validate()?;
         let m = &self.messenger;
         if m.enabled {
             // Empty, each of these fails open: webhooks signed with an empty key would be accepted, our own echoes
@@ -436,6 +507,7 @@ const RAW_STRING_KEYS: &[&str] = &[
     "messenger.app_secret",
     "messenger.verify_token",
     "messenger.site_key",
+    "metrics.token",
 ];
 
 /// A string setting that a TOML file may also write as a bare number (`page_id = 100000000000001`).
@@ -621,6 +693,49 @@ mod tests {
         figment::Jail::expect_with(|_| {
             let s = Settings::load(None).expect("loads");
             assert!(!s.messenger.enabled);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn metrics_are_refused_without_a_long_enough_token_or_with_two_and_read_from_a_file() {
+        figment::Jail::expect_with(|jail| {
+            assert!(Settings::load(None).expect("off by default").metrics.scrape_token().expect("ok").is_none());
+            jail.set_env("PARLEY_METRICS__ENABLED", "true");
+            let err = format!("{:#}", Settings::load(None).expect_err("no token"));
+            assert!(err.contains("metrics.token"), "{err}");
+            jail.set_env("PARLEY_METRICS__TOKEN", "short");
+            assert!(Settings::load(None).is_err());
+            jail.set_env("PARLEY_METRICS__TOKEN", "0123456789012345");
+            let s = Settings::load(None).expect("loads");
+            let token = s.metrics.scrape_token().expect("ok").expect("on");
+            assert_eq!(token.expose_secret(), "0123456789012345");
+            jail.create_file("token", "  from-a-file-0123456789\n")?;
+            jail.set_env("PARLEY_METRICS__TOKEN_FILE", "token");
+            let err = format!("{:#}", Settings::load(None).expect_err("both"));
+            assert!(err.contains("not both"), "{err}");
+            jail.set_env("PARLEY_METRICS__TOKEN", "");
+            let s = Settings::load(None).expect("loads");
+            let token = s.metrics.scrape_token().expect("ok").expect("on");
+            assert_eq!(token.expose_secret(), "from-a-file-0123456789");
+            jail.set_env("PARLEY_METRICS__TOKEN_FILE", "missing");
+            assert!(Settings::load(None).is_ok(), "the file is read when the server starts");
+            assert!(
+                format!("{:#}", Settings::load(None).expect("loads").metrics.scrape_token().expect_err("no file"))
+                    .contains("metrics.token_file")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Settings::load(None).expect("loads").log.format, LogFormat::Text);
+            jail.set_env("PARLEY_LOG__FORMAT", "json");
+            assert_eq!(Settings::load(None).expect("loads").log.format, LogFormat::Json);
+            jail.set_env("PARLEY_LOG__FORMAT", "xml");
+            assert!(Settings::load(None).is_err());
             Ok(())
         });
     }

@@ -6,7 +6,9 @@
 //! a third party exactly as on a customer's site), a host page that embeds the widget with the one script tag. The host page sends a strict CSP without `'wasm-unsafe-eval'`, to show it is not needed.
 //! Unless `--no-messenger` is given, it also starts the Messenger sandbox (default http://127.0.0.1:3001) and wires
 //! the server to it, so "Continue on Messenger" opens the sandbox's Messenger-like page for a simulated customer and
-//! the whole loop works locally without a Facebook account.
+//! the whole loop works locally without a Facebook account. The sandbox is built in only with the `demo-sandbox`
+//! cargo feature (the `parley-demo` binary that `cargo xtask build` makes); the production `parley` binary does not
+//! carry it and asks for `--no-messenger` or that binary instead.
 //! `/account` on the host page is the same shop with a signed-in customer: the host server (standing for the
 //! customer's backend) signs the customer's id with the demo site's identity secret and the page calls
 //! `Parley('identify', …)`, so the customer's conversation follows them to any browser.
@@ -48,7 +50,13 @@ pub struct DemoArgs {
     pub password: String,
 }
 
+/// What `parley demo` says when this binary has no sandbox built in.
+pub const NO_SANDBOX: &str = "this parley binary is built without the Messenger sandbox (the production build never \
+     carries it): run `cargo xtask demo`, or build the demo binary with `cargo build -p server --features demo-sandbox \
+     --bin parley-demo` and run `parley-demo demo`, or run `parley demo --no-messenger`";
+
 pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.no_messenger || cfg!(feature = "demo-sandbox"), NO_SANDBOX);
     let host_listener = TcpListener::bind(args.host_bind)
         .await
         .with_context(|| format!("cannot listen on {} for the demo host page", args.host_bind))?;
@@ -129,12 +137,34 @@ fn host_page_origin(addr: SocketAddr, chat_origin: &str) -> String {
     format!("http://{host}:{}", addr.port())
 }
 
+#[cfg(feature = "demo-sandbox")]
+use messenger_sandbox::Sandbox;
+
+/// Stands for the sandbox in a binary built without it: no value of it exists (`run` refuses before).
+#[cfg(not(feature = "demo-sandbox"))]
+enum Sandbox {}
+
+#[cfg(not(feature = "demo-sandbox"))]
+impl Sandbox {
+    fn base_url(&self) -> &str {
+        match *self {}
+    }
+    fn m_me_base(&self) -> String {
+        match *self {}
+    }
+    async fn shutdown(self) {
+        match self {}
+    }
+}
+
+#[cfg(not(feature = "demo-sandbox"))]
+async fn start_sandbox(_: &mut Settings, _: SocketAddr, _: SocketAddr) -> anyhow::Result<Sandbox> {
+    anyhow::bail!(NO_SANDBOX)
+}
+
 /// Starts the sandbox and points the Messenger settings at it (same app, page and secrets on both sides).
-async fn start_sandbox(
-    settings: &mut Settings,
-    bind: SocketAddr,
-    chat_addr: SocketAddr,
-) -> anyhow::Result<messenger_sandbox::Sandbox> {
+#[cfg(feature = "demo-sandbox")]
+async fn start_sandbox(settings: &mut Settings, bind: SocketAddr, chat_addr: SocketAddr) -> anyhow::Result<Sandbox> {
     let listener =
         TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind} for the Messenger sandbox"))?;
     let public =

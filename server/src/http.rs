@@ -1,9 +1,10 @@
-//! Plain HTTP routes (everything that is not a WebSocket or the console): health, the chat frame page, the visitor
-//! session cookie, and the built front-end files. Each submodule owns its routes.
+//! Plain HTTP routes (everything that is not a WebSocket or the console): health and readiness, metrics, the chat
+//! frame page, the visitor session cookie, and the built front-end files. Each submodule owns its routes.
 
 pub mod attachments;
 pub mod frame;
 pub mod health;
+pub mod metrics;
 pub mod static_files;
 pub mod visitor_session;
 

@@ -239,6 +239,12 @@ impl Hub {
         inner.visitors.values().map(HashMap::len).sum::<usize>() + inner.agents.len()
     }
 
+    /// Live (registered) connections by kind: `(visitors, agents)`.
+    pub fn connection_counts(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.visitors.values().map(HashMap::len).sum(), inner.agents.len())
+    }
+
     /// Whether any visitor connection of this contact is live.
     pub fn visitor_online(&self, contact_id: &str) -> bool {
         self.lock().visitors.contains_key(contact_id)

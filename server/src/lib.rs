@@ -13,6 +13,7 @@ pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod messenger;
+pub mod meters;
 pub mod services;
 pub mod signin;
 pub mod startup;

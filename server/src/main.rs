@@ -1,16 +1,6 @@
-//! The `parley` binary: parse the command line, set up logging, run.
-
-use clap::Parser;
+//! The `parley` binary: everything is in [`parley::cli::main`].
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    parley::telemetry::init();
-    let cli = parley::cli::Cli::parse();
-    match parley::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    parley::cli::main().await
 }

@@ -3,15 +3,17 @@
 //! Messenger delivery will hook in here, after the commit, through the outbox written in the same transaction.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use protocol::console::{ConversationSummary, MessengerInfo, VisitorDetails};
 use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, Event, Party};
 use tokio::sync::Notify;
 
 use crate::hub::{Hub, HubMsg};
+use crate::meters::{AuthorKind, Meters};
 use crate::store::models::{Conversation, SummaryRow};
 use crate::store::{
-    AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS, Store, StoreError,
+    AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS, Store, StoreError, now_ms,
 };
 use crate::useragent;
 
@@ -86,16 +88,26 @@ pub struct Conversations {
     pub mirror: Option<MirrorPolicy>,
     /// Wakes the Messenger outbox after a commit that queued a send.
     pub outbox_wake: Arc<Notify>,
+    /// Counts posts, their commit latency and the fan-out lag.
+    pub meters: Arc<Meters>,
 }
 
 impl Conversations {
     /// Posts a message into the contact's conversation. Returns only after the message is on disk; a repeated
     /// `client_id` (or channel id) returns the original message and writes nothing.
     pub async fn post(&self, input: PostInput<'_>) -> Result<Posted, ServiceError> {
+        let received = Instant::now();
         protocol::validate_client_id(input.client_id).map_err(ServiceError::Invalid)?;
         if input.attachments.is_empty() || !input.body.is_empty() {
             protocol::validate_body(input.body).map_err(ServiceError::Invalid)?;
         }
+        let author_kind = match input.poster {
+            Poster::Visitor => AuthorKind::Visitor,
+            Poster::Agent { .. } => AuthorKind::Agent,
+            Poster::Page { .. } => AuthorKind::Page,
+            Poster::System => AuthorKind::System,
+        };
+        let channel = input.channel;
         let (author, agent_id) = match input.poster {
             Poster::Visitor => (Author::Visitor, None),
             Poster::Agent { id, name } => (Author::Agent { name: name.to_string() }, Some(id.to_string())),
@@ -121,6 +133,7 @@ impl Conversations {
         match self.store.append_message(input.contact_id, input.site_id, msg).await? {
             AppendOutcome::Duplicate { conversation_id, message, seq } => Ok(Posted { conversation_id, message, seq }),
             AppendOutcome::Created { conversation_id, message, seq, events } => {
+                self.meters.message_posted(channel, author_kind, received.elapsed());
                 self.fan_out(&conversation_id, input.contact_id, events).await?;
                 if mirror.is_some() {
                     self.outbox_wake.notify_one();
@@ -186,11 +199,14 @@ impl Conversations {
     /// Publishes committed events, then the conversation's fresh inbox row.
     async fn fan_out(&self, conversation_id: &str, contact_id: &str, events: Vec<Event>) -> Result<(), ServiceError> {
         for event in events {
+            let committed_at = event.at;
             self.hub.publish(HubMsg::Event {
                 conversation_id: conversation_id.to_string(),
                 contact_id: contact_id.to_string(),
                 event,
             });
+            let lag_ms = u64::try_from(now_ms().saturating_sub(committed_at)).unwrap_or(0);
+            self.meters.fanned_out(Duration::from_millis(lag_ms));
         }
         self.publish_summary(conversation_id).await
     }

@@ -28,6 +28,7 @@ use crate::config::Settings;
 use crate::console::Backend;
 use crate::hub::Hub;
 use crate::messenger::{Messenger, intake, outbox, spool::Spool};
+use crate::meters::Meters;
 use crate::services::Conversations;
 use crate::signin::SignInGuard;
 use crate::state::AppState;
@@ -65,6 +66,7 @@ impl Application {
         settings.console.validate()?;
         let signin = Arc::new(SignInGuard::new(&settings.auth, settings.limits.login_failures)?);
         let hub = Hub::new(settings.limits.connection_queue);
+        let meters = Arc::new(Meters::new(settings.metrics.scrape_token()?)?);
         let assets = Arc::new(Assets::load(&settings.assets.dir));
         let leptos = LeptosOptions::builder()
             .output_name("console")
@@ -78,6 +80,7 @@ impl Application {
             hub: hub.clone(),
             mirror: settings.messenger.enabled.then_some(MirrorPolicy { human_agent: settings.messenger.human_agent }),
             outbox_wake: Arc::new(Notify::new()),
+            meters: Arc::clone(&meters),
         };
         let messenger = if settings.messenger.enabled {
             let spool = Spool::open(&settings.messenger.spool_dir)?;
@@ -99,6 +102,7 @@ impl Application {
             shutdown: shutdown_rx,
             workers: Workers::new(),
             signin,
+            meters,
         };
         let router = build_router(state.clone());
         Ok(Self { listener, router, state, shutdown_tx })
@@ -223,6 +227,8 @@ pub fn build_router(state: AppState) -> Router {
 
     Router::new()
         .route("/healthz", get(http::health::get))
+        .route("/readyz", get(http::health::ready))
+        .route("/metrics", get(http::metrics::get))
         .route("/frame/{site_key}", get(http::frame::get))
         .route("/ws/visitor", get(ws::visitor::upgrade))
         .route("/api/visitor/session", post(http::visitor_session::post))

@@ -10,6 +10,7 @@ use crate::assets::Assets;
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::messenger::Messenger;
+use crate::meters::Meters;
 use crate::services::Conversations;
 use crate::signin::SignInGuard;
 use crate::store::Store;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub workers: Arc<Workers>,
     /// Console sign-in: hashing slots, per-IP rate and per (email, IP) backoff.
     pub signin: Arc<SignInGuard>,
+    /// Prometheus meters behind `/metrics`.
+    pub meters: Arc<Meters>,
 }
 
 impl FromRef<AppState> for LeptosOptions {

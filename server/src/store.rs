@@ -9,6 +9,7 @@ mod agents;
 mod conversations;
 mod identity;
 mod messenger;
+mod ops;
 mod sites;
 
 pub mod models;
@@ -24,6 +25,7 @@ pub use conversations::{AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewM
 pub use identity::{SiteIdentity, identity_key};
 pub use messenger::{Accepted, MAX_LIVE_LINKS, OfferOutcome, QuarantinedDelivery};
 pub use messenger::{LinkRow, OutboxRow, outbox_metadata};
+pub use ops::{OutboxBacklog, PoolUsage};
 
 /// Errors from the store, sorted by what a caller can do about them.
 #[derive(Debug, thiserror::Error)]

@@ -102,10 +102,33 @@ pub fn all(root: &Path, profile: ServerProfile) -> anyhow::Result<Report> {
         args.push("--release");
     }
     tools::cargo(&args)?;
+    // The production binary never carries the Messenger emulator; the debug build adds `parley-demo`, which does
+    // (for `cargo xtask demo` and the browser tests).
+    let bin_dir = target_dir(root).join(if profile == ServerProfile::Release { "release" } else { "debug" });
+    check_sandbox(&bin_dir.join("parley"), false)?;
+    if profile == ServerProfile::Debug {
+        tools::cargo(&["build", "-p", "server", "--bin", "parley-demo", "--features", "demo-sandbox"])?;
+        check_sandbox(&bin_dir.join("parley-demo"), true)?;
+    }
 
     sizes::print(&report)?;
     println!("xtask: build finished in {:.0?}", started.elapsed());
     Ok(report)
+}
+
+/// Fails unless `binary` links the Messenger sandbox exactly when `expected` (its crate name is in every symbol
+/// of it).
+fn check_sandbox(binary: &Path, expected: bool) -> anyhow::Result<()> {
+    let bytes = std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    let needle = b"messenger_sandbox";
+    let carries = bytes.windows(needle.len()).any(|w| w == needle);
+    anyhow::ensure!(
+        carries == expected,
+        "{} {} the Messenger sandbox",
+        binary.display(),
+        if carries { "carries" } else { "lacks" }
+    );
+    Ok(())
 }
 
 struct FrontendFiles {

@@ -1,15 +1,17 @@
 //! Parley's build driver, run as `cargo xtask <command>`:
 //!
-//! - `build [--release]`: the server binary, the widget (Leptos CSR → Wasm) and the hydrated console, each Wasm
+//! - `build [--release]`: the server binary (debug builds add `parley-demo`, the same with the Messenger sandbox
+//!   built in for `parley demo`; the release `parley` never carries it), the widget (Leptos CSR → Wasm) and the hydrated console, each Wasm
 //!   through wasm-bindgen (the `wasm-bindgen-cli-support` library, pinned to the exact `wasm-bindgen` version in
 //!   Cargo.lock, so no CLI needs installing) and binaryen's `wasm-opt -Oz` (from npm: Debian's wasm-opt corrupts
 //!   Rust Wasm), minified JS/CSS, content-hashed names, `.br`/`.gz` beside each file, and `manifest.json`.
 //!   Output: `target/site/`.
-//! - `demo`: build, then `parley demo` on SQLite under `./data` (chat on :3000, host page on :8080).
+//! - `demo`: build, then `parley-demo demo` on SQLite under `./data` (chat on :3000, host page on :8080).
 //! - `test`: build, then every test: cargo tests of each crate, the size budget, and the Playwright browser tests
 //!   in Debian's Chromium (installed with apt when missing).
 //!
-//! Everything it needs it installs itself: the wasm32 target (rustup), the npm tools (`npm ci`), Chromium (apt).
+//! Everything it needs it installs itself: the wasm32 target (rustup), the npm tools (`npm ci`), Chromium, nginx
+//! and systemd's `systemd-analyze` (apt).
 
 mod build;
 mod sizes;
@@ -47,7 +49,7 @@ fn run() -> anyhow::Result<()> {
         }
         Some("demo") => {
             build::all(&root, build::ServerProfile::Debug)?;
-            let parley = build::target_dir(&root).join("debug/parley");
+            let parley = build::target_dir(&root).join("debug/parley-demo");
             println!("xtask: starting the demo (Ctrl-C stops it)");
             tools::run(
                 std::process::Command::new(parley)
@@ -72,6 +74,9 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
     tools::cargo(&["fmt", "--all", "--", "--check"])?;
     let report = build::all(root, build::ServerProfile::Debug)?;
     sizes::check_budgets(&report)?;
+    // server/tests/ops.rs runs a real nginx and `systemd-analyze verify`.
+    tools::ensure_nginx()?;
+    tools::ensure_systemd_analyze()?;
     // Crates are tested one by one: the widget (Leptos `csr`) and the server (Leptos `ssr`) must not share a
     // feature-unified build.
     tools::cargo(&["test", "-p", "protocol", "-p", "server", "-p", "messenger-sandbox", "-p", "faultproxy"])?;
@@ -84,7 +89,7 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
             std::process::Command::new("npx")
                 .args(["playwright", "test"])
                 .current_dir(root.join("end2end"))
-                .env("PARLEY_E2E_BIN", build::target_dir(root).join("debug/parley"))
+                .env("PARLEY_E2E_BIN", build::target_dir(root).join("debug/parley-demo"))
                 .env("PARLEY_E2E_SITE_DIR", build::target_dir(root).join("site")),
         )?;
     }

@@ -1,6 +1,6 @@
 //! Running and installing the outside tools the build needs: cargo, rustup's wasm32 target, the npm packages in
-//! `xtask/package.json` (binaryen's wasm-opt, esbuild) and Debian's Chromium. Each installs only when missing and
-//! only from the package registries this project may use.
+//! `xtask/package.json` (binaryen's wasm-opt, esbuild) and Debian's Chromium, nginx and systemd. Each installs only
+//! when missing and only from the package registries this project may use.
 
 use std::path::Path;
 use std::process::Command;
@@ -73,6 +73,24 @@ pub fn ensure_chromium() -> anyhow::Result<()> {
     }
     println!("xtask: installing Debian's chromium package for the browser tests");
     apt_install(&["chromium"]).context("could not install chromium; install Debian's `chromium` package and run again")
+}
+
+/// Installs Debian's nginx when it is missing (the deployment tests run it in front of `parley serve`).
+pub fn ensure_nginx() -> anyhow::Result<()> {
+    if Path::new("/usr/sbin/nginx").exists() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian's nginx package for the deployment tests");
+    apt_install(&["nginx"]).context("could not install nginx; install Debian's `nginx` package and run again")
+}
+
+/// Installs Debian's systemd (for `systemd-analyze verify` of the unit in deploy/) when it is missing.
+pub fn ensure_systemd_analyze() -> anyhow::Result<()> {
+    if Path::new("/usr/bin/systemd-analyze").exists() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian's systemd package for systemd-analyze");
+    apt_install(&["systemd"]).context("could not install systemd; install Debian's `systemd` package and run again")
 }
 
 /// `apt-get update` then `apt-get install -y` (through sudo when not root).

@@ -298,6 +298,7 @@ async fn is_new_message(messenger: &Messenger, event: &Messaging) -> Result<bool
 
 /// Counts a failed attempt at a delivery (quarantining it at the limit) and returns the error for the caller.
 async fn failed(messenger: &Messenger, delivery: i64, why: &str) -> anyhow::Error {
+    messenger.conversations.meters.webhook_failed();
     let store = &messenger.conversations.store;
     match store.webhook_delivery_failed(delivery, why, messenger.settings.max_delivery_attempts).await {
         Ok(true) => tracing::error!(

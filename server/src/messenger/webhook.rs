@@ -12,6 +12,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::signature;
+use crate::meters::WebhookOutcome;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -48,13 +49,16 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: By
     let secret = messenger.settings.app_secret.expose_secret().as_bytes();
     if let Err(e) = signature::verify(secret, &body, header("x-hub-signature-256"), header("x-hub-signature")) {
         tracing::warn!(reason = %e, "webhook delivery refused");
+        state.meters.webhook_delivery(WebhookOutcome::Refused);
         return StatusCode::FORBIDDEN.into_response();
     }
     if let Err(e) = messenger.spool.write(&body).await {
         // Not stored: let Meta retry.
         tracing::error!(error = %e, "cannot spool a webhook delivery");
+        state.meters.webhook_delivery(WebhookOutcome::Unavailable);
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     messenger.intake_wake.notify_one();
+    state.meters.webhook_delivery(WebhookOutcome::Accepted);
     (StatusCode::OK, "EVENT_RECEIVED").into_response()
 }

@@ -7,13 +7,23 @@ use parley::config::Settings;
 use crate::helpers::{AGENT_EMAIL, AGENT_PASSWORD, HOST_ORIGIN, SITE_KEY, session_cookie, spawn_app, spawn_app_with};
 
 #[tokio::test]
-async fn healthz_answers_200_when_the_database_answers() {
+async fn healthz_is_liveness_and_readyz_names_an_unreachable_database() {
     let app = spawn_app().await;
+    let response = app.http.get(app.url("/readyz")).send().await.expect("request");
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["failed"], serde_json::json!([]), "{body}");
+    assert_eq!(body["migrations"], "ok", "{body}");
+    app.store.close().await;
+    let response = app.http.get(app.url("/readyz")).send().await.expect("request");
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["failed"], serde_json::json!(["database"]), "{body}");
+    assert_eq!(body["database"], "unavailable", "{body}");
+    // The process is alive all the same: a restart would not bring the database back.
     let response = app.http.get(app.url("/healthz")).send().await.expect("request");
     assert_eq!(response.status(), 200);
-    app.store.close().await;
-    let response = app.http.get(app.url("/healthz")).send().await.expect("request");
-    assert_eq!(response.status(), 503);
+    assert_eq!(response.json::<serde_json::Value>().await.expect("json"), serde_json::json!({"status": "ok"}));
 }
 
 #[tokio::test]

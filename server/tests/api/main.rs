@@ -12,6 +12,7 @@ mod messenger;
 mod messenger_chaos;
 mod messenger_intake;
 mod messenger_order;
+mod ops;
 mod outbox;
 mod supervision;
 mod visitor_session;

@@ -440,8 +440,8 @@ async fn a_delivery_that_always_fails_is_quarantined_and_replays_once_fixed() {
     let quarantined = app.store.quarantined_deliveries().await.expect("list");
     assert_eq!(quarantined[0].attempts, 3);
     assert!(quarantined[0].error.as_deref().unwrap_or_default().contains("injected failure"));
-    // /healthz shows it, without calling the server down.
-    let health = app.http.get(app.url("/healthz")).send().await.expect("healthz");
+    // /readyz shows it, without calling the server down.
+    let health = app.http.get(app.url("/readyz")).send().await.expect("readyz");
     assert_eq!(health.status(), 200);
     let health: serde_json::Value = health.json().await.expect("json");
     assert_eq!(health["messenger"]["quarantined"], 1, "{health}");
@@ -470,7 +470,7 @@ async fn a_delivery_that_always_fails_is_quarantined_and_replays_once_fixed() {
     assert_eq!(events.iter().filter(|e| is_message(e, "poison")).count(), 1);
     assert_eq!(app.store.quarantined_delivery_count().await.expect("count"), 0);
     let health: serde_json::Value =
-        app.http.get(app.url("/healthz")).send().await.expect("healthz").json().await.expect("json");
+        app.http.get(app.url("/readyz")).send().await.expect("readyz").json().await.expect("json");
     assert_eq!(health["messenger"]["quarantined"], 0, "{health}");
     let none = cli(&["messenger", "quarantine", "replay", "999"]);
     assert!(!none.status.success());

@@ -1,4 +1,4 @@
-//! Supervised workers: one that panics is restarted with backoff and `/healthz` shows it (503 while it is down).
+//! Supervised workers: one that panics is restarted with backoff and `/readyz` shows it (503 while it is down).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -9,13 +9,13 @@ use parley::supervisor::Backoff;
 use crate::helpers::{MessengerApp, spawn_app, spawn_messenger_app};
 
 async fn health(app: &crate::helpers::TestApp) -> (u16, serde_json::Value) {
-    let response = app.http.get(app.url("/healthz")).send().await.expect("request");
+    let response = app.http.get(app.url("/readyz")).send().await.expect("request");
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON health"))
 }
 
 #[tokio::test]
-async fn a_worker_that_panics_is_restarted_and_healthz_shows_it() {
+async fn a_worker_that_panics_is_restarted_and_readyz_shows_it() {
     let app = spawn_app().await;
     let (status, body) = health(&app).await;
     assert_eq!(status, 200, "{body}");
@@ -62,13 +62,13 @@ async fn a_worker_that_panics_is_restarted_and_healthz_shows_it() {
         assert!(tokio::time::Instant::now() < deadline, "never restarted twice: {body}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Each restart waited 300 ms or more, in which /healthz answered 503 "restarting".
+    // Each restart waited 300 ms or more, in which /readyz answered 503 "restarting".
     assert!(saw_restarting);
     assert_eq!(runs.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
-async fn healthz_lists_the_messenger_workers() {
+async fn readyz_lists_the_messenger_workers() {
     let MessengerApp { app, .. } = spawn_messenger_app(|_, _| {}).await;
     let (status, body) = health(&app).await;
     assert_eq!(status, 200, "{body}");
