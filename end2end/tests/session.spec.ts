@@ -1,7 +1,8 @@
 // Where the visitor's session lives when the host page is on another site (the chat frame is a third party, so
 // it has no localStorage): the chat origin's HttpOnly partitioned cookie. The same conversation comes back in new
-// tabs, two tabs of a brand-new visitor opened at once end in one conversation, and no script can read the token.
-import { test, expect, type Page } from '@playwright/test';
+// tabs, two tabs of a brand-new visitor opened at once end in one conversation (also when the second tab's session
+// answer lands only after the first tab wrote), and no script can read the token.
+import { test, expect, type Page, type Route } from '@playwright/test';
 import {
   CHAT_ORIGIN,
   HOST_ORIGIN,
@@ -70,6 +71,70 @@ test('two tabs opened at the same instant by a brand-new visitor end in one conv
   await agent.context().close();
 });
 
+// The race above, made certain: tab B's session call leaves before tab A has a cookie (so the server mints a second
+// token for it), and its answer lands only after tab A wrote. Before the fix that answer overwrote tab A's cookie and
+// tab B started a second conversation; now the second token gets a cookie of its own, the browser sends the oldest
+// first, and tab B's socket speaks for tab A's token.
+test('a second tab whose session answer lands after the first tab wrote joins the same conversation', async ({
+  browser,
+  playwright,
+}) => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const [pageA, pageB] = await Promise.all([context.newPage(), context.newPage()]);
+  let release = () => {};
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let landed: (error?: unknown) => void = () => {};
+  const tabBHasItsCookie = new Promise<void>((resolve, reject) => (landed = (e) => (e ? reject(e) : resolve())));
+  let held = false;
+  // On the context: the chat frame is out of process, and its requests are the context's to route.
+  await context.route('**/api/visitor/session?**', async (route: Route) => {
+    const body = route.request().postData() ?? '';
+    if (held || body.includes('"check"') || route.request().frame().page() !== pageB) return route.continue();
+    held = true;
+    await holdTabB(route, body).catch(landed);
+  });
+  const holdTabB = async (route: Route, body: string) => {
+    // The call as it left tab B's frame, without any cookie: the server mints.
+    const api = await playwright.request.newContext();
+    const answer = await api.post(route.request().url(), {
+      headers: { origin: CHAT_ORIGIN, 'content-type': 'text/plain;charset=UTF-8' },
+      data: body,
+    });
+    const setCookie = answer.headers()['set-cookie'] ?? '';
+    const reply = await answer.text();
+    await api.dispose();
+    expect(JSON.parse(reply).minted, 'tab B must have minted a second token').toBe(true);
+    await released;
+    // The answer lands now: the browser stores its cookie (same attributes and partition as tab A's).
+    const [pair] = setCookie.split(';');
+    const at = pair.indexOf('=');
+    const [tabACookie] = (await context.cookies(CHAT_ORIGIN)).filter((c) => c.name.startsWith('parley_v_demo'));
+    await context.addCookies([{ ...tabACookie, name: pair.slice(0, at), value: pair.slice(at + 1) }]);
+    landed();
+    await route.fulfill({ status: answer.status(), contentType: 'application/json', body: reply });
+  };
+  await Promise.all([pageA, pageB].map((p) => p.goto(`${HOST_ORIGIN}/`)));
+  const [tabA, tabB] = [pageA, pageB].map((page) => ({ context, page, chat: page.frameLocator('iframe[title="Chat"]') }));
+
+  // The chat frame loads on the visitor's intent: open both at once, so both session calls leave without a cookie.
+  await Promise.all([openChat(tabA), openChat(tabB)]);
+  const first = unique('Written in tab A before tab B has its session');
+  await visitorSends(tabA, first);
+  await expect(tabA.chat.getByText('Sent').or(tabA.chat.getByText('Read')).first()).toBeVisible();
+  release();
+  await tabBHasItsCookie;
+
+  const second = unique('Written in tab B after its session answer landed');
+  await visitorSends(tabB, second);
+  // One conversation: each tab shows the other's message.
+  await expect(tabB.chat.getByRole('log')).toContainText(first);
+  await expect(tabA.chat.getByRole('log')).toContainText(second);
+  const agent = await signInAgent(browser);
+  await expect(rowsWithAny(agent, [first, second])).toHaveCount(1);
+  await context.close();
+  await agent.context().close();
+});
+
 test('no script on the host page or in the frame can read the visitor token', async ({ browser }) => {
   const visitor = await visitHostPage(browser);
   await openChat(visitor);
@@ -79,9 +144,10 @@ test('no script on the host page or in the frame can read the visitor token', as
 
   // The browser holds the session as an HttpOnly, Secure, SameSite=None cookie of the chat origin, partitioned
   // under the host site.
-  const cookies = (await visitor.context.cookies(CHAT_ORIGIN)).filter((c) => c.name === 'parley_v_demo');
+  const cookies = (await visitor.context.cookies(CHAT_ORIGIN)).filter((c) => c.name.startsWith('parley_v_demo'));
   expect(cookies).toHaveLength(1);
   const [cookie] = cookies;
+  expect(cookie.name).toMatch(/^parley_v_demo\.[0-9a-f]{8}$/);
   expect(cookie.httpOnly).toBe(true);
   expect(cookie.secure).toBe(true);
   expect(cookie.sameSite).toBe('None');
