@@ -46,11 +46,19 @@ pub struct Established {
     pub token: Option<String>,
     /// The server minted a new token: the other tabs of this host site reconnect (a second net, see `session.rs`).
     pub minted: bool,
+    /// The session call, when its answer did not come in time: the frame connected without waiting for it, and
+    /// waits for it (see [`jar_sid`]) before its first write, because the cookie it sets may change the jar's token.
+    pub pending: Option<Promise>,
 }
 
 /// What the visitor cookie jar holds now: `Some(sid)` of the token the oldest visitor cookie names, `Some(None)`
-/// without a visitor cookie, `None` when the call failed. Sets nothing and mints nothing.
-pub async fn jar_sid(site_key: &str) -> Option<Option<String>> {
+/// without a visitor cookie, `None` when the call failed. Sets nothing and mints nothing. `pending` is this frame's
+/// own session call if it was still under way when the socket opened: its answer lands first (at most
+/// [`SESSION_WAIT_MS`] more), so the jar holds at least this frame's cookie, or an older one.
+pub async fn jar_sid(site_key: &str, pending: Option<Promise>) -> Option<Option<String>> {
+    if let Some(call) = pending {
+        let _ = with_timeout(call.into()).await;
+    }
     let answer = post_session_call(site_key, serde_json::json!({ "check": true })).await?;
     Some(Reflect::get(&answer, &JsValue::from_str("sid")).ok().and_then(|s| s.as_string()))
 }
@@ -63,9 +71,10 @@ pub async fn establish(site_key: &str, stored: Option<String>) -> Established {
     // The call runs once, whether the lock grants it, refuses it or is too slow.
     let started: Rc<RefCell<Option<Promise>>> = Rc::default();
     let site = site_key.to_string();
+    let session = started.clone();
     let run = move || -> Promise {
         let (site, stored) = (site.clone(), stored.clone());
-        started
+        session
             .borrow_mut()
             .get_or_insert_with(|| wasm_bindgen_futures::future_to_promise(post_session(site, stored, access)))
             .clone()
@@ -89,9 +98,11 @@ pub async fn establish(site_key: &str, stored: Option<String>) -> Established {
         Some(a) => Some(a),
         None => with_timeout(run().into()).await,
     };
-    let Some(answer) = answer.filter(|a| a.is_object()) else { return Established::default() };
+    let Some(answer) = answer.filter(|a| a.is_object()) else {
+        return Established { pending: started.borrow().clone(), ..Established::default() };
+    };
     let field = |name: &str| Reflect::get(&answer, &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED);
-    Established { token: field("token").as_string(), minted: field("minted").as_bool().unwrap_or(false) }
+    Established { token: field("token").as_string(), minted: field("minted").as_bool().unwrap_or(false), pending: None }
 }
 
 /// Awaits `p` for at most [`SESSION_WAIT_MS`]; `None` when it rejects or takes longer.

@@ -122,6 +122,8 @@ struct St {
     jar_checking: bool,
     /// Reconnects because the socket's token was not the jar's (at most [`MAX_JAR_SWITCHES`]).
     jar_switches: u8,
+    /// The session call, if the socket opened before its answer came (the jar check waits for it).
+    session_call: Option<js_sys::Promise>,
 }
 
 /// Builds the session, mounts the panel into `<body>` and starts talking to the host page and the server.
@@ -256,6 +258,7 @@ impl Session {
                 if let Some(token) = token {
                     st.token = Some(token);
                 }
+                st.session_call = established.pending;
                 st.connecting = true;
                 st.siblings.clone()
             };
@@ -614,16 +617,17 @@ impl Session {
     /// Asks the server which token the cookie jar holds now (by fingerprint). Another tab's session call may have
     /// landed since this socket opened: then the socket is replaced before anything is written on it.
     fn check_jar(&self) {
-        let welcome = {
+        let (welcome, session_call) = {
             let mut st = self.st.borrow_mut();
             if !st.welcomed || std::mem::replace(&mut st.jar_checking, true) {
                 return;
             }
-            st.welcomes
+            (st.welcomes, st.session_call.clone())
         };
         let Some(me) = self.me.upgrade() else { return };
         wasm_bindgen_futures::spawn_local(async move {
-            let jar = identity::jar_sid(&me.cfg.site_key).await;
+            let jar = identity::jar_sid(&me.cfg.site_key, session_call).await;
+            me.st.borrow_mut().session_call = None;
             let stale = {
                 let mut st = me.st.borrow_mut();
                 st.jar_checking = false;
