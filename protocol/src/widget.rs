@@ -3,7 +3,7 @@
 //! Flow: the chat frame first calls `POST /api/visitor/session` (which sets the visitor cookie the upgrade then
 //! carries), opens the socket and sends [`ClientMsg::Hello`] (with its stored token, if any, and the last `seq` it
 //! applied). The server answers [`ServerMsg::Welcome`] with the token to keep (none when the cookie holds the
-//! session) and every event after `last_seq`, then streams live [`ServerMsg::Event`]s. Each [`ClientMsg::Send`] is answered by exactly one
+//! session), the token's fingerprint (`sid`) and every event after `last_seq`, then streams live [`ServerMsg::Event`]s. Each [`ClientMsg::Send`] is answered by exactly one
 //! [`ServerMsg::Ack`] (or an `Error` naming the same `client_id`) only after the message is committed to disk;
 //! re-sending the same `client_id` is safe and returns the original ack.
 
@@ -101,6 +101,12 @@ pub enum ServerMsg {
         /// holds and rebuild from `events` (its token did not match its stored history).
         #[serde(default)]
         reset: bool,
+        /// The fingerprint of the visitor token this socket speaks for (16 hex digits of a domain-separated
+        /// SHA-256; never the token, which cannot be derived from it). `POST /api/visitor/session` reports the same
+        /// fingerprint for the cookie the browser holds, so the frame sees when its socket speaks for another token
+        /// than the one in the cookie jar. Empty from servers that predate it.
+        #[serde(default)]
+        sid: String,
     },
     /// A new conversation event, live.
     Event {
@@ -158,6 +164,13 @@ mod tests {
         assert_eq!(serde_json::from_str::<ClientMsg>(&json).expect("parses"), with);
         let partial: Identity = serde_json::from_str(r#"{"id":"u-1","hash":"ab"}"#).expect("name and email optional");
         assert_eq!(partial.name, None);
+    }
+
+    #[test]
+    fn a_welcome_without_sid_still_parses() {
+        let old: ServerMsg =
+            serde_json::from_str(r#"{"type":"welcome","token":"","events":[],"last_seq":0}"#).expect("old welcome");
+        assert!(matches!(old, ServerMsg::Welcome { sid, .. } if sid.is_empty()));
     }
 
     #[test]

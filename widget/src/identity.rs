@@ -5,9 +5,12 @@
 //! where third-party storage is blocked and sends it on the socket's upgrade; no script can read it. Tabs of one
 //! host site opened at the same instant must end on one token. Where the browser grants a Web Lock the call runs
 //! under it, so the first tab mints and the others reuse its cookie. Chromium refuses Web Locks (like storage) to a
-//! third-party frame, so the answer also says whether it minted: the frame then tells its sibling tabs on a
-//! BroadcastChannel (which works there, partitioned per top-level site), and each of them reconnects, so every
-//! socket ends on the cookie the browser kept last — before the visitor can type (see `session.rs`).
+//! third-party frame; the tabs then elect one tab to mint on a BroadcastChannel (`election.rs`), which narrows the
+//! race but cannot close it. What closes it is on the server: a minted token gets a cookie of its own instead of
+//! overwriting another tab's, and the oldest visitor cookie in the jar names the token, so every socket of the host
+//! site speaks for the token that landed first. Before its first write the frame checks that ([`jar_sid`]): the
+//! session call's `sid` and `welcome`'s are fingerprints of the token, and a socket whose `sid` is not the jar's is
+//! reconnected before anything is sent (`session.rs`).
 //!
 //! Fallbacks: where the cookie does not stick, `welcome` carries a token and the frame keeps it in its own storage
 //! (`storage.rs`) where that works. Where neither works, the frame asks for storage access
@@ -41,21 +44,37 @@ async fn settle(value: JsValue) -> Option<JsValue> {
 pub struct Established {
     /// Only in storage-access mode: the token the frame must present in `hello` itself.
     pub token: Option<String>,
-    /// The server minted a new token: the other tabs of this host site must reconnect on the cookie.
+    /// The server minted a new token: the other tabs of this host site reconnect (a second net, see `session.rs`).
     pub minted: bool,
+    /// The session call, when its answer did not come in time: the frame connected without waiting for it, and
+    /// waits for it (see [`jar_sid`]) before its first write, because the cookie it sets may change the jar's token.
+    pub pending: Option<Promise>,
+}
+
+/// What the visitor cookie jar holds now: `Some(sid)` of the token the oldest visitor cookie names, `Some(None)`
+/// without a visitor cookie, `None` when the call failed. Sets nothing and mints nothing. `pending` is this frame's
+/// own session call if it was still under way when the socket opened: its answer lands first (at most
+/// [`SESSION_WAIT_MS`] more), so the jar holds at least this frame's cookie, or an older one.
+pub async fn jar_sid(site_key: &str, pending: Option<Promise>) -> Option<Option<String>> {
+    if let Some(call) = pending {
+        let _ = with_timeout(call.into()).await;
+    }
+    let answer = post_session_call(site_key, serde_json::json!({ "check": true })).await?;
+    Some(Reflect::get(&answer, &JsValue::from_str("sid")).ok().and_then(|s| s.as_string()))
 }
 
 /// Sets or refreshes the visitor cookie, under the site's Web Lock where the browser grants one (Chromium refuses
-/// it to a third-party frame, like storage: then unlocked, and [`Established::minted`] lets the tabs converge).
+/// it to a third-party frame, like storage: then unlocked; the server keeps every tab on the oldest cookie).
 /// `stored` is a token the frame kept from an earlier session (adopted when there is no cookie yet).
 pub async fn establish(site_key: &str, stored: Option<String>) -> Established {
     let access = storage_access_granted_before().await;
     // The call runs once, whether the lock grants it, refuses it or is too slow.
     let started: Rc<RefCell<Option<Promise>>> = Rc::default();
     let site = site_key.to_string();
+    let session = started.clone();
     let run = move || -> Promise {
         let (site, stored) = (site.clone(), stored.clone());
-        started
+        session
             .borrow_mut()
             .get_or_insert_with(|| wasm_bindgen_futures::future_to_promise(post_session(site, stored, access)))
             .clone()
@@ -79,9 +98,11 @@ pub async fn establish(site_key: &str, stored: Option<String>) -> Established {
         Some(a) => Some(a),
         None => with_timeout(run().into()).await,
     };
-    let Some(answer) = answer.filter(|a| a.is_object()) else { return Established::default() };
+    let Some(answer) = answer.filter(|a| a.is_object()) else {
+        return Established { pending: started.borrow().clone(), ..Established::default() };
+    };
     let field = |name: &str| Reflect::get(&answer, &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED);
-    Established { token: field("token").as_string(), minted: field("minted").as_bool().unwrap_or(false) }
+    Established { token: field("token").as_string(), minted: field("minted").as_bool().unwrap_or(false), pending: None }
 }
 
 /// Awaits `p` for at most [`SESSION_WAIT_MS`]; `None` when it rejects or takes longer.
@@ -100,7 +121,11 @@ async fn post_session(site_key: String, stored: Option<String>, storage_access: 
 }
 
 async fn post_session_inner(site_key: &str, stored: Option<String>, storage_access: bool) -> Option<JsValue> {
-    let body = serde_json::json!({ "token": stored, "storage_access": storage_access }).to_string();
+    post_session_call(site_key, serde_json::json!({ "token": stored, "storage_access": storage_access })).await
+}
+
+async fn post_session_call(site_key: &str, body: serde_json::Value) -> Option<JsValue> {
+    let body = body.to_string();
     let init = web_sys::RequestInit::new();
     init.set_method("POST");
     init.set_body(&JsValue::from_str(&body));

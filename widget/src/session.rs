@@ -7,7 +7,10 @@
 //! order; `Read` is sent only while the panel is open and the document visible. The host page's signed identity
 //! (`init`/`identify`) goes into every `hello`; when it changes after the start, the chat starts over on the new
 //! identity's history (and outbox), so nothing of one person shows under another. No `RefCell` borrow is held across
-//! a call into the connection, the host or a signal.
+//! a call into the connection, the host or a signal. Before the first write on a socket of a visitor without a
+//! conversation yet, the frame checks that the socket speaks for the token the cookie jar holds (`welcome`'s `sid`
+//! against the session call's, see `identity.rs`) and reconnects first when it does not; what waits stays in the
+//! outbox and goes out, once, on the right socket.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
@@ -34,6 +37,9 @@ use crate::typing::{self, Throttle};
 const INIT_WAIT_MS: u64 = 1_500;
 /// What a tab tells its siblings after the server minted a token for it.
 const SIBLING_MINTED: &str = "minted";
+/// How many times one page reconnects because its socket spoke for another token than the cookie jar (a bound in
+/// case a browser sends the cookie on `fetch` but not on the socket upgrade).
+const MAX_JAR_SWITCHES: u8 = 3;
 /// Retry delay for sends the server refused with a retryable error.
 const RESEND_AFTER_MS: u64 = 3_000;
 
@@ -106,6 +112,18 @@ struct St {
     siblings: Option<web_sys::BroadcastChannel>,
     /// Which sibling tab mints the session when several open at once (`election.rs`).
     election: Option<Rc<Election>>,
+    /// The fingerprint of the token the current socket speaks for (from `welcome`).
+    sid: String,
+    /// Welcomes so far: tells a jar check which socket it was made for.
+    welcomes: u32,
+    /// The current socket may write: it speaks for the cookie jar's token, or there is nothing to compare.
+    jar_checked: bool,
+    /// A jar check is under way.
+    jar_checking: bool,
+    /// Reconnects because the socket's token was not the jar's (at most [`MAX_JAR_SWITCHES`]).
+    jar_switches: u8,
+    /// The session call, if the socket opened before its answer came (the jar check waits for it).
+    session_call: Option<js_sys::Promise>,
 }
 
 /// Builds the session, mounts the panel into `<body>` and starts talking to the host page and the server.
@@ -240,6 +258,7 @@ impl Session {
                 if let Some(token) = token {
                     st.token = Some(token);
                 }
+                st.session_call = established.pending;
                 st.connecting = true;
                 st.siblings.clone()
             };
@@ -372,7 +391,7 @@ impl Session {
             .ui
             .messenger_offer
             .with_untracked(|o| o.as_ref().is_some_and(|o| o.expires_at - now_ms() > LINK_REFRESH_MARGIN_MS));
-        if !fresh {
+        if !fresh && self.jar_ready() {
             self.conn.send(&ClientMsg::MessengerLink);
         }
     }
@@ -436,8 +455,8 @@ impl Session {
 
     fn on_frame(&self, msg: ServerMsg) {
         match msg {
-            ServerMsg::Welcome { token, events, last_seq, agent_read_seq, reset } => {
-                self.on_welcome(token, events, last_seq, agent_read_seq, reset)
+            ServerMsg::Welcome { token, events, last_seq, agent_read_seq, reset, sid } => {
+                self.on_welcome(token, events, last_seq, agent_read_seq, reset, sid)
             }
             ServerMsg::Event { event } => {
                 match self.ui.chat.try_update(|c| c.apply_event(event)) {
@@ -474,7 +493,15 @@ impl Session {
         }
     }
 
-    fn on_welcome(&self, token: String, events: Vec<protocol::Event>, last_seq: u64, agent_read_seq: u64, reset: bool) {
+    fn on_welcome(
+        &self,
+        token: String,
+        events: Vec<protocol::Event>,
+        last_seq: u64,
+        agent_read_seq: u64,
+        reset: bool,
+        sid: String,
+    ) {
         if token.is_empty() {
             // The session lives in the visitor cookie: no copy of a token in script-readable storage.
             self.store.set_token(None);
@@ -497,9 +524,14 @@ impl Session {
             self.on_down();
             return;
         }
+        // A tab with a conversation stays on it; one without checks the jar before it writes (`check_jar`).
+        let unchecked = !sid.is_empty() && self.ui.chat.with_untracked(Chat::last_seq) == 0;
         let first = {
             let mut st = self.st.borrow_mut();
             st.welcomed = true;
+            st.welcomes = st.welcomes.wrapping_add(1);
+            st.jar_checked = !unchecked;
+            st.sid = sid;
             !std::mem::replace(&mut st.ever_welcomed, true)
         };
         self.conn.welcomed();
@@ -563,9 +595,69 @@ impl Session {
     }
 
     fn resend_outbox(&self) {
-        for item in self.ui.chat.with_untracked(Chat::outbox) {
+        let outbox = self.ui.chat.with_untracked(Chat::outbox);
+        if outbox.is_empty() || !self.jar_ready() {
+            return;
+        }
+        for item in outbox {
             self.conn.send(&ClientMsg::Send { client_id: item.client_id, body: item.body });
         }
+    }
+
+    /// Whether the current socket may write now. When its token may not be the cookie jar's, starts the check and
+    /// answers `false`: the check sends what waits, or reconnects first.
+    fn jar_ready(&self) -> bool {
+        if self.st.borrow().jar_checked {
+            return true;
+        }
+        self.check_jar();
+        false
+    }
+
+    /// Asks the server which token the cookie jar holds now (by fingerprint). Another tab's session call may have
+    /// landed since this socket opened: then the socket is replaced before anything is written on it.
+    fn check_jar(&self) {
+        let (welcome, session_call) = {
+            let mut st = self.st.borrow_mut();
+            if !st.welcomed || std::mem::replace(&mut st.jar_checking, true) {
+                return;
+            }
+            (st.welcomes, st.session_call.clone())
+        };
+        let Some(me) = self.me.upgrade() else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            let jar = identity::jar_sid(&me.cfg.site_key, session_call).await;
+            me.st.borrow_mut().session_call = None;
+            let stale = {
+                let mut st = me.st.borrow_mut();
+                st.jar_checking = false;
+                if st.welcomes != welcome || !st.welcomed {
+                    None
+                } else if let Some(Some(jar)) = &jar
+                    && *jar != st.sid
+                    && st.jar_switches < MAX_JAR_SWITCHES
+                {
+                    st.jar_switches += 1;
+                    Some(true)
+                } else {
+                    // Same token, no visitor cookie to compare with, or the check failed: write on this socket.
+                    st.jar_checked = true;
+                    Some(false)
+                }
+            };
+            match stale {
+                Some(true) => {
+                    me.conn.restart(true);
+                    me.on_down();
+                }
+                // Checked, or made for an earlier socket: the current one checks (or sends) now.
+                Some(false) | None if me.st.borrow().welcomed => {
+                    me.resend_outbox();
+                    me.refresh_messenger_link();
+                }
+                Some(false) | None => {}
+            }
+        });
     }
 
     /// Re-sends the outbox a little later (after a retryable error); at most one retry is pending at a time.
@@ -599,7 +691,8 @@ impl Session {
             .ok_or("the chat is not available")?;
         self.store.outbox_add(&item);
         self.stop_typing();
-        if self.st.borrow().welcomed {
+        let welcomed = self.st.borrow().welcomed;
+        if welcomed && self.jar_ready() {
             self.conn.send(&ClientMsg::Send { client_id: item.client_id, body: item.body });
         }
         Ok(())

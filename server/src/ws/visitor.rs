@@ -3,7 +3,8 @@
 //! The upgrade is refused with 403 unless `Origin` is this server's own origin (the chat frame) or one of the site's
 //! allowed origins. The first frame must be `hello`. The visitor token comes from the visitor cookie (read only on
 //! an upgrade from the chat frame's own origin, see `http::visitor_session`), else from `hello` (the frame's own
-//! storage, where it works), else a new one is minted and returned in `welcome` (a cookie token is never echoed).
+//! storage, where it works), else a new one is minted and returned in `welcome` (a cookie token is never echoed;
+//! `welcome` carries its fingerprint, `sid`, so the frame can compare it with the cookie jar's).
 //! Opening the chat writes nothing: the contact is created when the visitor first writes or asks for a Messenger
 //! link, insert-or-get on the token, under an id derived from it, so the socket can join the hub before the contact
 //! exists and two tabs with one token end in one contact.
@@ -208,9 +209,10 @@ async fn run(
         identified: speaker.identified,
         refused: speaker.refused,
     };
-    // A token from the cookie stays out of reach of scripts: the frame is told none.
+    // A token from the cookie stays out of reach of scripts: the frame is told none, only its fingerprint.
+    let sid = visitor_session::sid(&visitor.token);
     let token = if visitor.from_cookie { String::new() } else { visitor.token };
-    let welcome = match welcome(&mut session, token, last_seq).await {
+    let welcome = match welcome(&mut session, token, sid, last_seq).await {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = ?e, "visitor welcome failed");
@@ -322,7 +324,7 @@ async fn resolve_identity(
     Ok((visitor, speaker))
 }
 
-async fn welcome(session: &mut Session, token: String, last_seq: u64) -> Result<ServerMsg, ServiceError> {
+async fn welcome(session: &mut Session, token: String, sid: String, last_seq: u64) -> Result<ServerMsg, ServiceError> {
     let Some(conversation) = session.conversation().await? else {
         return Ok(ServerMsg::Welcome {
             token,
@@ -330,6 +332,7 @@ async fn welcome(session: &mut Session, token: String, last_seq: u64) -> Result<
             last_seq: 0,
             agent_read_seq: 0,
             reset: last_seq > 0,
+            sid,
         });
     };
     // A client ahead of the log holds someone else's history (e.g. a token it no longer has): start it over.
@@ -338,7 +341,8 @@ async fn welcome(session: &mut Session, token: String, last_seq: u64) -> Result<
     let events = session.state.store.events_after(&conversation.id, from).await?;
     let sent_to = events.last().map_or(from, |e| e.seq);
     session.relay = Relay::starting_at(sent_to);
-    Ok(ServerMsg::Welcome { token, events, last_seq: sent_to, agent_read_seq: conversation.agent_read_seq, reset })
+    let agent_read_seq = conversation.agent_read_seq;
+    Ok(ServerMsg::Welcome { token, events, last_seq: sent_to, agent_read_seq, reset, sid })
 }
 
 async fn announce_presence(session: &Session) {

@@ -1,4 +1,5 @@
-//! Where the visitor's session lives: the `POST /api/visitor/session` cookie, the upgrade that reads it, and
+//! Where the visitor's session lives: the `POST /api/visitor/session` cookie, the upgrade that reads it, the `sid`
+//! fingerprint that lets the frame compare its socket's token with the jar's, two tabs minting at once, and
 //! contacts created on the first write only (never on `hello`).
 
 use parley::auth;
@@ -8,6 +9,7 @@ use sqlx::{Connection, SqliteConnection};
 
 use crate::helpers::{HOST_ORIGIN, SITE_KEY, TestApp, Ws, send_acked, spawn_app};
 
+/// The plain visitor cookie name; minted tokens get `<COOKIE_NAME>.<8 hex>`.
 const COOKIE_NAME: &str = "parley_v_test-site";
 
 /// Calls the session endpoint as the chat frame would (or with another `Origin`); returns the response.
@@ -22,11 +24,41 @@ async fn session_call(app: &TestApp, origin: Option<&str>, cookie: Option<&str>,
     request.send().await.expect("request")
 }
 
+/// Every `Set-Cookie` of a response.
+fn set_cookies(response: &reqwest::Response) -> Vec<String> {
+    response.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect()
+}
+
+/// The `name=value` pair of the visitor cookie the response stores (exactly one), as a browser sends it back.
+fn cookie_pair(response: &reqwest::Response) -> String {
+    let stored: Vec<String> = set_cookies(response)
+        .into_iter()
+        .filter(|c| !c.contains("Max-Age=0"))
+        .filter_map(|c| c.split(';').next().map(str::to_string))
+        .collect();
+    let [pair] = &stored[..] else { panic!("expected one visitor cookie, got {stored:?}") };
+    assert!(pair.starts_with(COOKIE_NAME), "unexpected cookie {pair}");
+    pair.clone()
+}
+
 /// The token the response's `Set-Cookie` stores.
 fn cookie_token(response: &reqwest::Response) -> String {
-    let set = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("a Set-Cookie header");
-    let pair = set.split(';').next().expect("name=value");
-    pair.strip_prefix(&format!("{COOKIE_NAME}=")).unwrap_or_else(|| panic!("unexpected cookie {set}")).to_string()
+    let pair = cookie_pair(response);
+    pair.split_once('=').map(|(_, token)| token.to_string()).expect("name=value")
+}
+
+/// The `sid` a session call answered.
+async fn session_sid(response: reqwest::Response) -> Option<String> {
+    let body: serde_json::Value = response.json().await.expect("json");
+    body["sid"].as_str().map(str::to_string)
+}
+
+/// The `sid` a socket's `welcome` carried.
+fn welcome_sid(welcome: &ServerMsg) -> String {
+    match welcome {
+        ServerMsg::Welcome { sid, .. } => sid.clone(),
+        other => panic!("expected welcome, got {other:?}"),
+    }
 }
 
 async fn hello(ws: &mut Ws, token: Option<&str>) -> ServerMsg {
@@ -82,7 +114,7 @@ async fn opening_the_chat_writes_nothing_until_the_visitor_writes() {
     let response = session_call(&app, Some(&app.origin()), None, "").await;
     assert_eq!(response.status(), 200);
     let token = cookie_token(&response);
-    let cookie = format!("{COOKIE_NAME}={token}");
+    let cookie = cookie_pair(&response);
     let mut sockets = Vec::new();
     for (cookie, token) in [(Some(cookie.as_str()), None), (None, Some(token.as_str())), (None, None)] {
         let mut ws = app.visitor_socket_with_cookie(Some(&app.origin()), cookie).await;
@@ -130,7 +162,7 @@ async fn the_socket_upgrade_uses_the_cookie_token_and_never_echoes_it() {
     let app = spawn_app().await;
     let response = session_call(&app, Some(&app.origin()), None, "").await;
     let token = cookie_token(&response);
-    let cookie = format!("{COOKIE_NAME}={token}");
+    let cookie = cookie_pair(&response);
 
     let mut ws = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
     let (echoed, _) = welcome_parts(hello(&mut ws, None).await);
@@ -184,22 +216,36 @@ async fn the_visitor_cookie_has_exactly_the_right_attributes() {
     let response = session_call(&app, Some(&app.origin()), None, "").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"));
-    let set = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("set-cookie").to_string();
+    let set = set_cookies(&response);
     let token = cookie_token(&response);
     assert_eq!(token.len(), 43);
     assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    let name = cookie_pair(&response).split_once('=').expect("pair").0.to_string();
+    let suffix = name.strip_prefix(&format!("{COOKIE_NAME}.")).expect("a minted token gets a cookie of its own");
+    assert!(suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
     assert_eq!(
         set,
-        format!("{COOKIE_NAME}={token}; Max-Age=34560000; Path=/; Secure; HttpOnly; SameSite=None; Partitioned")
+        vec![format!("{name}={token}; Max-Age=34560000; Path=/; Secure; HttpOnly; SameSite=None; Partitioned")]
     );
     let body: serde_json::Value = response.json().await.expect("json");
-    assert_eq!(body, serde_json::json!({"minted": true}), "the token must not be in a script-readable body");
+    let sid = body["sid"].as_str().expect("sid").to_string();
+    assert_eq!(
+        body,
+        serde_json::json!({"minted": true, "sid": sid}),
+        "the token must not be in a script-readable body"
+    );
 
-    // The cookie's token is kept; without a cookie, a token from the frame's storage is adopted.
-    let cookie = format!("{COOKIE_NAME}={token}");
+    // The cookie's token is kept (under its own name); without a cookie, a token from the frame's storage is adopted.
+    let cookie = format!("{name}={token}");
     let renewed = session_call(&app, Some(&app.origin()), Some(&cookie), r#"{"token":null}"#).await;
-    assert_eq!(cookie_token(&renewed), token);
-    assert_eq!(renewed.json::<serde_json::Value>().await.expect("json"), serde_json::json!({"minted": false}));
+    assert_eq!(cookie_pair(&renewed), cookie);
+    assert_eq!(
+        renewed.json::<serde_json::Value>().await.expect("json"),
+        serde_json::json!({"minted": false, "sid": sid})
+    );
+    // A cookie of the plain name (set before tokens got names of their own) is read and kept as it is.
+    let legacy = format!("{COOKIE_NAME}={token}");
+    assert_eq!(cookie_pair(&session_call(&app, Some(&app.origin()), Some(&legacy), "").await), legacy);
     let stored = auth::new_token();
     let adopted = session_call(&app, Some(&app.origin()), None, &format!(r#"{{"token":"{stored}"}}"#)).await;
     assert_eq!(cookie_token(&adopted), stored);
@@ -207,8 +253,8 @@ async fn the_visitor_cookie_has_exactly_the_right_attributes() {
     // With storage access (Storage Access API) the cookie is unpartitioned and the frame gets the token to present.
     let access =
         session_call(&app, Some(&app.origin()), Some(&cookie), r#"{"token":null,"storage_access":true}"#).await;
-    let set = access.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("set-cookie").to_string();
-    assert_eq!(set, format!("{COOKIE_NAME}={token}; Max-Age=34560000; Path=/; Secure; HttpOnly; SameSite=None"));
+    let set = set_cookies(&access);
+    assert_eq!(set, vec![format!("{COOKIE_NAME}={token}; Max-Age=34560000; Path=/; Secure; HttpOnly; SameSite=None")]);
     let body: serde_json::Value = access.json().await.expect("json");
     assert_eq!(body["token"], token);
 }
@@ -216,8 +262,7 @@ async fn the_visitor_cookie_has_exactly_the_right_attributes() {
 #[tokio::test]
 async fn two_tabs_of_a_new_visitor_writing_at_once_make_one_contact_and_one_conversation() {
     let app = spawn_app().await;
-    let token = cookie_token(&session_call(&app, Some(&app.origin()), None, "").await);
-    let cookie = format!("{COOKIE_NAME}={token}");
+    let cookie = cookie_pair(&session_call(&app, Some(&app.origin()), None, "").await);
     let mut a = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
     let mut b = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
     welcome_parts(hello(&mut a, None).await);
@@ -271,4 +316,110 @@ async fn concurrent_first_writes_with_one_token_create_one_contact() {
     // The same token presented to another site names nothing there.
     let other = app.store.create_site("other", "Other", &[], "").await.expect("site");
     assert!(app.store.contact_for_token(&other.id, &hash, "V", &ctx).await.is_err());
+}
+
+#[tokio::test]
+async fn welcome_carries_the_session_calls_sid_and_never_the_token() {
+    let app = spawn_app().await;
+    let minted = session_call(&app, Some(&app.origin()), None, "").await;
+    let (token, cookie) = (cookie_token(&minted), cookie_pair(&minted));
+    let sid = session_sid(minted).await.expect("a sid");
+    assert_eq!(sid.len(), 16);
+    assert!(sid.bytes().all(|b| b.is_ascii_hexdigit()), "{sid}");
+    assert!(!token.contains(&sid) && !sid.contains(&token), "the sid must not reveal the token");
+    assert!(!hex::encode(auth::token_hash(&token)).contains(&sid), "nor the digest contacts are stored under");
+
+    // The socket on that cookie says the same sid, and still no token.
+    let mut ws = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
+    let welcome = hello(&mut ws, None).await;
+    assert_eq!(welcome_sid(&welcome), sid);
+    assert_eq!(welcome_parts(welcome).0, "");
+    // A socket on a token from the frame's storage gets that token back, and its sid.
+    let mut stored = app.visitor_socket_with_cookie(Some(&app.origin()), None).await;
+    let welcome = hello(&mut stored, Some(&token)).await;
+    assert_eq!(welcome_sid(&welcome), sid);
+    assert_eq!(welcome_parts(welcome).0, token);
+    // A socket without any token gets a new one, with its own sid.
+    let mut fresh = app.visitor_socket_with_cookie(Some(&app.origin()), None).await;
+    let welcome = hello(&mut fresh, None).await;
+    assert_ne!(welcome_sid(&welcome), sid);
+    assert_eq!(welcome_sid(&welcome).len(), 16);
+
+    // The check reports the jar's sid and sets nothing; without a cookie it reports none and mints nothing.
+    let check = session_call(&app, Some(&app.origin()), Some(&cookie), r#"{"check":true}"#).await;
+    assert_eq!(check.status(), 200);
+    assert!(set_cookies(&check).is_empty(), "{:?}", set_cookies(&check));
+    assert_eq!(
+        check.json::<serde_json::Value>().await.expect("json"),
+        serde_json::json!({"minted": false, "sid": sid})
+    );
+    let empty = session_call(&app, Some(&app.origin()), None, r#"{"check":true}"#).await;
+    assert!(set_cookies(&empty).is_empty());
+    assert_eq!(
+        empty.json::<serde_json::Value>().await.expect("json"),
+        serde_json::json!({"minted": false, "sid": null})
+    );
+    // Like every session call, the check answers only the chat frame's own origin.
+    let foreign = session_call(&app, Some(HOST_ORIGIN), Some(&cookie), r#"{"check":true}"#).await;
+    assert_eq!(foreign.status(), 403);
+}
+
+/// Two brand-new tabs whose session calls both left before either answer set a cookie: both mint. The browser keeps
+/// both cookies (different names) and sends them oldest first, so whichever answer lands first names the token of
+/// every socket, including the socket of the tab that opened before the other answer landed.
+#[tokio::test]
+async fn a_second_mint_never_overwrites_the_first_and_every_socket_speaks_for_the_oldest_cookie() {
+    let app = spawn_app().await;
+    let origin = app.origin();
+    let (a, b) = tokio::join!(session_call(&app, Some(&origin), None, ""), session_call(&app, Some(&origin), None, ""));
+    let (pair_a, pair_b) = (cookie_pair(&a), cookie_pair(&b));
+    let (name_a, name_b) = (pair_a.split_once('=').expect("pair").0, pair_b.split_once('=').expect("pair").0);
+    assert_ne!(name_a, name_b, "the second mint must not overwrite the first cookie");
+    let (sid_a, sid_b) = (session_sid(a).await.expect("sid"), session_sid(b).await.expect("sid"));
+    assert_ne!(sid_a, sid_b);
+
+    // A's answer landed first: tab A's socket opened with A's cookie alone, tab B's with both (oldest first).
+    let jar = format!("{pair_a}; {pair_b}");
+    let mut tab_a = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&pair_a)).await;
+    let mut tab_b = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&jar)).await;
+    assert_eq!(welcome_sid(&hello(&mut tab_a, None).await), sid_a);
+    assert_eq!(welcome_sid(&hello(&mut tab_b, None).await), sid_a, "tab B must speak for the oldest cookie");
+    let check = session_call(&app, Some(&app.origin()), Some(&jar), r#"{"check":true}"#).await;
+    assert_eq!(session_sid(check).await, Some(sid_a.clone()));
+
+    // Both write at once: one contact, one conversation.
+    let (seq_a, seq_b) =
+        tokio::join!(send_acked(&mut tab_a, "a-1", "first tab"), send_acked(&mut tab_b, "b-1", "second tab"));
+    let mut seqs = [seq_a, seq_b];
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2], "both messages in one conversation");
+    let mut db = SqliteConnection::connect(&app.db_url).await.expect("db opens");
+    assert_eq!(rows(&db_state(&mut db).await, "contacts"), 1);
+    assert_eq!(app.store.summaries().await.expect("summaries").len(), 1);
+
+    // The next session call keeps the oldest cookie as it is and expires the other.
+    let tidy = session_call(&app, Some(&app.origin()), Some(&jar), "").await;
+    let set = set_cookies(&tidy);
+    assert_eq!(cookie_pair(&tidy), pair_a);
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with(&format!("{name_b}=;")) && c.contains("Max-Age=0") && c.contains("Partitioned")),
+        "{set:?}"
+    );
+    assert_eq!(session_sid(tidy).await, Some(sid_a));
+}
+
+/// What the frame's check before its first write catches: a socket opened on another token than the oldest cookie
+/// the jar holds now (e.g. opened without the cookie, after the session call timed out).
+#[tokio::test]
+async fn a_socket_whose_token_is_not_the_jars_is_detected_by_its_sid() {
+    let app = spawn_app().await;
+    let pair = cookie_pair(&session_call(&app, Some(&app.origin()), None, "").await);
+    let mut stale = app.visitor_socket_with_cookie(Some(&app.origin()), None).await;
+    let socket_sid = welcome_sid(&hello(&mut stale, None).await);
+    let jar_sid = session_sid(session_call(&app, Some(&app.origin()), Some(&pair), r#"{"check":true}"#).await).await;
+    assert_ne!(jar_sid.as_deref(), Some(&*socket_sid), "the stale socket must be told apart from the jar");
+    // Reconnected with the jar's cookie, the socket's sid is the jar's.
+    let mut again = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&pair)).await;
+    assert_eq!(Some(welcome_sid(&hello(&mut again, None).await)), jar_sid);
 }
