@@ -2,7 +2,7 @@
 //! release server and installs the Node peer first).
 //!
 //! - `run [SCENARIO…] [--quick]`: the scenarios (`chat` b, `delivery` c, `idle` a, `storm` d; default all, in that
-//!   order), each against Parley and its baselines, every target a fresh process pinned to core 0 while the
+//!   order, then `webhook` e), each against Parley and its baselines, every target a fresh process pinned to core 0 while the
 //!   generator pins itself to core 1; prints Markdown and writes it to `--out`.
 //! - `relay --addr ADDR`: the bare tokio-tungstenite relay baseline (started by `run`).
 //! - `sqlite --per-commit N --seconds S`: the raw SQLite baseline, one line of JSON (started by `run`, pinned).
@@ -38,7 +38,7 @@ struct Cli {
 enum Cmd {
     /// Run scenarios against Parley and the baselines.
     Run {
-        /// Scenarios to run: chat, delivery, idle, storm (default: all).
+        /// Scenarios to run: chat, delivery, idle, storm, webhook (default: all).
         scenarios: Vec<String>,
         /// Smaller loads and shorter runs (a smoke test of the harness; figures not comparable).
         #[arg(long)]
@@ -86,6 +86,7 @@ struct Plan {
     idle: usize,
     storms: Vec<usize>,
     sqlite_seconds: f64,
+    webhook_clients: usize,
 }
 
 impl Plan {
@@ -103,6 +104,7 @@ impl Plan {
                 idle: 2000.min(cap),
                 storms: vec![1000],
                 sqlite_seconds: 3.0,
+                webhook_clients: 16,
             }
         } else {
             Self {
@@ -115,6 +117,7 @@ impl Plan {
                 idle: 15_000.min(cap),
                 storms: vec![5000.min(cap), 15_000.min(cap)],
                 sqlite_seconds: 10.0,
+                webhook_clients: 64,
             }
         }
     }
@@ -133,6 +136,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Run { scenarios, quick, parley, node_dir, out, note, command } => {
             let pinned = sys::cores() >= 2;
+            // Targets run in their own temporary folders.
+            let parley = std::fs::canonicalize(&parley).with_context(|| format!("no {}", parley.display()))?;
+            let node_dir = std::fs::canonicalize(&node_dir).with_context(|| format!("no {}", node_dir.display()))?;
             let bins = Binaries { parley, node_dir, server_core: pinned.then_some(0) };
             if pinned && !sys::pin_self(1) {
                 eprintln!("bench: could not pin the generator to core 1");
@@ -140,7 +146,7 @@ fn main() -> anyhow::Result<()> {
             let nofile = sys::raise_nofile(1 << 20);
             let plan = Plan::new(quick, nofile);
             let wanted: Vec<String> = if scenarios.is_empty() {
-                ["chat", "delivery", "idle", "storm"].map(String::from).to_vec()
+                ["chat", "delivery", "idle", "storm", "webhook"].map(String::from).to_vec()
             } else {
                 scenarios
             };
@@ -154,7 +160,8 @@ fn main() -> anyhow::Result<()> {
                         "delivery" | "c" => delivery(&mut report, &bins, &plan).await?,
                         "idle" | "a" => idle(&mut report, &bins, &plan, nofile).await?,
                         "storm" | "d" => storm(&mut report, &bins, &plan).await?,
-                        other => anyhow::bail!("unknown scenario {other} (chat, delivery, idle, storm)"),
+                        "webhook" | "e" => webhook(&mut report, &bins, &plan).await?,
+                        other => anyhow::bail!("unknown scenario {other} (chat, delivery, idle, storm, webhook)"),
                     }
                 }
                 anyhow::Ok(())
@@ -382,5 +389,29 @@ async fn storm(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Res
         }
     }
     report.section("d. Reconnect storms", rows);
+    Ok(())
+}
+
+async fn webhook(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Result<()> {
+    let target = target::start(Kind::ParleyMessenger, bins).await?;
+    let o = scenarios::webhook::run(
+        target.endpoint.addr,
+        target.pid(),
+        target::APP_SECRET,
+        target::PAGE_ID,
+        plan.webhook_clients,
+        plan.seconds,
+    )
+    .await?;
+    let name = Kind::ParleyMessenger.label();
+    let note = format!("{} clients; refused {}; target ≥ 5,000/s", plan.webhook_clients, o.refused);
+    let mut rows = vec![
+        row(name, "signed deliveries acked (spooled) per second", o.per_second(), "/s")
+            .vs(Some(5000.0), "target")
+            .with(o.measured)
+            .note(note),
+    ];
+    latency_rows(&mut rows, name, "ack", percentiles(&o.latency), None, "");
+    report.section("e. Signed webhook intake", rows);
     Ok(())
 }

@@ -188,7 +188,10 @@ fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Binds the relay (used by `parley-bench relay`).
+/// Binds the relay (used by `parley-bench relay`) with the listen queue Parley asks for.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    Ok(TcpListener::bind(addr).await?)
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(16_384)?)
 }

@@ -68,9 +68,13 @@ pub fn pin_self(core: usize) -> bool {
     sched_setaffinity(Pid::from_raw(0), &set).is_ok()
 }
 
-/// Cores this machine has.
+/// Cores this machine has (online), whatever this process is pinned to.
 pub fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
 }
 
 /// Raises the open-file limit as far as the kernel lets this process (children inherit it); the new soft limit.

@@ -29,10 +29,36 @@ pub const PARLEY_ENV: &[(&str, &str)] = &[
     ("PARLEY_LIMITS__AGENT_FRAMES_PER_MINUTE", "1000000000"),
 ];
 
+/// The Messenger app secret and Page of [`Kind::ParleyMessenger`] (the webhook scenario signs with the secret).
+pub const APP_SECRET: &str = "bench-app-secret";
+pub const PAGE_ID: &str = "100000000000001";
+
+/// Parley's Messenger settings in the webhook scenario. The Graph API URL goes nowhere (port 9, refused at once):
+/// the scenario measures the intake of signed deliveries, not the calls the intake then makes.
+fn messenger_env(dir: &Path) -> Vec<(String, String)> {
+    [
+        ("ENABLED", "true".to_string()),
+        ("APP_ID", "bench-app".to_string()),
+        ("PAGE_ID", PAGE_ID.to_string()),
+        ("PAGE_USERNAME", "bench".to_string()),
+        ("PAGE_TOKEN", "bench-page-token".to_string()),
+        ("APP_SECRET", APP_SECRET.to_string()),
+        ("VERIFY_TOKEN", "bench-verify-token".to_string()),
+        ("SITE_KEY", SITE_KEY.to_string()),
+        ("GRAPH_URL", "http://127.0.0.1:9".to_string()),
+        ("SPOOL_DIR", dir.join("spool").display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("PARLEY_MESSENGER__{k}"), v))
+    .collect()
+}
+
 /// Which server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Parley,
+    /// Parley with the Messenger channel on.
+    ParleyMessenger,
     Relay,
     /// Socket.IO on Node; `true`: each message persisted with better-sqlite3 before its ack.
     Node {
@@ -44,6 +70,7 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Self::Parley => "Parley",
+            Self::ParleyMessenger => "Parley (Messenger on)",
             Self::Relay => "bare relay",
             Self::Node { persist: false } => "Socket.IO relay",
             Self::Node { persist: true } => "Socket.IO + better-sqlite3",
@@ -126,7 +153,7 @@ fn check(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
 }
 
 /// Sets up Parley's database with its CLI (site and agent) and starts `parley serve`.
-fn start_parley(bins: &Binaries, dir: &Path, addr: SocketAddr) -> anyhow::Result<Child> {
+fn start_parley(bins: &Binaries, dir: &Path, addr: SocketAddr, messenger: bool) -> anyhow::Result<Child> {
     check(parley_cmd(bins, dir, addr).arg("migrate"), "parley migrate")?;
     check(
         parley_cmd(bins, dir, addr).args([
@@ -165,7 +192,8 @@ pub async fn start(kind: Kind, bins: &Binaries) -> anyhow::Result<Target> {
     let dir = tempfile::tempdir()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let (child, wire) = match kind {
-        Kind::Parley => (start_parley(bins, dir.path(), addr)?, Wire::Plain),
+        Kind::Parley => (start_parley(bins, dir.path(), addr, false)?, Wire::Plain),
+        Kind::ParleyMessenger => (start_parley(bins, dir.path(), addr, true)?, Wire::Plain),
         Kind::Relay => {
             let exe = std::env::current_exe()?;
             let child = pinned(bins, &exe).args(["relay", "--addr", &addr.to_string()]).spawn()?;
@@ -192,7 +220,7 @@ pub async fn start(kind: Kind, bins: &Binaries) -> anyhow::Result<Target> {
         anyhow::ensure!(Instant::now() < deadline, "{} did not start listening within 60 s", kind.label());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if kind == Kind::Parley {
+    if matches!(kind, Kind::Parley | Kind::ParleyMessenger) {
         target.endpoint.agent_cookie = Some(crate::client::agent_cookie(addr).await?);
     }
     Ok(target)

@@ -273,3 +273,23 @@ async fn a_visitor_that_pipelines_sends_and_never_reads_is_still_dropped() {
     let took = took.expect("a pipelining socket that never reads is let go");
     eprintln!("the server let go of the non-reading pipelining socket after {took:?}");
 }
+
+#[tokio::test]
+async fn the_listener_queues_a_storm_of_2000_connections_without_dropping_any() {
+    const STORM: usize = 2000;
+    // Never accepts: every connection must fit the listen queue (tokio's own `bind` asks for 1024).
+    let listener = parley::startup::bind_listener("127.0.0.1:0".parse().expect("addr")).expect("binds");
+    let addr = listener.local_addr().expect("addr");
+    let attempts: Vec<_> = (0..STORM)
+        .map(|_| tokio::spawn(tokio::time::timeout(Duration::from_millis(900), TcpStream::connect(addr))))
+        .collect();
+    let mut queued = Vec::new();
+    for attempt in attempts {
+        // An overflowing connection waits for a SYN retransmit (1 s or more) and misses the deadline.
+        if let Ok(Ok(stream)) = attempt.await.expect("task") {
+            queued.push(stream);
+        }
+    }
+    assert_eq!(queued.len(), STORM, "connections the listen queue dropped");
+    drop(listener);
+}
