@@ -179,8 +179,10 @@ fn start_parley(bins: &Binaries, dir: &Path, addr: SocketAddr, messenger: bool) 
         writeln!(stdin, "{AGENT_PASSWORD}")?;
     }
     anyhow::ensure!(agent.wait()?.success(), "parley agent create failed");
+    let env = if messenger { messenger_env(dir) } else { Vec::new() };
     parley_cmd(bins, dir, addr)
         .arg("serve")
+        .envs(env)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -77,7 +77,9 @@ fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
     tools::npm_ci(&root.join("bench/node"))?;
     let release = build::target_dir(root).join("release");
     let out = build::target_dir(root).join("bench/results.md");
-    let command = format!("cargo xtask bench {}", args.join(" "));
+    let shown: Vec<String> =
+        args.iter().map(|a| if a.contains(' ') { format!("\"{a}\"") } else { a.clone() }).collect();
+    let command = format!("cargo xtask bench {}", shown.join(" "));
     tools::run(
         std::process::Command::new(release.join("parley-bench"))
             .arg("run")
