@@ -55,6 +55,8 @@ fn text<T: serde::Serialize>(msg: &T) -> anyhow::Result<Message> {
     Ok(Message::Text(Utf8Bytes::from(serde_json::to_string(msg)?)))
 }
 
+// The handshake callback's signature (and its large error type) is tungstenite's.
+#[allow(clippy::result_large_err)]
 async fn connection(stream: TcpStream, state: Shared) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut path = String::new();
