@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tokio::net::TcpListener;
 
 use crate::auth;
 use crate::config::Settings;
@@ -270,8 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(settings.http.bind)
-        .await
+    let listener = crate::startup::bind_listener(settings.http.bind)
         .with_context(|| format!("cannot listen on {}", settings.http.bind))?;
     let app = Application::build(settings, listener).await?;
     tracing::info!(addr = %app.local_addr()?, "parley is listening");

@@ -179,6 +179,19 @@ impl Application {
     }
 }
 
+/// Connections the kernel may queue before the server accepts them (it caps this at `net.core.somaxconn`). Tokio's
+/// `TcpListener::bind` asks for 1024, which a reconnect storm of thousands of visitors overflows: the overflowing
+/// connections wait for a SYN retransmit (a second or more) instead of being accepted.
+pub const LISTEN_BACKLOG: u32 = 16_384;
+
+/// Binds the HTTP listener with a [`LISTEN_BACKLOG`]-long queue.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {

@@ -44,6 +44,24 @@ pub mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
 }
 
+/// Bytes tungstenite allocates up front to read each socket (its default is 128 KiB, paid by every idle socket).
+/// Chat frames are small; a bigger frame (up to `limits.max_frame_bytes`) grows the buffer as it arrives.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes tungstenite collects before it writes to the socket. Every frame we send is flushed at once, so this only
+/// caps what the buffer keeps allocated after a burst (its default is 128 KiB).
+pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Applies the per-socket buffer sizes and frame limits every upgrade shares.
+pub fn configure(
+    ws: axum::extract::ws::WebSocketUpgrade,
+    limits: &LimitSettings,
+) -> axum::extract::ws::WebSocketUpgrade {
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+}
+
 /// The reason sent with a 1009 close (and the error `next_frame` reports for such a frame).
 pub const FRAME_TOO_BIG: &str = "frame too big";
 

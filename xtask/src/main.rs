@@ -10,6 +10,9 @@
 //! - `test`: build, then every test: cargo tests of each crate, the size budget, and the Playwright browser tests
 //!   in Debian's Chromium (installed with apt when missing).
 //!
+//! - `bench [SCENARIO…] [--quick] [--note TEXT]`: the release server and `parley-bench`, the Node peer's packages
+//!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`.
+//!
 //! Everything it needs it installs itself: the wasm32 target (rustup), the npm tools (`npm ci`), Chromium, nginx
 //! and systemd's `systemd-analyze` (apt).
 
@@ -33,7 +36,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build [--release] | demo | test [--no-browser]>"
+    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm]… [--quick]>"
 }
 
 fn run() -> anyhow::Result<()> {
@@ -59,6 +62,7 @@ fn run() -> anyhow::Result<()> {
             )
         }
         Some("test") => test(&root, !flag("--no-browser")),
+        Some("bench") => bench(&root, &args[1..]),
         _ => anyhow::bail!(usage()),
     }
 }
@@ -67,6 +71,30 @@ fn run() -> anyhow::Result<()> {
 fn workspace_root() -> anyhow::Result<PathBuf> {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest_dir.parent().map(Path::to_path_buf).context("xtask has no parent folder")
+}
+
+/// Builds the release server and the harness, installs the Node peer, runs `parley-bench run` with `args`.
+fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    tools::cargo(&["build", "--release", "-p", "server", "--bin", "parley", "-p", "bench"])?;
+    tools::npm_ci(&root.join("bench/node"))?;
+    let release = build::target_dir(root).join("release");
+    let out = build::target_dir(root).join("bench/results.md");
+    let shown: Vec<String> =
+        args.iter().map(|a| if a.contains(' ') { format!("\"{a}\"") } else { a.clone() }).collect();
+    let command = format!("cargo xtask bench {}", shown.join(" "));
+    tools::run(
+        std::process::Command::new(release.join("parley-bench"))
+            .arg("run")
+            .args(args)
+            .arg("--parley")
+            .arg(release.join("parley"))
+            .arg("--node-dir")
+            .arg(root.join("bench/node"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--command")
+            .arg(command.trim_end()),
+    )
 }
 
 fn test(root: &Path, browser: bool) -> anyhow::Result<()> {

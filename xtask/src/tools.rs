@@ -60,10 +60,14 @@ pub fn npm_ci(dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("xtask: npm ci in {}", dir.display());
-    run(Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-        .current_dir(dir))
+    let mut npm = Command::new("npm");
+    npm.args(["ci", "--no-audit", "--no-fund"]).env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1").current_dir(dir);
+    // Native modules (better-sqlite3 in bench/node) build against the installed Node's headers: node-gyp would
+    // otherwise download them, and only the package registries are reachable.
+    if Path::new("/usr/include/node/node.h").exists() {
+        npm.env("npm_config_nodedir", "/usr");
+    }
+    run(&mut npm)
 }
 
 /// Installs Debian's Chromium when `/usr/bin/chromium` is missing (needs root, as on CI).

@@ -44,8 +44,8 @@ pub async fn upgrade(
     }
     let token_hash = session_token(&headers).map(|t| auth::token_hash(&t)).ok_or(ApiError::Unauthorized)?;
     let agent = session_agent(&state, &headers).await?.ok_or(ApiError::Unauthorized)?;
-    let limit = state.settings.limits.max_frame_bytes;
-    Ok(ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run(state, agent, token_hash, socket)))
+    let ws = super::configure(ws, &state.settings.limits);
+    Ok(ws.on_upgrade(move |socket| run(state, agent, token_hash, socket)))
 }
 
 struct Session {

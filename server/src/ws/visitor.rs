@@ -67,11 +67,8 @@ pub async fn upgrade(
     let ip = client_ip::resolve(peer, &headers, &state.settings.http.trusted_proxies);
     let slot = state.floods.open_socket(ip).ok_or(ApiError::TooManySockets)?;
     let peer = Peer::new(ip, Some(slot));
-    let limit = state.settings.limits.max_frame_bytes;
-    Ok(ws
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| run(state, site, cookie, user_agent, socket, peer)))
+    let ws = super::configure(ws, &state.settings.limits);
+    Ok(ws.on_upgrade(move |socket| run(state, site, cookie, user_agent, socket, peer)))
 }
 
 fn clip(value: Option<String>, max: usize) -> Option<String> {

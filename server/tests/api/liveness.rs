@@ -187,3 +187,109 @@ async fn an_agent_sending_1500_replies_as_fast_as_it_can_gets_1500_acks_and_stay
     let conversation = app.store.summaries().await.expect("summaries");
     assert_eq!(conversation[0].last_seq, 1 + REPLIES as i64, "each reply stored once");
 }
+
+/// Flood limits high enough that only liveness can end a pipelining visitor's socket.
+fn unthrottled(s: &mut parley::config::Settings) {
+    s.limits.visitor_message_burst = 100_000;
+    s.limits.visitor_messages_per_minute = 1_000_000;
+    s.limits.ip_frame_burst = 100_000;
+    s.limits.ip_frames_per_minute = 1_000_000;
+}
+
+#[tokio::test]
+async fn a_visitor_pipelining_2000_sends_without_reading_gets_every_ack_and_is_not_dropped() {
+    const SENDS: usize = 2000;
+    let app = spawn_app_with(|s| {
+        unthrottled(s);
+        // A write stalled this long means the peer really stopped reading; a pipelining peer reads at the end.
+        s.limits.write_timeout_secs = 2;
+    })
+    .await;
+    // A small receive buffer, as on a busy phone: the server's acks back up into its own send queue at once.
+    let (mut ws, _) = raw_visitor(&app).await;
+    // Every send first, reading nothing: the server must keep reading (and acking) meanwhile.
+    for i in 0..SENDS {
+        let send = text(&ClientMsg::Send { client_id: format!("p-{i}"), body: format!("pipelined {i}") });
+        tokio::time::timeout(Duration::from_secs(30), ws.send(send))
+            .await
+            .unwrap_or_else(|_| panic!("the server stopped reading after {i} pipelined sends"))
+            .expect("the socket stays open while sending");
+    }
+    let mut acks = std::collections::HashSet::new();
+    let read_all = async {
+        while acks.len() < SENDS {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str(t.as_str()) {
+                    Ok(ServerMsg::Ack { client_id, .. }) => {
+                        acks.insert(client_id);
+                    }
+                    Ok(ServerMsg::Error { message, .. }) => panic!("refused: {message}"),
+                    _ => {}
+                },
+                Some(Ok(Message::Close(frame))) => panic!("dropped after {} acks: {frame:?}", acks.len()),
+                Some(Ok(_)) => {}
+                other => panic!("ended after {} acks: {other:?}", acks.len()),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), read_all).await.expect("every ack within 2 minutes");
+    assert_eq!(acks.len(), SENDS);
+    assert_eq!(app.store.summaries().await.expect("summaries")[0].last_seq, SENDS as i64, "each send stored once");
+    // Still connected: a ping is answered.
+    ws.send(text(&ClientMsg::Ping)).await.expect("still open");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("an answer") {
+            Some(Ok(Message::Text(t))) if t.contains("\"pong\"") => break,
+            Some(Ok(Message::Close(frame))) => panic!("dropped after every ack: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_visitor_that_pipelines_sends_and_never_reads_is_still_dropped() {
+    let app = spawn_app_with(|s| {
+        unthrottled(s);
+        s.limits.ping_secs = 280;
+        s.limits.write_timeout_secs = 1;
+    })
+    .await;
+    let (mut deaf, deaf_addr) = raw_visitor(&app).await;
+    // Big messages, each answered by an ack and echoed back as an event, and nothing ever read. Sending stalls
+    // once the server stops reading this socket; the server must let go of it either way.
+    let body = "x".repeat(protocol::MAX_BODY_CHARS);
+    let sender = tokio::spawn(async move {
+        for sent in 0.. {
+            let send = text(&ClientMsg::Send { client_id: format!("d-{sent}"), body: body.clone() });
+            if deaf.send(send).await.is_err() {
+                return sent;
+            }
+        }
+        0
+    });
+    let took = released_within(app.addr, deaf_addr, Duration::from_secs(90)).await;
+    sender.abort();
+    let took = took.expect("a pipelining socket that never reads is let go");
+    eprintln!("the server let go of the non-reading pipelining socket after {took:?}");
+}
+
+#[tokio::test]
+async fn the_listener_queues_a_storm_of_2000_connections_without_dropping_any() {
+    const STORM: usize = 2000;
+    // Never accepts: every connection must fit the listen queue (tokio's own `bind` asks for 1024).
+    let listener = parley::startup::bind_listener("127.0.0.1:0".parse().expect("addr")).expect("binds");
+    let addr = listener.local_addr().expect("addr");
+    let attempts: Vec<_> = (0..STORM)
+        .map(|_| tokio::spawn(tokio::time::timeout(Duration::from_millis(900), TcpStream::connect(addr))))
+        .collect();
+    let mut queued = Vec::new();
+    for attempt in attempts {
+        // An overflowing connection waits for a SYN retransmit (1 s or more) and misses the deadline.
+        if let Ok(Ok(stream)) = attempt.await.expect("task") {
+            queued.push(stream);
+        }
+    }
+    assert_eq!(queued.len(), STORM, "connections the listen queue dropped");
+    drop(listener);
+}

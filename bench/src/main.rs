@@ -1,0 +1,417 @@
+//! `parley-bench`: Parley's load generator and its baselines (run through `cargo xtask bench`, which builds the
+//! release server and installs the Node peer first).
+//!
+//! - `run [SCENARIO…] [--quick]`: the scenarios (`chat` b, `delivery` c, `idle` a, `storm` d; default all, in that
+//!   order, then `webhook` e), each against Parley and its baselines, every target a fresh process pinned to core 0 while the
+//!   generator pins itself to core 1; prints Markdown and writes it to `--out`.
+//! - `relay --addr ADDR`: the bare tokio-tungstenite relay baseline (started by `run`).
+//! - `sqlite --per-commit N --seconds S`: the raw SQLite baseline, one line of JSON (started by `run`, pinned).
+
+mod client;
+mod relay;
+mod report;
+mod scenarios;
+mod sqlite;
+mod sys;
+mod target;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use report::{Report, Row};
+use scenarios::chat::ChatOutcome;
+use scenarios::{Measured, percentiles};
+use target::{Binaries, Kind};
+
+#[derive(Parser)]
+#[command(name = "parley-bench", about = "Parley's benchmark harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run scenarios against Parley and the baselines.
+    Run {
+        /// Scenarios to run: chat, delivery, idle, storm, webhook (default: all).
+        scenarios: Vec<String>,
+        /// Smaller loads and shorter runs (a smoke test of the harness; figures not comparable).
+        #[arg(long)]
+        quick: bool,
+        /// The release `parley` binary.
+        #[arg(long)]
+        parley: PathBuf,
+        /// Folder holding the Node peer (`server.js`, installed `node_modules`).
+        #[arg(long)]
+        node_dir: PathBuf,
+        /// Where to write the Markdown results.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A line printed in bold under the header (e.g. that the machine was shared).
+        #[arg(long)]
+        note: Option<String>,
+        /// The command line to print as the reproducing command.
+        #[arg(long, default_value = "cargo xtask bench")]
+        command: String,
+    },
+    /// The bare relay baseline.
+    Relay {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+    },
+    /// The raw SQLite baseline; prints `{"messages":…,"seconds":…}`.
+    Sqlite {
+        #[arg(long)]
+        per_commit: usize,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 100)]
+        contacts: usize,
+    },
+}
+
+/// Loads and lengths of one run.
+struct Plan {
+    seconds: Duration,
+    chat_visitors: usize,
+    in_flight: usize,
+    rates: Vec<f64>,
+    delivery_visitors: usize,
+    delivery_rate: f64,
+    idle: usize,
+    storms: Vec<usize>,
+    sqlite_seconds: f64,
+    webhook_clients: usize,
+}
+
+impl Plan {
+    fn new(quick: bool, nofile: u64) -> Self {
+        // Both ends hold one descriptor per socket; keep a margin for everything else.
+        let cap = (nofile as usize).saturating_sub(512);
+        if quick {
+            Self {
+                seconds: Duration::from_secs(5),
+                chat_visitors: 100,
+                in_flight: 4,
+                rates: vec![500.0],
+                delivery_visitors: 1000,
+                delivery_rate: 1000.0,
+                idle: 2000.min(cap),
+                storms: vec![1000],
+                sqlite_seconds: 3.0,
+                webhook_clients: 16,
+            }
+        } else {
+            Self {
+                seconds: Duration::from_secs(20),
+                chat_visitors: 100,
+                in_flight: 4,
+                rates: vec![500.0, 1000.0, 2000.0],
+                delivery_visitors: 10_000.min(cap),
+                delivery_rate: 1000.0,
+                idle: 15_000.min(cap),
+                storms: vec![5000.min(cap), 15_000.min(cap)],
+                sqlite_seconds: 10.0,
+                webhook_clients: 64,
+            }
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match cli.command {
+        Cmd::Relay { addr } => runtime.block_on(async { relay::serve(relay::bind(addr).await?).await }),
+        Cmd::Sqlite { per_commit, seconds, contacts } => {
+            let dir = tempfile::tempdir()?;
+            let outcome = sqlite::run(dir.path(), contacts, per_commit, Duration::from_secs_f64(seconds))?;
+            println!("{}", serde_json::json!({"messages": outcome.messages, "seconds": outcome.elapsed.as_secs_f64()}));
+            Ok(())
+        }
+        Cmd::Run { scenarios, quick, parley, node_dir, out, note, command } => {
+            let pinned = sys::cores() >= 2;
+            // Targets run in their own temporary folders.
+            let parley = std::fs::canonicalize(&parley).with_context(|| format!("no {}", parley.display()))?;
+            let node_dir = std::fs::canonicalize(&node_dir).with_context(|| format!("no {}", node_dir.display()))?;
+            let bins = Binaries { parley, node_dir, server_core: pinned.then_some(0) };
+            if pinned && !sys::pin_self(1) {
+                eprintln!("bench: could not pin the generator to core 1");
+            }
+            let nofile = sys::raise_nofile(1 << 20);
+            let plan = Plan::new(quick, nofile);
+            let wanted: Vec<String> = if scenarios.is_empty() {
+                ["chat", "delivery", "idle", "storm", "webhook"].map(String::from).to_vec()
+            } else {
+                scenarios
+            };
+            let mut report = Report::default();
+            let header = report::header(&command, pinned, note.as_deref());
+            runtime.block_on(async {
+                for scenario in &wanted {
+                    eprintln!("bench: scenario {scenario}");
+                    match scenario.as_str() {
+                        "chat" | "b" => chat(&mut report, &bins, &plan).await?,
+                        "delivery" | "c" => delivery(&mut report, &bins, &plan).await?,
+                        "idle" | "a" => idle(&mut report, &bins, &plan, nofile).await?,
+                        "storm" | "d" => storm(&mut report, &bins, &plan).await?,
+                        "webhook" | "e" => webhook(&mut report, &bins, &plan).await?,
+                        other => anyhow::bail!("unknown scenario {other} (chat, delivery, idle, storm, webhook)"),
+                    }
+                }
+                anyhow::Ok(())
+            })?;
+            let markdown = report.markdown(&header);
+            println!("{markdown}");
+            if let Some(out) = out {
+                if let Some(parent) = out.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&out, &markdown).with_context(|| format!("cannot write {}", out.display()))?;
+                eprintln!("bench: results written to {}", out.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn row(target: &str, figure: &str, value: f64, unit: &'static str) -> Row {
+    Row {
+        target: target.to_string(),
+        figure: figure.to_string(),
+        value,
+        unit,
+        baseline: None,
+        measured: None,
+        note: String::new(),
+    }
+}
+
+impl Row {
+    fn vs(mut self, baseline: Option<f64>, name: &str) -> Self {
+        self.baseline = baseline.map(|b| (b, name.to_string()));
+        self
+    }
+
+    fn with(mut self, m: Measured) -> Self {
+        self.measured = Some(m);
+        self
+    }
+
+    fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = note.into();
+        self
+    }
+}
+
+/// The raw SQLite baseline, run as its own process on the server core: messages per second.
+fn raw_sqlite(bins: &Binaries, per_commit: usize, seconds: f64) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = match bins.server_core {
+        Some(core) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(core.to_string()).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let out = cmd
+        .args(["sqlite", "--per-commit", &per_commit.to_string(), "--seconds", &seconds.to_string()])
+        .output()
+        .context("raw SQLite baseline")?;
+    anyhow::ensure!(out.status.success(), "raw SQLite baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let messages = v["messages"].as_f64().unwrap_or(0.0);
+    Ok(messages / v["seconds"].as_f64().unwrap_or(1.0).max(1e-9))
+}
+
+/// p50, p99 and p99.9 rows of one latency figure, each beside the baseline's.
+fn latency_rows(rows: &mut Vec<Row>, name: &str, figure: &str, p: [f64; 3], baseline: Option<[f64; 3]>, base: &str) {
+    for (i, q) in ["p50", "p99", "p99.9"].iter().enumerate() {
+        rows.push(row(name, &format!("{figure} {q}"), p[i], "ms").vs(baseline.map(|b| b[i]), base));
+    }
+}
+
+/// One chat load against a fresh target: saturation (`rate: None`) or a fixed offered rate.
+async fn chat_once(kind: Kind, bins: &Binaries, plan: &Plan, rate: Option<f64>) -> anyhow::Result<ChatOutcome> {
+    let target = target::start(kind, bins).await?;
+    scenarios::chat::run(&target.endpoint, target.pid(), plan.chat_visitors, plan.in_flight, rate, plan.seconds).await
+}
+
+const CHAT_TARGETS: [Kind; 4] =
+    [Kind::Parley, Kind::Relay, Kind::Node { persist: false }, Kind::Node { persist: true }];
+
+async fn chat(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Result<()> {
+    let raw1 = raw_sqlite(bins, 1, plan.sqlite_seconds)?;
+    let raw100 = raw_sqlite(bins, 100, plan.sqlite_seconds)?;
+    let mut rows = vec![
+        row("raw SQLite, Parley's transaction, 1 msg/commit", "msg/s", raw1, "msg/s"),
+        row("raw SQLite, Parley's transaction, 100 msg/commit", "msg/s", raw100, "msg/s"),
+    ];
+    let label = format!("saturation ({} visitors × {} in flight)", plan.chat_visitors, plan.in_flight);
+    let mut saturation = Vec::new();
+    for kind in CHAT_TARGETS {
+        saturation.push((kind, chat_once(kind, bins, plan, None).await?));
+    }
+    let find = |k: Kind| saturation.iter().find(|(kind, _)| *kind == k).map(|(_, o)| o);
+    let relay = find(Kind::Relay);
+    let sio_sql = find(Kind::Node { persist: true });
+    for (kind, o) in &saturation {
+        let first = o.per_second.first().copied().unwrap_or(0);
+        let last = o.per_second.last().copied().unwrap_or(0);
+        let note = format!(
+            "per second: first {first}, last {last}; unacked {}, errors {}, dropped {}",
+            o.unacked, o.errors, o.dropped
+        );
+        let name = kind.label();
+        let tput = row(name, &format!("acked msg/s, {label}"), o.throughput(), "msg/s").with(o.measured).note(note);
+        let tput = match kind {
+            Kind::Parley => tput.vs(Some(raw1), "raw SQLite 1/commit"),
+            Kind::Node { persist: true } => tput.vs(Some(raw1), "raw SQLite 1/commit"),
+            _ => tput,
+        };
+        rows.push(tput);
+        if *kind == Kind::Parley {
+            rows.push(
+                row(name, "acked msg/s vs Socket.IO + better-sqlite3", o.throughput(), "msg/s")
+                    .vs(sio_sql.map(|s| s.throughput()), "Socket.IO + better-sqlite3"),
+            );
+        }
+        let rp = relay.map(|r| percentiles(&r.latency));
+        latency_rows(&mut rows, name, "ack", percentiles(&o.latency), rp, "relay");
+    }
+    for rate in &plan.rates {
+        for kind in [Kind::Parley, Kind::Node { persist: true }] {
+            let o = chat_once(kind, bins, plan, Some(*rate)).await?;
+            let note = format!("unacked {}, errors {}, dropped {}", o.unacked, o.errors, o.dropped);
+            let name = kind.label();
+            let figure = format!("acked msg/s at {rate} offered");
+            rows.push(row(name, &figure, o.throughput(), "msg/s").with(o.measured).note(note));
+            latency_rows(&mut rows, name, &format!("ack at {rate} msg/s:"), percentiles(&o.latency), None, "");
+        }
+    }
+    report.section("b. Persisted chat (every message acked; Parley acks after commit)", rows);
+    Ok(())
+}
+
+async fn delivery(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut relay_p = None;
+    for kind in [Kind::Relay, Kind::Node { persist: false }, Kind::Parley] {
+        let target = target::start(kind, bins).await?;
+        let o = scenarios::delivery::run(
+            &target.endpoint,
+            target.pid(),
+            plan.delivery_visitors,
+            plan.delivery_rate,
+            plan.seconds,
+        )
+        .await?;
+        let p = percentiles(&o.latency);
+        if kind == Kind::Relay {
+            relay_p = Some(p);
+        }
+        let note = format!("sent {}, seen by the agent {}, agent socket dropped {}×", o.sent, o.seen, o.agent_dropped);
+        let figure = format!("send → agent, {} visitors, {} msg/s", plan.delivery_visitors, plan.delivery_rate);
+        let first = rows.len();
+        latency_rows(&mut rows, kind.label(), &figure, p, relay_p, "relay");
+        if let Some(r) = rows.get_mut(first) {
+            r.measured = Some(o.measured);
+            r.note = note;
+        }
+    }
+    report.section("c. Visitor → agent delivery", rows);
+    Ok(())
+}
+
+async fn idle(report: &mut Report, bins: &Binaries, plan: &Plan, nofile: u64) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut relay_per = None;
+    for kind in [Kind::Relay, Kind::Node { persist: false }, Kind::Parley] {
+        let target = target::start(kind, bins).await?;
+        let o = scenarios::idle::run(&target.endpoint, target.pid(), plan.idle).await?;
+        if kind == Kind::Relay {
+            relay_per = Some(o.per_socket());
+        }
+        let name = kind.label();
+        let note = format!(
+            "{} held (file limit {nofile}); RSS before {:.1} MiB, held {:.1} MiB; connected in {:.1} s",
+            o.held,
+            o.rss_before as f64 / 1048576.0,
+            o.rss_held as f64 / 1048576.0,
+            o.connect_seconds
+        );
+        rows.push(
+            row(name, "memory per idle visitor socket", o.per_socket(), "B")
+                .vs(relay_per, "relay")
+                .with(o.measured)
+                .note(note),
+        );
+        rows.push(row(name, "RSS after they all closed", o.rss_after as f64, "B").note(format!(
+            "{:.0} % of what the sockets took is still held",
+            100.0 * o.rss_after.saturating_sub(o.rss_before) as f64
+                / o.rss_held.saturating_sub(o.rss_before).max(1) as f64
+        )));
+    }
+    report.section("a. Idle visitors", rows);
+    Ok(())
+}
+
+async fn storm(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for &count in &plan.storms {
+        for jitter in [Duration::ZERO, Duration::from_millis(500)] {
+            let mut relay_all = None;
+            for kind in [Kind::Relay, Kind::Parley] {
+                let target = target::start(kind, bins).await?;
+                let o = scenarios::storm::run(&target.endpoint, target.pid(), count, jitter).await?;
+                if kind == Kind::Relay {
+                    relay_all = Some(o.all_resumed_seconds);
+                }
+                let [p50, p99, _] = percentiles(&o.resume);
+                let note = format!(
+                    "lost {}, doubled {}, not resumed {}, failed attempts {}, ListenOverflows +{}, resume p50 {p50:.0} ms p99 {p99:.0} ms",
+                    o.lost, o.doubled, o.not_resumed, o.failed_attempts, o.listen_overflows
+                );
+                let figure = format!("{} visitors, jitter 0–{} ms: all resumed", o.visitors, jitter.as_millis());
+                rows.push(
+                    row(kind.label(), &figure, o.all_resumed_seconds, "s")
+                        .vs(relay_all, "relay")
+                        .with(o.measured)
+                        .note(note),
+                );
+            }
+        }
+    }
+    report.section("d. Reconnect storms", rows);
+    Ok(())
+}
+
+async fn webhook(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Result<()> {
+    let target = target::start(Kind::ParleyMessenger, bins).await?;
+    let o = scenarios::webhook::run(
+        target.endpoint.addr,
+        target.pid(),
+        target::APP_SECRET,
+        target::PAGE_ID,
+        plan.webhook_clients,
+        plan.seconds,
+    )
+    .await?;
+    let name = Kind::ParleyMessenger.label();
+    let note = format!("{} clients; refused {}; target ≥ 5,000/s", plan.webhook_clients, o.refused);
+    let mut rows = vec![
+        row(name, "signed deliveries acked (spooled) per second", o.per_second(), "/s")
+            .vs(Some(5000.0), "target")
+            .with(o.measured)
+            .note(note),
+    ];
+    latency_rows(&mut rows, name, "ack", percentiles(&o.latency), None, "");
+    report.section("e. Signed webhook intake", rows);
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! The servers under test, each a real process pinned to the server core: Parley (`parley serve`, release build,
+//! on a fresh SQLite database in a temporary folder, set up with its own CLI: one site, one agent), the bare relay
+//! (`parley-bench relay`) and the Socket.IO peer on Node (`bench/node/server.js`, with or without better-sqlite3).
+//!
+//! Flood limits are raised for Parley (see [`PARLEY_ENV`]): the benchmark measures throughput, not the defences
+//! that stop one visitor from flooding; everything else is Parley's default configuration.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::client::{AGENT_EMAIL, AGENT_PASSWORD, Endpoint, SITE_KEY, SITE_ORIGIN, Wire};
+
+/// Settings Parley runs with in the benchmark, on top of its defaults: flood limits out of the way.
+pub const PARLEY_ENV: &[(&str, &str)] = &[
+    ("PARLEY_LIMITS__MAX_SOCKETS_PER_IP", "1000000"),
+    ("PARLEY_LIMITS__IP_HELLOS_PER_MINUTE", "1000000000"),
+    ("PARLEY_LIMITS__IP_FRAME_BURST", "1000000000"),
+    ("PARLEY_LIMITS__IP_FRAMES_PER_MINUTE", "1000000000"),
+    ("PARLEY_LIMITS__VISITOR_MESSAGE_BURST", "1000000000"),
+    ("PARLEY_LIMITS__VISITOR_MESSAGES_PER_MINUTE", "1000000000"),
+    ("PARLEY_LIMITS__VISITOR_FRAME_BURST", "1000000000"),
+    ("PARLEY_LIMITS__VISITOR_FRAMES_PER_MINUTE", "1000000000"),
+    ("PARLEY_LIMITS__AGENT_FRAME_BURST", "1000000000"),
+    ("PARLEY_LIMITS__AGENT_FRAMES_PER_MINUTE", "1000000000"),
+];
+
+/// The Messenger app secret and Page of [`Kind::ParleyMessenger`] (the webhook scenario signs with the secret).
+pub const APP_SECRET: &str = "bench-app-secret";
+pub const PAGE_ID: &str = "100000000000001";
+
+/// Parley's Messenger settings in the webhook scenario. The Graph API URL goes nowhere (port 9, refused at once):
+/// the scenario measures the intake of signed deliveries, not the calls the intake then makes.
+fn messenger_env(dir: &Path) -> Vec<(String, String)> {
+    [
+        ("ENABLED", "true".to_string()),
+        ("APP_ID", "bench-app".to_string()),
+        ("PAGE_ID", PAGE_ID.to_string()),
+        ("PAGE_USERNAME", "bench".to_string()),
+        ("PAGE_TOKEN", "bench-page-token".to_string()),
+        ("APP_SECRET", APP_SECRET.to_string()),
+        ("VERIFY_TOKEN", "bench-verify-token".to_string()),
+        ("SITE_KEY", SITE_KEY.to_string()),
+        ("GRAPH_URL", "http://127.0.0.1:9".to_string()),
+        ("SPOOL_DIR", dir.join("spool").display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("PARLEY_MESSENGER__{k}"), v))
+    .collect()
+}
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Parley,
+    /// Parley with the Messenger channel on.
+    ParleyMessenger,
+    Relay,
+    /// Socket.IO on Node; `true`: each message persisted with better-sqlite3 before its ack.
+    Node {
+        persist: bool,
+    },
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Parley => "Parley",
+            Self::ParleyMessenger => "Parley (Messenger on)",
+            Self::Relay => "bare relay",
+            Self::Node { persist: false } => "Socket.IO relay",
+            Self::Node { persist: true } => "Socket.IO + better-sqlite3",
+        }
+    }
+}
+
+/// What the harness needs to start targets.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub parley: PathBuf,
+    pub node_dir: PathBuf,
+    /// The core servers are pinned to (`None`: not pinned, on a one-core machine).
+    pub server_core: Option<usize>,
+}
+
+/// A running target; killed when dropped.
+pub struct Target {
+    pub endpoint: Endpoint,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Target {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // SIGTERM first: Parley then closes its sockets and database cleanly.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A command run through `taskset` on the server core.
+fn pinned(bins: &Binaries, program: &Path) -> Command {
+    match bins.server_core {
+        Some(core) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(core.to_string()).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+fn parley_cmd(bins: &Binaries, dir: &Path, addr: SocketAddr) -> Command {
+    let mut cmd = pinned(bins, &bins.parley);
+    cmd.current_dir(dir)
+        .env_remove("PARLEY_CONFIG")
+        .env("PARLEY_DATABASE__URL", format!("sqlite://{}", dir.join("parley.db").display()))
+        .env("PARLEY_HTTP__BIND", addr.to_string())
+        .env("PARLEY_ASSETS__DIR", dir.join("site"))
+        .env("RUST_LOG", "warn")
+        .envs(PARLEY_ENV.iter().copied());
+    cmd
+}
+
+fn check(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().with_context(|| format!("cannot {what}"))?;
+    anyhow::ensure!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Sets up Parley's database with its CLI (site and agent) and starts `parley serve`.
+fn start_parley(bins: &Binaries, dir: &Path, addr: SocketAddr, messenger: bool) -> anyhow::Result<Child> {
+    check(parley_cmd(bins, dir, addr).arg("migrate"), "parley migrate")?;
+    check(
+        parley_cmd(bins, dir, addr).args([
+            "site",
+            "create",
+            "--origin",
+            SITE_ORIGIN,
+            "--key",
+            SITE_KEY,
+            "--name",
+            "Bench",
+        ]),
+        "parley site create",
+    )?;
+    let mut agent = parley_cmd(bins, dir, addr)
+        .args(["agent", "create", "--email", AGENT_EMAIL, "--name", "Bench", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("parley agent create")?;
+    if let Some(stdin) = agent.stdin.as_mut() {
+        writeln!(stdin, "{AGENT_PASSWORD}")?;
+    }
+    anyhow::ensure!(agent.wait()?.success(), "parley agent create failed");
+    let env = if messenger { messenger_env(dir) } else { Vec::new() };
+    parley_cmd(bins, dir, addr)
+        .arg("serve")
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("parley serve")
+}
+
+/// Starts a target and waits until it accepts connections.
+pub async fn start(kind: Kind, bins: &Binaries) -> anyhow::Result<Target> {
+    let dir = tempfile::tempdir()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let (child, wire) = match kind {
+        Kind::Parley => (start_parley(bins, dir.path(), addr, false)?, Wire::Plain),
+        Kind::ParleyMessenger => (start_parley(bins, dir.path(), addr, true)?, Wire::Plain),
+        Kind::Relay => {
+            let exe = std::env::current_exe()?;
+            let child = pinned(bins, &exe).args(["relay", "--addr", &addr.to_string()]).spawn()?;
+            (child, Wire::Plain)
+        }
+        Kind::Node { persist } => {
+            let mut cmd = pinned(bins, Path::new("node"));
+            cmd.arg(bins.node_dir.join("server.js")).arg("--port").arg(addr.port().to_string());
+            if persist {
+                cmd.arg("--db").arg(dir.path().join("node.db"));
+            }
+            (cmd.spawn().context("node (run `cargo xtask bench`, which installs bench/node)")?, Wire::SocketIo)
+        }
+    };
+    let mut target = Target { endpoint: Endpoint { addr, wire, agent_cookie: None }, child, _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = target.child.try_wait() {
+            anyhow::bail!("{} exited at start: {status}", kind.label());
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{} did not start listening within 60 s", kind.label());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if matches!(kind, Kind::Parley | Kind::ParleyMessenger) {
+        target.endpoint.agent_cookie = Some(crate::client::agent_cookie(addr).await?);
+    }
+    Ok(target)
+}
