@@ -1,5 +1,5 @@
 //! Running and installing the outside tools the build needs: cargo, rustup's wasm32 target, the npm packages in
-//! `xtask/package.json` (binaryen's wasm-opt, esbuild) and Debian's Chromium. Each installs only when missing and
+//! `xtask/package.json` (binaryen's wasm-opt, esbuild) and Debian's Chromium, PostgreSQL and nginx. Each installs only when missing and
 //! only from the package registries this project may use.
 
 use std::path::Path;
@@ -17,8 +17,13 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Runs cargo (the same cargo that runs xtask).
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// Runs cargo with extra environment variables.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(args))
+    run(Command::new(cargo).args(args).envs(env.iter().copied()))
 }
 
 /// Adds the wasm32 target through rustup when it is missing.
@@ -73,6 +78,27 @@ pub fn ensure_chromium() -> anyhow::Result<()> {
     }
     println!("xtask: installing Debian's chromium package for the browser tests");
     apt_install(&["chromium"]).context("could not install chromium; install Debian's `chromium` package and run again")
+}
+
+/// Installs Debian's PostgreSQL server when its programs are missing (needs root or sudo, as on CI). The tests
+/// start their own private cluster from these programs; the package's own cluster is not used.
+pub fn ensure_postgres() -> anyhow::Result<()> {
+    if testpg::bin_dir().is_ok() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian's postgresql package for the PostgreSQL tests");
+    apt_install(&["postgresql"])
+        .context("could not install PostgreSQL; install Debian's `postgresql` package and run again")?;
+    testpg::bin_dir().map(drop)
+}
+
+/// Installs Debian's nginx when `/usr/sbin/nginx` is missing (the multi-node tests run it with the repo's config).
+pub fn ensure_nginx() -> anyhow::Result<()> {
+    if Path::new("/usr/sbin/nginx").exists() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian's nginx package for the multi-node tests");
+    apt_install(&["nginx"]).context("could not install nginx; install Debian's `nginx` package and run again")
 }
 
 /// `apt-get update` then `apt-get install -y` (through sudo when not root).
