@@ -7,6 +7,7 @@
 
 mod agents;
 mod conversations;
+pub mod copy;
 mod identity;
 mod messenger;
 mod sites;
