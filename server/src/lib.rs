@@ -5,6 +5,7 @@ pub mod assets;
 pub mod auth;
 pub mod cli;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod demo;

@@ -172,9 +172,13 @@ impl Env {
 
     /// The recap's outbox row as (status, external id).
     async fn recap_row(&self) -> Option<(String, Option<String>)> {
-        let store = Store::connect(&self.db, 1).await.expect("store");
-        let rows = store.outbox_statuses().await.expect("query");
-        store.close().await;
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&self.db).await.expect("database opens");
+        let rows: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("select body, status, external_id from outbox order by id")
+                .fetch_all(&mut db)
+                .await
+                .expect("query");
         rows.into_iter().find(|(body, _, _)| body.starts_with(RECAP)).map(|(_, status, id)| (status, id))
     }
 }

@@ -33,6 +33,17 @@ pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
         .map(str::to_string)
 }
 
+/// SQLite's write lock, held by [`TestApp::hold_write_lock`].
+pub struct WriteLock {
+    conn: sqlx::SqliteConnection,
+}
+
+impl WriteLock {
+    pub async fn release(mut self) {
+        sqlx::query("commit").execute(&mut self.conn).await.expect("write lock released");
+    }
+}
+
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub store: Store,
@@ -125,9 +136,39 @@ impl TestApp {
 
     /// Rows in `table` now.
     pub async fn count_rows(&self, table: &str) -> i64 {
+        self.query_i64(&format!("select count(*) from {table}")).await
+    }
+
+    /// A connection of its own to the app's database file, behind the store's back (to look, or to inject faults).
+    pub async fn raw_db(&self) -> sqlx::SqliteConnection {
         use sqlx::Connection;
-        let mut db = sqlx::SqliteConnection::connect(&self.db_url).await.expect("database opens");
-        sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(&mut db).await.expect("counts")
+        sqlx::SqliteConnection::connect(&self.db_url).await.expect("database opens")
+    }
+
+    /// Runs raw SQL on the database file (e.g. a trigger that makes an insert fail).
+    pub async fn execute_raw(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(&mut self.raw_db().await).await.expect("raw SQL runs");
+    }
+
+    /// The one integer a query returns.
+    pub async fn query_i64(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&mut self.raw_db().await).await.expect("query runs")
+    }
+
+    /// Every queued send as (body, status, external id), oldest first.
+    pub async fn outbox_statuses(&self) -> Vec<(String, String, Option<String>)> {
+        sqlx::query_as("select body, status, external_id from outbox order by id")
+            .fetch_all(&mut self.raw_db().await)
+            .await
+            .expect("query runs")
+    }
+
+    /// Takes SQLite's write lock on a connection of its own and holds it until [`WriteLock::release`]: what the
+    /// server does while another writer holds the database.
+    pub async fn hold_write_lock(&self) -> WriteLock {
+        let mut conn = self.raw_db().await;
+        sqlx::query("begin immediate").execute(&mut conn).await.expect("write lock taken");
+        WriteLock { conn }
     }
 
     /// A visitor socket from the chat frame's origin with extra request headers (e.g. `X-Forwarded-For`).

@@ -198,7 +198,7 @@ async fn a_bad_or_missing_signature_gets_403_and_nothing_is_stored() {
     // Only the signed delivery reached the database.
     let mut stored = 0;
     for _ in 0..100 {
-        stored = app.store.webhook_delivery_count().await.expect("count");
+        stored = app.count_rows("webhook_deliveries").await;
         if stored > 0 {
             break;
         }
@@ -534,7 +534,7 @@ async fn a_delivery_is_acknowledged_while_the_database_is_locked_and_stored_once
     let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
     let psid = customer(&sandbox, "Slow");
     // Another writer holds SQLite's write lock: the webhook must still be answered (from the spool).
-    let blocker = app.store.hold_write_lock().await.expect("lock");
+    let blocker = app.hold_write_lock().await;
     sandbox.user_sends_text(&psid, "while the database is busy").expect("send");
     let deliveries = sandbox.wait_for_deliveries(1, WAIT).await.expect("acknowledged while locked");
     assert!(deliveries.iter().all(|d| d.attempts.last().is_some_and(|a| a.status == Some(200))));

@@ -63,10 +63,8 @@ fn counter(app: &TestApp, name: &str) -> u64 {
 /// Waits until the outbox row carrying `body` has `status`; returns its external id.
 async fn outbox_status(app: &TestApp, body_prefix: &str, status: &str) -> Option<String> {
     wait_for(|| async {
-        app.store
-            .outbox_statuses()
+        app.outbox_statuses()
             .await
-            .expect("query")
             .into_iter()
             .find(|(body, s, _)| body.starts_with(body_prefix) && s == status)
             .map(|(_, _, external)| external)

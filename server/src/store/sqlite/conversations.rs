@@ -3,50 +3,16 @@
 //! Every durable change to a conversation appends an [`Event`] with the next `seq` in the same transaction as the
 //! change itself, so the log and the tables never disagree and replaying the log from any `seq` is exact.
 
-use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
-use sha2::{Digest, Sha256};
+use async_trait::async_trait;
+use protocol::{Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
 use sqlx::{Sqlite, Transaction};
 
-use super::models::{Contact, ContactContext, Conversation, SummaryRow};
-use super::{Store, StoreError, StoreResult, new_id, now_ms, on_unique};
-
-/// A message to append.
-#[derive(Clone, Debug)]
-pub struct NewMessage {
-    pub client_id: String,
-    pub body: String,
-    pub author: Author,
-    /// The agent who wrote it, for agent messages.
-    pub agent_id: Option<String>,
-    pub channel: Channel,
-    /// Id on the channel it came from (Messenger `mid`); unique, so a redelivered message is stored once.
-    pub external_id: Option<String>,
-    pub attachments: Vec<Attachment>,
-    /// For messages from the customer on Messenger: when they wrote (epoch ms), which opens the reply window.
-    pub messenger_action_at: Option<i64>,
-    /// Mirror this message to the contact's Messenger thread (agent replies, recaps), under these rules.
-    pub mirror: Option<MirrorPolicy>,
-}
-
-/// How a message written here is mirrored to Messenger.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MirrorPolicy {
-    /// The Page may reply with the HUMAN_AGENT tag from 24 h to 7 d after the customer's last message.
-    pub human_agent: bool,
-}
-
-/// The Messenger reply windows.
-pub const RESPONSE_WINDOW_MS: i64 = 24 * 3600 * 1000;
-pub const HUMAN_AGENT_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
-
-/// What appending a message did.
-#[derive(Clone, Debug)]
-pub enum AppendOutcome {
-    /// The message was committed; `events` are the new log entries in order (the message, maybe a reopen).
-    Created { conversation_id: String, message: ChatMessage, seq: u64, events: Vec<Event> },
-    /// A message with this client id already exists in the conversation: nothing was written.
-    Duplicate { conversation_id: String, message: ChatMessage, seq: u64 },
-}
+use super::{SqliteStore, on_unique};
+use crate::store::models::{Contact, ContactContext, Conversation, SummaryRow};
+use crate::store::{
+    AppendOutcome, ConversationStore, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS, StoreError,
+    StoreResult, new_id, web_contact_id,
+};
 
 /// Columns of [`Contact`], in its field order.
 pub(super) const CONTACT_COLUMNS: &str =
@@ -69,20 +35,6 @@ pub(super) fn seq_param(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The id a web visitor's contact has (or will have once the visitor first writes): derived from the site and the
-/// token's hash, so every socket holding the token knows it before the contact exists. One-way: the id reveals
-/// nothing usable about the token.
-pub fn web_contact_id(site_id: &str, token_hash: &[u8]) -> String {
-    let mut digest = Sha256::new();
-    digest.update(b"parley web contact\0");
-    digest.update(site_id.as_bytes());
-    digest.update([0]);
-    digest.update(token_hash);
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest.finalize()[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
-}
-
 fn conversation_from_row(row: (String, String, String, String, i64, i64, i64)) -> StoreResult<Conversation> {
     let (id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq) = row;
     Ok(Conversation {
@@ -99,18 +51,16 @@ fn conversation_from_row(row: (String, String, String, String, i64, i64, i64)) -
 const CONVERSATION_COLUMNS: &str =
     "select id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq from conversations";
 
-impl Store {
-    /// The web visitor's contact for a token, created on first use. Insert-or-get: the insert is a no-op when the
-    /// token hash (or the id derived from it, [`web_contact_id`]) already exists, so concurrent first writes with one
-    /// token (two tabs of a brand-new visitor) end with one contact. `Conflict` if the token belongs to another site.
-    pub async fn contact_for_token(
+#[async_trait]
+impl ConversationStore for SqliteStore {
+    async fn contact_for_token(
         &self,
         site_id: &str,
         token_hash: &[u8],
         label: &str,
         ctx: &ContactContext,
     ) -> StoreResult<Contact> {
-        let now = now_ms();
+        let now = self.now();
         sqlx::query(
             "insert into contacts (id, site_id, web_token_hash, label, page_url, referrer, user_agent, timezone,
                 utc_offset_minutes, language, created_at, updated_at)
@@ -136,8 +86,7 @@ impl Store {
             .ok_or_else(|| StoreError::Conflict("a contact of another site with this token".into()))
     }
 
-    /// Whether any contact, of any site, holds this web token.
-    pub async fn web_token_taken(&self, token_hash: &[u8]) -> StoreResult<bool> {
+    async fn web_token_taken(&self, token_hash: &[u8]) -> StoreResult<bool> {
         let found: Option<i64> = sqlx::query_scalar("select 1 from contacts where web_token_hash = ?")
             .bind(token_hash)
             .fetch_optional(&self.pool)
@@ -145,8 +94,7 @@ impl Store {
         Ok(found.is_some())
     }
 
-    /// The contact holding a web token on a site.
-    pub async fn contact_by_token(&self, site_id: &str, token_hash: &[u8]) -> StoreResult<Option<Contact>> {
+    async fn contact_by_token(&self, site_id: &str, token_hash: &[u8]) -> StoreResult<Option<Contact>> {
         Ok(sqlx::query_as::<_, Contact>(&format!(
             "select {CONTACT_COLUMNS} from contacts where web_token_hash = ? and site_id = ?"
         ))
@@ -156,9 +104,7 @@ impl Store {
         .await?)
     }
 
-    /// Records where the contact is now (fields the browser did not send keep their old value). Writes nothing when
-    /// nothing changed, so a visitor reopening the chat from the same page writes nothing.
-    pub async fn update_contact_context(&self, contact_id: &str, ctx: &ContactContext) -> StoreResult<()> {
+    async fn update_contact_context(&self, contact_id: &str, ctx: &ContactContext) -> StoreResult<()> {
         sqlx::query(
             "update contacts set page_url = coalesce(?1, page_url), referrer = coalesce(?2, referrer),
                 user_agent = coalesce(?3, user_agent), timezone = coalesce(?4, timezone),
@@ -174,20 +120,27 @@ impl Store {
         .bind(&ctx.timezone)
         .bind(ctx.utc_offset_minutes)
         .bind(&ctx.language)
-        .bind(now_ms())
+        .bind(self.now())
         .bind(contact_id)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
+    async fn contact(&self, id: &str) -> StoreResult<Option<Contact>> {
+        Ok(sqlx::query_as::<_, Contact>(&format!("select {CONTACT_COLUMNS} from contacts where id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
         let row =
             sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where id = ?")).bind(id).fetch_optional(&self.pool).await?;
         row.map(conversation_from_row).transpose()
     }
 
-    pub async fn conversation_for_contact(&self, contact_id: &str) -> StoreResult<Option<Conversation>> {
+    async fn conversation_for_contact(&self, contact_id: &str) -> StoreResult<Option<Conversation>> {
         let row = sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where contact_id = ?"))
             .bind(contact_id)
             .fetch_optional(&self.pool)
@@ -195,8 +148,7 @@ impl Store {
         row.map(conversation_from_row).transpose()
     }
 
-    /// The log of a conversation after `after_seq`, in order.
-    pub async fn events_after(&self, conversation_id: &str, after_seq: u64) -> StoreResult<Vec<Event>> {
+    async fn events_after(&self, conversation_id: &str, after_seq: u64) -> StoreResult<Vec<Event>> {
         let rows: Vec<(String,)> =
             sqlx::query_as("select payload from events where conversation_id = ? and seq > ? order by seq")
                 .bind(conversation_id)
@@ -208,8 +160,7 @@ impl Store {
             .collect()
     }
 
-    /// The message a channel id (Messenger `mid`) names, if it exists.
-    pub async fn message_by_external_id(&self, external_id: &str) -> StoreResult<Option<(String, ChatMessage, u64)>> {
+    async fn message_by_external_id(&self, external_id: &str) -> StoreResult<Option<(String, ChatMessage, u64)>> {
         let row: Option<(String, String)> =
             sqlx::query_as("select conversation_id, client_id from messages where external_id = ?")
                 .bind(external_id)
@@ -220,8 +171,7 @@ impl Store {
         Ok(found.map(|(message, seq)| (conversation_id, message, seq)))
     }
 
-    /// The message a client id names in a conversation, if it exists.
-    pub async fn message_by_client_id(
+    async fn message_by_client_id(
         &self,
         conversation_id: &str,
         client_id: &str,
@@ -248,10 +198,7 @@ impl Store {
         }
     }
 
-    /// Appends a message to the contact's conversation (creating the conversation on the first message).
-    /// Idempotent on `client_id`: a repeat returns [`AppendOutcome::Duplicate`] with the stored message.
-    /// A visitor message in a resolved conversation reopens it.
-    pub async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {
+    async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {
         if let Some(external_id) = &msg.external_id
             && let Some((conversation_id, message, seq)) = self.message_by_external_id(external_id).await?
         {
@@ -279,8 +226,87 @@ impl Store {
         }
     }
 
+    async fn mark_read(&self, conversation_id: &str, by: Party, up_to_seq: u64) -> StoreResult<Option<Event>> {
+        let now = self.now();
+        let column = match by {
+            Party::Visitor => "visitor_read_seq",
+            Party::Agent => "agent_read_seq",
+        };
+        let mut tx = self.pool.begin().await?;
+        let last_message =
+            "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
+        let moved = sqlx::query(&format!(
+            "update conversations set {column} = min(?, {last_message}), updated_at = ?
+             where id = ? and {column} < min(?, {last_message})"
+        ))
+        .bind(seq_param(up_to_seq))
+        .bind(now)
+        .bind(conversation_id)
+        .bind(seq_param(up_to_seq))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(None);
+        }
+        let cursor: i64 = sqlx::query_scalar(&format!("select {column} from conversations where id = ?"))
+            .bind(conversation_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let seq = bump_seq(&mut tx, conversation_id, now).await?;
+        let event =
+            insert_event(&mut tx, conversation_id, seq, now, EventKind::Read { by, up_to_seq: seq_of(cursor) }).await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    async fn set_status(
+        &self,
+        conversation_id: &str,
+        status: ConversationStatus,
+        by: Option<String>,
+    ) -> StoreResult<Option<Event>> {
+        let now = self.now();
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query("update conversations set status = ?, updated_at = ? where id = ? and status <> ?")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(conversation_id)
+            .bind(status.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved == 0 {
+            return Ok(None);
+        }
+        let seq = bump_seq(&mut tx, conversation_id, now).await?;
+        let event = insert_event(&mut tx, conversation_id, seq, now, EventKind::Status { status, by }).await?;
+        sqlx::query("update conversations set last_activity_at = ? where id = ?")
+            .bind(now)
+            .bind(conversation_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    async fn summaries(&self) -> StoreResult<Vec<SummaryRow>> {
+        Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} order by c.last_activity_at desc limit 500"))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn summary(&self, conversation_id: &str) -> StoreResult<Option<SummaryRow>> {
+        Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} where c.id = ?"))
+            .bind(conversation_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+}
+
+impl SqliteStore {
     async fn append_message_tx(&self, contact_id: &str, site_id: &str, msg: &NewMessage) -> StoreResult<AppendOutcome> {
-        let now = now_ms();
+        let now = self.now();
         let mut tx = self.pool.begin().await?;
         // Write first, so the transaction holds SQLite's write lock from its first statement.
         sqlx::query(
@@ -381,88 +407,6 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(AppendOutcome::Created { conversation_id: conversation.id, message, seq, events })
-    }
-
-    /// Moves a read cursor forward (never back, never past the conversation's last message: read receipts are
-    /// events themselves, and a cursor clamped to the whole log would move again with every receipt). Returns the
-    /// new event, if the cursor moved.
-    pub async fn mark_read(&self, conversation_id: &str, by: Party, up_to_seq: u64) -> StoreResult<Option<Event>> {
-        let now = now_ms();
-        let column = match by {
-            Party::Visitor => "visitor_read_seq",
-            Party::Agent => "agent_read_seq",
-        };
-        let mut tx = self.pool.begin().await?;
-        let last_message =
-            "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
-        let moved = sqlx::query(&format!(
-            "update conversations set {column} = min(?, {last_message}), updated_at = ?
-             where id = ? and {column} < min(?, {last_message})"
-        ))
-        .bind(seq_param(up_to_seq))
-        .bind(now)
-        .bind(conversation_id)
-        .bind(seq_param(up_to_seq))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
-            return Ok(None);
-        }
-        let cursor: i64 = sqlx::query_scalar(&format!("select {column} from conversations where id = ?"))
-            .bind(conversation_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let seq = bump_seq(&mut tx, conversation_id, now).await?;
-        let event =
-            insert_event(&mut tx, conversation_id, seq, now, EventKind::Read { by, up_to_seq: seq_of(cursor) }).await?;
-        tx.commit().await?;
-        Ok(Some(event))
-    }
-
-    /// Resolves or reopens. Returns the new event, if the status changed.
-    pub async fn set_status(
-        &self,
-        conversation_id: &str,
-        status: ConversationStatus,
-        by: Option<String>,
-    ) -> StoreResult<Option<Event>> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query("update conversations set status = ?, updated_at = ? where id = ? and status <> ?")
-            .bind(status.as_str())
-            .bind(now)
-            .bind(conversation_id)
-            .bind(status.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if moved == 0 {
-            return Ok(None);
-        }
-        let seq = bump_seq(&mut tx, conversation_id, now).await?;
-        let event = insert_event(&mut tx, conversation_id, seq, now, EventKind::Status { status, by }).await?;
-        sqlx::query("update conversations set last_activity_at = ? where id = ?")
-            .bind(now)
-            .bind(conversation_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(event))
-    }
-
-    /// Inbox rows, most recent activity first.
-    pub async fn summaries(&self) -> StoreResult<Vec<SummaryRow>> {
-        Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} order by c.last_activity_at desc limit 500"))
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    pub async fn summary(&self, conversation_id: &str) -> StoreResult<Option<SummaryRow>> {
-        Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} where c.id = ?"))
-            .bind(conversation_id)
-            .fetch_optional(&self.pool)
-            .await?)
     }
 }
 
