@@ -114,7 +114,7 @@ impl MessengerStore for PgStore {
     }
 
     async fn offer_link(&self, nonce: &str, psid: &str, key: &str, ttl_ms: i64) -> StoreResult<OfferOutcome> {
-        self.offer("nonce = ?1", nonce, psid, key, ttl_ms).await
+        self.offer("nonce = $1", nonce, psid, key, ttl_ms).await
     }
 
     async fn offer_code(&self, code: &str, psid: &str, key: &str, ttl_ms: i64) -> StoreResult<OfferOutcome> {
@@ -497,7 +497,7 @@ impl PgStore {
         if !mark_applied_in(&mut tx, key, now).await? {
             return Ok(OfferOutcome::Duplicate);
         }
-        // ?1 = nonce or code, ?2 = now, ?3 = psid, ?4 = offer expiry.
+        // $1 = nonce or code, $2 = now, $3 = psid, $4 = offer expiry.
         let row = sqlx::query_as::<_, LinkRow>(&format!(
             "update messenger_links set psid = $3, offered_at = coalesce(offered_at, $2), offer_expires_at = $4
              where {which} and used_at is null and expires_at > $2 and (psid is null or psid = $3)
