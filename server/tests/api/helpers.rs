@@ -87,6 +87,29 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
     let store = Store::connect(&settings.database.url, 4).await.expect("store opens");
     store.create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there").await.expect("site");
     let agent = parley::cli::create_agent(&store, AGENT_EMAIL, AGENT_NAME, AGENT_PASSWORD).await.expect("agent");
+    run(settings, listener, store, agent.id, dir)
+}
+
+/// Boots the app on port 0 on an existing database that already holds the test site and agent (e.g. one that
+/// `parley db copy` filled), of either engine.
+pub async fn spawn_app_on_database(url: &str) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(&dir);
+    settings.database.url = url.to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let store = Store::connect(url, 4).await.expect("store opens");
+    let agent = store.agent_by_email(AGENT_EMAIL).await.expect("agent").expect("the test agent exists");
+    run(settings, listener, store, agent.id, dir)
+}
+
+/// Runs the app on `listener` until the returned `TestApp` is dropped.
+fn run(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    store: Store,
+    agent_id: String,
+    dir: tempfile::TempDir,
+) -> TestApp {
     let addr = listener.local_addr().expect("addr");
     let database_url = settings.database.url.clone();
     let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
@@ -101,7 +124,7 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
         addr,
         store,
         db_url: database_url,
-        agent_id: agent.id,
+        agent_id,
         http: reqwest::Client::new(),
         workers,
         state,
