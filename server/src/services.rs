@@ -8,6 +8,7 @@ use protocol::console::{ConversationSummary, MessengerInfo, VisitorDetails};
 use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, Event, Party};
 use tokio::sync::Notify;
 
+use crate::clock::Clock;
 use crate::hub::{Hub, HubMsg};
 use crate::store::models::{Conversation, SummaryRow};
 use crate::store::{
@@ -86,6 +87,8 @@ pub struct Conversations {
     pub mirror: Option<MirrorPolicy>,
     /// Wakes the Messenger outbox after a commit that queued a send.
     pub outbox_wake: Arc<Notify>,
+    /// The application's wall clock (the store's).
+    pub clock: Clock,
 }
 
 impl Conversations {

@@ -78,6 +78,7 @@ impl Application {
             hub: hub.clone(),
             mirror: settings.messenger.enabled.then_some(MirrorPolicy { human_agent: settings.messenger.human_agent }),
             outbox_wake: Arc::new(Notify::new()),
+            clock: store.clock().clone(),
         };
         let messenger = if settings.messenger.enabled {
             let spool = Spool::open(&settings.messenger.spool_dir)?;
@@ -87,6 +88,7 @@ impl Application {
         };
         let floods = Arc::new(FloodControl::new(&settings.limits));
         let state = AppState {
+            clock: store.clock().clone(),
             floods,
             conversations,
             messenger,

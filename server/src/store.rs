@@ -358,10 +358,6 @@ pub trait MessengerStore: Send + Sync {
     /// The last `limit` messages of a conversation, oldest first (for the recap sent to Messenger).
     async fn recent_messages(&self, conversation_id: &str, limit: i64) -> StoreResult<Vec<(String, String)>>;
 
-    /// Moves a contact's Messenger activity `by_ms` into the past, as if that time had passed. Tests use it to
-    /// cross the 24 h and 7 d windows together with the sandbox's virtual clock.
-    async fn age_messenger_activity(&self, contact_id: &str, by_ms: i64) -> StoreResult<()>;
-
     /// Sites ordered by age (the oldest is the default home of Messenger-first conversations).
     async fn oldest_site_id(&self) -> StoreResult<Option<String>>;
 }
@@ -494,8 +490,4 @@ pub struct Accepted {
     pub contact_id: String,
     /// The conversation and its `Channel { linked: true }` event.
     pub event: Option<(String, Event)>,
-}
-/// Current system time in epoch milliseconds. Being replaced by [`Clock`]; do not add callers.
-pub fn now_ms() -> i64 {
-    Clock::system().now_ms()
 }

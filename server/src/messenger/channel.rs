@@ -15,7 +15,6 @@ use super::send_api::GraphClient;
 use super::spool::Spool;
 use crate::config::MessengerSettings;
 use crate::services::{Conversations, ServiceError};
-use crate::store::now_ms;
 
 /// A link to continue on Messenger.
 pub struct LinkOffer {
@@ -73,7 +72,8 @@ impl Messenger {
     /// Mints a signed single-use link (and a fallback code) for a contact.
     pub async fn offer_link(&self, contact_id: &str) -> Result<LinkOffer, ServiceError> {
         let ttl = self.settings.link_ttl_secs.max(60);
-        let expires_secs = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX).saturating_add(ttl);
+        let expires_secs =
+            u32::try_from(self.conversations.clock.now_ms() / 1000).unwrap_or(u32::MAX).saturating_add(ttl);
         let (token, minted) = link::mint(&self.link_key, expires_secs);
         let code = link::short_code();
         let expires_at = i64::from(minted.expires_at) * 1000;

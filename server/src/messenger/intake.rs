@@ -25,8 +25,8 @@ use super::channel::Messenger;
 use super::graph_types::{Envelope, Messaging};
 use super::{link, media};
 use crate::services::{PostInput, Poster, ServiceError};
+use crate::store::OfferOutcome;
 use crate::store::models::Contact;
-use crate::store::{OfferOutcome, now_ms};
 
 /// The app id Meta uses for messages sent from the Page's own inbox (Business Suite).
 pub const PAGE_INBOX_APP_ID: &str = "263902037430900";
@@ -192,7 +192,7 @@ async fn apply(messenger: &Messenger, page: &str, event: Messaging) -> Result<()
             Some(c) => c,
             None => new_messenger_contact(messenger, &psid).await?,
         };
-        let action_at = Some(event.timestamp.min(now_ms()));
+        let action_at = Some(event.timestamp.min(messenger.conversations.clock.now_ms()));
         return post_from_messenger(messenger, &contact, Poster::Visitor, mid, message, action_at).await;
     }
 
@@ -312,7 +312,7 @@ async fn apply_referral(
     key: &str,
 ) -> Result<(), ServiceError> {
     let store = &messenger.conversations.store;
-    let now_secs = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
+    let now_secs = u32::try_from(messenger.conversations.clock.now_ms() / 1000).unwrap_or(u32::MAX);
     let ttl_ms = i64::from(messenger.settings.link_ttl_secs.max(60)) * 1000;
     let offered = match reference.map(|r| link::verify(messenger.link_key(), r, now_secs)) {
         Some(Ok(token)) => match store.offer_link(&token.nonce, psid, key, ttl_ms).await? {
@@ -340,7 +340,7 @@ async fn apply_referral(
         None => None,
     };
     if let Some(contact) = contact {
-        store.record_messenger_action(&contact.id, timestamp.min(now_ms())).await?;
+        store.record_messenger_action(&contact.id, timestamp.min(messenger.conversations.clock.now_ms())).await?;
         messenger.conversations.publish_contact_summary(&contact.id).await?;
     }
     Ok(())
@@ -394,7 +394,7 @@ async fn answer_offer(
     timestamp: i64,
 ) -> Result<(), ServiceError> {
     let store = &messenger.conversations.store;
-    let action_at = timestamp.min(now_ms());
+    let action_at = timestamp.min(messenger.conversations.clock.now_ms());
     if let Some(own) = store.contact_by_psid(psid).await? {
         store.record_messenger_action(&own.id, action_at).await?;
     }

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use super::channel::Messenger;
 use super::send_api::{Disposition, MessagingType};
-use crate::store::{OutboxRow, now_ms, outbox_metadata};
+use crate::store::{OutboxRow, outbox_metadata};
 use crate::supervisor::{WorkerContext, WorkerHealth};
 
 /// Alert key for a broken page token.
@@ -53,6 +53,7 @@ fn secs_ms(secs: u64) -> i64 {
 pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Result<()> {
     let WorkerContext { mut stop, health } = ctx;
     let store = messenger.conversations.store.clone();
+    let clock = messenger.conversations.clock.clone();
     let reconcile_ms = secs_ms(messenger.settings.reconcile_secs.max(1));
     let lease_ms = secs_ms(messenger.settings.timeout_secs.max(1)) + LEASE_MARGIN_MS;
     let mut in_flight: JoinSet<Outcome> = JoinSet::new();
@@ -61,7 +62,7 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
     let mut panicked: Option<String> = None;
     while !*stop.borrow() && panicked.is_none() {
         health.add("iterations", 1);
-        let now = now_ms();
+        let now = clock.now_ms();
         let wake_at = if now < paused_until {
             Some(paused_until)
         } else {
@@ -93,7 +94,7 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
             }
         };
         let wait = wake_at.map_or(Duration::from_secs(30), |at| {
-            Duration::from_millis(u64::try_from((at - now_ms()).clamp(0, 30_000)).unwrap_or(0))
+            Duration::from_millis(u64::try_from((at - clock.now_ms()).clamp(0, 30_000)).unwrap_or(0))
         });
         tokio::select! {
             changed = stop.changed() => {
@@ -105,7 +106,7 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
                 Ok((id, outcome)) => {
                     busy.remove(&id);
                     if outcome == Outcome::PauseAll {
-                        paused_until = now_ms() + TOKEN_PAUSE_MS;
+                        paused_until = clock.now_ms() + TOKEN_PAUSE_MS;
                     }
                 }
                 Err(e) => {
@@ -114,6 +115,8 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
                 }
             },
             _ = messenger.conversations.outbox_wake.notified() => {}
+            // A test moved the clock: what was due later may be due now.
+            () = clock.advanced() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -163,7 +166,7 @@ async fn send(messenger: &Messenger, row: &OutboxRow, health: &WorkerHealth) -> 
         Err(err) => {
             let disposition = err.disposition();
             tracing::warn!(outbox = row.id, attempts = row.attempts, error = %err, ?disposition, "Messenger send failed");
-            let retry_at = |delay: i64| now_ms() + delay;
+            let retry_at = |delay: i64| messenger.conversations.clock.now_ms() + delay;
             match disposition {
                 Disposition::Retry => {
                     store.outbox_retry(row.id, &lease, retry_at(backoff_ms(row.attempts)), &err.for_agents()).await?;

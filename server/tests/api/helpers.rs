@@ -47,6 +47,8 @@ impl WriteLock {
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub store: Store,
+    /// The app's clock: tests move it forward (e.g. past Messenger's 24 h window) with `clock.advance`.
+    pub clock: parley::clock::Clock,
     /// The database, for counting rows behind the store's back.
     pub db_url: String,
     pub agent_id: String,
@@ -84,7 +86,8 @@ fn test_settings(dir: &tempfile::TempDir) -> Settings {
 
 /// Seeds the database and runs the app on `listener` until the returned `TestApp` is dropped.
 async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempfile::TempDir) -> TestApp {
-    let store = Store::connect(&settings.database.url, 4).await.expect("store opens");
+    let clock = parley::clock::Clock::adjustable();
+    let store = Store::connect_with_clock(&settings.database.url, 4, clock.clone()).await.expect("store opens");
     store.create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there").await.expect("site");
     let agent = parley::cli::create_agent(&store, AGENT_EMAIL, AGENT_NAME, AGENT_PASSWORD).await.expect("agent");
     run(settings, listener, store, agent.id, dir)
@@ -123,6 +126,7 @@ fn run(
     TestApp {
         addr,
         store,
+        clock,
         db_url: database_url,
         agent_id,
         http: reqwest::Client::new(),
@@ -260,11 +264,15 @@ impl TestApp {
         .await
     }
 
-    /// A session cookie for the test agent.
+    /// A session cookie for the test agent, valid for 30 days of the app's clock (tests move it by days).
     pub async fn agent_cookie(&self) -> String {
         let token = parley::auth::new_token();
         self.store
-            .create_session(&parley::auth::token_hash(&token), &self.agent_id, parley::store::now_ms() + 3_600_000)
+            .create_session(
+                &parley::auth::token_hash(&token),
+                &self.agent_id,
+                self.clock.now_ms() + 30 * 24 * 3_600_000,
+            )
             .await
             .expect("session");
         format!("parley_session={token}")

@@ -323,7 +323,7 @@ async fn an_unanswered_offer_expires_and_binds_nothing() {
     sandbox.user_taps_get_started(&psid, Some(&reference)).expect("get started");
     let yes = consent_question(&sandbox, &psid).await;
     // The offer's lifetime passes without an answer.
-    app.execute_raw("update messenger_links set offer_expires_at = 1").await;
+    app.clock.advance(Duration::from_secs(601));
     sandbox.user_taps_quick_reply(&psid, "Yes, continue here", &yes).expect("too late");
     sandbox
         .wait_until(WAIT, |s| {
@@ -366,7 +366,7 @@ async fn link_rows_are_capped_per_contact_and_expired_ones_are_deleted() {
         app.query_i64(&format!("select count(*) from messenger_links where contact_id = '{contact_id}'")).await,
         parley::store::MAX_LIVE_LINKS
     );
-    app.execute_raw("update messenger_links set expires_at = 1").await;
+    app.clock.advance(Duration::from_secs(601));
     messenger.offer_link(&contact_id).await.expect("offer");
     assert_eq!(
         app.query_i64(&format!("select count(*) from messenger_links where contact_id = '{contact_id}'")).await,

@@ -80,7 +80,7 @@ async fn a_head_send_in_backoff_neither_spins_the_worker_nor_delays_another_cust
 
     // Customer A: a head send in backoff for an hour, and 100 sends due now queued behind it.
     let db = sqlx::SqlitePool::connect(&app.db_url).await.expect("db");
-    let now = parley::store::now_ms();
+    let now = app.clock.now_ms();
     let mut tx = db.begin().await.expect("tx");
     for i in 0..101 {
         sqlx::query(
