@@ -90,7 +90,7 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
     let store = Store::connect_with_clock(&settings.database.url, 4, clock.clone()).await.expect("store opens");
     store.create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there").await.expect("site");
     let agent = parley::cli::create_agent(&store, AGENT_EMAIL, AGENT_NAME, AGENT_PASSWORD).await.expect("agent");
-    run(settings, listener, store, agent.id, dir)
+    run(settings, listener, store, clock, agent.id, dir)
 }
 
 /// Boots the app on port 0 on an existing database that already holds the test site and agent (e.g. one that
@@ -100,9 +100,10 @@ pub async fn spawn_app_on_database(url: &str) -> TestApp {
     let mut settings = test_settings(&dir);
     settings.database.url = url.to_string();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let store = Store::connect(url, 4).await.expect("store opens");
+    let clock = parley::clock::Clock::adjustable();
+    let store = Store::connect_with_clock(url, 4, clock.clone()).await.expect("store opens");
     let agent = store.agent_by_email(AGENT_EMAIL).await.expect("agent").expect("the test agent exists");
-    run(settings, listener, store, agent.id, dir)
+    run(settings, listener, store, clock, agent.id, dir)
 }
 
 /// Runs the app on `listener` until the returned `TestApp` is dropped.
@@ -110,6 +111,7 @@ fn run(
     settings: Settings,
     listener: tokio::net::TcpListener,
     store: Store,
+    clock: parley::clock::Clock,
     agent_id: String,
     dir: tempfile::TempDir,
 ) -> TestApp {

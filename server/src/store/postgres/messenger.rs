@@ -472,19 +472,6 @@ impl MessengerStore for PgStore {
         Ok(rows)
     }
 
-    async fn age_messenger_activity(&self, contact_id: &str, by_ms: i64) -> StoreResult<()> {
-        sqlx::query(
-            "update contacts set messenger_last_action_at = messenger_last_action_at - $1,
-                messenger_last_message_at = messenger_last_message_at - $2 where id = $3",
-        )
-        .bind(by_ms)
-        .bind(by_ms)
-        .bind(contact_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn oldest_site_id(&self) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar("select id from sites order by created_at limit 1").fetch_optional(&self.pool).await?)
     }
