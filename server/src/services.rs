@@ -10,10 +10,9 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::hub::{Hub, HubMsg};
+use crate::messenger::policy::{self, MirrorPolicy};
 use crate::store::models::{Conversation, SummaryRow};
-use crate::store::{
-    AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS, Store, StoreError,
-};
+use crate::store::{AppendOutcome, NewMessage, Store, StoreError};
 use crate::useragent;
 
 /// Why a change was refused.
@@ -232,11 +231,8 @@ impl Conversations {
         let online = self.hub.visitor_online(&row.contact_id);
         let messenger = row.psid.as_ref().map(|_| MessengerInfo {
             name: row.display_name.clone(),
-            response_until: row.messenger_last_action_at.map(|t| t + RESPONSE_WINDOW_MS),
-            human_agent_until: row
-                .messenger_last_message_at
-                .filter(|_| self.mirror.is_some_and(|m| m.human_agent))
-                .map(|t| t + HUMAN_AGENT_WINDOW_MS),
+            response_until: policy::response_until(row.messenger_last_action_at),
+            human_agent_until: self.mirror.and_then(|m| m.human_agent_until(row.messenger_last_message_at)),
         });
         ConversationSummary {
             id: row.id,

@@ -24,6 +24,7 @@ use protocol::{Attachment, Channel};
 use super::channel::Messenger;
 use super::graph_types::{Envelope, Messaging};
 use super::{link, media};
+use crate::sentences;
 use crate::services::{PostInput, Poster, ServiceError};
 use crate::store::OfferOutcome;
 use crate::store::models::Contact;
@@ -430,15 +431,11 @@ async fn recap_text(messenger: &Messenger, contact_id: &str) -> Result<Option<St
     let store = &messenger.conversations.store;
     let Some(conversation) = store.conversation_for_contact(contact_id).await? else { return Ok(None) };
     let recent = store.recent_messages(&conversation.id, 6).await?;
-    if recent.is_empty() {
-        return Ok(None);
-    }
-    let mut text = String::from("Here's where we left off on the website:\n");
-    for (who, body) in recent {
-        let line: String = body.chars().take(200).collect();
-        text.push_str(&format!("\n{who}: {line}"));
-    }
-    Ok(Some(text.chars().take(1900).collect()))
+    Ok(sentences::recap(recent.iter().map(|m| sentences::RecapLine {
+        from_customer: m.author_role == "visitor",
+        agent_name: m.author_name.as_deref(),
+        body: &m.body,
+    })))
 }
 
 /// The label of a contact who first wrote on Messenger: the PSID's last four characters (not bytes: a PSID is

@@ -154,7 +154,7 @@ async fn deliver(messenger: Arc<Messenger>, row: OutboxRow, health: WorkerHealth
 
 async fn send(messenger: &Messenger, row: &OutboxRow, health: &WorkerHealth) -> anyhow::Result<Outcome> {
     let store = &messenger.conversations.store;
-    let kind = if row.messaging_type == "HUMAN_AGENT" { MessagingType::HumanAgent } else { MessagingType::Response };
+    let kind = MessagingType::from_stored(&row.messaging_type);
     let lease = row.lease_id.clone().unwrap_or_default();
     health.add("graph_calls", 1);
     match messenger.graph.send_text(&row.psid, &row.body, kind, &outbox_metadata(row)).await {
