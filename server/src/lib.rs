@@ -14,6 +14,7 @@ pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod messenger;
+pub mod sentences;
 pub mod services;
 pub mod signin;
 pub mod startup;

@@ -25,8 +25,9 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::identity::{IdentitySecret, Verified};
+use crate::messenger::policy::MirrorPolicy;
 use models::{Agent, Contact, ContactContext, Conversation, Site, SummaryRow};
-pub use models::{LinkRow, OutboxRow, QuarantinedDelivery};
+pub use models::{LinkRow, OutboxRow, QuarantinedDelivery, RecentMessage};
 
 /// Errors from the store, sorted by what a caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -356,7 +357,7 @@ pub trait MessengerStore: Send + Sync {
     async fn messenger_read(&self, contact_id: &str, watermark: i64) -> StoreResult<Option<(String, Event)>>;
 
     /// The last `limit` messages of a conversation, oldest first (for the recap sent to Messenger).
-    async fn recent_messages(&self, conversation_id: &str, limit: i64) -> StoreResult<Vec<(String, String)>>;
+    async fn recent_messages(&self, conversation_id: &str, limit: i64) -> StoreResult<Vec<RecentMessage>>;
 
     /// Sites ordered by age (the oldest is the default home of Messenger-first conversations).
     async fn oldest_site_id(&self) -> StoreResult<Option<String>>;
@@ -407,20 +408,10 @@ pub struct NewMessage {
     pub attachments: Vec<Attachment>,
     /// For messages from the customer on Messenger: when they wrote (epoch ms), which opens the reply window.
     pub messenger_action_at: Option<i64>,
-    /// Mirror this message to the contact's Messenger thread (agent replies, recaps), under these rules.
+    /// Mirror this message to the contact's Messenger thread (agent replies, recaps), under these rules (the
+    /// store asks the policy with the thread it loads in the message's transaction).
     pub mirror: Option<MirrorPolicy>,
 }
-
-/// How a message written here is mirrored to Messenger.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MirrorPolicy {
-    /// The Page may reply with the HUMAN_AGENT tag from 24 h to 7 d after the customer's last message.
-    pub human_agent: bool,
-}
-
-/// The Messenger reply windows.
-pub const RESPONSE_WINDOW_MS: i64 = 24 * 3600 * 1000;
-pub const HUMAN_AGENT_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// What appending a message did.
 #[derive(Clone, Debug)]

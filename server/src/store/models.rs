@@ -133,3 +133,12 @@ pub struct QuarantinedDelivery {
     pub attempts: i64,
     pub error: Option<String>,
 }
+
+/// A visitor or agent message, as the recap shows it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct RecentMessage {
+    /// `visitor` or `agent`.
+    pub author_role: String,
+    pub author_name: Option<String>,
+    pub body: String,
+}
