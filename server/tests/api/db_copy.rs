@@ -2,7 +2,8 @@
 //! runs on the PostgreSQL URL, the same visitor resumes by seq and sees the same events, new messages continue the
 //! numbering without a gap, and the pending outbox row and webhook deliveries are still there to work on.
 
-use parley::store::{AppendOutcome, MirrorPolicy, NewMessage, Store};
+use parley::messenger::policy::MirrorPolicy;
+use parley::store::{AppendOutcome, NewMessage, Store};
 use protocol::widget::ServerMsg;
 use protocol::{Author, Channel, Event};
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use parley::clock::Clock;
 use parley::identity::{IdentitySecret, Verified};
+use parley::messenger::policy::{MirrorPolicy, RESPONSE_WINDOW_MS};
 use parley::store::models::ContactContext;
-use parley::store::{AppendOutcome, MirrorPolicy, NewMessage, OfferOutcome, Store, StoreError};
+use parley::store::{AppendOutcome, NewMessage, OfferOutcome, Store, StoreError};
 use protocol::{Author, Channel, ConversationStatus, DeliveryState, Event, EventKind, Party};
 
 /// Which engine a test instance runs on.
@@ -264,7 +265,7 @@ async fn appends_dedupe_by_client_id_and_read_back(engine: Engine) {
     assert_eq!(summary.last_message.as_deref(), Some("from messenger"));
     assert_eq!(store.summaries().await.expect("summaries").len(), 1);
     let recent = store.recent_messages(&conversation_id, 2).await.expect("recent");
-    assert_eq!(recent.iter().map(|(_, body)| body.as_str()).collect::<Vec<_>>(), vec!["race", "from messenger"]);
+    assert_eq!(recent.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), vec!["race", "from messenger"]);
 }
 
 async fn read_cursors_and_status(engine: Engine) {
@@ -459,7 +460,7 @@ async fn outbox_is_leased_claimed_once_and_settled(engine: Engine) {
     assert!(matches!(read.1.kind, EventKind::Read { by: Party::Visitor, up_to_seq: 1 }), "{read:?}");
 
     // Outside the 24 h window a reply is not queued, and says why.
-    clock.advance(Duration::from_millis(u64::try_from(parley::store::RESPONSE_WINDOW_MS).expect("ms") + 1));
+    clock.advance(Duration::from_millis(u64::try_from(RESPONSE_WINDOW_MS).expect("ms") + 1));
     let (_, _, events) = created(store.append_message(&contact_id, &site_id, agent("r3", "late")).await.expect("late"));
     assert!(events.iter().any(|e| matches!(e.kind, EventKind::Delivery { state: DeliveryState::NotSent, .. })));
     store.enqueue_outbox(&conversation_id, "psid-1", "plain").await.expect("enqueue");

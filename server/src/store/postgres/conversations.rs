@@ -8,11 +8,9 @@ use protocol::{Author, Channel, ChatMessage, ConversationStatus, DeliveryState, 
 use sqlx::{Postgres, Transaction};
 
 use super::{PgStore, on_unique};
+use crate::messenger::policy::{Mirror, MirrorPolicy, Thread};
 use crate::store::models::{Contact, ContactContext, Conversation, SummaryRow};
-use crate::store::{
-    AppendOutcome, ConversationStore, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS, StoreError,
-    StoreResult, new_id, web_contact_id,
-};
+use crate::store::{AppendOutcome, ConversationStore, NewMessage, StoreError, StoreResult, new_id, web_contact_id};
 
 /// Columns of [`Contact`], in its field order.
 pub(super) const CONTACT_COLUMNS: &str =
@@ -428,29 +426,20 @@ async fn mirror_to_messenger(
             .bind(contact_id)
             .fetch_optional(&mut **tx)
             .await?;
-    let Some((Some(psid), last_action, last_message)) = row else { return Ok(None) };
-    let in_response_window = last_action.is_some_and(|t| now - t < RESPONSE_WINDOW_MS);
-    let in_human_window = policy.human_agent
-        && matches!(message.author, Author::Agent { .. })
-        && last_message.is_some_and(|t| now - t < HUMAN_AGENT_WINDOW_MS);
-    let messaging_type = if in_response_window {
-        "RESPONSE"
-    } else if in_human_window {
-        "HUMAN_AGENT"
-    } else {
-        let seq = bump_seq(tx, conversation_id, now).await?;
-        let detail = if policy.human_agent {
-            "Not sent to Messenger: more than 7 days since the customer last wrote there. They must write first."
-        } else {
-            "Not sent to Messenger: more than 24 hours since the customer last wrote there. They must write first."
-        };
-        let kind = EventKind::Delivery {
-            message_id: message.id.clone(),
-            channel: Channel::Messenger,
-            state: DeliveryState::NotSent,
-            detail: Some(detail.to_string()),
-        };
-        return Ok(Some(insert_event(tx, conversation_id, seq, now, kind).await?));
+    let Some((Some(psid), last_action_at, last_message_at)) = row else { return Ok(None) };
+    let thread = Thread { psid, last_action_at, last_message_at };
+    let messaging_type = match policy.decide(matches!(message.author, Author::Agent { .. }), &thread, now) {
+        Mirror::Send(kind) => kind.as_stored(),
+        Mirror::NotSent { detail } => {
+            let seq = bump_seq(tx, conversation_id, now).await?;
+            let kind = EventKind::Delivery {
+                message_id: message.id.clone(),
+                channel: Channel::Messenger,
+                state: DeliveryState::NotSent,
+                detail: Some(detail.to_string()),
+            };
+            return Ok(Some(insert_event(tx, conversation_id, seq, now, kind).await?));
+        }
     };
     let body = message.body.clone();
     sqlx::query(
@@ -459,7 +448,7 @@ async fn mirror_to_messenger(
     )
     .bind(conversation_id)
     .bind(&message.id)
-    .bind(psid)
+    .bind(&thread.psid)
     .bind(body)
     .bind(messaging_type)
     .bind(now)

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 
 use super::PgStore;
 use super::conversations::{CONTACT_COLUMNS, bump_seq, insert_event, seq_of};
-use crate::store::models::{Contact, LinkRow, OutboxRow, QuarantinedDelivery};
+use crate::messenger::send_api::MessagingType;
+use crate::store::models::{Contact, LinkRow, OutboxRow, QuarantinedDelivery, RecentMessage};
 use crate::store::{
     Accepted, ConversationStore, MAX_LIVE_LINKS, MessengerStore, OfferOutcome, StoreError, StoreResult, new_id,
 };
@@ -181,11 +182,12 @@ impl MessengerStore for PgStore {
         if let (Some(recap), Some((conversation_id, _))) = (recap, &event) {
             sqlx::query(
                 "insert into outbox (conversation_id, psid, body, messaging_type, next_attempt_at, created_at, updated_at)
-                 values ($1, $2, $3, 'RESPONSE', $4, $5, $6)",
+                 values ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(conversation_id)
             .bind(psid)
             .bind(recap)
+            .bind(MessagingType::Response.as_stored())
             .bind(now)
             .bind(now)
             .bind(now)
@@ -383,11 +385,12 @@ impl MessengerStore for PgStore {
         let now = self.now();
         sqlx::query(
             "insert into outbox (conversation_id, psid, body, messaging_type, next_attempt_at, created_at, updated_at)
-             values ($1, $2, $3, 'RESPONSE', $4, $5, $6)",
+             values ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(conversation_id)
         .bind(psid)
         .bind(body)
+        .bind(MessagingType::Response.as_stored())
         .bind(now)
         .bind(now)
         .bind(now)
@@ -459,9 +462,9 @@ impl MessengerStore for PgStore {
         Ok(self.mark_read(&conversation_id, Party::Visitor, seq_of(seq)).await?.map(|event| (conversation_id, event)))
     }
 
-    async fn recent_messages(&self, conversation_id: &str, limit: i64) -> StoreResult<Vec<(String, String)>> {
-        let mut rows: Vec<(String, String)> = sqlx::query_as(
-            "select coalesce(author_name, case author_role when 'visitor' then 'You' else 'Us' end), body
+    async fn recent_messages(&self, conversation_id: &str, limit: i64) -> StoreResult<Vec<RecentMessage>> {
+        let mut rows: Vec<RecentMessage> = sqlx::query_as(
+            "select author_role, author_name, body
              from messages where conversation_id = $1 and author_role <> 'system' order by seq desc limit $2",
         )
         .bind(conversation_id)
