@@ -1,5 +1,6 @@
 //! Sentences people read that the server writes on its own: what agents see when a reply cannot go to Messenger,
-//! and the recap a customer gets when a conversation moves there. Kept here, in plain Rust, rather than inside SQL
+//! what the Page says to a customer (the consent question, notices, the recap when a conversation moves there)
+//! and the names Parley gives authors it cannot name otherwise. Kept here, in plain Rust, rather than inside SQL
 //! or spread through the code, so they are reviewed (and one day translated) in one place.
 
 /// Shown to agents under a reply that was not mirrored: the 24 h window closed (no HUMAN_AGENT feature).
@@ -9,6 +10,42 @@ pub const NOT_SENT_AFTER_24H: &str =
 /// Shown to agents under a reply that was not mirrored: even the 7-day HUMAN_AGENT window closed.
 pub const NOT_SENT_AFTER_7D: &str =
     "Not sent to Messenger: more than 7 days since the customer last wrote there. They must write first.";
+
+/// Shown to agents when the Graph API handed the thread to another inbox (handover protocol).
+pub const SEND_OTHER_INBOX: &str =
+    "Not sent to Messenger: another inbox (such as Meta Business Suite) controls this conversation now.";
+/// Shown to agents while a send is being retried.
+pub const SEND_RETRYING: &str = "Messenger is not answering; Parley keeps trying.";
+/// The console alert (and the send's state) while the Page token does not work.
+pub const SEND_TOKEN_INVALID: &str = "The Facebook Page token is invalid or revoked; an admin must renew it.";
+/// Shown to agents when Messenger itself says the window closed.
+pub const SEND_WINDOW_CLOSED: &str = "Not sent to Messenger: the customer must write first (window closed).";
+/// Shown to agents when the customer cannot receive messages from the Page (blocked it, or gone).
+pub const SEND_UNREACHABLE: &str = "Not sent to Messenger: the customer can't receive messages from the Page.";
+
+/// Shown to agents when Messenger refused a send for a reason of its own (its message, verbatim).
+pub fn send_refused(graph_message: &str) -> String {
+    format!("Messenger refused the message: {graph_message}")
+}
+
+/// What the Page asks when someone presents a link.
+pub const CONSENT_QUESTION: &str = "You opened a link to continue a chat from our website here. Continue that \
+    conversation in Messenger? Only say yes if you asked for this link yourself.";
+/// Title of the quick reply that binds a Messenger thread to the web conversation.
+pub const CONSENT_YES: &str = "Yes, continue here";
+/// Title of the quick reply that refuses.
+pub const CONSENT_NO: &str = "No";
+/// The Page's answer to "No".
+pub const LINK_REFUSED: &str = "OK, nothing was linked. You can go on chatting on the website.";
+/// The Page's answer to "Yes" on an offer that is gone.
+pub const LINK_EXPIRED: &str = "That link has expired. Please ask for a new one on the website.";
+
+/// The body of a Messenger message with nothing Parley can show.
+pub const UNSUPPORTED_MESSAGE: &str = "[unsupported message]";
+/// The author of a reply written in the Page's own inbox (Meta Business Suite).
+pub const PAGE_INBOX: &str = "Page inbox";
+/// The author of a reply the Page sent from another app.
+pub const PAGE: &str = "Page";
 
 /// The first line of the recap sent when a conversation moves to Messenger.
 pub const RECAP_HEADER: &str = "Here's where we left off on the website:\n";

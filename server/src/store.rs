@@ -338,9 +338,6 @@ pub trait MessengerStore: Send + Sync {
     /// is left alone).
     async fn outbox_retry(&self, id: i64, lease_id: &str, next_attempt_at: i64, error: &str) -> StoreResult<()>;
 
-    /// Queues a send that is not a conversation message (the recap sent when a conversation moves to Messenger).
-    async fn enqueue_outbox(&self, conversation_id: &str, psid: &str, body: &str) -> StoreResult<()>;
-
     /// Mids of our sends to a PSID accepted at or before `watermark` and not yet marked delivered.
     async fn sent_mids_until(&self, psid: &str, watermark: i64) -> StoreResult<Vec<String>>;
 

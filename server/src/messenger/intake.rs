@@ -32,9 +32,7 @@ use crate::store::models::Contact;
 /// The app id Meta uses for messages sent from the Page's own inbox (Business Suite).
 pub const PAGE_INBOX_APP_ID: &str = "263902037430900";
 
-/// What the Page asks when someone presents a link.
-pub const CONSENT_QUESTION: &str = "You opened a link to continue a chat from our website here. Continue that \
-    conversation in Messenger? Only say yes if you asked for this link yourself.";
+pub use crate::sentences::CONSENT_QUESTION;
 
 /// Aborts a task when dropped: the download queue lives exactly as long as the intake that started it.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -255,7 +253,8 @@ async fn apply_echo(
         Some(c) => c,
         None => new_messenger_contact(messenger, psid).await?,
     };
-    let name = if message.app_id.as_deref() == Some(PAGE_INBOX_APP_ID) { "Page inbox" } else { "Page" };
+    let name =
+        if message.app_id.as_deref() == Some(PAGE_INBOX_APP_ID) { sentences::PAGE_INBOX } else { sentences::PAGE };
     post_from_messenger(messenger, &contact, Poster::Page { name }, mid, message, None).await
 }
 
@@ -276,7 +275,8 @@ async fn post_from_messenger(
     let text = message.text.clone().unwrap_or_default();
     let attachments = queue_attachments(messenger, &message.attachments).await?;
     let queued = !attachments.is_empty();
-    let body = if text.is_empty() && attachments.is_empty() { "[unsupported message]".to_string() } else { text };
+    let body =
+        if text.is_empty() && attachments.is_empty() { sentences::UNSUPPORTED_MESSAGE.to_string() } else { text };
     let client_id = format!("fb-{}", short_hash(&mid));
     messenger
         .conversations
@@ -396,13 +396,13 @@ async fn answer_offer(
     }
     if !yes {
         if store.refuse_link(nonce, psid).await? {
-            say(messenger, psid, "OK, nothing was linked. You can go on chatting on the website.");
+            say(messenger, psid, sentences::LINK_REFUSED);
         }
         return Ok(());
     }
     let Some(offer) = store.pending_offer(nonce, psid).await? else {
         if store.link_answered(nonce, psid).await? != Some(true) {
-            say(messenger, psid, "That link has expired. Please ask for a new one on the website.");
+            say(messenger, psid, sentences::LINK_EXPIRED);
         }
         return Ok(());
     };

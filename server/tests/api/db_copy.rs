@@ -106,5 +106,13 @@ async fn a_copied_installation_replays_the_same_history_on_postgres() {
     assert_eq!(deliveries[0], (first_delivery, b"{\"object\":\"page\"}".to_vec()));
     let next = new.store.insert_webhook_delivery(b"{}").await.expect("new delivery");
     assert!(next > deliveries[1].0, "the id sequence moved past the copied ids");
-    new.store.enqueue_outbox(&messenger_conversation, "psid-copy", "new send").await.expect("new outbox row");
+    let AppendOutcome::Created { events, .. } = new
+        .store
+        .append_message(&customer.id, &site.id, agent_reply("r2", "after the move"))
+        .await
+        .expect("a new outbox row next to the copied one")
+    else {
+        panic!("a new reply")
+    };
+    assert_eq!(events.len(), 1, "queued for Messenger, not refused: {events:?}");
 }

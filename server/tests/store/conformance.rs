@@ -463,9 +463,7 @@ async fn outbox_is_leased_claimed_once_and_settled(engine: Engine) {
     clock.advance(Duration::from_millis(u64::try_from(RESPONSE_WINDOW_MS).expect("ms") + 1));
     let (_, _, events) = created(store.append_message(&contact_id, &site_id, agent("r3", "late")).await.expect("late"));
     assert!(events.iter().any(|e| matches!(e.kind, EventKind::Delivery { state: DeliveryState::NotSent, .. })));
-    store.enqueue_outbox(&conversation_id, "psid-1", "plain").await.expect("enqueue");
-    let plain = store.lease_outbox_heads(clock.now_ms(), 10_000, 0, 10, &[]).await.expect("plain");
-    assert_eq!(plain.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(), vec!["plain"]);
+    assert!(store.lease_outbox_heads(clock.now_ms(), 10_000, 0, 10, &[]).await.expect("none").is_empty());
 }
 
 async fn outbox_claims_from_two_pools_are_disjoint(engine: Engine) {

@@ -381,24 +381,6 @@ impl MessengerStore for PgStore {
         Ok(())
     }
 
-    async fn enqueue_outbox(&self, conversation_id: &str, psid: &str, body: &str) -> StoreResult<()> {
-        let now = self.now();
-        sqlx::query(
-            "insert into outbox (conversation_id, psid, body, messaging_type, next_attempt_at, created_at, updated_at)
-             values ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(conversation_id)
-        .bind(psid)
-        .bind(body)
-        .bind(MessagingType::Response.as_stored())
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn sent_mids_until(&self, psid: &str, watermark: i64) -> StoreResult<Vec<String>> {
         Ok(sqlx::query_scalar(
             "select external_id from outbox where psid = $1 and status = 'sent' and external_id is not null

@@ -23,7 +23,7 @@ impl SiteStore for SqliteStore {
         .bind(greeting)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(|e| on_unique(e, "a site with this key"))
     }
@@ -51,7 +51,7 @@ impl SiteStore for SqliteStore {
             .bind(origins_json)
             .bind(self.now())
             .bind(site_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
