@@ -93,7 +93,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use protocol::{Author, Channel, Party};
+    use protocol::{Author, Channel};
 
     use super::SqliteStore;
     use crate::clock::Clock;
@@ -156,38 +156,6 @@ mod tests {
             seq.sort_unstable();
             assert_eq!(seq, (1..=20).collect::<Vec<u64>>(), "gap-free and unique");
         }
-    }
-
-    /// The inbox's unread count is kept in a column: customer messages add to it, agent messages do not, and an
-    /// agent's read cursor sets it to the customer messages after the cursor (the visitor's cursor leaves it).
-    #[tokio::test]
-    async fn the_unread_column_follows_posts_and_agent_reads() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("u.db").display());
-        let store = SqliteStore::connect(&url, 2, Clock::system()).await.expect("opens");
-        let site = store.create_site("s", "S", &[], "hi").await.expect("site");
-        let contact = store.contact_for_token(&site.id, &[1; 32], "V", &ContactContext::default()).await;
-        let contact = contact.expect("contact");
-        let mut seqs = Vec::new();
-        for (n, author) in [Author::Visitor, Author::Visitor, Author::Agent { name: "A".into() }, Author::Visitor]
-            .into_iter()
-            .enumerate()
-        {
-            let msg = NewMessage { author, ..message(format!("c-{n}")) };
-            match store.append_message(&contact.id, &site.id, msg).await.expect("posts") {
-                AppendOutcome::Created { seq, .. } => seqs.push(seq),
-                AppendOutcome::Duplicate { .. } => panic!("new client id"),
-            }
-        }
-        let conversation = store.conversation_for_contact(&contact.id).await.expect("query").expect("exists");
-        let unread = || async { store.summary(&conversation.id).await.expect("query").expect("row").unread };
-        assert_eq!(unread().await, 3);
-        store.mark_read(&conversation.id, Party::Visitor, seqs[3]).await.expect("visitor reads");
-        assert_eq!(unread().await, 3, "the visitor's cursor is not the agents'");
-        store.mark_read(&conversation.id, Party::Agent, seqs[1]).await.expect("agent reads");
-        assert_eq!(unread().await, 1);
-        store.mark_read(&conversation.id, Party::Agent, seqs[3]).await.expect("agent reads all");
-        assert_eq!(unread().await, 0);
     }
 
     #[tokio::test]
