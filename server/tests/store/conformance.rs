@@ -1,6 +1,7 @@
 //! The store's contract, one test function per area, each run against both engines: [`conformance!`] instantiates
 //! every function once as `sqlite::<name>` (a temp-file database) and once as `postgres::<name>` (a fresh database
-//! on the test cluster). A backend passes when both copies pass; no test is written twice.
+//! on the test cluster), and [`conformance_on_store!`] does the same for the cases in `support/store_conformance.rs`
+//! (`sqlite_cases::…`, `postgres_cases::…`). A backend passes when both copies pass; no test is written twice.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -82,6 +83,37 @@ conformance!(
     webhook_deliveries_are_quarantined_and_replayed,
     attachments_are_stored_queued_and_claimed,
     unbinding_fails_pending_sends,
+);
+
+/// The same for the cases of `support/store_conformance.rs`, which take a fresh store.
+macro_rules! conformance_on_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_cases {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (_db, store, _clock) = super::fresh(super::Engine::Sqlite).await;
+                crate::cases::$name(store.clone()).await;
+                store.close().await;
+            })*
+        }
+        mod postgres_cases {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (_db, store, _clock) = super::fresh(super::Engine::Postgres).await;
+                crate::cases::$name(store.clone()).await;
+                store.close().await;
+            })*
+        }
+    };
+}
+
+conformance_on_store!(
+    appends_are_idempotent,
+    concurrent_posts_are_gap_free,
+    read_cursors_and_unread,
+    a_customer_message_reopens,
+    mirrored_replies_follow_the_windows,
+    link_offers_are_keyed_and_expire,
 );
 
 fn visitor(client_id: &str, body: &str) -> NewMessage {

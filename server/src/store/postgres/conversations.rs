@@ -19,8 +19,7 @@ pub(super) const CONTACT_COLUMNS: &str =
 
 const SUMMARY_SELECT: &str = "select c.id, c.contact_id, s.key as site_key, s.name as site_name, k.label, c.status,
         c.last_message, c.last_activity_at, c.last_seq, c.visitor_read_seq,
-        (select count(*) from messages m where m.conversation_id = c.id and m.author_role = 'visitor'
-            and m.seq > c.agent_read_seq) as unread,
+        c.unread_count as unread,
         k.page_url, k.referrer, k.user_agent, k.timezone, k.utc_offset_minutes, k.language,
         k.psid, k.display_name, k.avatar_id, k.messenger_last_action_at, k.messenger_last_message_at
     from conversations c join sites s on s.id = c.site_id join contacts k on k.id = c.contact_id";
@@ -253,6 +252,17 @@ impl ConversationStore for PgStore {
             .bind(conversation_id)
             .fetch_one(&mut *tx)
             .await?;
+        if by == Party::Agent {
+            // Only the customer's messages after the agents' cursor are unread (a few rows, by the seq index).
+            sqlx::query(
+                "update conversations set unread_count = (select count(*) from messages m
+                    where m.conversation_id = $1 and m.author_role = 'visitor' and m.seq > $2) where id = $1",
+            )
+            .bind(conversation_id)
+            .bind(cursor)
+            .execute(&mut *tx)
+            .await?;
+        }
         let seq = bump_seq(&mut tx, conversation_id, now).await?;
         let event =
             insert_event(&mut tx, conversation_id, seq, now, EventKind::Read { by, up_to_seq: seq_of(cursor) }).await?;
@@ -401,12 +411,17 @@ impl PgStore {
             );
         }
         let preview: String = message.body.chars().take(140).collect();
-        sqlx::query("update conversations set last_message = $1, last_activity_at = $2 where id = $3")
-            .bind(preview)
-            .bind(now)
-            .bind(&conversation.id)
-            .execute(&mut *tx)
-            .await?;
+        let unread = i64::from(matches!(msg.author, Author::Visitor));
+        sqlx::query(
+            "update conversations set last_message = $1, last_activity_at = $2, unread_count = unread_count + $3
+             where id = $4",
+        )
+        .bind(preview)
+        .bind(now)
+        .bind(unread)
+        .bind(&conversation.id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(AppendOutcome::Created { conversation_id: conversation.id, message, seq, events })
     }
