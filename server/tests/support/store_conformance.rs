@@ -1,6 +1,6 @@
 //! The store's conformance suite: what every backend behind `parley::store::Backend` must do, written once against
-//! the interface. Each engine runs the same functions (`server/tests/store.rs` runs them on SQLite; a PostgreSQL
-//! runner calls them with its own `Store`). Each case takes a fresh, empty store opened on an adjustable clock.
+//! the interface. Each engine runs the same functions (`server/tests/store/conformance.rs` runs them on SQLite and
+//! on PostgreSQL). Each case takes a fresh, empty store opened on an adjustable clock.
 
 use std::sync::Arc;
 use std::time::Duration;
