@@ -1,4 +1,5 @@
-//! The `parley` command line: `serve`, `migrate`, `agent create|set-password`, `site create|list|identity`, `demo`.
+//! The `parley` command line: `serve`, `migrate`, `agent create|set-password`, `site create|list|identity`, `demo`,
+//! `messenger quarantine list|replay`, `db copy`.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -39,6 +40,26 @@ pub enum Command {
     /// Messenger channel maintenance.
     #[command(subcommand)]
     Messenger(MessengerCommand),
+    /// Database maintenance.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Copy a whole installation from SQLite into a new, empty PostgreSQL database (stop the server first), e.g.
+    /// `parley db copy --from sqlite://data/parley.db --to postgres://parley@db.internal/parley`.
+    Copy(DbCopyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DbCopyArgs {
+    /// The SQLite database to copy (`sqlite://path`).
+    #[arg(long)]
+    pub from: String,
+    /// The empty PostgreSQL database to copy into (`postgres://user@host[:port]/database`); it must exist.
+    #[arg(long)]
+    pub to: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,6 +257,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(settings, args).await,
+        Command::Db(DbCommand::Copy(args)) => {
+            let report = crate::store::copy::copy(&args.from, &args.to).await?;
+            for (table, rows) in &report.tables {
+                println!("{table}\t{rows}");
+            }
+            println!("copied; point database.url at the PostgreSQL database and start parley");
+            Ok(())
+        }
         Command::Messenger(MessengerCommand::Quarantine(command)) => {
             let store = Store::connect(&settings.database.url, 1).await?;
             match command {

@@ -61,7 +61,8 @@ impl Default for HttpSettings {
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// `sqlite://path/to/file.db` (created if missing). PostgreSQL comes with the scale-out work.
+    /// `sqlite://path/to/file.db` (created if missing), or `postgres://user@host[:port]/database` (also
+    /// `postgresql://`; the database must exist) for several nodes on one PostgreSQL.
     pub url: String,
     /// Largest number of pooled connections.
     pub max_connections: u32,
@@ -70,6 +71,19 @@ pub struct DatabaseSettings {
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self { url: "sqlite://data/parley.db".into(), max_connections: 8 }
+    }
+}
+
+impl DatabaseSettings {
+    /// Refuses a URL no engine can open and an empty pool.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let scheme = self.url.split(':').next().unwrap_or("");
+        anyhow::ensure!(
+            matches!(scheme, "sqlite" | "postgres" | "postgresql") && self.url.len() > scheme.len() + 1,
+            "database.url must be a sqlite:, postgres: or postgresql: URL"
+        );
+        anyhow::ensure!(self.max_connections >= 1, "database.max_connections must be at least 1");
+        Ok(())
     }
 }
 
@@ -455,6 +469,7 @@ impl Settings {
             "http.shutdown_grace_secs must be between 1 and 3600"
         );
         self.metrics.validate()?;
+        self.database.validate()?;
         let m = &self.messenger;
         if m.enabled {
             // Empty, each of these fails open: webhooks signed with an empty key would be accepted, our own echoes
@@ -575,6 +590,19 @@ mod tests {
             assert_eq!(s.public_origin(), "https://chat.example");
             Ok(())
         });
+    }
+
+    #[test]
+    fn database_urls_of_both_engines_are_accepted_and_others_refused() {
+        let db = |url: &str, max_connections| DatabaseSettings { url: url.into(), max_connections };
+        for ok in ["sqlite://data/parley.db", "postgres://parley@db/parley", "postgresql://db:5433/parley"] {
+            assert!(db(ok, 8).validate().is_ok(), "{ok}");
+        }
+        for bad in ["mysql://db/parley", "data/parley.db", "postgres:", ""] {
+            let err = db(bad, 8).validate().expect_err(bad);
+            assert!(format!("{err:#}").contains("database.url"), "{bad}: {err:#}");
+        }
+        assert!(db("sqlite://x.db", 0).validate().is_err());
     }
 
     #[test]

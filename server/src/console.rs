@@ -21,7 +21,7 @@ use crate::auth;
 use crate::error::ApiError;
 use crate::signin::{Refusal, VerifyError};
 use crate::state::AppState;
-use crate::store::{StoreError, now_ms};
+use crate::store::StoreError;
 
 /// Reads the session token from a `Cookie` header.
 pub fn session_token(headers: &HeaderMap) -> Option<String> {
@@ -186,7 +186,7 @@ impl ConsoleBackend for Backend {
         let max_age_secs = self.state.settings.console.session_hours.max(1) * 3600;
         self.state
             .store
-            .create_session(&auth::token_hash(&token), &agent.id, now_ms() + max_age_secs * 1000)
+            .create_session(&auth::token_hash(&token), &agent.id, self.state.clock.now_ms() + max_age_secs * 1000)
             .await
             .map_err(internal)?;
         tracing::info!(agent = %agent.id, "agent signed in");

@@ -1,20 +1,24 @@
-//! The conversation service: the one code path every change to a conversation takes, whoever makes it (visitor
-//! socket, agent socket, console, and later the Messenger webhook): validate → persist (commit) → fan out.
-//! Messenger delivery will hook in here, after the commit, through the outbox written in the same transaction.
+//! The conversation service: the one writer of conversations. Every change that commits and then notifies —
+//! messages, read cursors, status, Messenger link and unlink, delivery states, outbox settlement, the recap, typing
+//! and Messenger sender actions — is a method here, whoever makes it (visitor socket, agent socket, console,
+//! Messenger intake and outbox): validate → persist (commit) → fan out. Its store and hub are private; Messenger
+//! code reaches the rows it keeps (webhook deliveries, the outbox queue, links, downloads) through
+//! [`Conversations::messenger_rows`], which offers only writes that notify no one.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use protocol::console::{ConversationSummary, MessengerInfo, VisitorDetails};
-use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, Event, Party};
+use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, Party};
 use tokio::sync::Notify;
 
+use crate::clock::Clock;
 use crate::hub::{Hub, HubMsg};
+use crate::messenger::policy::{self, MirrorPolicy};
 use crate::meters::{AuthorKind, Meters};
+use crate::store::models::{Contact, LinkRow, OutboxRow, RecentMessage};
 use crate::store::models::{Conversation, SummaryRow};
-use crate::store::{
-    AppendOutcome, HUMAN_AGENT_WINDOW_MS, MirrorPolicy, NewMessage, RESPONSE_WINDOW_MS, Store, StoreError, now_ms,
-};
+use crate::store::{AppendOutcome, NewMessage, OfferOutcome, Store, StoreError, StoreResult};
 use crate::useragent;
 
 /// Why a change was refused.
@@ -79,20 +83,78 @@ impl<'a> PostInput<'a> {
     }
 }
 
+/// What the agent's side tells Messenger besides messages (the Graph API's sender actions), best effort.
+pub trait SenderActions: Send + Sync {
+    /// "The Page is typing…".
+    fn typing_on(self: Arc<Self>, psid: String);
+    /// "Seen".
+    fn mark_seen(self: Arc<Self>, psid: String);
+}
+
 /// Shared service handle.
 #[derive(Clone)]
 pub struct Conversations {
-    pub store: Store,
-    pub hub: Hub,
+    store: Store,
+    hub: Hub,
     /// Whether (and how) replies are mirrored to Messenger; `None` when the channel is off.
-    pub mirror: Option<MirrorPolicy>,
+    mirror: Option<MirrorPolicy>,
     /// Wakes the Messenger outbox after a commit that queued a send.
-    pub outbox_wake: Arc<Notify>,
+    outbox_wake: Arc<Notify>,
+    /// The application's wall clock (the store's).
+    clock: Clock,
+    /// The Messenger channel's sender actions, once it exists (weak: the channel holds this service).
+    sender_actions: Arc<OnceLock<Weak<dyn SenderActions>>>,
     /// Counts posts, their commit latency and the fan-out lag.
-    pub meters: Arc<Meters>,
+    meters: Arc<Meters>,
 }
 
 impl Conversations {
+    pub fn new(store: Store, hub: Hub, mirror: Option<MirrorPolicy>, meters: Arc<Meters>) -> Self {
+        let clock = store.clock().clone();
+        Self {
+            store,
+            hub,
+            mirror,
+            outbox_wake: Arc::new(Notify::new()),
+            clock,
+            sender_actions: Arc::new(OnceLock::new()),
+            meters,
+        }
+    }
+
+    /// The application's meters (for counts kept outside the service, e.g. webhook failures).
+    pub fn meters(&self) -> &Meters {
+        &self.meters
+    }
+
+    /// Where Messenger's sender actions go (set once, by the Messenger channel when it starts).
+    pub fn attach_sender_actions(&self, actions: Weak<dyn SenderActions>) {
+        let _ = self.sender_actions.set(actions);
+    }
+
+    fn sender_actions(&self) -> Option<Arc<dyn SenderActions>> {
+        self.sender_actions.get().and_then(Weak::upgrade)
+    }
+
+    /// The application's wall clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Notified after a commit that queued a Messenger send (the outbox worker waits on it).
+    pub fn outbox_wake(&self) -> &Notify {
+        &self.outbox_wake
+    }
+
+    /// Raises (`Some`) or clears (`None`) a console alert.
+    pub fn set_alert(&self, key: &str, message: Option<String>) {
+        self.hub.set_alert(key, message);
+    }
+
+    /// The Messenger rows that change without notifying anyone (see [`MessengerRows`]).
+    pub fn messenger_rows(&self) -> MessengerRows<'_> {
+        MessengerRows { store: &self.store }
+    }
     /// Posts a message into the contact's conversation. Returns only after the message is on disk; a repeated
     /// `client_id` (or channel id) returns the original message and writes nothing.
     pub async fn post(&self, input: PostInput<'_>) -> Result<Posted, ServiceError> {
@@ -185,8 +247,8 @@ impl Conversations {
         Ok(())
     }
 
-    /// Relays typing.
-    pub fn typing(&self, conversation: &Conversation, from_visitor: bool, typing: bool, name: Option<String>) {
+    /// Relays typing; an agent starting to type shows "typing…" on the customer's Messenger thread too.
+    pub async fn typing(&self, conversation: &Conversation, from_visitor: bool, typing: bool, name: Option<String>) {
         self.hub.publish(HubMsg::Typing {
             conversation_id: conversation.id.clone(),
             contact_id: conversation.contact_id.clone(),
@@ -194,6 +256,106 @@ impl Conversations {
             typing,
             name,
         });
+        if typing
+            && !from_visitor
+            && let Some(actions) = self.sender_actions()
+            && let Some(psid) = self.psid_of(&conversation.contact_id).await
+        {
+            actions.typing_on(psid);
+        }
+    }
+
+    /// An agent opened a conversation: Messenger shows the customer it was seen.
+    pub async fn agent_opened(&self, conversation: &Conversation) {
+        if let Some(actions) = self.sender_actions()
+            && let Some(psid) = self.psid_of(&conversation.contact_id).await
+        {
+            actions.mark_seen(psid);
+        }
+    }
+
+    async fn psid_of(&self, contact_id: &str) -> Option<String> {
+        match self.store.contact(contact_id).await {
+            Ok(contact) => contact.and_then(|c| c.psid),
+            Err(e) => {
+                tracing::debug!(error = ?e, "no Messenger id for a sender action");
+                None
+            }
+        }
+    }
+
+    /// "Not me": detaches the Messenger user from this contact (pending sends to them are dropped).
+    pub async fn unlink(&self, contact_id: &str) -> Result<(), ServiceError> {
+        if let Some((conversation_id, event)) = self.store.unbind_psid(contact_id).await? {
+            self.publish_events(&conversation_id, vec![event]).await?;
+        }
+        Ok(())
+    }
+
+    /// The person said "Yes, continue here" on Messenger: binds them to the link's contact, logs the link and
+    /// queues the `recap`, in one transaction (see [`crate::store::MessengerStore::accept_link`]). `false` if the
+    /// offer is gone.
+    pub async fn accept_link(
+        &self,
+        nonce: &str,
+        psid: &str,
+        name: Option<String>,
+        action_at: i64,
+        recap: Option<&str>,
+    ) -> Result<bool, ServiceError> {
+        let Some(accepted) = self.store.accept_link(nonce, psid, name, action_at, recap).await? else {
+            return Ok(false);
+        };
+        if let Some((conversation_id, event)) = accepted.event {
+            self.publish_events(&conversation_id, vec![event]).await?;
+        }
+        self.publish_contact_summary(&accepted.contact_id).await?;
+        if recap.is_some() {
+            self.outbox_wake.notify_one();
+        }
+        Ok(true)
+    }
+
+    /// A user action on Messenger (referral, postback, consent answer) reopens the 24 h window the inbox shows.
+    pub async fn record_messenger_action(&self, contact_id: &str, at: i64) -> Result<(), ServiceError> {
+        self.store.record_messenger_action(contact_id, at).await?;
+        self.publish_contact_summary(contact_id).await
+    }
+
+    /// Messenger says these messages reached the customer's device.
+    pub async fn messenger_delivered(&self, mids: &[String]) -> Result<(), ServiceError> {
+        for (conversation_id, event) in self.store.messenger_delivered(mids).await? {
+            self.publish_events(&conversation_id, vec![event]).await?;
+        }
+        Ok(())
+    }
+
+    /// Messenger says the customer read what the Page sent up to `watermark`.
+    pub async fn messenger_read(&self, contact_id: &str, watermark: i64) -> Result<(), ServiceError> {
+        if let Some((conversation_id, event)) = self.store.messenger_read(contact_id, watermark).await? {
+            self.publish_events(&conversation_id, vec![event]).await?;
+        }
+        Ok(())
+    }
+
+    /// Settles a send the Graph API accepted (from its answer or from our echo) and shows `Sent`. Idempotent. An
+    /// error means nothing was committed (a caller retries); once committed, a failure to show it is only logged
+    /// (agents see the state when they next load the conversation), since settling again would show nothing.
+    pub async fn outbox_sent(&self, outbox_id: i64, mid: &str) -> Result<(), ServiceError> {
+        if let Some((conversation_id, event)) = self.store.outbox_sent(outbox_id, mid).await?
+            && let Err(e) = self.publish_events(&conversation_id, vec![event]).await
+        {
+            tracing::warn!(error = ?e, "a Sent state was stored but not published");
+        }
+        Ok(())
+    }
+
+    /// Settles a send that failed for good and shows why.
+    pub async fn outbox_failed(&self, outbox_id: i64, detail: &str, state: DeliveryState) -> Result<(), ServiceError> {
+        if let Some((conversation_id, event)) = self.store.outbox_failed(outbox_id, detail, state).await? {
+            self.publish_events(&conversation_id, vec![event]).await?;
+        }
+        Ok(())
     }
 
     /// Publishes committed events, then the conversation's fresh inbox row.
@@ -205,20 +367,20 @@ impl Conversations {
                 contact_id: contact_id.to_string(),
                 event,
             });
-            let lag_ms = u64::try_from(now_ms().saturating_sub(committed_at)).unwrap_or(0);
+            let lag_ms = u64::try_from(self.clock.now_ms().saturating_sub(committed_at)).unwrap_or(0);
             self.meters.fanned_out(Duration::from_millis(lag_ms));
         }
         self.publish_summary(conversation_id).await
     }
 
-    /// Publishes events committed elsewhere (Messenger intake, outbox) for a conversation.
-    pub async fn publish_events(&self, conversation_id: &str, events: Vec<Event>) -> Result<(), ServiceError> {
+    /// Publishes committed events of a conversation.
+    async fn publish_events(&self, conversation_id: &str, events: Vec<Event>) -> Result<(), ServiceError> {
         let conversation = self.store.conversation(conversation_id).await?.ok_or(ServiceError::NotFound)?;
         self.fan_out(&conversation.id, &conversation.contact_id, events).await
     }
 
     /// Publishes the inbox row of a contact's conversation, if there is one.
-    pub async fn publish_contact_summary(&self, contact_id: &str) -> Result<(), ServiceError> {
+    async fn publish_contact_summary(&self, contact_id: &str) -> Result<(), ServiceError> {
         if let Some(conversation) = self.store.conversation_for_contact(contact_id).await? {
             self.publish_summary(&conversation.id).await?;
         }
@@ -245,11 +407,8 @@ impl Conversations {
         let online = self.hub.visitor_online(&row.contact_id);
         let messenger = row.psid.as_ref().map(|_| MessengerInfo {
             name: row.display_name.clone(),
-            response_until: row.messenger_last_action_at.map(|t| t + RESPONSE_WINDOW_MS),
-            human_agent_until: row
-                .messenger_last_message_at
-                .filter(|_| self.mirror.is_some_and(|m| m.human_agent))
-                .map(|t| t + HUMAN_AGENT_WINDOW_MS),
+            response_until: policy::response_until(row.messenger_last_action_at),
+            human_agent_until: self.mirror.and_then(|m| m.human_agent_until(row.messenger_last_message_at)),
         });
         ConversationSummary {
             id: row.id,
@@ -275,5 +434,138 @@ impl Conversations {
             },
             messenger,
         }
+    }
+}
+
+/// The Messenger channel's own rows — webhook deliveries, link offers, the outbox queue and its leases, contacts
+/// first seen on Messenger, downloads — and the reads it needs. Nothing here notifies anyone: every change that
+/// agents or visitors see is a method of [`Conversations`].
+pub struct MessengerRows<'a> {
+    store: &'a Store,
+}
+
+impl MessengerRows<'_> {
+    pub async fn insert_webhook_delivery(&self, body: &[u8]) -> StoreResult<i64> {
+        self.store.insert_webhook_delivery(body).await
+    }
+
+    pub async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        self.store.unprocessed_webhook_deliveries(limit).await
+    }
+
+    pub async fn mark_webhook_processed(&self, id: i64, error: Option<&str>) -> StoreResult<()> {
+        self.store.mark_webhook_processed(id, error).await
+    }
+
+    pub async fn webhook_delivery_failed(&self, id: i64, error: &str, max_attempts: u32) -> StoreResult<bool> {
+        self.store.webhook_delivery_failed(id, error, max_attempts).await
+    }
+
+    pub async fn create_link(&self, nonce: &str, contact_id: &str, code: &str, expires_at: i64) -> StoreResult<()> {
+        self.store.create_link(nonce, contact_id, code, expires_at).await
+    }
+
+    pub async fn offer_link(&self, nonce: &str, psid: &str, key: &str, ttl_ms: i64) -> StoreResult<OfferOutcome> {
+        self.store.offer_link(nonce, psid, key, ttl_ms).await
+    }
+
+    pub async fn offer_code(&self, code: &str, psid: &str, key: &str, ttl_ms: i64) -> StoreResult<OfferOutcome> {
+        self.store.offer_code(code, psid, key, ttl_ms).await
+    }
+
+    pub async fn pending_offer(&self, nonce: &str, psid: &str) -> StoreResult<Option<LinkRow>> {
+        self.store.pending_offer(nonce, psid).await
+    }
+
+    pub async fn link_answered(&self, nonce: &str, psid: &str) -> StoreResult<Option<bool>> {
+        self.store.link_answered(nonce, psid).await
+    }
+
+    pub async fn refuse_link(&self, nonce: &str, psid: &str) -> StoreResult<bool> {
+        self.store.refuse_link(nonce, psid).await
+    }
+
+    pub async fn contact(&self, id: &str) -> StoreResult<Option<Contact>> {
+        self.store.contact(id).await
+    }
+
+    pub async fn contact_by_psid(&self, psid: &str) -> StoreResult<Option<Contact>> {
+        self.store.contact_by_psid(psid).await
+    }
+
+    pub async fn create_messenger_contact(&self, site_id: &str, psid: &str, label: &str) -> StoreResult<Contact> {
+        self.store.create_messenger_contact(site_id, psid, label).await
+    }
+
+    pub async fn set_contact_profile(&self, id: &str, name: Option<&str>, avatar: Option<&str>) -> StoreResult<()> {
+        self.store.set_contact_profile(id, name, avatar).await
+    }
+
+    pub async fn conversation_for_contact(&self, contact_id: &str) -> StoreResult<Option<Conversation>> {
+        self.store.conversation_for_contact(contact_id).await
+    }
+
+    pub async fn message_by_external_id(&self, mid: &str) -> StoreResult<Option<(String, ChatMessage, u64)>> {
+        self.store.message_by_external_id(mid).await
+    }
+
+    pub async fn recent_messages(&self, conversation_id: &str, limit: i64) -> StoreResult<Vec<RecentMessage>> {
+        self.store.recent_messages(conversation_id, limit).await
+    }
+
+    /// The id of the site with this key.
+    pub async fn site_id_by_key(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(self.store.site_by_key(key).await?.map(|site| site.id))
+    }
+
+    pub async fn oldest_site_id(&self) -> StoreResult<Option<String>> {
+        self.store.oldest_site_id().await
+    }
+
+    pub async fn sent_mids_until(&self, psid: &str, watermark: i64) -> StoreResult<Vec<String>> {
+        self.store.sent_mids_until(psid, watermark).await
+    }
+
+    pub async fn outbox_for_message(&self, metadata: &str) -> StoreResult<Option<i64>> {
+        self.store.outbox_for_message(metadata).await
+    }
+
+    pub async fn lease_outbox_heads(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        reconcile_ms: i64,
+        limit: i64,
+        busy: &[String],
+    ) -> StoreResult<Vec<OutboxRow>> {
+        self.store.lease_outbox_heads(now, lease_ms, reconcile_ms, limit, busy).await
+    }
+
+    pub async fn next_outbox_eligible(&self, reconcile_ms: i64, busy: &[String]) -> StoreResult<Option<i64>> {
+        self.store.next_outbox_eligible(reconcile_ms, busy).await
+    }
+
+    pub async fn outbox_retry(&self, id: i64, lease_id: &str, next_attempt_at: i64, error: &str) -> StoreResult<()> {
+        self.store.outbox_retry(id, lease_id, next_attempt_at, error).await
+    }
+
+    pub async fn queue_attachment(&self, name: Option<&str>, source_url: &str) -> StoreResult<String> {
+        self.store.queue_attachment(name, source_url).await
+    }
+
+    pub async fn claim_attachments(&self, limit: i64) -> StoreResult<Vec<(String, String)>> {
+        self.store.claim_attachments(limit).await
+    }
+
+    pub async fn requeue_attachments(&self) -> StoreResult<u64> {
+        self.store.requeue_attachments().await
+    }
+
+    pub async fn attachment_downloaded(&self, id: &str, content_type: &str, bytes: &[u8]) -> StoreResult<()> {
+        self.store.attachment_downloaded(id, content_type, bytes).await
+    }
+
+    pub async fn attachment_unavailable(&self, id: &str, error: &str) -> StoreResult<()> {
+        self.store.attachment_unavailable(id, error).await
     }
 }

@@ -27,17 +27,16 @@ use crate::assets::Assets;
 use crate::config::Settings;
 use crate::console::Backend;
 use crate::hub::Hub;
+use crate::messenger::policy::MirrorPolicy;
 use crate::messenger::{Messenger, intake, outbox, spool::Spool};
 use crate::meters::Meters;
 use crate::services::Conversations;
 use crate::signin::SignInGuard;
 use crate::state::AppState;
-use crate::store::MirrorPolicy;
 use crate::store::Store;
 use crate::supervisor::{Backoff, Workers};
 use crate::ws::flood::FloodControl;
 use crate::{console, error, http, messenger, ws};
-use tokio::sync::Notify;
 
 /// A built, not yet running, server.
 pub struct Application {
@@ -75,13 +74,8 @@ impl Application {
             .site_addr(addr)
             .build();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let conversations = Conversations {
-            store: store.clone(),
-            hub: hub.clone(),
-            mirror: settings.messenger.enabled.then_some(MirrorPolicy { human_agent: settings.messenger.human_agent }),
-            outbox_wake: Arc::new(Notify::new()),
-            meters: Arc::clone(&meters),
-        };
+        let mirror = settings.messenger.enabled.then_some(MirrorPolicy { human_agent: settings.messenger.human_agent });
+        let conversations = Conversations::new(store.clone(), hub.clone(), mirror, Arc::clone(&meters));
         let messenger = if settings.messenger.enabled {
             let spool = Spool::open(&settings.messenger.spool_dir)?;
             Some(Messenger::new(settings.messenger.clone(), conversations.clone(), spool)?)
@@ -90,6 +84,7 @@ impl Application {
         };
         let floods = Arc::new(FloodControl::new(&settings.limits));
         let state = AppState {
+            clock: store.clock().clone(),
             floods,
             conversations,
             messenger,

@@ -7,6 +7,7 @@ use leptos::config::LeptosOptions;
 use tokio::sync::watch;
 
 use crate::assets::Assets;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::messenger::Messenger;
@@ -20,6 +21,8 @@ use crate::ws::flood::FloodControl;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Wall-clock time for everything that stores or compares epoch times (the store's clock).
+    pub clock: Clock,
     pub hub: Hub,
     pub conversations: Conversations,
     pub settings: Arc<Settings>,

@@ -1,4 +1,5 @@
-//! The `parley` command line, run as a real process against a temporary SQLite database.
+//! The `parley` command line, run as a real process against a temporary SQLite database (and, for `db copy`, a
+//! PostgreSQL database on the test cluster).
 
 #[path = "support/parley_cli.rs"]
 mod parley_cli;
@@ -137,4 +138,43 @@ fn agent_set_password_replaces_the_password_and_names_an_unknown_agent() {
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("no agent with email nobody@shop.example"), "{}", text(&out));
+}
+
+/// `parley db copy` as an operator runs it: a SQLite installation made with the CLI moves to PostgreSQL, the
+/// commands then work on the PostgreSQL URL, and a second copy into the filled database is refused.
+#[tokio::test]
+async fn db_copy_moves_an_installation_to_postgres_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let out = parley(
+        &sqlite,
+        &["site", "create", "--name", "Shop", "--key", "shop", "--origin", "https://shop.example"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let postgres = testpg::database().await.url;
+
+    let copy = ["db", "copy", "--from", sqlite.as_str(), "--to", postgres.as_str()];
+    let out = parley(&sqlite, &copy, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("sites\t1"), "{}", text(&out));
+    let out = parley(&postgres, &["site", "list"], None);
+    assert!(text(&out).contains("shop\tShop\thttps://shop.example"), "{}", text(&out));
+    let out = parley(
+        &postgres,
+        &["agent", "create", "--email", "dana@shop.example", "--name", "Dana", "--password-stdin"],
+        Some("correct horse battery\n"),
+    );
+    assert!(out.status.success(), "the copied database takes new rows: {}", text(&out));
+
+    let out = parley(&sqlite, &copy, None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not empty"), "{}", text(&out));
+    let out = parley(&sqlite, &["db", "copy", "--from", sqlite.as_str(), "--to", sqlite.as_str()], None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--to must be a postgres"), "{}", text(&out));
+    let missing = format!("sqlite://{}", dir.path().join("missing.db").display());
+    let out = parley(&sqlite, &["db", "copy", "--from", missing.as_str(), "--to", postgres.as_str()], None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no SQLite database"), "{}", text(&out));
 }

@@ -227,7 +227,7 @@ async fn a_visitor_and_an_agent_chat_through_nginx_with_the_repo_config() {
     store.create_site(SITE, "Ops Shop", &["https://shop.example".to_string()], "Hi").await.expect("site");
     let agent = parley::cli::create_agent(&store, "ops@example.com", "Olga", "ops-password-1").await.expect("agent");
     let session = parley::auth::new_token();
-    let expires = parley::store::now_ms() + 3_600_000;
+    let expires = store.clock().now_ms() + 3_600_000;
     store.create_session(&parley::auth::token_hash(&session), &agent.id, expires).await.expect("session");
     store.close().await;
 

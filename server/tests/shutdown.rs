@@ -172,9 +172,13 @@ impl Env {
 
     /// The recap's outbox row as (status, external id).
     async fn recap_row(&self) -> Option<(String, Option<String>)> {
-        let store = Store::connect(&self.db, 1).await.expect("store");
-        let rows = store.outbox_statuses().await.expect("query");
-        store.close().await;
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&self.db).await.expect("database opens");
+        let rows: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("select body, status, external_id from outbox order by id")
+                .fetch_all(&mut db)
+                .await
+                .expect("query");
         rows.into_iter().find(|(body, _, _)| body.starts_with(RECAP)).map(|(_, status, id)| (status, id))
     }
 }
@@ -314,7 +318,7 @@ async fn after_sigkill_during_the_reorder_window_the_restarted_server_stores_the
     let var = |key: &str| env.vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).expect("set");
     let (page, secret) = (var("PARLEY_MESSENGER__PAGE_ID"), var("PARLEY_MESSENGER__APP_SECRET"));
     let psid = "7200000000000001";
-    let t = parley::store::now_ms();
+    let t = parley::clock::Clock::system().now_ms();
     let http = reqwest::Client::new();
     // Meta delivers B's webhook first, then A's (A was written first).
     for (mid, timestamp, text) in [("m_held_b", t + 1, "B"), ("m_held_a", t, "A")] {
@@ -351,7 +355,7 @@ async fn after_sigkill_during_the_reorder_window_the_restarted_server_stores_the
     };
     // The intake has both deliveries in the database and holds their messages.
     let deadline = Instant::now() + WAIT;
-    while store.webhook_delivery_count().await.expect("count") < 2 {
+    while store.unprocessed_webhook_deliveries(10).await.expect("count").len() < 2 {
         assert!(Instant::now() < deadline, "the deliveries never reached the database:\n{}", env.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

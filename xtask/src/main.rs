@@ -8,7 +8,8 @@
 //!   Output: `target/site/`.
 //! - `demo`: build, then `parley-demo demo` on SQLite under `./data` (chat on :3000, host page on :8080).
 //! - `test`: build, then every test: cargo tests of each crate, the size budget, and the Playwright browser tests
-//!   in Debian's Chromium (installed with apt when missing).
+//!   in Debian's Chromium (installed with apt when missing). A private PostgreSQL cluster (the `testpg` crate) runs
+//!   for the whole run on a free port; its admin URL reaches the tests as `PARLEY_TEST_POSTGRES_URL`.
 //!
 //! - `bench [SCENARIO…] [--quick] [--note TEXT]`: the release server and `parley-bench`, the Node peer's packages
 //!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`.
@@ -102,12 +103,21 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
     tools::cargo(&["fmt", "--all", "--", "--check"])?;
     let report = build::all(root, build::ServerProfile::Debug)?;
     sizes::check_budgets(&report)?;
-    // server/tests/ops.rs runs a real nginx and `systemd-analyze verify`.
+    // server/tests/ops.rs runs a real nginx and `systemd-analyze verify`; the store and copy tests a PostgreSQL.
+    tools::ensure_postgres()?;
     tools::ensure_nginx()?;
     tools::ensure_systemd_analyze()?;
+    let pg_started = std::time::Instant::now();
+    let pg = testpg::Cluster::start().context("cannot start the PostgreSQL test cluster")?;
+    println!("xtask: PostgreSQL test cluster on 127.0.0.1:{} (started in {:.1?})", pg.port(), pg_started.elapsed());
+    let pg_url = pg.admin_url();
+    let pg_env = [(testpg::URL_ENV, pg_url.as_str())];
     // Crates are tested one by one: the widget (Leptos `csr`) and the server (Leptos `ssr`) must not share a
     // feature-unified build.
-    tools::cargo(&["test", "-p", "protocol", "-p", "server", "-p", "messenger-sandbox", "-p", "faultproxy"])?;
+    tools::cargo_with_env(
+        &["test", "-p", "protocol", "-p", "server", "-p", "messenger-sandbox", "-p", "faultproxy", "-p", "testpg"],
+        &pg_env,
+    )?;
     tools::cargo(&["test", "-p", "widget"])?;
     tools::cargo(&["test", "-p", "app", "--features", "ssr"])?;
     if browser {

@@ -17,8 +17,13 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Runs cargo (the same cargo that runs xtask).
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// Runs cargo with extra environment variables.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(args))
+    run(Command::new(cargo).args(args).envs(env.iter().copied()))
 }
 
 /// Adds the wasm32 target through rustup when it is missing.
@@ -79,7 +84,19 @@ pub fn ensure_chromium() -> anyhow::Result<()> {
     apt_install(&["chromium"]).context("could not install chromium; install Debian's `chromium` package and run again")
 }
 
-/// Installs Debian's nginx when it is missing (the deployment tests run it in front of `parley serve`).
+/// Installs Debian's PostgreSQL server when its programs are missing (needs root or sudo, as on CI). The tests
+/// start their own private cluster from these programs; the package's own cluster is not used.
+pub fn ensure_postgres() -> anyhow::Result<()> {
+    if testpg::bin_dir().is_ok() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian's postgresql package for the PostgreSQL tests");
+    apt_install(&["postgresql"])
+        .context("could not install PostgreSQL; install Debian's `postgresql` package and run again")?;
+    testpg::bin_dir().map(drop)
+}
+
+/// Installs Debian's nginx when `/usr/sbin/nginx` is missing (the deployment and multi-node tests run it with the repo's config).
 pub fn ensure_nginx() -> anyhow::Result<()> {
     if Path::new("/usr/sbin/nginx").exists() {
         return Ok(());

@@ -13,7 +13,6 @@ use subtle::ConstantTimeEq;
 
 use crate::meters::{Levels, WorkerLevel};
 use crate::state::AppState;
-use crate::store::now_ms;
 use crate::supervisor::WorkerState;
 
 /// The content type of the Prometheus text format.
@@ -55,7 +54,8 @@ async fn levels(state: &AppState) -> Levels {
     };
     match state.store.outbox_backlog().await {
         Ok(backlog) => {
-            let age = |at: i64| Duration::from_millis(u64::try_from(now_ms().saturating_sub(at)).unwrap_or(0));
+            let age =
+                |at: i64| Duration::from_millis(u64::try_from(state.clock.now_ms().saturating_sub(at)).unwrap_or(0));
             levels.outbox = Some((backlog.pending, backlog.oldest_created_at.map(age)));
         }
         Err(e) => tracing::warn!(error = ?e, "metrics: cannot read the outbox backlog"),

@@ -14,8 +14,7 @@ use super::link;
 use super::send_api::GraphClient;
 use super::spool::Spool;
 use crate::config::MessengerSettings;
-use crate::services::{Conversations, ServiceError};
-use crate::store::now_ms;
+use crate::services::{Conversations, SenderActions, ServiceError};
 
 /// A link to continue on Messenger.
 pub struct LinkOffer {
@@ -53,7 +52,7 @@ impl Messenger {
             [b"parley messenger link v1:".as_slice(), settings.app_secret.expose_secret().as_bytes()].concat(),
         )
         .into();
-        Ok(Arc::new(Self {
+        let messenger = Arc::new(Self {
             settings,
             graph,
             spool,
@@ -63,7 +62,10 @@ impl Messenger {
             media_wake: Notify::new(),
             link_key,
             typing_sent: Mutex::new(HashMap::new()),
-        }))
+        });
+        let actions: std::sync::Weak<dyn SenderActions> = Arc::downgrade(&messenger) as std::sync::Weak<Messenger>;
+        messenger.conversations.attach_sender_actions(actions);
+        Ok(messenger)
     }
 
     pub fn link_key(&self) -> &[u8] {
@@ -73,11 +75,12 @@ impl Messenger {
     /// Mints a signed single-use link (and a fallback code) for a contact.
     pub async fn offer_link(&self, contact_id: &str) -> Result<LinkOffer, ServiceError> {
         let ttl = self.settings.link_ttl_secs.max(60);
-        let expires_secs = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX).saturating_add(ttl);
+        let expires_secs =
+            u32::try_from(self.conversations.clock().now_ms() / 1000).unwrap_or(u32::MAX).saturating_add(ttl);
         let (token, minted) = link::mint(&self.link_key, expires_secs);
         let code = link::short_code();
         let expires_at = i64::from(minted.expires_at) * 1000;
-        self.conversations.store.create_link(&minted.nonce, contact_id, &code, expires_at).await?;
+        self.conversations.messenger_rows().create_link(&minted.nonce, contact_id, &code, expires_at).await?;
         let page =
             if self.settings.page_username.is_empty() { &self.settings.page_id } else { &self.settings.page_username };
         Ok(LinkOffer {
@@ -89,14 +92,14 @@ impl Messenger {
 
     /// "Not me": detaches the Messenger user from this contact.
     pub async fn unlink(&self, contact_id: &str) -> Result<(), ServiceError> {
-        if let Some((conversation_id, event)) = self.conversations.store.unbind_psid(contact_id).await? {
-            self.conversations.publish_events(&conversation_id, vec![event]).await?;
-        }
-        Ok(())
+        self.conversations.unlink(contact_id).await
     }
+}
 
+/// Called by the conversation service (which cannot hold the channel: the channel holds it).
+impl SenderActions for Messenger {
     /// Tells Messenger the agent is typing (at most every 5 s per person; failures only logged).
-    pub fn typing(self: &Arc<Self>, psid: String) {
+    fn typing_on(self: Arc<Self>, psid: String) {
         {
             let mut sent = self.typing_sent.lock().unwrap_or_else(|p| p.into_inner());
             if sent.get(&psid).is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
@@ -104,19 +107,17 @@ impl Messenger {
             }
             sent.insert(psid.clone(), Instant::now());
         }
-        let this = Arc::clone(self);
         tokio::spawn(async move {
-            if let Err(e) = this.graph.sender_action(&psid, "typing_on").await {
+            if let Err(e) = self.graph.sender_action(&psid, "typing_on").await {
                 tracing::debug!(error = %e, "typing_on not sent");
             }
         });
     }
 
     /// Tells Messenger the agent has seen the conversation.
-    pub fn mark_seen(self: &Arc<Self>, psid: String) {
-        let this = Arc::clone(self);
+    fn mark_seen(self: Arc<Self>, psid: String) {
         tokio::spawn(async move {
-            if let Err(e) = this.graph.sender_action(&psid, "mark_seen").await {
+            if let Err(e) = self.graph.sender_action(&psid, "mark_seen").await {
                 tracing::debug!(error = %e, "mark_seen not sent");
             }
         });

@@ -34,17 +34,16 @@ use super::graph_types::{Envelope, Messaging};
 use super::reorder::{Due, HoldBack, Key};
 use super::{link, media};
 use crate::config::MessengerSettings;
+use crate::sentences;
 use crate::services::{PostInput, Poster, ServiceError};
+use crate::store::OfferOutcome;
 use crate::store::models::Contact;
-use crate::store::{OfferOutcome, now_ms};
 use crate::supervisor::WorkerHealth;
 
 /// The app id Meta uses for messages sent from the Page's own inbox (Business Suite).
 pub const PAGE_INBOX_APP_ID: &str = "263902037430900";
 
-/// What the Page asks when someone presents a link.
-pub const CONSENT_QUESTION: &str = "You opened a link to continue a chat from our website here. Continue that \
-    conversation in Messenger? Only say yes if you asked for this link yourself.";
+pub use crate::sentences::CONSENT_QUESTION;
 
 /// New deliveries read from the database per round.
 const BATCH: usize = 200;
@@ -134,7 +133,7 @@ impl Intake {
     /// One pass at `now`: stores spooled deliveries, holds the events of new ones, applies those that are due and
     /// marks finished deliveries processed. Returns when the next held event is due.
     async fn pass(&mut self, messenger: &Messenger, now: Instant) -> anyhow::Result<Option<Instant>> {
-        let store = &messenger.conversations.store;
+        let store = messenger.conversations.messenger_rows();
         for path in messenger.spool.pending().await? {
             let body = tokio::fs::read(&path).await?;
             store.insert_webhook_delivery(&body).await?;
@@ -164,7 +163,7 @@ impl Intake {
         let limit = self.open.len() + BATCH;
         let deliveries = messenger
             .conversations
-            .store
+            .messenger_rows()
             .unprocessed_webhook_deliveries(i64::try_from(limit).unwrap_or(i64::MAX))
             .await?;
         let waiting: HashSet<i64> = deliveries.iter().map(|(id, _)| *id).collect();
@@ -259,7 +258,7 @@ impl Intake {
         let done: Vec<i64> = self.open.iter().filter(|(_, open)| open.left == 0).map(|(id, _)| *id).collect();
         for id in done {
             let error = self.open.get(&id).and_then(|open| open.error.clone());
-            messenger.conversations.store.mark_webhook_processed(id, error.as_deref()).await?;
+            messenger.conversations.messenger_rows().mark_webhook_processed(id, error.as_deref()).await?;
             self.open.remove(&id);
         }
         Ok(())
@@ -293,13 +292,13 @@ fn place(settings: &MessengerSettings, page: &str, event: &Messaging) -> (Option
 /// Whether `event` is a message not stored yet (a late redelivery of a stored one is not late, just a duplicate).
 async fn is_new_message(messenger: &Messenger, event: &Messaging) -> Result<bool, ServiceError> {
     let Some(mid) = event.message.as_ref().and_then(|m| m.mid.as_deref()) else { return Ok(false) };
-    Ok(messenger.conversations.store.message_by_external_id(mid).await?.is_none())
+    Ok(messenger.conversations.messenger_rows().message_by_external_id(mid).await?.is_none())
 }
 
 /// Counts a failed attempt at a delivery (quarantining it at the limit) and returns the error for the caller.
 async fn failed(messenger: &Messenger, delivery: i64, why: &str) -> anyhow::Error {
-    messenger.conversations.meters.webhook_failed();
-    let store = &messenger.conversations.store;
+    messenger.conversations.meters().webhook_failed();
+    let store = messenger.conversations.messenger_rows();
     match store.webhook_delivery_failed(delivery, why, messenger.settings.max_delivery_attempts).await {
         Ok(true) => tracing::error!(
             delivery,
@@ -317,7 +316,7 @@ async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(
         tracing::debug!("ignoring an event for another page");
         return Ok(());
     }
-    let store = &messenger.conversations.store;
+    let store = messenger.conversations.messenger_rows();
     if let Some(message) = &event.message
         && message.is_echo
     {
@@ -359,7 +358,7 @@ async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(
             Some(c) => c,
             None => new_messenger_contact(messenger, &psid).await?,
         };
-        let action_at = Some(event.timestamp.min(now_ms()));
+        let action_at = Some(event.timestamp.min(messenger.conversations.clock().now_ms()));
         return post_from_messenger(messenger, &contact, Poster::Visitor, mid, message, action_at).await;
     }
 
@@ -384,17 +383,13 @@ async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(
         } else {
             delivery.mids.clone()
         };
-        for (conversation_id, event) in store.messenger_delivered(&mids).await? {
-            messenger.conversations.publish_events(&conversation_id, vec![event]).await?;
-        }
-        return Ok(());
+        return messenger.conversations.messenger_delivered(&mids).await;
     }
 
     if let Some(read) = &event.read
         && let Some(contact) = store.contact_by_psid(&psid).await?
-        && let Some((conversation_id, event)) = store.messenger_read(&contact.id, read.watermark).await?
     {
-        messenger.conversations.publish_events(&conversation_id, vec![event]).await?;
+        messenger.conversations.messenger_read(&contact.id, read.watermark).await?;
     }
     Ok(())
 }
@@ -405,18 +400,17 @@ async fn apply_echo(
     psid: &str,
     message: &super::graph_types::Message,
 ) -> Result<(), ServiceError> {
-    let store = &messenger.conversations.store;
+    let store = messenger.conversations.messenger_rows();
     let Some(mid) = message.mid.clone() else { return Ok(()) };
     let ours = message.app_id.as_deref() == Some(messenger.settings.app_id.as_str());
     if ours {
         if let Some(message_id) = &message.metadata
             && let Some(outbox_id) = store.outbox_for_message(message_id).await?
-            && let Some((conversation_id, event)) = store.outbox_sent(outbox_id, &mid).await?
         {
-            messenger.conversations.publish_events(&conversation_id, vec![event]).await?;
+            messenger.conversations.outbox_sent(outbox_id, &mid).await?;
         }
         // The echo may have settled the head of this customer's queue: the next send may go now.
-        messenger.conversations.outbox_wake.notify_one();
+        messenger.conversations.outbox_wake().notify_one();
         return Ok(());
     }
     if store.message_by_external_id(&mid).await?.is_some() {
@@ -426,7 +420,8 @@ async fn apply_echo(
         Some(c) => c,
         None => new_messenger_contact(messenger, psid).await?,
     };
-    let name = if message.app_id.as_deref() == Some(PAGE_INBOX_APP_ID) { "Page inbox" } else { "Page" };
+    let name =
+        if message.app_id.as_deref() == Some(PAGE_INBOX_APP_ID) { sentences::PAGE_INBOX } else { sentences::PAGE };
     post_from_messenger(messenger, &contact, Poster::Page { name }, mid, message, None).await
 }
 
@@ -441,13 +436,14 @@ async fn post_from_messenger(
     messenger_action_at: Option<i64>,
 ) -> Result<(), ServiceError> {
     // Dedupe before anything is queued for download: a redelivered message fetches nothing.
-    if messenger.conversations.store.message_by_external_id(&mid).await?.is_some() {
+    if messenger.conversations.messenger_rows().message_by_external_id(&mid).await?.is_some() {
         return Ok(());
     }
     let text = message.text.clone().unwrap_or_default();
     let attachments = queue_attachments(messenger, &message.attachments).await?;
     let queued = !attachments.is_empty();
-    let body = if text.is_empty() && attachments.is_empty() { "[unsupported message]".to_string() } else { text };
+    let body =
+        if text.is_empty() && attachments.is_empty() { sentences::UNSUPPORTED_MESSAGE.to_string() } else { text };
     let client_id = format!("fb-{}", short_hash(&mid));
     messenger
         .conversations
@@ -478,8 +474,8 @@ async fn apply_referral(
     timestamp: i64,
     key: &str,
 ) -> Result<(), ServiceError> {
-    let store = &messenger.conversations.store;
-    let now_secs = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
+    let store = messenger.conversations.messenger_rows();
+    let now_secs = u32::try_from(messenger.conversations.clock().now_ms() / 1000).unwrap_or(u32::MAX);
     let ttl_ms = i64::from(messenger.settings.link_ttl_secs.max(60)) * 1000;
     let offered = match reference.map(|r| link::verify(messenger.link_key(), r, now_secs)) {
         Some(Ok(token)) => match store.offer_link(&token.nonce, psid, key, ttl_ms).await? {
@@ -507,8 +503,8 @@ async fn apply_referral(
         None => None,
     };
     if let Some(contact) = contact {
-        store.record_messenger_action(&contact.id, timestamp.min(now_ms())).await?;
-        messenger.conversations.publish_contact_summary(&contact.id).await?;
+        let at = timestamp.min(messenger.conversations.clock().now_ms());
+        messenger.conversations.record_messenger_action(&contact.id, at).await?;
     }
     Ok(())
 }
@@ -560,52 +556,39 @@ async fn answer_offer(
     yes: bool,
     timestamp: i64,
 ) -> Result<(), ServiceError> {
-    let store = &messenger.conversations.store;
-    let action_at = timestamp.min(now_ms());
+    let store = messenger.conversations.messenger_rows();
+    let action_at = timestamp.min(messenger.conversations.clock().now_ms());
     if let Some(own) = store.contact_by_psid(psid).await? {
-        store.record_messenger_action(&own.id, action_at).await?;
+        messenger.conversations.record_messenger_action(&own.id, action_at).await?;
     }
     if !yes {
         if store.refuse_link(nonce, psid).await? {
-            say(messenger, psid, "OK, nothing was linked. You can go on chatting on the website.");
+            say(messenger, psid, sentences::LINK_REFUSED);
         }
         return Ok(());
     }
     let Some(offer) = store.pending_offer(nonce, psid).await? else {
         if store.link_answered(nonce, psid).await? != Some(true) {
-            say(messenger, psid, "That link has expired. Please ask for a new one on the website.");
+            say(messenger, psid, sentences::LINK_EXPIRED);
         }
         return Ok(());
     };
     let name = fetch_profile(messenger, &offer.contact_id, psid).await;
     let recap = recap_text(messenger, &offer.contact_id).await?;
-    let Some(accepted) = store.accept_link(nonce, psid, name, action_at, recap.as_deref()).await? else {
-        return Ok(());
-    };
-    if let Some((conversation_id, event)) = accepted.event {
-        messenger.conversations.publish_events(&conversation_id, vec![event]).await?;
-    }
-    messenger.conversations.publish_contact_summary(&accepted.contact_id).await?;
-    if recap.is_some() {
-        messenger.conversations.outbox_wake.notify_one();
-    }
+    messenger.conversations.accept_link(nonce, psid, name, action_at, recap.as_deref()).await?;
     Ok(())
 }
 
 /// A short recap of the web conversation, so the Messenger thread makes sense.
 async fn recap_text(messenger: &Messenger, contact_id: &str) -> Result<Option<String>, ServiceError> {
-    let store = &messenger.conversations.store;
+    let store = messenger.conversations.messenger_rows();
     let Some(conversation) = store.conversation_for_contact(contact_id).await? else { return Ok(None) };
     let recent = store.recent_messages(&conversation.id, 6).await?;
-    if recent.is_empty() {
-        return Ok(None);
-    }
-    let mut text = String::from("Here's where we left off on the website:\n");
-    for (who, body) in recent {
-        let line: String = body.chars().take(200).collect();
-        text.push_str(&format!("\n{who}: {line}"));
-    }
-    Ok(Some(text.chars().take(1900).collect()))
+    Ok(sentences::recap(recent.iter().map(|m| sentences::RecapLine {
+        from_customer: m.author_role == "visitor",
+        agent_name: m.author_name.as_deref(),
+        body: &m.body,
+    })))
 }
 
 /// The label of a contact who first wrote on Messenger: the PSID's last four characters (not bytes: a PSID is
@@ -617,9 +600,9 @@ pub fn contact_label(psid: &str) -> String {
 }
 
 async fn new_messenger_contact(messenger: &Messenger, psid: &str) -> Result<Contact, ServiceError> {
-    let store = &messenger.conversations.store;
-    let site_id = match store.site_by_key(&messenger.settings.site_key).await? {
-        Some(site) => site.id,
+    let store = messenger.conversations.messenger_rows();
+    let site_id = match store.site_id_by_key(&messenger.settings.site_key).await? {
+        Some(site_id) => site_id,
         None => {
             store.oldest_site_id().await?.ok_or(ServiceError::Invalid("no site exists for Messenger conversations"))?
         }
@@ -632,7 +615,7 @@ async fn new_messenger_contact(messenger: &Messenger, psid: &str) -> Result<Cont
 
 /// Fetches and caches the customer's name and picture once; returns the first name.
 async fn fetch_profile(messenger: &Messenger, contact_id: &str, psid: &str) -> Option<String> {
-    let store = &messenger.conversations.store;
+    let store = messenger.conversations.messenger_rows();
     if let Ok(Some(contact)) = store.contact(contact_id).await
         && contact.psid.as_deref() == Some(psid)
         && let Some(name) = contact.display_name
@@ -697,7 +680,7 @@ async fn queue_attachments(
             .and_then(|n| n.split('?').next())
             .filter(|n| !n.is_empty())
             .map(|n| n.chars().take(200).collect::<String>());
-        let id = messenger.conversations.store.queue_attachment(name.as_deref(), &url).await?;
+        let id = messenger.conversations.messenger_rows().queue_attachment(name.as_deref(), &url).await?;
         out.push(Attachment { url: format!("/attachments/{id}"), kind: kind.into(), name });
     }
     Ok(out)

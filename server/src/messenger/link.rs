@@ -102,10 +102,7 @@ pub fn short_code_candidates(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Title of the quick reply that binds a Messenger thread to the web conversation.
-pub const CONSENT_YES: &str = "Yes, continue here";
-/// Title of the quick reply that refuses.
-pub const CONSENT_NO: &str = "No";
+pub use crate::sentences::{CONSENT_NO, CONSENT_YES};
 const CONSENT_PREFIX: &str = "ws1c_";
 
 /// The quick-reply payload answering the offer of link `nonce` (hex).

@@ -20,7 +20,7 @@ pub const PARALLEL: usize = 4;
 
 /// Runs until aborted: downloads queued files.
 pub async fn run(messenger: Arc<Messenger>) {
-    let store = messenger.conversations.store.clone();
+    let store = messenger.conversations.messenger_rows();
     if let Err(e) = store.requeue_attachments().await {
         tracing::warn!(error = ?e, "interrupted downloads not requeued");
     }
@@ -53,7 +53,7 @@ pub async fn run(messenger: Arc<Messenger>) {
 
 /// Fetches one file and records the outcome.
 async fn download(messenger: &Messenger, id: &str, url: &str) {
-    let store = &messenger.conversations.store;
+    let store = messenger.conversations.messenger_rows();
     let result = messenger.fetcher.get(url, messenger.settings.attachment_max_bytes).await;
     let stored = match result {
         Ok(file) => {

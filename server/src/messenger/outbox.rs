@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use super::channel::Messenger;
 use super::send_api::{Disposition, MessagingType};
-use crate::store::{OutboxRow, now_ms, outbox_metadata};
+use crate::store::{OutboxRow, outbox_metadata};
 use crate::supervisor::{WorkerContext, WorkerHealth};
 
 /// Alert key for a broken page token.
@@ -52,7 +52,8 @@ fn secs_ms(secs: u64) -> i64 {
 /// and Graph calls (`graph_calls`) in its health entry; a failed settle is counted as `settle_retries`.
 pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Result<()> {
     let WorkerContext { mut stop, health } = ctx;
-    let store = messenger.conversations.store.clone();
+    let store = messenger.conversations.messenger_rows();
+    let clock = messenger.conversations.clock().clone();
     let reconcile_ms = secs_ms(messenger.settings.reconcile_secs.max(1));
     let lease_ms = secs_ms(messenger.settings.timeout_secs.max(1)) + LEASE_MARGIN_MS;
     let mut in_flight: JoinSet<Outcome> = JoinSet::new();
@@ -61,7 +62,7 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
     let mut panicked: Option<String> = None;
     while !*stop.borrow() && panicked.is_none() {
         health.add("iterations", 1);
-        let now = now_ms();
+        let now = clock.now_ms();
         let wake_at = if now < paused_until {
             Some(paused_until)
         } else {
@@ -93,7 +94,7 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
             }
         };
         let wait = wake_at.map_or(Duration::from_secs(30), |at| {
-            Duration::from_millis(u64::try_from((at - now_ms()).clamp(0, 30_000)).unwrap_or(0))
+            Duration::from_millis(u64::try_from((at - clock.now_ms()).clamp(0, 30_000)).unwrap_or(0))
         });
         tokio::select! {
             changed = stop.changed() => {
@@ -105,7 +106,7 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
                 Ok((id, outcome)) => {
                     busy.remove(&id);
                     if outcome == Outcome::PauseAll {
-                        paused_until = now_ms() + TOKEN_PAUSE_MS;
+                        paused_until = clock.now_ms() + TOKEN_PAUSE_MS;
                     }
                 }
                 Err(e) => {
@@ -113,7 +114,9 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
                     panicked = Some(e.to_string());
                 }
             },
-            _ = messenger.conversations.outbox_wake.notified() => {}
+            _ = messenger.conversations.outbox_wake().notified() => {}
+            // A test moved the clock: what was due later may be due now.
+            () = clock.advanced() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -150,20 +153,20 @@ async fn deliver(messenger: Arc<Messenger>, row: OutboxRow, health: WorkerHealth
 }
 
 async fn send(messenger: &Messenger, row: &OutboxRow, health: &WorkerHealth) -> anyhow::Result<Outcome> {
-    let store = &messenger.conversations.store;
-    let kind = if row.messaging_type == "HUMAN_AGENT" { MessagingType::HumanAgent } else { MessagingType::Response };
+    let store = messenger.conversations.messenger_rows();
+    let kind = MessagingType::from_stored(&row.messaging_type);
     let lease = row.lease_id.clone().unwrap_or_default();
     health.add("graph_calls", 1);
     match messenger.graph.send_text(&row.psid, &row.body, kind, &outbox_metadata(row)).await {
         Ok(mid) => {
-            messenger.conversations.hub.set_alert(TOKEN_ALERT, None);
+            messenger.conversations.set_alert(TOKEN_ALERT, None);
             settle_sent(messenger, row.id, &mid, health).await;
             Ok(Outcome::Done)
         }
         Err(err) => {
             let disposition = err.disposition();
             tracing::warn!(outbox = row.id, attempts = row.attempts, error = %err, ?disposition, "Messenger send failed");
-            let retry_at = |delay: i64| now_ms() + delay;
+            let retry_at = |delay: i64| messenger.conversations.clock().now_ms() + delay;
             match disposition {
                 Disposition::Retry => {
                     store.outbox_retry(row.id, &lease, retry_at(backoff_ms(row.attempts)), &err.for_agents()).await?;
@@ -176,7 +179,7 @@ async fn send(messenger: &Messenger, row: &OutboxRow, health: &WorkerHealth) -> 
                     Ok(Outcome::Later)
                 }
                 Disposition::TokenInvalid => {
-                    messenger.conversations.hub.set_alert(TOKEN_ALERT, Some(err.for_agents()));
+                    messenger.conversations.set_alert(TOKEN_ALERT, Some(err.for_agents()));
                     store.outbox_retry(row.id, &lease, retry_at(TOKEN_PAUSE_MS), &err.for_agents()).await?;
                     Ok(Outcome::PauseAll)
                 }
@@ -196,15 +199,8 @@ async fn send(messenger: &Messenger, row: &OutboxRow, health: &WorkerHealth) -> 
 async fn settle_sent(messenger: &Messenger, id: i64, mid: &str, health: &WorkerHealth) {
     let mut delay = Duration::from_millis(100);
     loop {
-        match messenger.conversations.store.outbox_sent(id, mid).await {
-            Ok(settled) => {
-                if let Some((conversation_id, event)) = settled
-                    && let Err(e) = messenger.conversations.publish_events(&conversation_id, vec![event]).await
-                {
-                    tracing::warn!(error = ?e, "outbox: a Sent state was stored but not published");
-                }
-                return;
-            }
+        match messenger.conversations.outbox_sent(id, mid).await {
+            Ok(()) => return,
             Err(e) => {
                 health.add("settle_retries", 1);
                 tracing::warn!(outbox = id, error = ?e, "outbox: a send went out but was not recorded; retrying that");
@@ -221,9 +217,7 @@ async fn settle_failed(
     detail: &str,
     state: DeliveryState,
 ) -> anyhow::Result<Outcome> {
-    if let Some((conversation_id, event)) = messenger.conversations.store.outbox_failed(row.id, detail, state).await? {
-        messenger.conversations.publish_events(&conversation_id, vec![event]).await?;
-    }
+    messenger.conversations.outbox_failed(row.id, detail, state).await?;
     Ok(Outcome::Done)
 }
 

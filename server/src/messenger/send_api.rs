@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::config::MessengerSettings;
+use crate::sentences;
 
 /// A Graph API client for one Page.
 #[derive(Clone)]
@@ -84,21 +85,14 @@ impl GraphError {
     /// Plain words for agents.
     pub fn for_agents(&self) -> String {
         if self.subcode == Some(2_018_300) {
-            return "Not sent to Messenger: another inbox (such as Meta Business Suite) controls this conversation now."
-                .into();
+            return sentences::SEND_OTHER_INBOX.into();
         }
         match self.disposition() {
-            Disposition::Retry | Disposition::Ambiguous => "Messenger is not answering; Parley keeps trying.".into(),
-            Disposition::TokenInvalid => {
-                "The Facebook Page token is invalid or revoked; an admin must renew it.".into()
-            }
-            Disposition::OutsideWindow => {
-                "Not sent to Messenger: the customer must write first (window closed).".into()
-            }
-            Disposition::Unreachable => {
-                "Not sent to Messenger: the customer can't receive messages from the Page.".into()
-            }
-            Disposition::Permanent => format!("Messenger refused the message: {}", self.message),
+            Disposition::Retry | Disposition::Ambiguous => sentences::SEND_RETRYING.into(),
+            Disposition::TokenInvalid => sentences::SEND_TOKEN_INVALID.into(),
+            Disposition::OutsideWindow => sentences::SEND_WINDOW_CLOSED.into(),
+            Disposition::Unreachable => sentences::SEND_UNREACHABLE.into(),
+            Disposition::Permanent => sentences::send_refused(&self.message),
         }
     }
 }

@@ -34,7 +34,7 @@ impl Spool {
 
     /// Writes a body durably under a new, unique name.
     pub async fn write(&self, body: &[u8]) -> std::io::Result<()> {
-        let name = format!("{:020}-{}", crate::store::now_ms().max(0), uuid::Uuid::now_v7().simple());
+        let name = format!("{:020}-{}", crate::clock::Clock::system().now_ms().max(0), uuid::Uuid::now_v7().simple());
         let tmp = self.dir.join(format!("{name}.tmp"));
         let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).await?;
         let written = async {

@@ -100,3 +100,45 @@ pub struct SummaryRow {
     pub messenger_last_action_at: Option<i64>,
     pub messenger_last_message_at: Option<i64>,
 }
+
+/// A redeemed link token.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct LinkRow {
+    pub nonce: String,
+    pub contact_id: String,
+    pub code: String,
+    pub expires_at: i64,
+}
+
+/// One queued send.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub conversation_id: String,
+    pub message_id: Option<String>,
+    pub psid: String,
+    pub body: String,
+    pub messaging_type: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    /// The attempt that holds this row's lease (`None` outside the outbox worker).
+    pub lease_id: Option<String>,
+}
+
+/// A delivery that failed too often and waits for an operator.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct QuarantinedDelivery {
+    pub id: i64,
+    pub received_at: i64,
+    pub attempts: i64,
+    pub error: Option<String>,
+}
+
+/// A visitor or agent message, as the recap shows it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct RecentMessage {
+    /// `visitor` or `agent`.
+    pub author_role: String,
+    pub author_name: Option<String>,
+    pub body: String,
+}

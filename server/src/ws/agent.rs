@@ -175,12 +175,7 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
                 Ok(events) => {
                     let last_seq = events.last().map_or(from, |e| e.seq);
                     session.open.insert(conversation_id.clone(), Relay::starting_at(last_seq));
-                    if let Some(messenger) = &state.messenger
-                        && let Ok(Some(contact)) = state.store.contact(&conversation.contact_id).await
-                        && let Some(psid) = contact.psid
-                    {
-                        messenger.mark_seen(psid);
-                    }
+                    state.conversations.agent_opened(&conversation).await;
                     send_json(sink, &ServerMsg::History { conversation_id, events, last_seq }).await
                 }
                 Err(e) => {
@@ -221,14 +216,7 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
             if let Ok(Some(conversation)) = state.store.conversation(&conversation_id).await
                 && session.typing_changed(&conversation.id, typing)
             {
-                state.conversations.typing(&conversation, false, typing, Some(session.agent.name.clone()));
-                if typing
-                    && let Some(messenger) = &state.messenger
-                    && let Ok(Some(contact)) = state.store.contact(&conversation.contact_id).await
-                    && let Some(psid) = contact.psid
-                {
-                    messenger.typing(psid);
-                }
+                state.conversations.typing(&conversation, false, typing, Some(session.agent.name.clone())).await;
             }
             Ok(())
         }

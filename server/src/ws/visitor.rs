@@ -443,7 +443,7 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
             if session.gates.typing.pass(typing)
                 && let Ok(Some(conversation)) = session.conversation().await
             {
-                session.state.conversations.typing(&conversation, true, typing, None);
+                session.state.conversations.typing(&conversation, true, typing, None).await;
             }
             Ok(())
         }

@@ -33,9 +33,22 @@ pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
         .map(str::to_string)
 }
 
+/// SQLite's write lock, held by [`TestApp::hold_write_lock`].
+pub struct WriteLock {
+    conn: sqlx::SqliteConnection,
+}
+
+impl WriteLock {
+    pub async fn release(mut self) {
+        sqlx::query("commit").execute(&mut self.conn).await.expect("write lock released");
+    }
+}
+
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub store: Store,
+    /// The app's clock: tests move it forward (e.g. past Messenger's 24 h window) with `clock.advance`.
+    pub clock: parley::clock::Clock,
     /// The database, for counting rows behind the store's back.
     pub db_url: String,
     pub agent_id: String,
@@ -73,9 +86,35 @@ fn test_settings(dir: &tempfile::TempDir) -> Settings {
 
 /// Seeds the database and runs the app on `listener` until the returned `TestApp` is dropped.
 async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempfile::TempDir) -> TestApp {
-    let store = Store::connect(&settings.database.url, 4).await.expect("store opens");
+    let clock = parley::clock::Clock::adjustable();
+    let store = Store::connect_with_clock(&settings.database.url, 4, clock.clone()).await.expect("store opens");
     store.create_site(SITE_KEY, "Test Shop", &[HOST_ORIGIN.to_string()], "Hello there").await.expect("site");
     let agent = parley::cli::create_agent(&store, AGENT_EMAIL, AGENT_NAME, AGENT_PASSWORD).await.expect("agent");
+    run(settings, listener, store, clock, agent.id, dir)
+}
+
+/// Boots the app on port 0 on an existing database that already holds the test site and agent (e.g. one that
+/// `parley db copy` filled), of either engine.
+pub async fn spawn_app_on_database(url: &str) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(&dir);
+    settings.database.url = url.to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let clock = parley::clock::Clock::adjustable();
+    let store = Store::connect_with_clock(url, 4, clock.clone()).await.expect("store opens");
+    let agent = store.agent_by_email(AGENT_EMAIL).await.expect("agent").expect("the test agent exists");
+    run(settings, listener, store, clock, agent.id, dir)
+}
+
+/// Runs the app on `listener` until the returned `TestApp` is dropped.
+fn run(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    store: Store,
+    clock: parley::clock::Clock,
+    agent_id: String,
+    dir: tempfile::TempDir,
+) -> TestApp {
     let addr = listener.local_addr().expect("addr");
     let database_url = settings.database.url.clone();
     let app = Application::with_store(settings, listener, store.clone()).expect("app builds");
@@ -89,8 +128,9 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
     TestApp {
         addr,
         store,
+        clock,
         db_url: database_url,
-        agent_id: agent.id,
+        agent_id,
         http: reqwest::Client::new(),
         workers,
         state,
@@ -125,9 +165,39 @@ impl TestApp {
 
     /// Rows in `table` now.
     pub async fn count_rows(&self, table: &str) -> i64 {
+        self.query_i64(&format!("select count(*) from {table}")).await
+    }
+
+    /// A connection of its own to the app's database file, behind the store's back (to look, or to inject faults).
+    pub async fn raw_db(&self) -> sqlx::SqliteConnection {
         use sqlx::Connection;
-        let mut db = sqlx::SqliteConnection::connect(&self.db_url).await.expect("database opens");
-        sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(&mut db).await.expect("counts")
+        sqlx::SqliteConnection::connect(&self.db_url).await.expect("database opens")
+    }
+
+    /// Runs raw SQL on the database file (e.g. a trigger that makes an insert fail).
+    pub async fn execute_raw(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(&mut self.raw_db().await).await.expect("raw SQL runs");
+    }
+
+    /// The one integer a query returns.
+    pub async fn query_i64(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&mut self.raw_db().await).await.expect("query runs")
+    }
+
+    /// Every queued send as (body, status, external id), oldest first.
+    pub async fn outbox_statuses(&self) -> Vec<(String, String, Option<String>)> {
+        sqlx::query_as("select body, status, external_id from outbox order by id")
+            .fetch_all(&mut self.raw_db().await)
+            .await
+            .expect("query runs")
+    }
+
+    /// Takes SQLite's write lock on a connection of its own and holds it until [`WriteLock::release`]: what the
+    /// server does while another writer holds the database.
+    pub async fn hold_write_lock(&self) -> WriteLock {
+        let mut conn = self.raw_db().await;
+        sqlx::query("begin immediate").execute(&mut conn).await.expect("write lock taken");
+        WriteLock { conn }
     }
 
     /// A visitor socket from the chat frame's origin with extra request headers (e.g. `X-Forwarded-For`).
@@ -196,11 +266,15 @@ impl TestApp {
         .await
     }
 
-    /// A session cookie for the test agent.
+    /// A session cookie for the test agent, valid for 30 days of the app's clock (tests move it by days).
     pub async fn agent_cookie(&self) -> String {
         let token = parley::auth::new_token();
         self.store
-            .create_session(&parley::auth::token_hash(&token), &self.agent_id, parley::store::now_ms() + 3_600_000)
+            .create_session(
+                &parley::auth::token_hash(&token),
+                &self.agent_id,
+                self.clock.now_ms() + 30 * 24 * 3_600_000,
+            )
             .await
             .expect("session");
         format!("parley_session={token}")

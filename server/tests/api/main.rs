@@ -4,6 +4,7 @@
 mod helpers;
 
 mod agent_ws;
+mod db_copy;
 mod floods;
 mod http;
 mod identity;

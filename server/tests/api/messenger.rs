@@ -198,7 +198,7 @@ async fn a_bad_or_missing_signature_gets_403_and_nothing_is_stored() {
     // Only the signed delivery reached the database.
     let mut stored = 0;
     for _ in 0..100 {
-        stored = app.store.webhook_delivery_count().await.expect("count");
+        stored = app.count_rows("webhook_deliveries").await;
         if stored > 0 {
             break;
         }
@@ -387,12 +387,10 @@ async fn replies_follow_the_messenger_windows() {
     let (_visitor, mut agent, conversation_id, psid) = linked(&app, &sandbox).await;
     sandbox.user_sends_text(&psid, "are you there?").expect("send");
     agent_event(&mut agent, |e| is_message(e, "are you there?")).await;
-    let contact = app.store.contact_by_psid(&psid).await.expect("query").expect("contact");
 
     // 25 hours later: only a human agent may answer, with the HUMAN_AGENT tag.
-    let hour = 3_600_000;
     sandbox.advance_hours(25);
-    app.store.age_messenger_activity(&contact.id, 25 * hour).await.expect("age");
+    app.clock.advance(Duration::from_secs(25 * 3600));
     let late = agent_says(&mut agent, &conversation_id, "a-1", "Sorry for the wait").await;
     let sent = sandbox
         .wait_until(WAIT, |s| {
@@ -406,7 +404,7 @@ async fn replies_follow_the_messenger_windows() {
 
     // 8 days later: nothing may be sent; the message says so and stays on the web.
     sandbox.advance_hours(24 * 7);
-    app.store.age_messenger_activity(&contact.id, 24 * 7 * hour).await.expect("age");
+    app.clock.advance(Duration::from_secs(24 * 7 * 3600));
     let too_late = agent_says(&mut agent, &conversation_id, "a-2", "Still there?").await;
     let (state, detail) = delivery_state(&mut agent, &too_late).await;
     assert_eq!(state, DeliveryState::NotSent);
@@ -417,10 +415,9 @@ async fn replies_follow_the_messenger_windows() {
 #[tokio::test]
 async fn without_the_human_agent_feature_nothing_goes_out_after_24_hours() {
     let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
-    let (_visitor, mut agent, conversation_id, psid) = linked(&app, &sandbox).await;
-    let contact = app.store.contact_by_psid(&psid).await.expect("query").expect("contact");
+    let (_visitor, mut agent, conversation_id, _psid) = linked(&app, &sandbox).await;
     sandbox.advance_hours(25);
-    app.store.age_messenger_activity(&contact.id, 25 * 3_600_000).await.expect("age");
+    app.clock.advance(Duration::from_secs(25 * 3600));
     let id = agent_says(&mut agent, &conversation_id, "a-1", "hello?").await;
     assert_eq!(delivery_state(&mut agent, &id).await.0, DeliveryState::NotSent);
 }
@@ -534,7 +531,7 @@ async fn a_delivery_is_acknowledged_while_the_database_is_locked_and_stored_once
     let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
     let psid = customer(&sandbox, "Slow");
     // Another writer holds SQLite's write lock: the webhook must still be answered (from the spool).
-    let blocker = app.store.hold_write_lock().await.expect("lock");
+    let blocker = app.hold_write_lock().await;
     sandbox.user_sends_text(&psid, "while the database is busy").expect("send");
     let deliveries = sandbox.wait_for_deliveries(1, WAIT).await.expect("acknowledged while locked");
     assert!(deliveries.iter().all(|d| d.attempts.last().is_some_and(|a| a.status == Some(200))));

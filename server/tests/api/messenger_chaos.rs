@@ -108,7 +108,7 @@ async fn drained(app: &TestApp, sandbox: &messenger_sandbox::Sandbox, customers:
             panic!("replies never reached the sandbox: {missing:?}")
         });
     wait_for(|| async {
-        let rows = app.store.outbox_statuses().await.expect("query");
+        let rows = app.outbox_statuses().await;
         let unsettled: Vec<_> = rows.iter().filter(|(_, status, _)| status != "sent").collect();
         assert!(unsettled.iter().all(|(_, status, _)| status == "pending"), "a send was given up: {unsettled:?}");
         unsettled.is_empty().then_some(())
@@ -234,7 +234,7 @@ async fn an_outage_of_hours_613_bursts_timeouts_that_delivered_and_unruly_webhoo
     let delivered = sandbox.delivered_webhooks();
     let webhook_duplicates = delivered.iter().filter(|d| d.duplicate_of.is_some()).count();
     wait_for(|| async {
-        let stored = app.store.webhook_delivery_count().await.expect("count");
+        let stored = app.count_rows("webhook_deliveries").await;
         let waiting = app.store.unprocessed_webhook_deliveries(1).await.expect("query").len();
         (stored >= i64::try_from(delivered.len()).unwrap_or(i64::MAX) && waiting == 0).then_some(())
     })

@@ -55,7 +55,7 @@ fn late_events(app: &TestApp) -> u64 {
 /// Waits until `n` deliveries are stored and none is waiting (so nothing can still be applied later).
 async fn all_processed(app: &TestApp, n: i64) {
     wait_for(|| async {
-        let stored = app.store.webhook_delivery_count().await.expect("count");
+        let stored = app.count_rows("webhook_deliveries").await;
         let waiting = app.store.unprocessed_webhook_deliveries(1).await.expect("query").len();
         (stored == n && waiting == 0).then_some(())
     })
@@ -66,10 +66,10 @@ async fn all_processed(app: &TestApp, n: i64) {
 async fn an_earlier_message_whose_webhook_comes_in_a_later_batch_is_still_stored_first() {
     let MessengerApp { app, .. } = spawn_messenger_app(|_, s| s.messenger.reorder_window_ms = 2000).await;
     let psid = "7100000000000001";
-    let t = parley::store::now_ms();
+    let t = app.store.clock().now_ms();
     deliver(&app, &message(psid, "m_order_b", t + 1, "B")).await;
     // The intake has taken B's delivery in (its pass is under way or over) before A's webhook is sent...
-    wait_for(|| async { (app.store.webhook_delivery_count().await.expect("count") == 1).then_some(()) }).await;
+    wait_for(|| async { (app.count_rows("webhook_deliveries").await == 1).then_some(()) }).await;
     // ...and A comes after a gap longer than the intake's 150 ms gather, shorter than the window.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let before_a = stored(&app, psid).await;
@@ -86,7 +86,7 @@ async fn an_earlier_message_whose_webhook_comes_in_a_later_batch_is_still_stored
 async fn a_message_later_than_the_window_is_stored_late_and_counted_not_lost() {
     let MessengerApp { app, .. } = spawn_messenger_app(|_, s| s.messenger.reorder_window_ms = 300).await;
     let psid = "7100000000000002";
-    let t = parley::store::now_ms();
+    let t = app.store.clock().now_ms();
     deliver(&app, &message(psid, "m_late_b", t + 1, "B")).await;
     assert_eq!(stored_n(&app, psid, 1).await, ["B"]);
     // A's webhook comes after B was stored: too late to go first, so it goes after.
@@ -106,7 +106,7 @@ async fn a_reordered_customer_holds_up_no_one_else() {
     const WINDOW_MS: u64 = 1000;
     let MessengerApp { app, .. } = spawn_messenger_app(|_, s| s.messenger.reorder_window_ms = WINDOW_MS).await;
     let (busy, quiet) = ("7100000000000003", "7100000000000004");
-    let t = parley::store::now_ms();
+    let t = app.store.clock().now_ms();
     let pairs = 12i64;
     let mut quiet_posted = None;
     let mut quiet_stored = None;

@@ -63,10 +63,8 @@ fn counter(app: &TestApp, name: &str) -> u64 {
 /// Waits until the outbox row carrying `body` has `status`; returns its external id.
 async fn outbox_status(app: &TestApp, body_prefix: &str, status: &str) -> Option<String> {
     wait_for(|| async {
-        app.store
-            .outbox_statuses()
+        app.outbox_statuses()
             .await
-            .expect("query")
             .into_iter()
             .find(|(body, s, _)| body.starts_with(body_prefix) && s == status)
             .map(|(_, _, external)| external)
@@ -82,7 +80,7 @@ async fn a_head_send_in_backoff_neither_spins_the_worker_nor_delays_another_cust
 
     // Customer A: a head send in backoff for an hour, and 100 sends due now queued behind it.
     let db = sqlx::SqlitePool::connect(&app.db_url).await.expect("db");
-    let now = parley::store::now_ms();
+    let now = app.clock.now_ms();
     let mut tx = db.begin().await.expect("tx");
     for i in 0..101 {
         sqlx::query(

@@ -1,12 +1,15 @@
 //! Agents and their console sessions. Session tokens are stored only as SHA-256 hashes.
 
-use super::models::Agent;
-use super::{Store, StoreResult, new_id, now_ms, on_unique};
+use async_trait::async_trait;
 
-impl Store {
-    /// Creates an agent; `Conflict` if the email is taken (case-insensitively).
-    pub async fn create_agent(&self, email: &str, name: &str, password_hash: &str) -> StoreResult<Agent> {
-        let now = now_ms();
+use super::{SqliteStore, on_unique};
+use crate::store::models::Agent;
+use crate::store::{AgentStore, StoreResult, new_id};
+
+#[async_trait]
+impl AgentStore for SqliteStore {
+    async fn create_agent(&self, email: &str, name: &str, password_hash: &str) -> StoreResult<Agent> {
+        let now = self.now();
         sqlx::query_as::<_, Agent>(
             "insert into agents (id, email, name, password_hash, created_at, updated_at)
              values (?, ?, ?, ?, ?, ?) returning id, email, name, password_hash",
@@ -17,18 +20,17 @@ impl Store {
         .bind(password_hash)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(|e| on_unique(e, "an agent with this email"))
     }
 
-    /// Replaces an agent's password and ends all of their sessions.
-    pub async fn set_agent_password(&self, email: &str, password_hash: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+    async fn set_agent_password(&self, email: &str, password_hash: &str) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await?;
         let id: Option<String> =
             sqlx::query_scalar("update agents set password_hash = ?, updated_at = ? where email = ? returning id")
                 .bind(password_hash)
-                .bind(now_ms())
+                .bind(self.now())
                 .bind(email)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -39,41 +41,40 @@ impl Store {
         Ok(id.is_some())
     }
 
-    pub async fn agent_by_email(&self, email: &str) -> StoreResult<Option<Agent>> {
+    async fn agent_by_email(&self, email: &str) -> StoreResult<Option<Agent>> {
         Ok(sqlx::query_as::<_, Agent>("select id, email, name, password_hash from agents where email = ?")
             .bind(email)
             .fetch_optional(&self.pool)
             .await?)
     }
 
-    pub async fn create_session(&self, token_hash: &[u8], agent_id: &str, expires_at: i64) -> StoreResult<()> {
+    async fn create_session(&self, token_hash: &[u8], agent_id: &str, expires_at: i64) -> StoreResult<()> {
         sqlx::query("insert into agent_sessions (token_hash, agent_id, expires_at, created_at) values (?, ?, ?, ?)")
             .bind(token_hash)
             .bind(agent_id)
             .bind(expires_at)
-            .bind(now_ms())
-            .execute(&self.pool)
+            .bind(self.now())
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
 
-    /// The agent owning an unexpired session.
-    pub async fn agent_for_session(&self, token_hash: &[u8]) -> StoreResult<Option<Agent>> {
+    async fn agent_for_session(&self, token_hash: &[u8]) -> StoreResult<Option<Agent>> {
         Ok(sqlx::query_as::<_, Agent>(
             "select a.id, a.email, a.name, a.password_hash from agent_sessions s join agents a on a.id = s.agent_id
              where s.token_hash = ? and s.expires_at > ?",
         )
         .bind(token_hash)
-        .bind(now_ms())
+        .bind(self.now())
         .fetch_optional(&self.pool)
         .await?)
     }
 
-    pub async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()> {
+    async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()> {
         sqlx::query("delete from agent_sessions where token_hash = ? or expires_at <= ?")
             .bind(token_hash)
-            .bind(now_ms())
-            .execute(&self.pool)
+            .bind(self.now())
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -3,32 +3,15 @@
 //! is [`identity_key`] instead of a token's hash, so creation on first write (insert-or-get) works as for any
 //! visitor, and every device presenting the same verified id reaches the same contact.
 
-use sha2::{Digest, Sha256};
+use async_trait::async_trait;
 
-use super::{Store, StoreResult, now_ms};
+use super::SqliteStore;
 use crate::identity::{IdentitySecret, Verified};
+use crate::store::{IdentityStore, SiteIdentity, StoreResult};
 
-/// A site's identity settings.
-#[derive(Clone, Debug, Default)]
-pub struct SiteIdentity {
-    pub secret: Option<IdentitySecret>,
-    /// Only identified customers may write, and anonymous sockets see no history.
-    pub required: bool,
-}
-
-/// The `web_token_hash` of the contact for an external id on a site. It never equals a visitor token's hash: a
-/// token would have to be this exact preimage, and tokens may not contain its NUL bytes.
-pub fn identity_key(site_id: &str, external_id: &str) -> Vec<u8> {
-    let mut digest = Sha256::new();
-    digest.update(b"parley identity\0");
-    digest.update(site_id.as_bytes());
-    digest.update([0]);
-    digest.update(external_id.as_bytes());
-    digest.finalize().to_vec()
-}
-
-impl Store {
-    pub async fn site_identity(&self, site_id: &str) -> StoreResult<SiteIdentity> {
+#[async_trait]
+impl IdentityStore for SqliteStore {
+    async fn site_identity(&self, site_id: &str) -> StoreResult<SiteIdentity> {
         let row: Option<(Option<String>, bool)> =
             sqlx::query_as("select identity_secret, identity_required from sites where id = ?")
                 .bind(site_id)
@@ -40,31 +23,27 @@ impl Store {
         }))
     }
 
-    /// Replaces (or, with `None`, removes) a site's identity secret; `false` if there is no site with this key.
-    pub async fn set_identity_secret(&self, site_key: &str, secret: Option<&IdentitySecret>) -> StoreResult<bool> {
+    async fn set_identity_secret(&self, site_key: &str, secret: Option<&IdentitySecret>) -> StoreResult<bool> {
         let done = sqlx::query("update sites set identity_secret = ?, updated_at = ? where key = ?")
             .bind(secret.map(IdentitySecret::expose))
-            .bind(now_ms())
+            .bind(self.now())
             .bind(site_key)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
 
-    /// Sets whether a site requires identity; `false` if there is no site with this key.
-    pub async fn set_identity_required(&self, site_key: &str, required: bool) -> StoreResult<bool> {
+    async fn set_identity_required(&self, site_key: &str, required: bool) -> StoreResult<bool> {
         let done = sqlx::query("update sites set identity_required = ?, updated_at = ? where key = ?")
             .bind(required)
-            .bind(now_ms())
+            .bind(self.now())
             .bind(site_key)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
 
-    /// Records who an identified contact is: the external id, and the name (as the contact's label) and email the
-    /// host page gave, when given. Writes nothing when nothing changed.
-    pub async fn record_identity(&self, contact_id: &str, who: &Verified) -> StoreResult<()> {
+    async fn record_identity(&self, contact_id: &str, who: &Verified) -> StoreResult<()> {
         sqlx::query(
             "update contacts set external_id = ?1, label = coalesce(?2, label), email = coalesce(?3, email),
                 updated_at = ?4
@@ -74,9 +53,9 @@ impl Store {
         .bind(&who.id)
         .bind(&who.name)
         .bind(&who.email)
-        .bind(now_ms())
+        .bind(self.now())
         .bind(contact_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

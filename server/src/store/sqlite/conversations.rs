@@ -3,50 +3,14 @@
 //! Every durable change to a conversation appends an [`Event`] with the next `seq` in the same transaction as the
 //! change itself, so the log and the tables never disagree and replaying the log from any `seq` is exact.
 
-use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
-use sha2::{Digest, Sha256};
+use async_trait::async_trait;
+use protocol::{Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
 use sqlx::{Sqlite, Transaction};
 
-use super::models::{Contact, ContactContext, Conversation, SummaryRow};
-use super::{Store, StoreError, StoreResult, new_id, now_ms, on_unique};
-
-/// A message to append.
-#[derive(Clone, Debug)]
-pub struct NewMessage {
-    pub client_id: String,
-    pub body: String,
-    pub author: Author,
-    /// The agent who wrote it, for agent messages.
-    pub agent_id: Option<String>,
-    pub channel: Channel,
-    /// Id on the channel it came from (Messenger `mid`); unique, so a redelivered message is stored once.
-    pub external_id: Option<String>,
-    pub attachments: Vec<Attachment>,
-    /// For messages from the customer on Messenger: when they wrote (epoch ms), which opens the reply window.
-    pub messenger_action_at: Option<i64>,
-    /// Mirror this message to the contact's Messenger thread (agent replies, recaps), under these rules.
-    pub mirror: Option<MirrorPolicy>,
-}
-
-/// How a message written here is mirrored to Messenger.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MirrorPolicy {
-    /// The Page may reply with the HUMAN_AGENT tag from 24 h to 7 d after the customer's last message.
-    pub human_agent: bool,
-}
-
-/// The Messenger reply windows.
-pub const RESPONSE_WINDOW_MS: i64 = 24 * 3600 * 1000;
-pub const HUMAN_AGENT_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
-
-/// What appending a message did.
-#[derive(Clone, Debug)]
-pub enum AppendOutcome {
-    /// The message was committed; `events` are the new log entries in order (the message, maybe a reopen).
-    Created { conversation_id: String, message: ChatMessage, seq: u64, events: Vec<Event> },
-    /// A message with this client id already exists in the conversation: nothing was written.
-    Duplicate { conversation_id: String, message: ChatMessage, seq: u64 },
-}
+use super::{SqliteStore, on_unique};
+use crate::messenger::policy::{Mirror, MirrorPolicy, Thread};
+use crate::store::models::{Contact, ContactContext, Conversation, SummaryRow};
+use crate::store::{AppendOutcome, ConversationStore, NewMessage, StoreError, StoreResult, new_id, web_contact_id};
 
 /// Columns of [`Contact`], in its field order.
 pub(super) const CONTACT_COLUMNS: &str =
@@ -55,8 +19,7 @@ pub(super) const CONTACT_COLUMNS: &str =
 
 const SUMMARY_SELECT: &str = "select c.id, c.contact_id, s.key as site_key, s.name as site_name, k.label, c.status,
         c.last_message, c.last_activity_at, c.last_seq, c.visitor_read_seq,
-        (select count(*) from messages m where m.conversation_id = c.id and m.author_role = 'visitor'
-            and m.seq > c.agent_read_seq) as unread,
+        c.unread_count as unread,
         k.page_url, k.referrer, k.user_agent, k.timezone, k.utc_offset_minutes, k.language,
         k.psid, k.display_name, k.avatar_id, k.messenger_last_action_at, k.messenger_last_message_at
     from conversations c join sites s on s.id = c.site_id join contacts k on k.id = c.contact_id";
@@ -67,20 +30,6 @@ pub(super) fn seq_of(v: i64) -> u64 {
 
 pub(super) fn seq_param(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// The id a web visitor's contact has (or will have once the visitor first writes): derived from the site and the
-/// token's hash, so every socket holding the token knows it before the contact exists. One-way: the id reveals
-/// nothing usable about the token.
-pub fn web_contact_id(site_id: &str, token_hash: &[u8]) -> String {
-    let mut digest = Sha256::new();
-    digest.update(b"parley web contact\0");
-    digest.update(site_id.as_bytes());
-    digest.update([0]);
-    digest.update(token_hash);
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest.finalize()[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
 fn conversation_from_row(row: (String, String, String, String, i64, i64, i64)) -> StoreResult<Conversation> {
@@ -99,18 +48,16 @@ fn conversation_from_row(row: (String, String, String, String, i64, i64, i64)) -
 const CONVERSATION_COLUMNS: &str =
     "select id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq from conversations";
 
-impl Store {
-    /// The web visitor's contact for a token, created on first use. Insert-or-get: the insert is a no-op when the
-    /// token hash (or the id derived from it, [`web_contact_id`]) already exists, so concurrent first writes with one
-    /// token (two tabs of a brand-new visitor) end with one contact. `Conflict` if the token belongs to another site.
-    pub async fn contact_for_token(
+#[async_trait]
+impl ConversationStore for SqliteStore {
+    async fn contact_for_token(
         &self,
         site_id: &str,
         token_hash: &[u8],
         label: &str,
         ctx: &ContactContext,
     ) -> StoreResult<Contact> {
-        let now = now_ms();
+        let now = self.now();
         sqlx::query(
             "insert into contacts (id, site_id, web_token_hash, label, page_url, referrer, user_agent, timezone,
                 utc_offset_minutes, language, created_at, updated_at)
@@ -129,15 +76,14 @@ impl Store {
         .bind(&ctx.language)
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.contact_by_token(site_id, token_hash)
             .await?
             .ok_or_else(|| StoreError::Conflict("a contact of another site with this token".into()))
     }
 
-    /// Whether any contact, of any site, holds this web token.
-    pub async fn web_token_taken(&self, token_hash: &[u8]) -> StoreResult<bool> {
+    async fn web_token_taken(&self, token_hash: &[u8]) -> StoreResult<bool> {
         let found: Option<i64> = sqlx::query_scalar("select 1 from contacts where web_token_hash = ?")
             .bind(token_hash)
             .fetch_optional(&self.pool)
@@ -145,8 +91,7 @@ impl Store {
         Ok(found.is_some())
     }
 
-    /// The contact holding a web token on a site.
-    pub async fn contact_by_token(&self, site_id: &str, token_hash: &[u8]) -> StoreResult<Option<Contact>> {
+    async fn contact_by_token(&self, site_id: &str, token_hash: &[u8]) -> StoreResult<Option<Contact>> {
         Ok(sqlx::query_as::<_, Contact>(&format!(
             "select {CONTACT_COLUMNS} from contacts where web_token_hash = ? and site_id = ?"
         ))
@@ -156,9 +101,7 @@ impl Store {
         .await?)
     }
 
-    /// Records where the contact is now (fields the browser did not send keep their old value). Writes nothing when
-    /// nothing changed, so a visitor reopening the chat from the same page writes nothing.
-    pub async fn update_contact_context(&self, contact_id: &str, ctx: &ContactContext) -> StoreResult<()> {
+    async fn update_contact_context(&self, contact_id: &str, ctx: &ContactContext) -> StoreResult<()> {
         sqlx::query(
             "update contacts set page_url = coalesce(?1, page_url), referrer = coalesce(?2, referrer),
                 user_agent = coalesce(?3, user_agent), timezone = coalesce(?4, timezone),
@@ -174,20 +117,27 @@ impl Store {
         .bind(&ctx.timezone)
         .bind(ctx.utc_offset_minutes)
         .bind(&ctx.language)
-        .bind(now_ms())
+        .bind(self.now())
         .bind(contact_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
 
-    pub async fn conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
+    async fn contact(&self, id: &str) -> StoreResult<Option<Contact>> {
+        Ok(sqlx::query_as::<_, Contact>(&format!("select {CONTACT_COLUMNS} from contacts where id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
         let row =
             sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where id = ?")).bind(id).fetch_optional(&self.pool).await?;
         row.map(conversation_from_row).transpose()
     }
 
-    pub async fn conversation_for_contact(&self, contact_id: &str) -> StoreResult<Option<Conversation>> {
+    async fn conversation_for_contact(&self, contact_id: &str) -> StoreResult<Option<Conversation>> {
         let row = sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where contact_id = ?"))
             .bind(contact_id)
             .fetch_optional(&self.pool)
@@ -195,8 +145,7 @@ impl Store {
         row.map(conversation_from_row).transpose()
     }
 
-    /// The log of a conversation after `after_seq`, in order.
-    pub async fn events_after(&self, conversation_id: &str, after_seq: u64) -> StoreResult<Vec<Event>> {
+    async fn events_after(&self, conversation_id: &str, after_seq: u64) -> StoreResult<Vec<Event>> {
         let rows: Vec<(String,)> =
             sqlx::query_as("select payload from events where conversation_id = ? and seq > ? order by seq")
                 .bind(conversation_id)
@@ -208,8 +157,7 @@ impl Store {
             .collect()
     }
 
-    /// The message a channel id (Messenger `mid`) names, if it exists.
-    pub async fn message_by_external_id(&self, external_id: &str) -> StoreResult<Option<(String, ChatMessage, u64)>> {
+    async fn message_by_external_id(&self, external_id: &str) -> StoreResult<Option<(String, ChatMessage, u64)>> {
         let row: Option<(String, String)> =
             sqlx::query_as("select conversation_id, client_id from messages where external_id = ?")
                 .bind(external_id)
@@ -220,8 +168,7 @@ impl Store {
         Ok(found.map(|(message, seq)| (conversation_id, message, seq)))
     }
 
-    /// The message a client id names in a conversation, if it exists.
-    pub async fn message_by_client_id(
+    async fn message_by_client_id(
         &self,
         conversation_id: &str,
         client_id: &str,
@@ -248,10 +195,7 @@ impl Store {
         }
     }
 
-    /// Appends a message to the contact's conversation (creating the conversation on the first message).
-    /// Idempotent on `client_id`: a repeat returns [`AppendOutcome::Duplicate`] with the stored message.
-    /// A visitor message in a resolved conversation reopens it.
-    pub async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {
+    async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {
         if let Some(external_id) = &msg.external_id
             && let Some((conversation_id, message, seq)) = self.message_by_external_id(external_id).await?
         {
@@ -279,9 +223,99 @@ impl Store {
         }
     }
 
+    async fn mark_read(&self, conversation_id: &str, by: Party, up_to_seq: u64) -> StoreResult<Option<Event>> {
+        let now = self.now();
+        let column = match by {
+            Party::Visitor => "visitor_read_seq",
+            Party::Agent => "agent_read_seq",
+        };
+        let mut tx = self.writer.begin().await?;
+        let last_message =
+            "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
+        let moved = sqlx::query(&format!(
+            "update conversations set {column} = min(?, {last_message}), updated_at = ?
+             where id = ? and {column} < min(?, {last_message})"
+        ))
+        .bind(seq_param(up_to_seq))
+        .bind(now)
+        .bind(conversation_id)
+        .bind(seq_param(up_to_seq))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(None);
+        }
+        let cursor: i64 = sqlx::query_scalar(&format!("select {column} from conversations where id = ?"))
+            .bind(conversation_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if by == Party::Agent {
+            // Only the customer's messages after the agents' cursor are unread (a few rows, by the seq index).
+            sqlx::query(
+                "update conversations set unread_count = (select count(*) from messages m
+                    where m.conversation_id = ?1 and m.author_role = 'visitor' and m.seq > ?2) where id = ?1",
+            )
+            .bind(conversation_id)
+            .bind(cursor)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let seq = bump_seq(&mut tx, conversation_id, now).await?;
+        let event =
+            insert_event(&mut tx, conversation_id, seq, now, EventKind::Read { by, up_to_seq: seq_of(cursor) }).await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    async fn set_status(
+        &self,
+        conversation_id: &str,
+        status: ConversationStatus,
+        by: Option<String>,
+    ) -> StoreResult<Option<Event>> {
+        let now = self.now();
+        let mut tx = self.writer.begin().await?;
+        let moved = sqlx::query("update conversations set status = ?, updated_at = ? where id = ? and status <> ?")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(conversation_id)
+            .bind(status.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved == 0 {
+            return Ok(None);
+        }
+        let seq = bump_seq(&mut tx, conversation_id, now).await?;
+        let event = insert_event(&mut tx, conversation_id, seq, now, EventKind::Status { status, by }).await?;
+        sqlx::query("update conversations set last_activity_at = ? where id = ?")
+            .bind(now)
+            .bind(conversation_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    async fn summaries(&self) -> StoreResult<Vec<SummaryRow>> {
+        Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} order by c.last_activity_at desc limit 500"))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn summary(&self, conversation_id: &str) -> StoreResult<Option<SummaryRow>> {
+        Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} where c.id = ?"))
+            .bind(conversation_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+}
+
+impl SqliteStore {
     async fn append_message_tx(&self, contact_id: &str, site_id: &str, msg: &NewMessage) -> StoreResult<AppendOutcome> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let now = self.now();
+        let mut tx = self.writer.begin().await?;
         // Write first, so the transaction holds SQLite's write lock from its first statement.
         sqlx::query(
             "insert into conversations (id, site_id, contact_id, status, last_activity_at, created_at, updated_at)
@@ -373,96 +407,19 @@ impl Store {
             );
         }
         let preview: String = message.body.chars().take(140).collect();
-        sqlx::query("update conversations set last_message = ?, last_activity_at = ? where id = ?")
-            .bind(preview)
-            .bind(now)
-            .bind(&conversation.id)
-            .execute(&mut *tx)
-            .await?;
+        let unread = i64::from(matches!(msg.author, Author::Visitor));
+        sqlx::query(
+            "update conversations set last_message = ?, last_activity_at = ?, unread_count = unread_count + ?
+             where id = ?",
+        )
+        .bind(preview)
+        .bind(now)
+        .bind(unread)
+        .bind(&conversation.id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(AppendOutcome::Created { conversation_id: conversation.id, message, seq, events })
-    }
-
-    /// Moves a read cursor forward (never back, never past the conversation's last message: read receipts are
-    /// events themselves, and a cursor clamped to the whole log would move again with every receipt). Returns the
-    /// new event, if the cursor moved.
-    pub async fn mark_read(&self, conversation_id: &str, by: Party, up_to_seq: u64) -> StoreResult<Option<Event>> {
-        let now = now_ms();
-        let column = match by {
-            Party::Visitor => "visitor_read_seq",
-            Party::Agent => "agent_read_seq",
-        };
-        let mut tx = self.pool.begin().await?;
-        let last_message =
-            "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
-        let moved = sqlx::query(&format!(
-            "update conversations set {column} = min(?, {last_message}), updated_at = ?
-             where id = ? and {column} < min(?, {last_message})"
-        ))
-        .bind(seq_param(up_to_seq))
-        .bind(now)
-        .bind(conversation_id)
-        .bind(seq_param(up_to_seq))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
-            return Ok(None);
-        }
-        let cursor: i64 = sqlx::query_scalar(&format!("select {column} from conversations where id = ?"))
-            .bind(conversation_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let seq = bump_seq(&mut tx, conversation_id, now).await?;
-        let event =
-            insert_event(&mut tx, conversation_id, seq, now, EventKind::Read { by, up_to_seq: seq_of(cursor) }).await?;
-        tx.commit().await?;
-        Ok(Some(event))
-    }
-
-    /// Resolves or reopens. Returns the new event, if the status changed.
-    pub async fn set_status(
-        &self,
-        conversation_id: &str,
-        status: ConversationStatus,
-        by: Option<String>,
-    ) -> StoreResult<Option<Event>> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query("update conversations set status = ?, updated_at = ? where id = ? and status <> ?")
-            .bind(status.as_str())
-            .bind(now)
-            .bind(conversation_id)
-            .bind(status.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if moved == 0 {
-            return Ok(None);
-        }
-        let seq = bump_seq(&mut tx, conversation_id, now).await?;
-        let event = insert_event(&mut tx, conversation_id, seq, now, EventKind::Status { status, by }).await?;
-        sqlx::query("update conversations set last_activity_at = ? where id = ?")
-            .bind(now)
-            .bind(conversation_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(event))
-    }
-
-    /// Inbox rows, most recent activity first.
-    pub async fn summaries(&self) -> StoreResult<Vec<SummaryRow>> {
-        Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} order by c.last_activity_at desc limit 500"))
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    pub async fn summary(&self, conversation_id: &str) -> StoreResult<Option<SummaryRow>> {
-        Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} where c.id = ?"))
-            .bind(conversation_id)
-            .fetch_optional(&self.pool)
-            .await?)
     }
 }
 
@@ -480,29 +437,20 @@ async fn mirror_to_messenger(
             .bind(contact_id)
             .fetch_optional(&mut **tx)
             .await?;
-    let Some((Some(psid), last_action, last_message)) = row else { return Ok(None) };
-    let in_response_window = last_action.is_some_and(|t| now - t < RESPONSE_WINDOW_MS);
-    let in_human_window = policy.human_agent
-        && matches!(message.author, Author::Agent { .. })
-        && last_message.is_some_and(|t| now - t < HUMAN_AGENT_WINDOW_MS);
-    let messaging_type = if in_response_window {
-        "RESPONSE"
-    } else if in_human_window {
-        "HUMAN_AGENT"
-    } else {
-        let seq = bump_seq(tx, conversation_id, now).await?;
-        let detail = if policy.human_agent {
-            "Not sent to Messenger: more than 7 days since the customer last wrote there. They must write first."
-        } else {
-            "Not sent to Messenger: more than 24 hours since the customer last wrote there. They must write first."
-        };
-        let kind = EventKind::Delivery {
-            message_id: message.id.clone(),
-            channel: Channel::Messenger,
-            state: DeliveryState::NotSent,
-            detail: Some(detail.to_string()),
-        };
-        return Ok(Some(insert_event(tx, conversation_id, seq, now, kind).await?));
+    let Some((Some(psid), last_action_at, last_message_at)) = row else { return Ok(None) };
+    let thread = Thread { psid, last_action_at, last_message_at };
+    let messaging_type = match policy.decide(matches!(message.author, Author::Agent { .. }), &thread, now) {
+        Mirror::Send(kind) => kind.as_stored(),
+        Mirror::NotSent { detail } => {
+            let seq = bump_seq(tx, conversation_id, now).await?;
+            let kind = EventKind::Delivery {
+                message_id: message.id.clone(),
+                channel: Channel::Messenger,
+                state: DeliveryState::NotSent,
+                detail: Some(detail.to_string()),
+            };
+            return Ok(Some(insert_event(tx, conversation_id, seq, now, kind).await?));
+        }
     };
     let body = message.body.clone();
     sqlx::query(
@@ -511,7 +459,7 @@ async fn mirror_to_messenger(
     )
     .bind(conversation_id)
     .bind(&message.id)
-    .bind(psid)
+    .bind(&thread.psid)
     .bind(body)
     .bind(messaging_type)
     .bind(now)

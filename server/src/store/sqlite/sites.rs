@@ -1,13 +1,16 @@
 //! Sites: the websites that embed the widget.
 
-use super::models::Site;
-use super::{Store, StoreResult, new_id, now_ms, on_unique};
+use async_trait::async_trait;
 
-impl Store {
-    /// Creates a site; `Conflict` if the key is taken.
-    pub async fn create_site(&self, key: &str, name: &str, origins: &[String], greeting: &str) -> StoreResult<Site> {
-        let now = now_ms();
-        let origins_json = serde_json::to_string(origins).map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+use super::{SqliteStore, on_unique};
+use crate::store::models::Site;
+use crate::store::{SiteStore, StoreError, StoreResult, new_id};
+
+#[async_trait]
+impl SiteStore for SqliteStore {
+    async fn create_site(&self, key: &str, name: &str, origins: &[String], greeting: &str) -> StoreResult<Site> {
+        let now = self.now();
+        let origins_json = serde_json::to_string(origins).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query_as::<_, Site>(
             "insert into sites (id, key, name, allowed_origins, greeting, created_at, updated_at)
              values (?, ?, ?, ?, ?, ?, ?)
@@ -20,12 +23,12 @@ impl Store {
         .bind(greeting)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(|e| on_unique(e, "a site with this key"))
     }
 
-    pub async fn site_by_key(&self, key: &str) -> StoreResult<Option<Site>> {
+    async fn site_by_key(&self, key: &str) -> StoreResult<Option<Site>> {
         Ok(sqlx::query_as::<_, Site>(
             "select id, key, name, allowed_origins, greeting, created_at from sites where key = ?",
         )
@@ -34,7 +37,7 @@ impl Store {
         .await?)
     }
 
-    pub async fn sites(&self) -> StoreResult<Vec<Site>> {
+    async fn sites(&self) -> StoreResult<Vec<Site>> {
         Ok(sqlx::query_as::<_, Site>(
             "select id, key, name, allowed_origins, greeting, created_at from sites order by created_at",
         )
@@ -42,14 +45,13 @@ impl Store {
         .await?)
     }
 
-    /// Replaces a site's allowed origins.
-    pub async fn set_allowed_origins(&self, site_id: &str, origins: &[String]) -> StoreResult<()> {
-        let origins_json = serde_json::to_string(origins).map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+    async fn set_allowed_origins(&self, site_id: &str, origins: &[String]) -> StoreResult<()> {
+        let origins_json = serde_json::to_string(origins).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query("update sites set allowed_origins = ?, updated_at = ? where id = ?")
             .bind(origins_json)
-            .bind(now_ms())
+            .bind(self.now())
             .bind(site_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

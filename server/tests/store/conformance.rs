@@ -1,0 +1,582 @@
+//! The store's contract, one test function per area, each run against both engines: [`conformance!`] instantiates
+//! every function once as `sqlite::<name>` (a temp-file database) and once as `postgres::<name>` (a fresh database
+//! on the test cluster), and [`conformance_on_store!`] does the same for the cases in `support/store_conformance.rs`
+//! (`sqlite_cases::…`, `postgres_cases::…`). A backend passes when both copies pass; no test is written twice.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use parley::clock::Clock;
+use parley::identity::{IdentitySecret, Verified};
+use parley::messenger::policy::{MirrorPolicy, RESPONSE_WINDOW_MS};
+use parley::store::models::ContactContext;
+use parley::store::{AppendOutcome, NewMessage, OfferOutcome, Store, StoreError};
+use protocol::{Author, Channel, ConversationStatus, DeliveryState, Event, EventKind, Party};
+
+/// Which engine a test instance runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database of one engine (the SQLite file lives as long as this).
+pub struct Db {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Engine {
+    pub async fn database(self) -> Db {
+        match self {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("parley.db").display());
+                Db { url, _dir: Some(dir) }
+            }
+            Engine::Postgres => Db { url: testpg::database().await.url, _dir: None },
+        }
+    }
+}
+
+impl Db {
+    /// A store (its own connection pool) on this database.
+    pub async fn open(&self, clock: &Clock) -> Store {
+        Store::connect_with_clock(&self.url, 8, clock.clone()).await.expect("store opens")
+    }
+}
+
+async fn fresh(engine: Engine) -> (Db, Store, Clock) {
+    let clock = Clock::adjustable();
+    let db = engine.database().await;
+    let store = db.open(&clock).await;
+    (db, store, clock)
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Engine::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Engine::Postgres).await
+            })*
+        }
+    };
+}
+
+conformance!(
+    sites_and_identity_settings,
+    agents_and_sessions,
+    contacts_are_inserted_or_got,
+    appends_dedupe_by_client_id_and_read_back,
+    read_cursors_and_status,
+    seq_is_gap_free_under_concurrent_appends_from_two_pools,
+    links_are_offered_accepted_refused_and_expire,
+    outbox_is_leased_claimed_once_and_settled,
+    outbox_claims_from_two_pools_are_disjoint,
+    webhook_deliveries_are_quarantined_and_replayed,
+    attachments_are_stored_queued_and_claimed,
+    unbinding_fails_pending_sends,
+);
+
+/// The same for the cases of `support/store_conformance.rs`, which take a fresh store.
+macro_rules! conformance_on_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_cases {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (_db, store, _clock) = super::fresh(super::Engine::Sqlite).await;
+                crate::cases::$name(store.clone()).await;
+                store.close().await;
+            })*
+        }
+        mod postgres_cases {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (_db, store, _clock) = super::fresh(super::Engine::Postgres).await;
+                crate::cases::$name(store.clone()).await;
+                store.close().await;
+            })*
+        }
+    };
+}
+
+conformance_on_store!(
+    appends_are_idempotent,
+    concurrent_posts_are_gap_free,
+    read_cursors_and_unread,
+    a_customer_message_reopens,
+    mirrored_replies_follow_the_windows,
+    link_offers_are_keyed_and_expire,
+);
+
+fn visitor(client_id: &str, body: &str) -> NewMessage {
+    NewMessage {
+        client_id: client_id.into(),
+        body: body.into(),
+        author: Author::Visitor,
+        agent_id: None,
+        channel: Channel::Web,
+        external_id: None,
+        attachments: Vec::new(),
+        messenger_action_at: None,
+        mirror: None,
+    }
+}
+
+fn agent(client_id: &str, body: &str) -> NewMessage {
+    NewMessage {
+        author: Author::Agent { name: "Ada".into() },
+        mirror: Some(MirrorPolicy::default()),
+        ..visitor(client_id, body)
+    }
+}
+
+fn created(outcome: AppendOutcome) -> (String, u64, Vec<Event>) {
+    match outcome {
+        AppendOutcome::Created { conversation_id, seq, events, .. } => (conversation_id, seq, events),
+        AppendOutcome::Duplicate { .. } => panic!("expected a new message, got a duplicate"),
+    }
+}
+
+/// A site and one web visitor's contact on it.
+async fn site_and_contact(store: &Store, token: &[u8]) -> (String, String) {
+    let site = store.create_site("k1", "Shop", &["https://shop.example".into()], "Hi").await.expect("site");
+    let contact =
+        store.contact_for_token(&site.id, token, "Visitor 1", &ContactContext::default()).await.expect("contact");
+    (site.id, contact.id)
+}
+
+async fn sites_and_identity_settings(engine: Engine) {
+    let (_db, store, clock) = fresh(engine).await;
+    assert_eq!(store.oldest_site_id().await.expect("oldest"), None);
+    let a = store.create_site("a", "A", &["https://a.example".into()], "Hello").await.expect("a");
+    clock.advance(Duration::from_millis(5));
+    let b = store.create_site("b", "B", &[], "").await.expect("b");
+    assert!(matches!(store.create_site("a", "again", &[], "").await, Err(StoreError::Conflict(_))));
+    let found = store.site_by_key("a").await.expect("by key").expect("exists");
+    assert_eq!((found.id.as_str(), found.greeting.as_str()), (a.id.as_str(), "Hello"));
+    assert_eq!(found.allowed_origins(), vec!["https://a.example"]);
+    assert!(store.site_by_key("nope").await.expect("by key").is_none());
+    let keys: Vec<String> = store.sites().await.expect("sites").into_iter().map(|s| s.key).collect();
+    assert_eq!(keys, vec!["a", "b"], "oldest first");
+    assert_eq!(store.oldest_site_id().await.expect("oldest"), Some(a.id.clone()));
+    store.set_allowed_origins(&b.id, &["https://b.example".into(), "https://c.example".into()]).await.expect("set");
+    let b2 = store.site_by_key("b").await.expect("b").expect("b");
+    assert_eq!(b2.allowed_origins(), vec!["https://b.example", "https://c.example"]);
+
+    let identity = store.site_identity(&a.id).await.expect("identity");
+    assert!(identity.secret.is_none() && !identity.required);
+    let secret = IdentitySecret::generate();
+    assert!(store.set_identity_secret("a", Some(&secret)).await.expect("secret"));
+    assert!(store.set_identity_required("a", true).await.expect("required"));
+    assert!(!store.set_identity_required("nope", true).await.expect("no site"));
+    let identity = store.site_identity(&a.id).await.expect("identity");
+    assert_eq!(identity.secret.as_ref().map(IdentitySecret::expose), Some(secret.expose()));
+    assert!(identity.required);
+    assert!(store.set_identity_secret("a", None).await.expect("clear"));
+    assert!(store.site_identity(&a.id).await.expect("identity").secret.is_none());
+}
+
+async fn agents_and_sessions(engine: Engine) {
+    let (_db, store, clock) = fresh(engine).await;
+    let ada = store.create_agent("Ada@Example.com", "Ada", "hash1").await.expect("agent");
+    assert!(
+        matches!(store.create_agent("ada@example.com", "Other", "h").await, Err(StoreError::Conflict(_))),
+        "emails are unique ignoring case"
+    );
+    let found = store.agent_by_email("ADA@example.com").await.expect("by email").expect("found ignoring case");
+    assert_eq!(found.id, ada.id);
+    let now = clock.now_ms();
+    store.create_session(b"token-1", &ada.id, now + 60_000).await.expect("session");
+    store.create_session(b"token-2", &ada.id, now + 1_000).await.expect("session");
+    assert_eq!(store.agent_for_session(b"token-1").await.expect("s1").map(|a| a.id), Some(ada.id.clone()));
+    clock.advance(Duration::from_secs(2));
+    assert!(store.agent_for_session(b"token-2").await.expect("s2").is_none(), "an expired session finds no one");
+    store.delete_session(b"token-1").await.expect("delete");
+    assert!(store.agent_for_session(b"token-1").await.expect("s1").is_none());
+
+    store.create_session(b"token-3", &ada.id, clock.now_ms() + 60_000).await.expect("session");
+    assert!(store.set_agent_password("ada@EXAMPLE.com", "hash2").await.expect("set password"));
+    assert!(store.agent_for_session(b"token-3").await.expect("s3").is_none(), "a new password ends sessions");
+    assert_eq!(store.agent_by_email("ada@example.com").await.expect("a").expect("a").password_hash, "hash2");
+    assert!(!store.set_agent_password("nobody@example.com", "h").await.expect("no agent"));
+}
+
+async fn contacts_are_inserted_or_got(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    let site = store.create_site("k", "S", &[], "").await.expect("site");
+    let other = store.create_site("k2", "S2", &[], "").await.expect("site");
+    let ctx = ContactContext { page_url: Some("https://shop.example/a".into()), ..ContactContext::default() };
+    // Eight concurrent first uses of one token end with one contact.
+    let ids: BTreeSet<String> = futures_util::future::join_all((0..8).map(|_| {
+        let (store, site_id, ctx) = (store.clone(), site.id.clone(), ctx.clone());
+        async move { store.contact_for_token(&site_id, b"tok", "Visitor", &ctx).await.expect("contact").id }
+    }))
+    .await
+    .into_iter()
+    .collect();
+    assert_eq!(ids.len(), 1, "one contact for one token");
+    let id = ids.into_iter().next().expect("one");
+    assert_eq!(id, parley::store::web_contact_id(&site.id, b"tok"));
+    assert!(store.web_token_taken(b"tok").await.expect("taken"));
+    assert!(!store.web_token_taken(b"other").await.expect("not taken"));
+    assert!(matches!(store.contact_for_token(&other.id, b"tok", "Visitor", &ctx).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.contact_by_token(&site.id, b"tok").await.expect("by token").map(|c| c.id), Some(id.clone()));
+    assert!(store.contact_by_token(&other.id, b"tok").await.expect("other site").is_none());
+
+    let moved = ContactContext {
+        referrer: Some("https://search.example".into()),
+        utc_offset_minutes: Some(-120),
+        ..ContactContext::default()
+    };
+    store.update_contact_context(&id, &moved).await.expect("context");
+    let contact = store.contact(&id).await.expect("contact").expect("exists");
+    assert_eq!(contact.page_url.as_deref(), Some("https://shop.example/a"), "unsent fields keep their value");
+    assert_eq!(contact.referrer.as_deref(), Some("https://search.example"));
+    assert_eq!(contact.utc_offset_minutes, Some(-120));
+
+    let who = Verified { id: "cust-7".into(), name: Some("Grace".into()), email: Some("g@example.com".into()) };
+    store.record_identity(&id, &who).await.expect("identity");
+    assert_eq!(store.contact(&id).await.expect("contact").expect("exists").label, "Grace");
+}
+
+async fn appends_dedupe_by_client_id_and_read_back(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    let (site_id, contact_id) = site_and_contact(&store, b"t").await;
+    assert!(store.conversation_for_contact(&contact_id).await.expect("none yet").is_none());
+    let (conversation_id, seq1, events) =
+        created(store.append_message(&contact_id, &site_id, visitor("c1", "hello")).await.expect("append"));
+    assert_eq!((seq1, events.len()), (1, 1));
+    let (_, seq2, _) = created(store.append_message(&contact_id, &site_id, visitor("c2", "again")).await.expect("2"));
+    assert_eq!(seq2, 2);
+    match store.append_message(&contact_id, &site_id, visitor("c1", "hello (resent)")).await.expect("dup") {
+        AppendOutcome::Duplicate { seq, message, conversation_id: c } => {
+            assert_eq!((seq, message.body.as_str(), c.as_str()), (1, "hello", conversation_id.as_str()));
+        }
+        AppendOutcome::Created { .. } => panic!("a repeated client id must not be stored twice"),
+    }
+    // Two concurrent sends with one client id: one message.
+    let outcomes = futures_util::future::join_all((0..4).map(|_| {
+        let (store, contact_id, site_id) = (store.clone(), contact_id.clone(), site_id.clone());
+        async move { store.append_message(&contact_id, &site_id, visitor("c3", "race")).await.expect("append") }
+    }))
+    .await;
+    let created_count = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Created { .. })).count();
+    assert_eq!(created_count, 1, "concurrent repeats of one client id store it once");
+
+    let mut from_messenger = visitor("m1", "from messenger");
+    from_messenger.external_id = Some("mid.1".into());
+    from_messenger.channel = Channel::Messenger;
+    created(store.append_message(&contact_id, &site_id, from_messenger.clone()).await.expect("external"));
+    from_messenger.client_id = "m1-redelivered".into();
+    assert!(matches!(
+        store.append_message(&contact_id, &site_id, from_messenger).await.expect("redelivery"),
+        AppendOutcome::Duplicate { seq: 4, .. }
+    ));
+    let (c, message, seq) = store.message_by_external_id("mid.1").await.expect("by mid").expect("found");
+    assert_eq!((c.as_str(), message.body.as_str(), seq), (conversation_id.as_str(), "from messenger", 4));
+
+    let events = store.events_after(&conversation_id, 0).await.expect("events");
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(store.events_after(&conversation_id, 3).await.expect("tail").len(), 1);
+    let (message, seq) = store.message_by_client_id(&conversation_id, "c2").await.expect("by client id").expect("c2");
+    assert_eq!((message.body.as_str(), seq), ("again", 2));
+    assert!(store.message_by_client_id(&conversation_id, "nope").await.expect("none").is_none());
+
+    let conversation = store.conversation(&conversation_id).await.expect("conversation").expect("exists");
+    assert_eq!((conversation.last_seq, conversation.contact_id.as_str()), (4, contact_id.as_str()));
+    let summary = store.summary(&conversation_id).await.expect("summary").expect("exists");
+    assert_eq!((summary.unread, summary.last_seq, summary.site_key.as_str()), (4, 4, "k1"));
+    assert_eq!(summary.last_message.as_deref(), Some("from messenger"));
+    assert_eq!(store.summaries().await.expect("summaries").len(), 1);
+    let recent = store.recent_messages(&conversation_id, 2).await.expect("recent");
+    assert_eq!(recent.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), vec!["race", "from messenger"]);
+}
+
+async fn read_cursors_and_status(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    let (site_id, contact_id) = site_and_contact(&store, b"t").await;
+    let (conversation_id, _, _) =
+        created(store.append_message(&contact_id, &site_id, visitor("a", "1")).await.expect("1"));
+    created(store.append_message(&contact_id, &site_id, visitor("b", "2")).await.expect("2"));
+    let read = store.mark_read(&conversation_id, Party::Agent, 99).await.expect("read").expect("moved");
+    assert!(
+        matches!(read.kind, EventKind::Read { by: Party::Agent, up_to_seq: 2 }),
+        "clamped to the last message: {read:?}"
+    );
+    assert_eq!(read.seq, 3);
+    assert!(store.mark_read(&conversation_id, Party::Agent, 1).await.expect("back").is_none(), "never moves back");
+    assert!(store.mark_read(&conversation_id, Party::Agent, 2).await.expect("same").is_none());
+    assert_eq!(store.summary(&conversation_id).await.expect("s").expect("s").unread, 0);
+
+    let resolved = store
+        .set_status(&conversation_id, ConversationStatus::Resolved, Some("Ada".into()))
+        .await
+        .expect("resolve")
+        .expect("changed");
+    assert_eq!(resolved.seq, 4);
+    assert!(store.set_status(&conversation_id, ConversationStatus::Resolved, None).await.expect("again").is_none());
+    let (_, seq, events) = created(store.append_message(&contact_id, &site_id, visitor("c", "3")).await.expect("3"));
+    assert_eq!(seq, 5);
+    assert!(
+        events.iter().any(|e| matches!(e.kind, EventKind::Status { status: ConversationStatus::Open, .. })),
+        "a visitor message reopens a resolved conversation: {events:?}"
+    );
+    let conversation = store.conversation(&conversation_id).await.expect("c").expect("c");
+    assert_eq!(
+        (conversation.status, conversation.last_seq, conversation.agent_read_seq),
+        (ConversationStatus::Open, 6, 2)
+    );
+}
+
+async fn seq_is_gap_free_under_concurrent_appends_from_two_pools(engine: Engine) {
+    let clock = Clock::adjustable();
+    let db = engine.database().await;
+    // Two stores with their own pools on one database: two nodes posting into one conversation at once.
+    let (node_a, node_b) = (db.open(&clock).await, db.open(&clock).await);
+    let (site_id, contact_id) = site_and_contact(&node_a, b"t").await;
+    const EACH: usize = 25;
+    let writers = [("a", node_a.clone()), ("b", node_b.clone())].into_iter().flat_map(|(node, store)| {
+        let (site_id, contact_id) = (site_id.clone(), contact_id.clone());
+        (0..EACH).map(move |i| {
+            let (store, site_id, contact_id) = (store.clone(), site_id.clone(), contact_id.clone());
+            tokio::spawn(async move {
+                let body = format!("{node}{i}");
+                created(store.append_message(&contact_id, &site_id, visitor(&body, &body)).await.expect("append")).1
+            })
+        })
+    });
+    let mut seqs = Vec::new();
+    for writer in writers.collect::<Vec<_>>() {
+        seqs.push(writer.await.expect("writer"));
+    }
+    seqs.sort_unstable();
+    let expected: Vec<u64> = (1..=u64::try_from(2 * EACH).expect("small")).collect();
+    assert_eq!(seqs, expected, "every append got its own seq, with no gap");
+    let conversation = node_b.conversation_for_contact(&contact_id).await.expect("c").expect("c");
+    let log = node_b.events_after(&conversation.id, 0).await.expect("log");
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), expected, "the log agrees");
+    assert_eq!(conversation.last_seq, expected.len() as u64);
+}
+
+async fn links_are_offered_accepted_refused_and_expire(engine: Engine) {
+    let (_db, store, clock) = fresh(engine).await;
+    let (site_id, contact_id) = site_and_contact(&store, b"t").await;
+    created(store.append_message(&contact_id, &site_id, visitor("a", "hi")).await.expect("append"));
+    let now = clock.now_ms();
+    store.create_link("n1", &contact_id, "CODE1", now + 60_000).await.expect("link");
+    let OfferOutcome::Offered(row) = store.offer_link("n1", "psid-1", "key-1", 30_000).await.expect("offer") else {
+        panic!("a live link is offered to its first presenter")
+    };
+    assert_eq!(row.contact_id, contact_id);
+    assert!(matches!(store.offer_link("n1", "psid-1", "key-1", 30_000).await.expect("dup"), OfferOutcome::Duplicate));
+    assert!(matches!(
+        store.offer_link("n1", "psid-2", "key-2", 30_000).await.expect("other"),
+        OfferOutcome::Unavailable
+    ));
+    assert!(store.pending_offer("n1", "psid-1").await.expect("pending").is_some());
+    assert_eq!(store.link_answered("n1", "psid-1").await.expect("answered"), Some(false));
+    let accepted = store
+        .accept_link("n1", "psid-1", Some("Grace".into()), clock.now_ms(), Some("recap"))
+        .await
+        .expect("accept")
+        .expect("accepted");
+    assert_eq!(accepted.contact_id, contact_id);
+    let (_, event) = accepted.event.expect("the link is logged");
+    assert!(matches!(event.kind, EventKind::Channel { channel: Channel::Messenger, linked: true, .. }));
+    assert_eq!(store.contact_by_psid("psid-1").await.expect("by psid").map(|c| c.id), Some(contact_id.clone()));
+    assert_eq!(store.link_answered("n1", "psid-1").await.expect("answered"), Some(true));
+    assert!(store.accept_link("n1", "psid-1", None, clock.now_ms(), None).await.expect("twice").is_none());
+    let recap = store.lease_outbox_heads(clock.now_ms(), 60_000, 0, 10, &[]).await.expect("lease");
+    assert_eq!(recap.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(), vec!["recap"], "the recap is queued");
+
+    store.create_link("n2", &contact_id, "CODE2", clock.now_ms() + 60_000).await.expect("link 2");
+    assert!(matches!(
+        store.offer_code("CODE2", "psid-3", "key-3", 30_000).await.expect("code"),
+        OfferOutcome::Offered(_)
+    ));
+    assert!(store.refuse_link("n2", "psid-3").await.expect("refuse"));
+    assert!(!store.refuse_link("n2", "psid-3").await.expect("refuse twice"));
+    assert!(store.accept_link("n2", "psid-3", None, clock.now_ms(), None).await.expect("after no").is_none());
+
+    store.create_link("n3", &contact_id, "CODE3", clock.now_ms() + 1_000).await.expect("link 3");
+    clock.advance(Duration::from_secs(2));
+    assert!(matches!(
+        store.offer_link("n3", "psid-4", "key-4", 30_000).await.expect("expired"),
+        OfferOutcome::Unavailable
+    ));
+
+    // A contact keeps at most MAX_LIVE_LINKS unused links: the oldest goes.
+    for i in 0..=parley::store::MAX_LIVE_LINKS {
+        clock.advance(Duration::from_millis(2));
+        store.create_link(&format!("m{i}"), &contact_id, "C", clock.now_ms() + 60_000).await.expect("link");
+    }
+    assert!(matches!(
+        store.offer_link("m0", "psid-5", "key-5", 30_000).await.expect("oldest"),
+        OfferOutcome::Unavailable
+    ));
+    assert!(matches!(store.offer_link("m1", "psid-5", "key-6", 30_000).await.expect("kept"), OfferOutcome::Offered(_)));
+}
+
+/// A Messenger-linked contact whose 24 h window is open, and its conversation.
+async fn messenger_contact(store: &Store, clock: &Clock, psid: &str) -> (String, String) {
+    let site_id = match store.oldest_site_id().await.expect("site") {
+        Some(id) => id,
+        None => store.create_site("m", "M", &[], "").await.expect("site").id,
+    };
+    let contact = store.create_messenger_contact(&site_id, psid, "Customer").await.expect("contact");
+    store.record_messenger_action(&contact.id, clock.now_ms()).await.expect("action");
+    (site_id, contact.id)
+}
+
+async fn outbox_is_leased_claimed_once_and_settled(engine: Engine) {
+    let (_db, store, clock) = fresh(engine).await;
+    let (site_id, contact_id) = messenger_contact(&store, &clock, "psid-1").await;
+    let (conversation_id, _, _) =
+        created(store.append_message(&contact_id, &site_id, agent("r1", "first reply")).await.expect("reply"));
+    created(store.append_message(&contact_id, &site_id, agent("r2", "second reply")).await.expect("reply"));
+    let now = clock.now_ms();
+    let leased = store.lease_outbox_heads(now, 10_000, 5_000, 10, &[]).await.expect("lease");
+    assert_eq!(leased.len(), 1, "one send per customer at a time: {leased:?}");
+    let head = leased.into_iter().next().expect("head");
+    assert_eq!((head.body.as_str(), head.messaging_type.as_str()), ("first reply", "RESPONSE"));
+    let lease_id = head.lease_id.clone().expect("leased");
+    assert!(store.lease_outbox_heads(now, 10_000, 5_000, 10, &[]).await.expect("again").is_empty(), "held");
+    assert!(
+        store.lease_outbox_heads(now, 10_000, 5_000, 10, &["psid-1".into()]).await.expect("busy").is_empty(),
+        "busy customers are skipped"
+    );
+    // The lease runs out, and the row waits `reconcile_ms` more before anyone may send it again.
+    assert_eq!(store.next_outbox_eligible(5_000, &[]).await.expect("next"), Some(now + 15_000));
+
+    store.outbox_retry(head.id, "someone-else", now + 1_000, "boom").await.expect("stale retry");
+    assert_eq!(
+        store.next_outbox_eligible(5_000, &[]).await.expect("next"),
+        Some(now + 15_000),
+        "a stale lease is ignored"
+    );
+    store.outbox_retry(head.id, &lease_id, now + 1_000, "boom").await.expect("retry");
+    assert_eq!(store.next_outbox_eligible(5_000, &[]).await.expect("next"), Some(now + 1_000));
+    assert!(store.lease_outbox_heads(now, 10_000, 5_000, 10, &[]).await.expect("backoff").is_empty());
+    clock.advance(Duration::from_millis(1_500));
+    let retried = store.lease_outbox_heads(clock.now_ms(), 10_000, 5_000, 10, &[]).await.expect("lease");
+    assert_eq!(retried.iter().map(|r| (r.id, r.attempts)).collect::<Vec<_>>(), vec![(head.id, 1)]);
+
+    let metadata = parley::store::outbox_metadata(&retried[0]);
+    assert_eq!(store.outbox_for_message(&metadata).await.expect("by metadata"), Some(head.id));
+    let (c, sent) = store.outbox_sent(head.id, "mid.sent.1").await.expect("sent").expect("settled");
+    assert_eq!(c, conversation_id);
+    assert!(matches!(sent.kind, EventKind::Delivery { state: DeliveryState::Sent, .. }));
+    assert!(store.outbox_sent(head.id, "mid.sent.1").await.expect("twice").is_none(), "settling is idempotent");
+    assert!(store.outbox_for_message(&metadata).await.expect("settled").is_none());
+
+    let next = store.lease_outbox_heads(clock.now_ms(), 10_000, 5_000, 10, &[]).await.expect("next head");
+    assert_eq!(next.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(), vec!["second reply"]);
+    let (_, failed) = store.outbox_failed(next[0].id, "refused", DeliveryState::Failed).await.expect("f").expect("f");
+    assert!(matches!(failed.kind, EventKind::Delivery { state: DeliveryState::Failed, .. }));
+    assert_eq!(store.next_outbox_eligible(5_000, &[]).await.expect("empty"), None);
+
+    let mids = store.sent_mids_until("psid-1", clock.now_ms()).await.expect("mids");
+    assert_eq!(mids, vec!["mid.sent.1"]);
+    let delivered = store.messenger_delivered(&mids).await.expect("delivered");
+    assert_eq!(delivered.len(), 1);
+    assert!(store.messenger_delivered(&mids).await.expect("again").is_empty(), "a delivery applies once");
+    let read = store.messenger_read(&contact_id, clock.now_ms()).await.expect("read").expect("moved");
+    assert!(matches!(read.1.kind, EventKind::Read { by: Party::Visitor, up_to_seq: 1 }), "{read:?}");
+
+    // Outside the 24 h window a reply is not queued, and says why.
+    clock.advance(Duration::from_millis(u64::try_from(RESPONSE_WINDOW_MS).expect("ms") + 1));
+    let (_, _, events) = created(store.append_message(&contact_id, &site_id, agent("r3", "late")).await.expect("late"));
+    assert!(events.iter().any(|e| matches!(e.kind, EventKind::Delivery { state: DeliveryState::NotSent, .. })));
+    assert!(store.lease_outbox_heads(clock.now_ms(), 10_000, 0, 10, &[]).await.expect("none").is_empty());
+}
+
+async fn outbox_claims_from_two_pools_are_disjoint(engine: Engine) {
+    let clock = Clock::adjustable();
+    let db = engine.database().await;
+    let (node_a, node_b) = (db.open(&clock).await, db.open(&clock).await);
+    const CUSTOMERS: usize = 20;
+    for i in 0..CUSTOMERS {
+        let (site_id, contact_id) = messenger_contact(&node_a, &clock, &format!("psid-{i}")).await;
+        created(node_a.append_message(&contact_id, &site_id, agent(&format!("r{i}"), "reply")).await.expect("reply"));
+    }
+    let now = clock.now_ms();
+    let claim = |store: Store| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..CUSTOMERS {
+                got.extend(
+                    store.lease_outbox_heads(now, 60_000, 0, 1, &[]).await.expect("lease").into_iter().map(|r| r.id),
+                );
+            }
+            got
+        })
+    };
+    let (a, b) = (claim(node_a.clone()), claim(node_b.clone()));
+    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+    let all: BTreeSet<i64> = a.iter().chain(&b).copied().collect();
+    assert_eq!(all.len(), a.len() + b.len(), "no row was leased by both nodes: {a:?} {b:?}");
+    assert_eq!(all.len(), CUSTOMERS, "every row was leased");
+}
+
+async fn webhook_deliveries_are_quarantined_and_replayed(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    let first = store.insert_webhook_delivery(b"{\"a\":1}").await.expect("insert");
+    let second = store.insert_webhook_delivery(&[0xff, 0x00, 0xfe]).await.expect("binary body");
+    assert!(second > first, "ids grow");
+    let waiting = store.unprocessed_webhook_deliveries(10).await.expect("waiting");
+    assert_eq!(waiting, vec![(first, b"{\"a\":1}".to_vec()), (second, vec![0xff, 0x00, 0xfe])]);
+    assert!(!store.webhook_delivery_failed(second, "bad", 2).await.expect("fail 1"));
+    assert!(store.webhook_delivery_failed(second, "bad again", 2).await.expect("fail 2"), "quarantined at max");
+    assert_eq!(store.quarantined_delivery_count().await.expect("count"), 1);
+    let quarantined = store.quarantined_deliveries().await.expect("list");
+    assert_eq!((quarantined[0].id, quarantined[0].attempts), (second, 2));
+    assert_eq!(quarantined[0].error.as_deref(), Some("bad again"));
+    assert_eq!(store.unprocessed_webhook_deliveries(10).await.expect("w").len(), 1, "quarantined ones wait");
+    assert_eq!(store.replay_quarantined(Some(first)).await.expect("not quarantined"), 0);
+    assert_eq!(store.replay_quarantined(None).await.expect("replay"), 1);
+    assert_eq!(store.unprocessed_webhook_deliveries(10).await.expect("w").len(), 2);
+    store.mark_webhook_processed(first, None).await.expect("processed");
+    store.mark_webhook_processed(second, Some("ignored")).await.expect("processed");
+    assert!(store.unprocessed_webhook_deliveries(10).await.expect("none").is_empty());
+    assert_eq!(store.quarantined_delivery_count().await.expect("count"), 0);
+}
+
+async fn attachments_are_stored_queued_and_claimed(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    let bytes = vec![0u8, 1, 2, 255];
+    let id = store.insert_attachment(None, "image/png", Some("a.png"), &bytes).await.expect("insert");
+    assert_eq!(store.attachment(&id).await.expect("get"), Some(("image/png".into(), bytes.clone())));
+    let queued = store.queue_attachment(Some("b.jpg"), "https://cdn.example/b").await.expect("queue");
+    assert_eq!(store.attachment(&queued).await.expect("pending"), None, "not served before it is downloaded");
+    assert_eq!(store.attachment_status(&queued).await.expect("status"), Some(("pending".into(), None)));
+    let claimed = store.claim_attachments(10).await.expect("claim");
+    assert_eq!(claimed, vec![(queued.clone(), "https://cdn.example/b".into())]);
+    assert!(store.claim_attachments(10).await.expect("again").is_empty(), "claimed once");
+    assert_eq!(store.requeue_attachments().await.expect("requeue"), 1);
+    assert_eq!(store.claim_attachments(10).await.expect("reclaim").len(), 1);
+    store.attachment_downloaded(&queued, "image/jpeg", &bytes).await.expect("downloaded");
+    assert_eq!(store.attachment(&queued).await.expect("ready"), Some(("image/jpeg".into(), bytes)));
+    let broken = store.queue_attachment(None, "https://cdn.example/c").await.expect("queue");
+    store.attachment_unavailable(&broken, "404").await.expect("unavailable");
+    assert_eq!(store.attachment_status(&broken).await.expect("s"), Some(("failed".into(), Some("404".into()))));
+    assert_eq!(store.attachment_status("nope").await.expect("unknown"), None);
+}
+
+async fn unbinding_fails_pending_sends(engine: Engine) {
+    let (_db, store, clock) = fresh(engine).await;
+    let (site_id, contact_id) = messenger_contact(&store, &clock, "psid-9").await;
+    created(store.append_message(&contact_id, &site_id, agent("r1", "reply")).await.expect("reply"));
+    store.set_contact_profile(&contact_id, Some("Grace H"), None).await.expect("profile");
+    let (_, event) = store.unbind_psid(&contact_id).await.expect("unbind").expect("logged");
+    assert!(matches!(event.kind, EventKind::Channel { linked: false, .. }));
+    assert!(store.contact_by_psid("psid-9").await.expect("psid").is_none());
+    assert!(store.lease_outbox_heads(clock.now_ms(), 10_000, 0, 10, &[]).await.expect("lease").is_empty());
+}

@@ -1,0 +1,36 @@
+//! One fresh, empty database per test on the test cluster, so tests run in parallel without seeing each other's rows.
+
+use sqlx::Connection;
+
+/// A database made for one test. It is left behind when the test ends; the cluster's removal takes it away.
+#[derive(Clone, Debug)]
+pub struct TestDatabase {
+    /// `postgres://…/<name>`, ready for the server's `database.url`.
+    pub url: String,
+    pub name: String,
+}
+
+/// Creates a new database on the test cluster (see [`crate::admin_url`]). Panics when PostgreSQL cannot be had:
+/// a test that needs it fails rather than skips.
+pub async fn database() -> TestDatabase {
+    match try_database().await {
+        Ok(db) => db,
+        Err(e) => panic!(
+            "this test needs PostgreSQL and could not get it: {e:#}\n(`cargo xtask test` installs Debian's \
+             postgresql package when missing and starts a private cluster; set {} to use a running one)",
+            crate::URL_ENV
+        ),
+    }
+}
+
+async fn try_database() -> anyhow::Result<TestDatabase> {
+    use anyhow::Context;
+    let admin = crate::admin_url()?;
+    let name = format!("parley_test_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.with_context(|| format!("cannot connect to {admin}"))?;
+    sqlx::query(&format!("create database {name}")).execute(&mut conn).await.context("create database failed")?;
+    conn.close().await?;
+    let mut url = url::Url::parse(&admin).context("the admin URL is not a URL")?;
+    url.set_path(&name);
+    Ok(TestDatabase { url: url.to_string(), name })
+}
