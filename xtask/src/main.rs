@@ -74,7 +74,19 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
     sizes::check_budgets(&report)?;
     // Crates are tested one by one: the widget (Leptos `csr`) and the server (Leptos `ssr`) must not share a
     // feature-unified build.
-    tools::cargo(&["test", "-p", "protocol", "-p", "server", "-p", "messenger-sandbox", "-p", "faultproxy"])?;
+    tools::cargo(&[
+        "test",
+        "-p",
+        "protocol",
+        "-p",
+        "server",
+        "-p",
+        "messenger-sandbox",
+        "-p",
+        "faultproxy",
+        "-p",
+        "xtask",
+    ])?;
     tools::cargo(&["test", "-p", "widget"])?;
     tools::cargo(&["test", "-p", "app", "--features", "ssr"])?;
     if browser {
