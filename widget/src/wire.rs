@@ -1,4 +1,5 @@
-//! Decoding the server's frames ([`ServerMsg`]) without serde's derived `Deserialize`.
+//! Decoding the JSON the widget reads — the server's frames ([`ServerMsg`]), the boot config ([`BootConfig`]) and the
+//! persisted outbox ([`OutboxItem`]) — without serde's derived `Deserialize`.
 //!
 //! Why: the derive for internally tagged enums (`#[serde(tag = "type")]`, `#[serde(flatten)]`) buffers every
 //! frame into serde's `Content` and instantiates a deserializer per variant, per field type and per error path;
@@ -16,7 +17,38 @@ use protocol::{
 };
 use serde_json::{Map, Value};
 
+use crate::boot::BootConfig;
+use crate::state::OutboxItem;
+
 type Obj = Map<String, Value>;
+
+/// The `#parley-boot` JSON; `None` when it is not an object with the required fields of the right types.
+pub fn decode_boot_config(text: &str) -> Option<BootConfig> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    let o = value.as_object()?;
+    Some(BootConfig {
+        site_key: string(o, "site_key")?,
+        site_name: string(o, "site_name")?,
+        greeting: o.get("greeting").map_or(Some(String::new()), |v| v.as_str().map(str::to_owned))?,
+        allowed_origins: list(o, "allowed_origins", |v| v.as_str().map(str::to_owned))?.unwrap_or_default(),
+        ws_url: string(o, "ws_url")?,
+        messenger: bool_or_false(o, "messenger")?,
+    })
+}
+
+/// A persisted outbox (a JSON array); `None` when anything in it is malformed.
+pub fn decode_outbox_items(text: &str) -> Option<Vec<OutboxItem>> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    let item = |v: &Value| {
+        let o = v.as_object()?;
+        Some(OutboxItem {
+            client_id: string(o, "client_id")?,
+            body: string(o, "body")?,
+            created_at: o.get("created_at")?.as_i64()?,
+        })
+    };
+    value.as_array()?.iter().map(item).collect()
+}
 
 /// Parses one text frame; `None` when it is not valid JSON or not a frame this peer can read.
 pub fn decode_server_msg(text: &str) -> Option<ServerMsg> {
@@ -331,6 +363,32 @@ mod tests {
         ] {
             assert!(decode_server_msg(text).is_some(), "should decode: {text}");
             assert_same(text);
+        }
+    }
+
+    #[test]
+    fn an_outbox_is_read_whole_or_not_at_all() {
+        let items = super::decode_outbox_items(r#"[{"client_id":"c1","body":"hi","created_at":5,"x":0}]"#);
+        assert_eq!(items.map(|v| v.len()), Some(1));
+        for text in [
+            "",
+            "{}",
+            r#"[{"client_id":"c1","body":"hi"}]"#,
+            r#"[{"client_id":"c1","body":"hi","created_at":"5"}]"#,
+            "[1]",
+        ] {
+            assert!(super::decode_outbox_items(text).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_boot_config_with_a_field_of_the_wrong_type_is_refused() {
+        let base = r#""site_key":"k","site_name":"S","ws_url":"/ws""#;
+        assert!(super::decode_boot_config(&format!("{{{base},\"messenger\":true}}")).is_some_and(|c| c.messenger));
+        for extra in
+            [r#""messenger":"yes""#, r#""greeting":null"#, r#""allowed_origins":"x""#, r#""allowed_origins":[1]"#]
+        {
+            assert!(super::decode_boot_config(&format!("{{{base},{extra}}}")).is_none(), "{extra}");
         }
     }
 
