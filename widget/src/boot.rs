@@ -4,30 +4,27 @@
 //! Pure functions only (no DOM), so everything here is unit-tested on the host.
 
 use protocol::widget::Identity;
-use serde::Deserialize;
 
-/// The JSON inside `<script id="parley-boot" type="application/json">`.
-#[derive(Clone, Deserialize)]
+/// The JSON inside `<script id="parley-boot" type="application/json">` (decoded by [`crate::wire`]). `greeting`,
+/// `allowed_origins` and `messenger` may be missing (empty, none, false); unknown fields are ignored.
+#[derive(Clone)]
 pub struct BootConfig {
     pub site_key: String,
     pub site_name: String,
     /// First bubble shown to the visitor; not persisted, not part of the conversation.
-    #[serde(default)]
     pub greeting: String,
     /// Exact origins (`scheme://host[:port]`) allowed to embed the frame.
-    #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// Path (or absolute `ws(s)://` URL) of the visitor socket, e.g. `/ws/visitor?site=demo`.
     pub ws_url: String,
     /// Whether "Continue on Messenger" is offered.
-    #[serde(default)]
     pub messenger: bool,
 }
 
 impl BootConfig {
     /// Parses the boot JSON; the error is a short human-readable reason.
     pub fn parse(json: &str) -> Result<Self, String> {
-        let cfg: Self = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let cfg = crate::wire::decode_boot_config(json).ok_or("the boot JSON is malformed or lacks a field")?;
         if cfg.site_key.is_empty() {
             return Err("site_key is empty".into());
         }

@@ -214,9 +214,9 @@ impl Socket {
             let Some(text) = ev.data().as_string() else {
                 return;
             };
-            match serde_json::from_str::<ServerMsg>(&text) {
-                Ok(msg) => (inner.on_event)(ConnEvent::Frame(msg)),
-                Err(_) => warn("parley: ignored an unreadable frame"),
+            match crate::wire::decode_server_msg(&text) {
+                Some(msg) => (inner.on_event)(ConnEvent::Frame(msg)),
+                None => warn("parley: ignored an unreadable frame"),
             }
         });
 

@@ -2,7 +2,7 @@
 //! cross-origin iframe served by the chat server at `/frame/{site_key}`.
 //!
 //! This file owns start-up only: `start()` is called by the generated boot module, reads the `#parley-boot`
-//! config and mounts the panel. Pure logic (`boot`, `state`, `backoff`, `clock`, `typing`) builds and is tested on
+//! config and mounts the panel. Pure logic (`boot`, `state`, `backoff`, `clock`, `typing`, `wire`) builds and is tested on
 //! the host; everything touching the DOM is compiled for `wasm32` only.
 
 pub mod backoff;
@@ -10,6 +10,7 @@ pub mod boot;
 pub mod clock;
 pub mod state;
 pub mod typing;
+pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod components;

@@ -7,7 +7,7 @@
 //! otherwise); committed messages are ordered by `seq`; pending ones follow in the order they were written.
 
 use protocol::{Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Who wrote a message.
 #[derive(Clone, PartialEq, Eq)]
@@ -62,7 +62,7 @@ impl Msg {
 }
 
 /// An unacknowledged send, as persisted so that a reload re-sends it with the same client id.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct OutboxItem {
     pub client_id: String,
     pub body: String,
@@ -388,7 +388,7 @@ fn pending(item: OutboxItem) -> Msg {
 
 /// Parses a persisted outbox; anything unreadable or invalid is dropped rather than trusted.
 pub fn decode_outbox(json: &str) -> Vec<OutboxItem> {
-    let mut items: Vec<OutboxItem> = serde_json::from_str(json).unwrap_or_default();
+    let mut items = crate::wire::decode_outbox_items(json).unwrap_or_default();
     items.retain(|i| protocol::validate_client_id(&i.client_id).is_ok() && protocol::validate_body(&i.body).is_ok());
     let mut seen: Vec<String> = Vec::new();
     items.retain(|i| {

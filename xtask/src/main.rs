@@ -115,7 +115,21 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
     // Crates are tested one by one: the widget (Leptos `csr`) and the server (Leptos `ssr`) must not share a
     // feature-unified build.
     tools::cargo_with_env(
-        &["test", "-p", "protocol", "-p", "server", "-p", "messenger-sandbox", "-p", "faultproxy", "-p", "testpg"],
+        &[
+            "test",
+            "-p",
+            "protocol",
+            "-p",
+            "server",
+            "-p",
+            "messenger-sandbox",
+            "-p",
+            "faultproxy",
+            "-p",
+            "testpg",
+            "-p",
+            "xtask",
+        ],
         &pg_env,
     )?;
     tools::cargo(&["test", "-p", "widget"])?;
