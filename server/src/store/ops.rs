@@ -6,13 +6,13 @@ use async_trait::async_trait;
 
 use super::StoreResult;
 
-/// The connection pools right now (a backend with a separate writer counts it in).
+/// The connection pool right now.
 #[derive(Clone, Copy, Debug)]
 pub struct PoolUsage {
     /// Connections open (idle or in use).
     pub open: u32,
     pub idle: usize,
-    /// The most the pools open.
+    /// The most the pool opens.
     pub max: u32,
 }
 

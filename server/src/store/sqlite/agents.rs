@@ -20,13 +20,13 @@ impl AgentStore for SqliteStore {
         .bind(password_hash)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.writer)
+        .fetch_one(&self.pool)
         .await
         .map_err(|e| on_unique(e, "an agent with this email"))
     }
 
     async fn set_agent_password(&self, email: &str, password_hash: &str) -> StoreResult<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         let id: Option<String> =
             sqlx::query_scalar("update agents set password_hash = ?, updated_at = ? where email = ? returning id")
                 .bind(password_hash)
@@ -54,7 +54,7 @@ impl AgentStore for SqliteStore {
             .bind(agent_id)
             .bind(expires_at)
             .bind(self.now())
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
         Ok(())
     }
@@ -74,7 +74,7 @@ impl AgentStore for SqliteStore {
         sqlx::query("delete from agent_sessions where token_hash = ? or expires_at <= ?")
             .bind(token_hash)
             .bind(self.now())
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
         Ok(())
     }

@@ -24,7 +24,7 @@ impl AttachmentStore for SqliteStore {
         .bind(name)
         .bind(bytes)
         .bind(self.now())
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         Ok(id)
     }
@@ -53,7 +53,7 @@ impl AttachmentStore for SqliteStore {
         .bind(name)
         .bind(self.now())
         .bind(source_url)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         Ok(id)
     }
@@ -65,13 +65,13 @@ impl AttachmentStore for SqliteStore {
              returning id, coalesce(source_url, '')",
         )
         .bind(limit)
-        .fetch_all(&self.writer)
+        .fetch_all(&self.pool)
         .await?)
     }
 
     async fn requeue_attachments(&self) -> StoreResult<u64> {
         Ok(sqlx::query("update attachments set status = 'pending' where status = 'downloading'")
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?
             .rows_affected())
     }
@@ -84,7 +84,7 @@ impl AttachmentStore for SqliteStore {
         .bind(content_type)
         .bind(bytes)
         .bind(id)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -93,7 +93,7 @@ impl AttachmentStore for SqliteStore {
         sqlx::query("update attachments set status = 'failed', error = ?, source_url = null where id = ?")
             .bind(error)
             .bind(id)
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
         Ok(())
     }

@@ -76,7 +76,7 @@ impl ConversationStore for SqliteStore {
         .bind(&ctx.language)
         .bind(now)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         self.contact_by_token(site_id, token_hash)
             .await?
@@ -119,7 +119,7 @@ impl ConversationStore for SqliteStore {
         .bind(&ctx.language)
         .bind(self.now())
         .bind(contact_id)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -229,7 +229,7 @@ impl ConversationStore for SqliteStore {
             Party::Visitor => "visitor_read_seq",
             Party::Agent => "agent_read_seq",
         };
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         let last_message =
             "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
         let moved = sqlx::query(&format!(
@@ -275,7 +275,7 @@ impl ConversationStore for SqliteStore {
         by: Option<String>,
     ) -> StoreResult<Option<Event>> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         let moved = sqlx::query("update conversations set status = ?, updated_at = ? where id = ? and status <> ?")
             .bind(status.as_str())
             .bind(now)
@@ -315,7 +315,7 @@ impl ConversationStore for SqliteStore {
 impl SqliteStore {
     async fn append_message_tx(&self, contact_id: &str, site_id: &str, msg: &NewMessage) -> StoreResult<AppendOutcome> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         // Write first, so the transaction holds SQLite's write lock from its first statement.
         sqlx::query(
             "insert into conversations (id, site_id, contact_id, status, last_activity_at, created_at, updated_at)

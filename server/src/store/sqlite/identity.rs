@@ -28,7 +28,7 @@ impl IdentityStore for SqliteStore {
             .bind(secret.map(IdentitySecret::expose))
             .bind(self.now())
             .bind(site_key)
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -38,7 +38,7 @@ impl IdentityStore for SqliteStore {
             .bind(required)
             .bind(self.now())
             .bind(site_key)
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -55,7 +55,7 @@ impl IdentityStore for SqliteStore {
         .bind(&who.email)
         .bind(self.now())
         .bind(contact_id)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         Ok(())
     }

@@ -47,7 +47,7 @@ impl MessengerStore for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         // Either ours, or one a concurrent delivery created first.
         self.contact_by_psid(psid).await?.ok_or(StoreError::NotFound)
@@ -67,7 +67,7 @@ impl MessengerStore for SqliteStore {
         .bind(avatar_id)
         .bind(self.now())
         .bind(contact_id)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -78,14 +78,14 @@ impl MessengerStore for SqliteStore {
         )
         .bind(at)
         .bind(contact_id)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     async fn create_link(&self, nonce: &str, contact_id: &str, code: &str, expires_at: i64) -> StoreResult<()> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         sqlx::query("delete from messenger_links where max(expires_at, coalesce(offer_expires_at, 0)) <= ?")
             .bind(now)
             .execute(&mut *tx)
@@ -159,7 +159,7 @@ impl MessengerStore for SqliteStore {
         recap: Option<&str>,
     ) -> StoreResult<Option<Accepted>> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         let contact_id: Option<String> = sqlx::query_scalar(
             "update messenger_links set used_at = ? where nonce = ? and psid = ? and used_at is null
                 and offer_expires_at > ? returning contact_id",
@@ -207,7 +207,7 @@ impl MessengerStore for SqliteStore {
         .bind(now)
         .bind(nonce)
         .bind(psid)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?
         .rows_affected();
         Ok(done == 1)
@@ -215,7 +215,7 @@ impl MessengerStore for SqliteStore {
 
     async fn unbind_psid(&self, contact_id: &str) -> StoreResult<Option<(String, Event)>> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         let psid: Option<Option<String>> =
             sqlx::query_scalar("update contacts set psid = null, updated_at = ? where id = ? returning psid")
                 .bind(now)
@@ -250,7 +250,7 @@ impl MessengerStore for SqliteStore {
         Ok(sqlx::query_scalar("insert into webhook_deliveries (body, received_at) values (?, ?) returning id")
             .bind(body)
             .bind(self.now())
-            .fetch_one(&self.writer)
+            .fetch_one(&self.pool)
             .await?)
     }
 
@@ -274,7 +274,7 @@ impl MessengerStore for SqliteStore {
         .bind(i64::from(max_attempts))
         .bind(self.now())
         .bind(id)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&self.pool)
         .await?;
         Ok(quarantined.flatten().is_some())
     }
@@ -302,7 +302,7 @@ impl MessengerStore for SqliteStore {
              where quarantined_at is not null and processed_at is null and (?1 is null or id = ?1)",
         )
         .bind(id)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?
         .rows_affected())
     }
@@ -312,7 +312,7 @@ impl MessengerStore for SqliteStore {
             .bind(self.now())
             .bind(error)
             .bind(id)
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
         Ok(())
     }
@@ -341,7 +341,7 @@ impl MessengerStore for SqliteStore {
         .bind(reconcile_ms)
         .bind(busy)
         .bind(limit)
-        .fetch_all(&self.writer)
+        .fetch_all(&self.pool)
         .await?)
     }
 
@@ -377,7 +377,7 @@ impl MessengerStore for SqliteStore {
         .bind(self.now())
         .bind(id)
         .bind(lease_id)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -413,7 +413,7 @@ impl MessengerStore for SqliteStore {
                     .await?;
             let Some((conversation_id, message_id)) = row else { continue };
             let now = self.now();
-            let mut tx = self.writer.begin().await?;
+            let mut tx = self.pool.begin().await?;
             if !mark_applied_in(&mut tx, &format!("delivered:{mid}"), now).await? {
                 continue;
             }
@@ -466,7 +466,7 @@ impl MessengerStore for SqliteStore {
 impl SqliteStore {
     async fn offer(&self, which: &str, id: &str, psid: &str, key: &str, ttl_ms: i64) -> StoreResult<OfferOutcome> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         if !mark_applied_in(&mut tx, key, now).await? {
             return Ok(OfferOutcome::Duplicate);
         }
@@ -495,7 +495,7 @@ impl SqliteStore {
         state: DeliveryState,
     ) -> StoreResult<Option<(String, Event)>> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         let row: Option<(String, Option<String>)> = sqlx::query_as(
             "update outbox set status = ?, external_id = coalesce(?, external_id), last_error = coalesce(?, last_error),
                 updated_at = ?, lease_id = null, leased_until = null

@@ -1,4 +1,4 @@
-//! [`OpsStore`] on SQLite: both pools (readers and the one writer), the outbox backlog, applied migrations.
+//! [`OpsStore`] on SQLite: the pool, the outbox backlog, applied migrations.
 
 use async_trait::async_trait;
 
@@ -9,12 +9,7 @@ use crate::store::ops::{OpsStore, OutboxBacklog, PoolUsage, missing};
 #[async_trait]
 impl OpsStore for SqliteStore {
     fn pool_usage(&self) -> PoolUsage {
-        let (readers, writer) = (&self.pool, &self.writer);
-        PoolUsage {
-            open: readers.size() + writer.size(),
-            idle: readers.num_idle() + writer.num_idle(),
-            max: readers.options().get_max_connections() + writer.options().get_max_connections(),
-        }
+        PoolUsage { open: self.pool.size(), idle: self.pool.num_idle(), max: self.pool.options().get_max_connections() }
     }
 
     async fn outbox_backlog(&self) -> StoreResult<OutboxBacklog> {

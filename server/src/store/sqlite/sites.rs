@@ -23,7 +23,7 @@ impl SiteStore for SqliteStore {
         .bind(greeting)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.writer)
+        .fetch_one(&self.pool)
         .await
         .map_err(|e| on_unique(e, "a site with this key"))
     }
@@ -51,7 +51,7 @@ impl SiteStore for SqliteStore {
             .bind(origins_json)
             .bind(self.now())
             .bind(site_id)
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
         Ok(())
     }
