@@ -7,6 +7,7 @@ import {
   HOST_ORIGIN,
   agentOpens,
   agentReplies,
+  countRows,
   inChatFrame,
   openChat,
   signInAgent,
@@ -81,6 +82,8 @@ async function watchedVisitor(browser: Browser) {
 }
 
 test('opening the chat asks for no Messenger link; "Continue on Messenger" does, in one click', async ({ browser }) => {
+  const tables = ['contacts', 'conversations', 'messenger_links'] as const;
+  const before = tables.map(countRows);
   const { visitor, sent, received } = await watchedVisitor(browser);
   await openChat(visitor);
   await expect.poll(() => received.includes('welcome')).toBe(true);
@@ -90,17 +93,21 @@ test('opening the chat asks for no Messenger link; "Continue on Messenger" does,
   await composer.fill('hm');
   await expect.poll(() => sent.includes('typing')).toBe(true);
   await composer.fill('');
-  await expect(visitor.chat.getByRole('button', { name: 'Continue on Messenger' })).toBeVisible();
   // Asking for a link is what creates the contact (server/tests/api/visitor_session.rs): nothing was asked.
   expect(sent).not.toContain('messenger_link');
   expect(received).not.toContain('messenger_link');
+  expect(tables.map(countRows), 'opening the chat wrote a contact, conversation or link').toEqual(before);
+  await expect(visitor.chat.getByRole('button', { name: 'Continue on Messenger' })).toBeVisible();
 
   const [messenger] = await Promise.all([
     visitor.context.waitForEvent('page'),
     visitor.chat.getByRole('button', { name: 'Continue on Messenger' }).click(),
   ]);
-  await expect(messenger).toHaveURL(/ref=/);
+  await expect(messenger).toHaveURL(/\/m\.me\//);
   expect(sent.filter((t) => t === 'messenger_link')).toHaveLength(1);
+  // The click created the contact and its link (the conversation comes with the first message).
+  expect(countRows('contacts')).toBe(before[0] + 1);
+  expect(countRows('messenger_links')).toBeGreaterThan(before[2]);
   await messenger.getByRole('button', { name: 'Get Started' }).click();
   await messenger.getByRole('button', { name: 'Yes, continue here' }).click();
   await expect(visitor.chat.getByText(/Continued on Messenger as \S+\./)).toBeVisible();

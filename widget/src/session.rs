@@ -627,7 +627,8 @@ impl Session {
             }
             None => {
                 // A window waiting for a Messenger link the server could not make does not stay blank.
-                if let Some(window) = self.st.borrow_mut().messenger_window.take() {
+                let waiting = self.st.borrow_mut().messenger_window.take();
+                if let Some(window) = waiting {
                     let _ = window.close();
                 }
                 warn(&format!("parley: server error: {message}"))

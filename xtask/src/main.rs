@@ -11,7 +11,7 @@
 //!   in Debian's Chromium (installed with apt when missing).
 //!
 //! Everything it needs it installs itself: the wasm32 target (rustup), the npm tools (`npm ci`), Chromium, nginx
-//! and systemd's `systemd-analyze` (apt).
+//! and systemd's `systemd-analyze`, and the sqlite3 shell the browser tests count rows with (apt).
 
 mod build;
 mod sizes;
@@ -84,6 +84,7 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
     tools::cargo(&["test", "-p", "app", "--features", "ssr"])?;
     if browser {
         tools::ensure_chromium()?;
+        tools::ensure_sqlite3()?;
         tools::npm_ci(&root.join("end2end"))?;
         tools::run(
             std::process::Command::new("npx")
