@@ -19,7 +19,11 @@ export const HOST_ORIGIN = `http://localhost:${hostPort}`;
 const root = path.resolve(__dirname, '..');
 const bin = process.env.PARLEY_E2E_BIN ?? path.join(root, 'target/debug/parley-demo');
 const site = process.env.PARLEY_E2E_SITE_DIR ?? path.join(root, 'target/site');
-const data = fs.mkdtempSync(path.join(os.tmpdir(), 'parley-e2e-'));
+// Made once by the runner; its workers (which load this file again) inherit the variable, so tests can read the
+// server's database (DATABASE_PATH).
+process.env.PARLEY_E2E_DATA_DIR ??= fs.mkdtempSync(path.join(os.tmpdir(), 'parley-e2e-'));
+const data = process.env.PARLEY_E2E_DATA_DIR;
+export const DATABASE_PATH = path.join(data, 'parley.db');
 
 export default defineConfig({
   testDir: './tests',

@@ -1,9 +1,15 @@
 // Shared steps: a visitor on the demo customer page (another origin) and a signed-in agent, in separate browser
 // contexts so they share nothing but the server.
 import { expect, type Browser, type BrowserContext, type FrameLocator, type Page } from '@playwright/test';
-import { CHAT_ORIGIN, HOST_ORIGIN } from '../playwright.config';
+import { execFileSync } from 'node:child_process';
+import { CHAT_ORIGIN, DATABASE_PATH, HOST_ORIGIN } from '../playwright.config';
 
 export { CHAT_ORIGIN, HOST_ORIGIN };
+
+/** Rows in a table of the demo server's database, read with Debian's sqlite3 shell (installed by xtask). */
+export function countRows(table: 'contacts' | 'conversations' | 'messenger_links'): number {
+  return Number(execFileSync('sqlite3', [DATABASE_PATH, `select count(*) from ${table}`], { encoding: 'utf8' }).trim());
+}
 export const AGENT_EMAIL = 'agent@demo.parley';
 export const AGENT_PASSWORD = 'e2e-password-1';
 

@@ -62,8 +62,10 @@ pub struct Ui {
     pub open: RwSignal<bool>,
     /// Bumped whenever the composer should take focus.
     pub focus_request: RwSignal<u32>,
-    /// The current "Continue on Messenger" link and fallback code.
+    /// The current "Continue on Messenger" link and fallback code (asked for on the visitor's click only).
     pub messenger_offer: RwSignal<Option<MessengerOffer>>,
+    /// The browser blocked the window "Continue on Messenger" opened: the link is shown as a plain anchor.
+    pub messenger_blocked: RwSignal<bool>,
 }
 
 /// A signed link that continues the conversation on Messenger, and the code to send there instead.
@@ -76,6 +78,8 @@ pub struct MessengerOffer {
 
 /// Links are asked for again this long before they expire.
 const LINK_REFRESH_MARGIN_MS: i64 = 120_000;
+/// The name of the window "Continue on Messenger" opens (a second click reuses it).
+const MESSENGER_WINDOW: &str = "parley-messenger";
 
 pub struct Session {
     pub ui: Ui,
@@ -124,6 +128,11 @@ struct St {
     jar_switches: u8,
     /// The session call, if the socket opened before its answer came (the jar check waits for it).
     session_call: Option<js_sys::Promise>,
+    /// The visitor asked to continue on Messenger: only then is a link asked for (it creates the contact), and kept
+    /// fresh.
+    messenger_asked: bool,
+    /// The blank window the visitor's click opened, waiting for the link.
+    messenger_window: Option<web_sys::Window>,
 }
 
 /// Builds the session, mounts the panel into `<body>` and starts talking to the host page and the server.
@@ -153,6 +162,7 @@ impl Session {
             open: RwSignal::new(host.is_none()),
             focus_request: RwSignal::new(0),
             messenger_offer: RwSignal::new(None),
+            messenger_blocked: RwSignal::new(false),
         };
         let st = St { token: store.token(), context: local_context(), ..St::default() };
         Rc::new_cyclic(|weak: &Weak<Session>| {
@@ -355,6 +365,9 @@ impl Session {
                 return;
             }
             st.identity = identity;
+            // Another person has not asked to continue on Messenger.
+            st.messenger_asked = false;
+            st.messenger_window = None;
             (st.started, st.connecting)
         };
         if !started {
@@ -378,11 +391,15 @@ impl Session {
         self.ui.chat.update(|c| c.restore_outbox(outbox));
     }
 
-    /// Asks for a fresh Messenger link when the site offers Messenger, the conversation is not there yet, and the
-    /// current link is missing or about to expire.
+    /// Asks for a fresh Messenger link when the site offers Messenger, the visitor asked to continue there, the
+    /// conversation is not there yet, and the current link is missing or about to expire. Never before the visitor
+    /// asked: the request creates the contact, and opening the chat writes nothing.
     pub fn refresh_messenger_link(&self) {
-        if !self.cfg.messenger || !self.st.borrow().welcomed {
-            return;
+        {
+            let st = self.st.borrow();
+            if !self.cfg.messenger || !st.welcomed || !st.messenger_asked {
+                return;
+            }
         }
         if self.ui.chat.with_untracked(|c| c.messenger().is_some()) {
             return;
@@ -407,6 +424,47 @@ impl Session {
             },
             Duration::from_millis(u64::try_from(wait).unwrap_or(5_000)),
         );
+    }
+
+    /// The visitor activated "Continue on Messenger". Inside their gesture the browser lets the frame open a window:
+    /// it opens a blank one now and sends it to the link — the current one, or the one asked for here when it
+    /// arrives. Where the window is blocked, the link shows as a plain anchor instead.
+    pub fn continue_on_messenger(&self) {
+        let window = open_blank_window(MESSENGER_WINDOW);
+        let fresh = self.ui.messenger_offer.with_untracked(|o| {
+            o.as_ref().filter(|o| o.expires_at - now_ms() > LINK_REFRESH_MARGIN_MS).map(|o| o.url.clone())
+        });
+        let mut blocked = window.is_none();
+        let mut waiting = None;
+        if let Some(window) = window {
+            match fresh {
+                Some(url) => blocked = !navigate(&window, &url),
+                None => waiting = Some(window),
+            }
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            st.messenger_asked = true;
+            st.messenger_window = waiting;
+        }
+        if blocked {
+            self.ui.messenger_blocked.set(true);
+        }
+        self.refresh_messenger_link();
+    }
+
+    /// A link arrived: the window the visitor's click opened goes there.
+    fn on_messenger_link(&self, offer: MessengerOffer) {
+        let window = self.st.borrow_mut().messenger_window.take();
+        if let Some(window) = window
+            && !window.closed().unwrap_or(true)
+            && !navigate(&window, &offer.url)
+        {
+            self.ui.messenger_blocked.set(true);
+        }
+        let expires_at = offer.expires_at;
+        self.ui.messenger_offer.set(Some(offer));
+        self.schedule_link_refresh(expires_at);
     }
 
     /// "Not you?": detach the Messenger user from this conversation.
@@ -486,8 +544,7 @@ impl Session {
             ServerMsg::Typing { typing, name } => self.on_agent_typing(typing, name),
             ServerMsg::Error { code, message, client_id } => self.on_error(code, message, client_id),
             ServerMsg::MessengerLink { url, code, expires_at } => {
-                self.ui.messenger_offer.set(Some(MessengerOffer { url, code, expires_at }));
-                self.schedule_link_refresh(expires_at);
+                self.on_messenger_link(MessengerOffer { url, code, expires_at })
             }
             ServerMsg::Pong | ServerMsg::Unknown => {}
         }
@@ -568,7 +625,14 @@ impl Session {
                 self.conn.restart(had_token);
                 self.on_down();
             }
-            None => warn(&format!("parley: server error: {message}")),
+            None => {
+                // A window waiting for a Messenger link the server could not make does not stay blank.
+                let waiting = self.st.borrow_mut().messenger_window.take();
+                if let Some(window) = waiting {
+                    let _ = window.close();
+                }
+                warn(&format!("parley: server error: {message}"))
+            }
         }
     }
 
@@ -760,6 +824,23 @@ impl Session {
             host.unread(unread);
         }
     }
+}
+
+/// Opens a blank window under `name` (allowed inside a user gesture only); `None` where the browser blocked it. The
+/// window gets no handle on the chat frame.
+fn open_blank_window(name: &str) -> Option<web_sys::Window> {
+    let window = window().open_with_url_and_target("", name).ok().flatten()?;
+    if window.closed().unwrap_or(true) {
+        return None;
+    }
+    // Fails (harmlessly) when the name finds the window an earlier click sent on to Messenger: its opener was cut then.
+    let _ = window.set_opener(&JsValue::NULL);
+    Some(window)
+}
+
+/// Sends a window the frame opened to `url`; `false` where the browser refused.
+fn navigate(window: &web_sys::Window, url: &str) -> bool {
+    window.location().set_href(url).is_ok()
 }
 
 fn document_visible() -> bool {

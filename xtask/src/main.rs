@@ -15,7 +15,7 @@
 //!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`.
 //!
 //! Everything it needs it installs itself: the wasm32 target (rustup), the npm tools (`npm ci`), Chromium, nginx
-//! and systemd's `systemd-analyze` (apt).
+//! and systemd's `systemd-analyze`, and the sqlite3 shell the browser tests count rows with (apt).
 
 mod build;
 mod sizes;
@@ -136,6 +136,7 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
     tools::cargo(&["test", "-p", "app", "--features", "ssr"])?;
     if browser {
         tools::ensure_chromium()?;
+        tools::ensure_sqlite3()?;
         tools::npm_ci(&root.join("end2end"))?;
         tools::run(
             std::process::Command::new("npx")

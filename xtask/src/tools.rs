@@ -114,6 +114,15 @@ pub fn ensure_systemd_analyze() -> anyhow::Result<()> {
     apt_install(&["systemd"]).context("could not install systemd; install Debian's `systemd` package and run again")
 }
 
+/// Installs Debian's sqlite3 shell when it is missing (browser tests count rows in the demo server's database).
+pub fn ensure_sqlite3() -> anyhow::Result<()> {
+    if Path::new("/usr/bin/sqlite3").exists() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian's sqlite3 package for the browser tests");
+    apt_install(&["sqlite3"]).context("could not install sqlite3; install Debian's `sqlite3` package and run again")
+}
+
 /// `apt-get update` then `apt-get install -y` (through sudo when not root).
 fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let sudo = !is_root();

@@ -7,7 +7,7 @@ use protocol::EventKind;
 use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
 use sqlx::{Connection, SqliteConnection};
 
-use crate::helpers::{HOST_ORIGIN, SITE_KEY, TestApp, Ws, send_acked, spawn_app};
+use crate::helpers::{HOST_ORIGIN, MessengerApp, SITE_KEY, TestApp, Ws, send_acked, spawn_app, spawn_messenger_app};
 
 /// The plain visitor cookie name; minted tokens get `<COOKIE_NAME>.<8 hex>`.
 const COOKIE_NAME: &str = "parley_v_test-site";
@@ -155,6 +155,34 @@ async fn opening_the_chat_writes_nothing_until_the_visitor_writes() {
     welcome_parts(moved.recv().await);
     let summary = app.store.summaries().await.expect("summaries").remove(0);
     assert_eq!(summary.page_url.as_deref(), Some(&*format!("{HOST_ORIGIN}/checkout")));
+}
+
+#[tokio::test]
+async fn opening_the_chat_on_a_messenger_site_writes_nothing_until_the_visitor_asks_for_the_link() {
+    let MessengerApp { app, sandbox: _sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let mut db = SqliteConnection::connect(&app.db_url).await.expect("db opens");
+    let before = db_state(&mut db).await;
+
+    // A new visitor opens the chat and idles: no contact, no link row, no write at all.
+    let response = session_call(&app, Some(&app.origin()), None, "").await;
+    assert_eq!(response.status(), 200);
+    let cookie = cookie_pair(&response);
+    let mut ws = app.visitor_socket_with_cookie(Some(&app.origin()), Some(&cookie)).await;
+    let (_, events) = welcome_parts(hello(&mut ws, None).await);
+    assert!(events.is_empty());
+    ws.send(&ClientMsg::Typing { typing: true }).await;
+    ws.send(&ClientMsg::Read { up_to_seq: 5 }).await;
+    ws.send(&ClientMsg::Ping).await;
+    assert_eq!(ws.recv::<ServerMsg>().await, ServerMsg::Pong);
+    assert_eq!(db_state(&mut db).await, before, "opening the chat on a Messenger site wrote to the database");
+
+    // Asking for the "Continue on Messenger" link is the visitor's intent: it creates the contact and one link.
+    ws.send(&ClientMsg::MessengerLink).await;
+    ws.recv_until(|m: ServerMsg| matches!(m, ServerMsg::MessengerLink { .. }).then_some(())).await;
+    let asked = db_state(&mut db).await;
+    assert_eq!(rows(&asked, "contacts"), rows(&before, "contacts") + 1);
+    assert_eq!(rows(&asked, "messenger_links"), rows(&before, "messenger_links") + 1);
+    assert_eq!(rows(&asked, "conversations"), rows(&before, "conversations"));
 }
 
 #[tokio::test]
