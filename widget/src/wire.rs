@@ -64,6 +64,7 @@ fn server_msg(o: &Obj) -> Option<ServerMsg> {
             last_seq: u64_req(o, "last_seq")?,
             agent_read_seq: u64_or_zero(o, "agent_read_seq")?,
             reset: bool_or_false(o, "reset")?,
+            sid: string_or_empty(o, "sid")?,
         },
         "event" => ServerMsg::Event { event: event(o.get("event")?)? },
         "ack" => ServerMsg::Ack {
@@ -204,6 +205,11 @@ fn u64_or_zero(o: &Obj, key: &str) -> Option<u64> {
     o.get(key).map_or(Some(0), Value::as_u64)
 }
 
+/// A `String` with `#[serde(default)]`: missing is empty (`null` is a wrong type, as for serde).
+fn string_or_empty(o: &Obj, key: &str) -> Option<String> {
+    o.get(key).map_or(Some(String::new()), |v| v.as_str().map(str::to_owned))
+}
+
 fn bool_or_false(o: &Obj, key: &str) -> Option<bool> {
     o.get(key).map_or(Some(false), Value::as_bool)
 }
@@ -307,6 +313,7 @@ mod tests {
                 last_seq: u64::MAX,
                 agent_read_seq: 3,
                 reset: true,
+                sid: "0123456789abcdef".into(),
             },
             ServerMsg::Welcome {
                 token: String::new(),
@@ -314,6 +321,7 @@ mod tests {
                 last_seq: 0,
                 agent_read_seq: 0,
                 reset: false,
+                sid: String::new(),
             },
             ServerMsg::Ack { client_id: "c-1".into(), message_id: "m-1".into(), seq: 9 },
             ServerMsg::Typing { typing: true, name: Some("Alice".into()) },
