@@ -1,10 +1,11 @@
-//! Applying webhook deliveries: the spool → `webhook_deliveries` → conversation changes.
+//! Applying webhook deliveries: `webhook_deliveries` (and this node's fallback spool) → conversation changes.
 //!
-//! One worker drains the spool, stores each body raw, then gathers the events of every waiting delivery (from
-//! every `entry[]`, `messaging[]` and `standby[]`) and applies them in Messenger timestamp order per customer,
-//! even across deliveries that arrive apart: each customer's events wait in a reorder window
-//! (`messenger.reorder_window_ms`, see [`super::reorder`]) so an earlier event whose webhook Meta delivers later
-//! still goes first; a slow or reordered customer holds up no one else. An event later than the window is still
+//! The webhook handler stores each delivery raw in `webhook_deliveries` before acking it, or in the node-local
+//! spool when the database could not take it. One worker moves whatever is spooled into the table on every pass,
+//! then gathers the events of every waiting delivery (from every `entry[]`, `messaging[]` and `standby[]`) and
+//! applies them in Messenger timestamp order per customer, even across deliveries that arrive apart: each
+//! customer's events wait in a reorder window (`messenger.reorder_window_ms`, see [`super::reorder`]) so an
+//! earlier event whose webhook Meta delivers later still goes first; a slow or reordered customer holds up no one else. An event later than the window is still
 //! applied (after the ones already stored), logged and counted (`late_events` in the worker's health entry). A
 //! delivery is marked processed only once every one of its events is applied, so a crash during the window loses
 //! nothing: the next start reads the delivery again and holds its events again.
