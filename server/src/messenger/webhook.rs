@@ -26,7 +26,7 @@ use super::signature;
 use crate::meters::WebhookOutcome;
 use crate::state::AppState;
 
-/// How long a delivery waits for the database before it is spooled instead (Meta gives up after about 20 s).
+/// How long a delivery waits for the database before it is spooled instead: bounds the time to answer Meta.
 pub const DATABASE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
