@@ -384,7 +384,7 @@ pub struct MessengerSettings {
     pub link_ttl_secs: u32,
     /// Timeout of one Graph API call, in seconds.
     pub timeout_secs: u64,
-    /// Folder where signed webhook deliveries are spooled before they reach the database.
+    /// Folder where signed webhook deliveries are spooled when the database cannot take them before the 200.
     pub spool_dir: PathBuf,
     /// Seconds a send whose outcome is unknown (a timeout, 1/1357046, a crash during the call) waits for our own
     /// echo to settle it before it is sent again.

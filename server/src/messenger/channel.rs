@@ -28,7 +28,7 @@ pub struct Messenger {
     pub graph: GraphClient,
     pub spool: Spool,
     pub conversations: Conversations,
-    /// Wakes the intake worker when a delivery was spooled.
+    /// Wakes the intake worker when a delivery was stored or spooled.
     pub intake_wake: Notify,
     /// Downloads attachments from allow-listed hosts only.
     pub fetcher: Fetcher,

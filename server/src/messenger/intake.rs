@@ -1,13 +1,15 @@
-//! Applying webhook deliveries: the spool → `webhook_deliveries` → conversation changes.
+//! Applying webhook deliveries: `webhook_deliveries` (and this node's fallback spool) → conversation changes.
 //!
-//! One worker drains the spool, stores each body raw, then gathers the events of every waiting delivery (from
-//! every `entry[]`, `messaging[]` and `standby[]`) and applies them in Messenger timestamp order per customer,
-//! even across deliveries that arrive apart: each customer's events wait in a reorder window
-//! (`messenger.reorder_window_ms`, see [`super::reorder`]) so an earlier event whose webhook Meta delivers later
-//! still goes first; a slow or reordered customer holds up no one else. An event later than the window is still
-//! applied (after the ones already stored), logged and counted (`late_events` in the worker's health entry). A
-//! delivery is marked processed only once every one of its events is applied, so a crash during the window loses
-//! nothing: the next start reads the delivery again and holds its events again.
+//! The webhook handler stores each delivery raw in `webhook_deliveries` before acking it, or in the node-local
+//! spool when the database could not take it. One worker moves whatever is spooled into the table on every pass,
+//! then gathers the events of every waiting delivery (from every `entry[]`, `messaging[]` and `standby[]`) and
+//! applies them in Messenger timestamp order per customer, even across deliveries that arrive apart: each
+//! customer's events wait in a reorder window (`messenger.reorder_window_ms`, see [`super::reorder`]) so an
+//! earlier event whose webhook Meta delivers later still goes first; a slow or reordered customer holds up no one
+//! else. An event later than the window is still applied (after the ones already stored), logged and counted
+//! (`late_events` in the worker's health entry). A delivery is marked processed only once every one of its events
+//! is applied, so a crash during the window loses nothing: the next start reads the delivery again and holds its
+//! events again.
 //!
 //! Every application is idempotent: messages by `mid`, link offers by an applied-key recorded in the same
 //! transaction as the offer, acceptances by the link row itself, deliveries and reads by watermark, so a
@@ -134,7 +136,12 @@ impl Intake {
     /// marks finished deliveries processed. Returns when the next held event is due.
     async fn pass(&mut self, messenger: &Messenger, now: Instant) -> anyhow::Result<Option<Instant>> {
         let store = messenger.conversations.messenger_rows();
-        for path in messenger.spool.pending().await? {
+        // A spool that cannot be read (its disk gone bad) must not stop what is in the database from applying.
+        let spooled = messenger.spool.pending().await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the webhook spool; applying what is in the database");
+            Vec::new()
+        });
+        for path in spooled {
             let body = tokio::fs::read(&path).await?;
             store.insert_webhook_delivery(&body).await?;
             tokio::fs::remove_file(&path).await?;

@@ -1,6 +1,7 @@
-//! A durable spool for webhook deliveries: each signed body is written to its own file and fsynced before Meta
-//! gets its 200, so the answer never waits on the database and a crash loses nothing. A background task moves
-//! spooled bodies into `webhook_deliveries` in arrival order and deletes the files.
+//! This node's fallback for webhook deliveries the database could not take in time (see [`super::webhook`]): each
+//! such signed body is written to its own file and fsynced before Meta gets its 200, so a database outage loses
+//! nothing acked. The intake moves spooled bodies into `webhook_deliveries` in arrival order on every pass and
+//! deletes the files, so the node drains its own spool once the database is back.
 //!
 //! Names are `<epoch ms>-<UUIDv7>`: unique whatever the clock does (a restart, or a clock stepped back, cannot
 //! reproduce a name), and sortable in arrival order while the clock behaves. Files are created with `create_new`

@@ -1,7 +1,18 @@
 //! `GET|POST /webhooks/messenger`: Meta's verification handshake and event deliveries.
 //!
 //! POST checks the signature over the exact raw bytes before anything else; a bad or missing one gets 403 and
-//! nothing is stored. A good one is spooled durably and answered 200 at once; the intake worker applies it.
+//! nothing is stored. A good one is inserted raw into `webhook_deliveries` (committed, so on disk on either engine,
+//! and on PostgreSQL shared by every node) before Meta gets its 200, and the intake worker is woken to apply it.
+//! Only when that insert fails or takes longer than [`DATABASE_WAIT`] (database unreachable, locked, disk full)
+//! does the delivery go to this node's durable spool instead (fsynced, still answered 200); the intake drains the
+//! spool into the database on every pass, so the node moves its own fallback there once the database is back. If
+//! the spool fails too, the answer is 503 and Meta retries: nothing unstored is ever acked.
+//!
+//! An insert that timed out may still commit afterwards (the driver finishes a statement already sent), so a
+//! delivery can end up both in the table and in the spool; every event is applied idempotently (see
+//! [`super::intake`]), so that stores a duplicate raw row, never a duplicate message.
+
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -14,6 +25,9 @@ use subtle::ConstantTimeEq;
 use super::signature;
 use crate::meters::WebhookOutcome;
 use crate::state::AppState;
+
+/// How long a delivery waits for the database before it is spooled instead: bounds the time to answer Meta.
+pub const DATABASE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 pub struct Handshake {
@@ -52,9 +66,24 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: By
         state.meters.webhook_delivery(WebhookOutcome::Refused);
         return StatusCode::FORBIDDEN.into_response();
     }
-    if let Err(e) = messenger.spool.write(&body).await {
-        // Not stored: let Meta retry.
-        tracing::error!(error = %e, "cannot spool a webhook delivery");
+    let rows = messenger.conversations.messenger_rows();
+    let stored = match tokio::time::timeout(DATABASE_WAIT, rows.insert_webhook_delivery(&body)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot store a webhook delivery in the database; spooling it");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                wait_ms = DATABASE_WAIT.as_millis(),
+                "the database is too slow for a webhook delivery; spooling it"
+            );
+            false
+        }
+    };
+    if !stored && let Err(e) = messenger.spool.write(&body).await {
+        // Stored nowhere: let Meta retry.
+        tracing::error!(error = %e, "cannot spool a webhook delivery either");
         state.meters.webhook_delivery(WebhookOutcome::Unavailable);
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }

@@ -10,6 +10,7 @@ mod http;
 mod identity;
 mod liveness;
 mod messenger;
+mod messenger_ack;
 mod messenger_chaos;
 mod messenger_intake;
 mod messenger_order;

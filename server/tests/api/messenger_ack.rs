@@ -1,0 +1,164 @@
+//! What a webhook 200 means: the raw delivery is in the database before it (on PostgreSQL shared by every node, so
+//! it survives the death of the node that acked it); the node-local spool is only a fallback for a database that
+//! cannot take it, drained into the database once it is back; when both fail, Meta gets a 5xx and retries.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::Event;
+use sqlx::Connection;
+
+use crate::helpers::{MessengerApp, TestApp, spawn_messenger_app};
+use crate::messenger::{WAIT, customer, is_message, wait_for_messages};
+
+/// The app's spool folder.
+fn spool_dir(app: &TestApp) -> PathBuf {
+    app.state.settings.messenger.spool_dir.clone()
+}
+
+fn spooled(app: &TestApp) -> usize {
+    std::fs::read_dir(spool_dir(app)).expect("spool folder").count()
+}
+
+/// Puts a plain file where the spool folder was, so every spool write fails (even for root, which a read-only
+/// folder would not stop).
+fn break_spool(app: &TestApp) {
+    let dir = spool_dir(app);
+    std::fs::remove_dir_all(&dir).expect("spool folder removed");
+    std::fs::write(&dir, b"not a folder").expect("a file in its place");
+}
+
+fn mend_spool(app: &TestApp) {
+    let dir = spool_dir(app);
+    std::fs::remove_file(&dir).expect("the file removed");
+    std::fs::create_dir(&dir).expect("spool folder again");
+}
+
+async fn pg_count(url: &str, sql: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    let n = sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect("count");
+    conn.close().await.expect("close");
+    n
+}
+
+fn messages_saying(events: &[Event], body: &str) -> usize {
+    events.iter().filter(|e| is_message(e, body)).count()
+}
+
+/// Polls `done` until it holds or [`WAIT`] passes.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every attempt Meta made for its deliveries so far, in order.
+async fn statuses(sandbox: &messenger_sandbox::Sandbox, n: usize) -> Vec<Option<u16>> {
+    let deliveries = sandbox.wait_for_deliveries(n, WAIT).await.expect("delivered");
+    deliveries.iter().flat_map(|d| d.attempts.iter().map(|a| a.status)).collect()
+}
+
+/// A private cluster (stopping it must not disturb other tests) and a Messenger app on its `postgres` database.
+async fn messenger_app_on_own_cluster() -> (Arc<testpg::Cluster>, MessengerApp) {
+    let cluster = tokio::task::spawn_blocking(testpg::Cluster::start).await.expect("join").expect("cluster starts");
+    let url = cluster.admin_url();
+    let app = spawn_messenger_app(|_, settings| settings.database.url = url).await;
+    (Arc::new(cluster), app)
+}
+
+async fn on_cluster(cluster: &Arc<testpg::Cluster>, what: fn(&testpg::Cluster) -> anyhow::Result<()>) {
+    let cluster = Arc::clone(cluster);
+    tokio::task::spawn_blocking(move || what(&cluster)).await.expect("join").expect("pg_ctl");
+}
+
+fn empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+}
+
+#[tokio::test]
+async fn on_postgres_an_acked_delivery_is_in_the_database_before_the_200_and_never_spooled() {
+    let database = testpg::database().await;
+    let url = database.url.clone();
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, settings| settings.database.url = url).await;
+    let psid = customer(&sandbox, "Durable");
+    // A spool write would fail the request: a 200 can only come from the database.
+    break_spool(&app);
+    sandbox.user_sends_text(&psid, "in the database first").expect("send");
+    assert_eq!(statuses(&sandbox, 1).await, vec![Some(200)], "acked at the first attempt");
+    let body = sandbox.webhook_deliveries()[0].body.clone();
+    let mut conn = sqlx::PgConnection::connect(&database.url).await.expect("connect");
+    let rows: Vec<Vec<u8>> =
+        sqlx::query_scalar("select body from webhook_deliveries").fetch_all(&mut conn).await.expect("rows");
+    assert_eq!(rows, vec![body.into_bytes()], "the raw delivery, byte for byte, is a row");
+    let events = wait_for_messages(&app, &psid, 1).await;
+    assert_eq!(messages_saying(&events, "in the database first"), 1);
+}
+
+#[tokio::test]
+async fn on_postgres_a_delivery_during_an_outage_is_spooled_acked_and_stored_once_when_it_returns() {
+    let (cluster, MessengerApp { app, sandbox }) = messenger_app_on_own_cluster().await;
+    let url = cluster.admin_url();
+    let psid = customer(&sandbox, "Outage");
+    on_cluster(&cluster, testpg::Cluster::stop_server).await;
+    sandbox.user_sends_text(&psid, "while PostgreSQL is down").expect("send");
+    assert_eq!(statuses(&sandbox, 1).await, vec![Some(200)], "acked from the spool");
+    assert_eq!(spooled(&app), 1, "the fallback is on this node's disk");
+    assert_eq!(sandbox.webhook_deliveries().len(), 1);
+    on_cluster(&cluster, testpg::Cluster::start_server).await;
+    let events = wait_for_messages(&app, &psid, 1).await;
+    assert_eq!(messages_saying(&events, "while PostgreSQL is down"), 1);
+    let dir = spool_dir(&app);
+    until("the spool is drained", || async { empty(&dir) }).await;
+    until("every delivery is processed", || async {
+        pg_count(&url, "select count(*) from webhook_deliveries where processed_at is null").await == 0
+    })
+    .await;
+    let events = wait_for_messages(&app, &psid, 1).await;
+    assert_eq!(messages_saying(&events, "while PostgreSQL is down"), 1, "stored once");
+}
+
+#[tokio::test]
+async fn on_sqlite_a_delivery_while_the_database_is_locked_is_spooled_acked_and_stored_once_after() {
+    let MessengerApp { app, sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let psid = customer(&sandbox, "Locked");
+    let blocker = app.hold_write_lock().await;
+    sandbox.user_sends_text(&psid, "while SQLite is locked").expect("send");
+    assert_eq!(statuses(&sandbox, 1).await, vec![Some(200)], "acked from the spool");
+    assert_eq!(spooled(&app), 1, "the fallback is on disk");
+    blocker.release().await;
+    let events = wait_for_messages(&app, &psid, 1).await;
+    assert_eq!(messages_saying(&events, "while SQLite is locked"), 1);
+    let dir = spool_dir(&app);
+    until("the spool is drained", || async { empty(&dir) }).await;
+    until("every delivery is processed", || async {
+        app.query_i64("select count(*) from webhook_deliveries where processed_at is null").await == 0
+    })
+    .await;
+    let events = wait_for_messages(&app, &psid, 1).await;
+    assert_eq!(messages_saying(&events, "while SQLite is locked"), 1, "stored once");
+}
+
+#[tokio::test]
+async fn with_the_database_and_the_spool_both_failing_nothing_is_acked_and_the_retry_is_stored_once() {
+    let (cluster, MessengerApp { app, sandbox }) = messenger_app_on_own_cluster().await;
+    let psid = customer(&sandbox, "Nowhere");
+    on_cluster(&cluster, testpg::Cluster::stop_server).await;
+    break_spool(&app);
+    sandbox.user_sends_text(&psid, "stored nowhere").expect("send");
+    until("Meta's first attempt is answered", || async {
+        sandbox.webhook_deliveries().iter().any(|d| !d.attempts.is_empty())
+    })
+    .await;
+    let first = sandbox.webhook_deliveries()[0].attempts[0].status;
+    assert!(first.is_some_and(|s| s >= 500), "not acked: {first:?}");
+    mend_spool(&app);
+    on_cluster(&cluster, testpg::Cluster::start_server).await;
+    // Meta's retry (the sandbox's virtual clock moved past its backoff).
+    sandbox.advance(Duration::from_secs(3600));
+    let events = wait_for_messages(&app, &psid, 1).await;
+    assert_eq!(messages_saying(&events, "stored nowhere"), 1);
+    assert!(statuses(&sandbox, 1).await.last().is_some_and(|s| *s == Some(200)));
+}
