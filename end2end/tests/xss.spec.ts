@@ -3,7 +3,16 @@
 // in the widget, the console and the sandbox's Messenger page. Checked in Chromium itself: no payload runs (each
 // would set `window.__pwned` or open a dialog) and no element or attribute is injected into any message log.
 import { test, expect, type Page, type Frame } from '@playwright/test';
-import { agentOpens, agentReplies, openChat, signInAgent, unique, visitHostPage, visitorSends } from './fixtures';
+import {
+  agentOpens,
+  agentReplies,
+  inChatFrame,
+  openChat,
+  signInAgent,
+  unique,
+  visitHostPage,
+  visitorSends,
+} from './fixtures';
 
 const RUN = 'window.__pwned=(window.__pwned||0)+1';
 const CORPUS = [
@@ -90,8 +99,15 @@ test('an XSS corpus from visitors, agents and Messenger customers renders as tex
   await expectInert(visitor.page, visitorDialogs);
   await expectInert(agent, agentDialogs);
 
-  // A Messenger customer with a hostile profile name continues the conversation and writes the corpus.
+  // A Messenger customer with a hostile profile name continues the conversation and writes the corpus. The test
+  // opens the m.me link itself (with the sandbox's profile parameters), so the chat's pop-up is blocked and the
+  // button turns into the link it would have opened.
+  await inChatFrame(visitor, () => {
+    window.open = () => null;
+  });
+  await visitor.chat.getByRole('button', { name: 'Continue on Messenger' }).click();
   const link = visitor.chat.getByRole('link', { name: 'Continue on Messenger' });
+  await expect(link).toHaveAttribute('href', /ref=/);
   const href = await link.getAttribute('href');
   expect(href).toBeTruthy();
   const hostileName = `<img src=x onerror="${RUN}">`;
