@@ -549,8 +549,13 @@ impl MessengerRows<'_> {
         self.store.outbox_retry(id, lease_id, next_attempt_at, error).await
     }
 
-    pub async fn queue_attachment(&self, name: Option<&str>, source_url: &str) -> StoreResult<String> {
-        self.store.queue_attachment(name, source_url).await
+    pub async fn queue_attachment(
+        &self,
+        workspace_id: Option<&str>,
+        name: Option<&str>,
+        source_url: &str,
+    ) -> StoreResult<String> {
+        self.store.queue_attachment(workspace_id, name, source_url).await
     }
 
     pub async fn claim_attachments(&self, limit: i64) -> StoreResult<Vec<(String, String)>> {

@@ -643,7 +643,7 @@ async fn fetch_profile(messenger: &Messenger, contact_id: &str, psid: &str) -> O
         .join(" ");
     // Picture URLs expire: keep the image, not the URL (downloaded by the queue, from allowed hosts only).
     let avatar = match &profile.profile_pic {
-        Some(url) => match store.queue_attachment(Some("profile"), url).await {
+        Some(url) => match store.queue_attachment(None, Some("profile"), url).await {
             Ok(id) => {
                 messenger.media_wake.notify_one();
                 Some(id)
@@ -687,7 +687,7 @@ async fn queue_attachments(
             .and_then(|n| n.split('?').next())
             .filter(|n| !n.is_empty())
             .map(|n| n.chars().take(200).collect::<String>());
-        let id = messenger.conversations.messenger_rows().queue_attachment(name.as_deref(), &url).await?;
+        let id = messenger.conversations.messenger_rows().queue_attachment(None, name.as_deref(), &url).await?;
         out.push(Attachment { url: format!("/attachments/{id}"), kind: kind.into(), name });
     }
     Ok(out)

@@ -21,6 +21,7 @@ mod identity;
 mod messenger;
 mod ops;
 mod sites;
+mod workspaces;
 
 use std::str::FromStr;
 use std::time::Duration;
