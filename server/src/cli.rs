@@ -325,9 +325,20 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Creates an agent with an argon2id-hashed password.
+/// Creates an agent of the default workspace with an argon2id-hashed password.
 pub async fn create_agent(
     store: &Store,
+    email: &str,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<crate::store::models::Agent> {
+    create_agent_in(store, crate::store::DEFAULT_WORKSPACE, email, name, password).await
+}
+
+/// Creates an agent of a workspace (by id) with an argon2id-hashed password.
+pub async fn create_agent_in(
+    store: &Store,
+    workspace_id: &str,
     email: &str,
     name: &str,
     password: &str,
@@ -335,8 +346,9 @@ pub async fn create_agent(
     anyhow::ensure!(email.contains('@'), "{email} is not an email address");
     check_password(password)?;
     let hash = auth::hash_password(password)?;
-    store.create_agent(email.trim(), name.trim(), &hash).await.map_err(|e| match e {
+    store.create_agent_in(workspace_id, email.trim(), name.trim(), &hash).await.map_err(|e| match e {
         StoreError::Conflict(_) => anyhow::anyhow!("an agent with email {email} already exists"),
+        StoreError::NotFound => anyhow::anyhow!("there is no such workspace"),
         other => other.into(),
     })
 }

@@ -399,6 +399,11 @@ impl Conversations {
         Ok(self.store.summary(conversation_id).await?.map(|row| self.to_summary(row)))
     }
 
+    /// The inbox of one workspace.
+    pub async fn workspace_summaries(&self, workspace_id: &str) -> Result<Vec<ConversationSummary>, ServiceError> {
+        Ok(self.store.workspace_summaries(workspace_id).await?.into_iter().map(|row| self.to_summary(row)).collect())
+    }
+
     pub async fn summaries(&self) -> Result<Vec<ConversationSummary>, ServiceError> {
         Ok(self.store.summaries().await?.into_iter().map(|row| self.to_summary(row)).collect())
     }

@@ -213,6 +213,17 @@ impl TestApp {
         Ok(Ws { inner: stream })
     }
 
+    /// A visitor socket of another site (`?site=KEY`) from the chat frame's origin that has said hello.
+    pub async fn visitor_on(&self, site_key: &str, token: Option<&str>) -> (Ws, protocol::widget::ServerMsg) {
+        let url = format!("ws://{}/ws/visitor?site={site_key}", self.addr);
+        let mut request = url.into_client_request().expect("request");
+        request.headers_mut().insert("origin", HeaderValue::from_str(&self.origin()).expect("header"));
+        let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("visitor connects");
+        let mut ws = Ws { inner: stream };
+        let welcome = hello(&mut ws, token, 0).await;
+        (ws, welcome)
+    }
+
     /// Opens the visitor socket with the given `Origin` and `Cookie` headers (None sends none).
     pub async fn visitor_socket_with_cookie(&self, origin: Option<&str>, cookie: Option<&str>) -> Ws {
         let url = format!("ws://{}/ws/visitor?site={SITE_KEY}", self.addr);

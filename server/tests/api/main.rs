@@ -17,5 +17,6 @@ mod messenger_order;
 mod ops;
 mod outbox;
 mod supervision;
+mod tenancy;
 mod visitor_session;
 mod visitor_ws;
