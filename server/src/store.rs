@@ -445,6 +445,9 @@ pub trait WorkspaceStore: Send + Sync {
     /// Every workspace, oldest first.
     async fn workspaces(&self) -> StoreResult<Vec<Workspace>>;
 
+    /// The workspace a site belongs to.
+    async fn site_workspace(&self, site_id: &str) -> StoreResult<Option<String>>;
+
     /// The workspace a conversation belongs to (through its site).
     async fn conversation_workspace(&self, conversation_id: &str) -> StoreResult<Option<String>>;
 

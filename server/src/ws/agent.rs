@@ -71,17 +71,17 @@ const TYPING_GATES: usize = 256;
 /// Conversations whose workspace one socket remembers; past this it starts over (at worst one lookup each).
 const VISIBLE_CACHE: usize = 4096;
 
-/// The key of an alert only one workspace's agents see (e.g. its Page's token was refused). Keys without this form
-/// are for everyone.
+/// The hub key of an alert only one workspace's agents see (e.g. its Page's token was refused); they get it under
+/// the plain `key`. Keys without this form are for everyone.
 pub fn workspace_alert_key(workspace_id: &str, key: &str) -> String {
     format!("workspace:{workspace_id}/{key}")
 }
 
-/// Whether an agent of `workspace_id` sees the alert with this key.
-fn alert_visible(key: &str, workspace_id: &str) -> bool {
+/// The key an agent of `workspace_id` gets an alert under, or `None` if the alert is another workspace's.
+fn alert_for<'k>(key: &'k str, workspace_id: &str) -> Option<&'k str> {
     match key.strip_prefix("workspace:").and_then(|rest| rest.split_once('/')) {
-        Some((owner, _)) => owner == workspace_id,
-        None => true,
+        Some((owner, plain)) => (owner == workspace_id).then_some(plain),
+        None => Some(key),
     }
 }
 
@@ -146,7 +146,8 @@ async fn run(state: AppState, agent: AgentInfo, workspace_id: String, token_hash
     if send_json(&mut sink, &inbox).await.is_err() {
         return;
     }
-    for (key, message) in state.hub.alerts().into_iter().filter(|(key, _)| alert_visible(key, &workspace_id)) {
+    for (key, message) in state.hub.alerts() {
+        let Some(key) = alert_for(&key, &workspace_id).map(str::to_string) else { continue };
         if send_json(&mut sink, &ServerMsg::Alert { key, message: Some(message) }).await.is_err() {
             return;
         }
@@ -329,10 +330,10 @@ async fn handle_hub(session: &mut Session, sink: &mut Sink, msg: &HubMsg) -> Res
             send_json(sink, &ServerMsg::Typing { conversation_id: conversation_id.clone(), typing: *typing }).await
         }
         HubMsg::Typing { .. } => Ok(()),
-        HubMsg::Alert { key, .. } if !alert_visible(key, &session.workspace_id) => Ok(()),
-        HubMsg::Alert { key, message } => {
-            send_json(sink, &ServerMsg::Alert { key: key.clone(), message: message.clone() }).await
-        }
+        HubMsg::Alert { key, message } => match alert_for(key, &session.workspace_id) {
+            Some(key) => send_json(sink, &ServerMsg::Alert { key: key.to_string(), message: message.clone() }).await,
+            None => Ok(()),
+        },
         HubMsg::Event { conversation_id, event, .. } => {
             let Some(relay) = session.open.get_mut(conversation_id) else { return Ok(()) };
             let events = match relay.next(&session.state.store, conversation_id, event).await {

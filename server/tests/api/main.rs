@@ -14,6 +14,7 @@ mod messenger_ack;
 mod messenger_chaos;
 mod messenger_intake;
 mod messenger_order;
+mod messenger_pages;
 mod ops;
 mod outbox;
 mod supervision;

@@ -9,9 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use protocol::console::{ClientMsg, ServerMsg};
 use protocol::{ConversationStatus, ErrorCode, EventKind};
 
-use crate::helpers::{AGENT_PASSWORD, HOST_ORIGIN, TestApp, Ws, send_acked, spawn_app};
-
-const OTHER_SITE: &str = "acme-site";
+use crate::helpers::{OTHER_SITE, TestApp, Ws, send_acked, spawn_app};
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 struct TwoWorkspaces {
@@ -30,18 +28,8 @@ struct TwoWorkspaces {
 /// of each site has written once.
 async fn two_workspaces() -> TwoWorkspaces {
     let app = spawn_app().await;
-    let acme = app.store.create_workspace("acme", "Acme").await.expect("workspace");
-    app.store.create_site_in(&acme.id, OTHER_SITE, "Acme", &[HOST_ORIGIN.into()], "Hi").await.expect("site");
-    let bea = parley::cli::create_agent_in(&app.store, &acme.id, "bea@acme.example", "Bea", AGENT_PASSWORD)
-        .await
-        .expect("agent");
+    let (_, cookie2) = app.second_workspace().await;
     let cookie1 = app.agent_cookie().await;
-    let token = parley::auth::new_token();
-    app.store
-        .create_session(&parley::auth::token_hash(&token), &bea.id, app.clock.now_ms() + 3_600_000)
-        .await
-        .expect("session");
-    let cookie2 = format!("parley_session={token}");
     let (mut visitor1, welcome) = app.visitor(None, 0).await;
     let token1 = match welcome {
         protocol::widget::ServerMsg::Welcome { token, .. } => token,

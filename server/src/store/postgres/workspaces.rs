@@ -40,6 +40,13 @@ impl WorkspaceStore for PgStore {
             .await?)
     }
 
+    async fn site_workspace(&self, site_id: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("select workspace_id from sites where id = $1")
+            .bind(site_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     async fn conversation_workspace(&self, conversation_id: &str) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
             "select s.workspace_id from conversations c join sites s on s.id = c.site_id where c.id = $1",
