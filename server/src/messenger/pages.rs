@@ -124,6 +124,7 @@ impl Messenger {
     /// every stored Page token opens with the key. Refuses to start when Pages are stored and the key is missing
     /// or wrong.
     pub async fn prepare_pages(&self) -> anyhow::Result<()> {
+        self.check_stored_pages().await?;
         let rows = self.conversations.messenger_rows();
         if let Some(configured) = &self.configured_page {
             let Some(key) = &self.token_key else {
@@ -132,7 +133,7 @@ impl Messenger {
                     "the configured Messenger Page's token is used from the configuration only; set \
                      messenger.token_key (make one with `parley page key`) to store it encrypted in the database"
                 );
-                return self.check_stored_pages().await;
+                return Ok(());
             };
             let (token_nonce, token_ciphertext) = key.seal(&configured.page_id, &configured.token)?;
             let existing = rows.page(&configured.page_id).await?;
@@ -158,7 +159,7 @@ impl Messenger {
             })?;
             tracing::info!(page = %configured.page_id, "the configured Messenger Page is stored (token encrypted)");
         }
-        self.check_stored_pages().await
+        Ok(())
     }
 
     async fn check_stored_pages(&self) -> anyhow::Result<()> {
