@@ -191,7 +191,10 @@ async fn send(messenger: &Messenger, row: &OutboxRow, health: &WorkerHealth) -> 
                 Disposition::TokenInvalid => {
                     messenger.conversations.set_alert(&token_alert, Some(err.for_agents()));
                     store.outbox_retry(row.id, &lease, retry_at(TOKEN_PAUSE_MS), &err.for_agents()).await?;
-                    Ok(Outcome::PauseAll)
+                    // One Page: every send would fail alike, so all pause. Several: only this send waits (each
+                    // of this Page's customers tries once per pause), and the other Pages' customers go on.
+                    let several = store.pages().await.map(|pages| pages.len() > 1).unwrap_or(false);
+                    Ok(if several { Outcome::Later } else { Outcome::PauseAll })
                 }
                 Disposition::OutsideWindow => {
                     settle_failed(messenger, row, &err.for_agents(), DeliveryState::NotSent).await

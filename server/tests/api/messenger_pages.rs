@@ -35,6 +35,8 @@ struct Call {
 #[derive(Clone, Default)]
 struct Graph {
     calls: Arc<Mutex<Vec<Call>>>,
+    /// Tokens answered with error 190 (revoked).
+    revoked: Arc<Mutex<Vec<String>>>,
 }
 
 impl Graph {
@@ -45,6 +47,10 @@ impl Graph {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, router).await });
         (graph, url)
+    }
+
+    fn revoke(&self, token: &str) {
+        self.revoked.lock().expect("revoked").push(token.to_string());
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -68,11 +74,15 @@ async fn record(State(graph): State<Graph>, request: Request) -> axum::Json<serd
         .to_string();
     let body = axum::body::to_bytes(request.into_body(), 1 << 20).await.map(|b| b.to_vec()).unwrap_or_default();
     let body = String::from_utf8_lossy(&body).to_string();
+    let revoked = graph.revoked.lock().expect("revoked").contains(&token);
     let n = {
         let mut calls = graph.calls.lock().expect("calls");
         calls.push(Call { path: path.clone(), token, body });
         calls.len()
     };
+    if revoked {
+        return axum::Json(serde_json::json!({"error": {"message": "Invalid OAuth access token", "code": 190}}));
+    }
     axum::Json(if path.ends_with("/messages") {
         serde_json::json!({ "recipient_id": "x", "message_id": format!("m_sent_{n}") })
     } else {
@@ -150,23 +160,33 @@ async fn reply(app: &TestApp, cookie: &str, conversation_id: &str, body: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn webhooks_sends_and_links_go_through_the_page_of_each_site() {
+const ONE: &str = "111000111";
+const TWO: &str = "222000222";
+
+/// The test app with Messenger on against a recording Graph server, a second workspace (`acme`), Page [`ONE`]
+/// (token `token-one`) connected to the default workspace's site and Page [`TWO`] (`token-two`, username
+/// `acmeshop`) to Acme's: (app, graph, acme's id, a session cookie of acme's agent, spool dir).
+async fn two_pages() -> (TestApp, Graph, String, String, tempfile::TempDir) {
     let (graph, graph_url) = Graph::start().await;
     let spool = tempfile::tempdir().expect("spool");
     let key_text = TokenKey::generate();
     let app = spawn_app_with(|s| messenger_settings(s, &graph_url, spool.path(), Some(&key_text))).await;
     let key = TokenKey::from_base64(&key_text).expect("key");
     let (acme, cookie_b) = app.second_workspace().await;
-    let (one, two) = ("111000111", "222000222");
     let secret = |t: &str| SecretString::from(t.to_string());
-    connect_page(&app.store, &key, &PageTarget::Site(SITE_KEY.into()), one, &secret("token-one"), None)
+    connect_page(&app.store, &key, &PageTarget::Site(SITE_KEY.into()), ONE, &secret("token-one"), None)
         .await
         .expect("page one");
-    connect_page(&app.store, &key, &PageTarget::Site(OTHER_SITE.into()), two, &secret("token-two"), Some("acmeshop"))
+    connect_page(&app.store, &key, &PageTarget::Site(OTHER_SITE.into()), TWO, &secret("token-two"), Some("acmeshop"))
         .await
         .expect("page two");
+    (app, graph, acme, cookie_b, spool)
+}
 
+#[tokio::test]
+async fn webhooks_sends_and_links_go_through_the_page_of_each_site() {
+    let (app, graph, acme, cookie_b, _spool) = two_pages().await;
+    let (one, two) = (ONE, TWO);
     // Stored only encrypted.
     let mut raw = app.raw_db().await;
     let sealed: Vec<Vec<u8>> =
@@ -230,6 +250,51 @@ async fn webhooks_sends_and_links_go_through_the_page_of_each_site() {
     assert!(link.url.contains("/acmeshop?ref="), "{}", link.url);
     let contact_one = app.store.contact_by_psid("psid-a").await.expect("a").expect("a").id;
     assert!(messenger.offer_link(&contact_one).await.expect("link").url.contains("/111000111?ref="));
+}
+
+/// Meta refuses one Page's token: only that workspace's agents are alerted, and the other Page's sends go on.
+#[tokio::test]
+async fn a_revoked_page_token_alerts_only_its_workspace_and_holds_up_no_other_page() {
+    let (app, graph, _acme, cookie_b, _spool) = two_pages().await;
+    graph.revoke("token-two");
+    deliver(&app, TWO, "psid-b", "mid-b1", "hi from two").await;
+    deliver(&app, ONE, "psid-a", "mid-a1", "hi from one").await;
+    let conv_b = conversation_of(&app, "psid-b").await;
+    let conv_a = conversation_of(&app, "psid-a").await;
+    let cookie_a = app.agent_cookie().await;
+    let connect = |cookie: String| {
+        let app = &app;
+        async move {
+            let mut ws = app.agent_socket(Some(&app.origin()), Some(&cookie)).await.expect("agent connects");
+            ws.recv_until(|m: ServerMsg| matches!(m, ServerMsg::Inbox { .. }).then_some(())).await;
+            ws
+        }
+    };
+    let mut agent_a = connect(cookie_a.clone()).await;
+    let mut agent_b = connect(cookie_b.clone()).await;
+
+    reply(&app, &cookie_b, &conv_b, "blocked reply").await;
+    let alert = agent_b
+        .recv_until(|m: ServerMsg| match m {
+            ServerMsg::Alert { key, message: Some(message) } if key == "messenger_token" => Some(message),
+            _ => None,
+        })
+        .await;
+    assert!(alert.contains("token"), "{alert}");
+    // The alert is out; then workspace 1's agent replies: its send goes out at once, and its socket, which got
+    // the alert's moment before its own inbox change, never shows the alert.
+    reply(&app, &cookie_a, &conv_a, "free reply").await;
+    let sent = graph.wait_for("the other Page's send", |c| c.body.contains("free reply")).await;
+    assert_eq!(sent.token, "token-one");
+    agent_a
+        .recv_until(|m: ServerMsg| match m {
+            ServerMsg::Alert { key, .. } => panic!("another workspace's alert reached this agent: {key}"),
+            ServerMsg::Summary { conversation } if conversation.id == conv_a => {
+                (conversation.last_message.as_deref() == Some("free reply")).then_some(())
+            }
+            _ => None,
+        })
+        .await;
 }
 
 /// Pages stored under one key; the server started with no key or another key refuses to start and says why.
