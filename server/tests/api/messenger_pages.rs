@@ -250,6 +250,25 @@ async fn webhooks_sends_and_links_go_through_the_page_of_each_site() {
     assert!(link.url.contains("/acmeshop?ref="), "{}", link.url);
     let contact_one = app.store.contact_by_psid("psid-a").await.expect("a").expect("a").id;
     assert!(messenger.offer_link(&contact_one).await.expect("link").url.contains("/111000111?ref="));
+
+    // A site without a Page (its workspace has none for all its sites) is not offered Messenger at all.
+    app.store.create_site_in(&acme, "acme-blog", "Blog", &[HOST_ORIGIN.into()], "").await.expect("site");
+    let boot = |site: &'static str| {
+        let app = &app;
+        async move { app.http.get(app.url(&format!("/frame/{site}"))).send().await.expect("frame").text().await }
+    };
+    assert!(boot("acme-blog").await.expect("body").contains(r#""messenger":false"#));
+    assert!(boot(OTHER_SITE).await.expect("body").contains(r#""messenger":true"#));
+    let (mut blog_visitor, _) = app.visitor_on("acme-blog", None).await;
+    blog_visitor.send(&protocol::widget::ClientMsg::MessengerLink).await;
+    let (code, message) = blog_visitor
+        .recv_until(|m: protocol::widget::ServerMsg| match m {
+            protocol::widget::ServerMsg::Error { code, message, .. } => Some((code, message)),
+            _ => None,
+        })
+        .await;
+    assert_eq!((code, message.as_str()), (protocol::ErrorCode::InvalidInput, "Messenger is not available"));
+    assert_eq!(app.count_rows("messenger_links").await, 2, "no link minted for a site without a Page");
 }
 
 /// Meta refuses one Page's token: only that workspace's agents are alerted, and the other Page's sends go on.

@@ -620,6 +620,9 @@ async fn workspaces_own_sites_agents_conversations_and_files(engine: Engine) {
     assert_eq!(store.conversation_workspace(&conv1).await.expect("w1").as_deref(), Some(DEFAULT_WORKSPACE));
     assert_eq!(store.conversation_workspace(&conv2).await.expect("w2"), Some(acme.id.clone()));
     assert_eq!(store.conversation_workspace("nope").await.expect("none"), None);
+    assert_eq!(store.site_workspace(&two.id).await.expect("site"), Some(acme.id.clone()));
+    assert_eq!(store.site_workspace(&one).await.expect("site").as_deref(), Some(DEFAULT_WORKSPACE));
+    assert_eq!(store.site_workspace("nope").await.expect("none"), None);
 
     let in_conversation = store.insert_attachment(Some(&conv2), "image/png", None, b"x").await.expect("file");
     let from_page = store.queue_attachment(Some(&acme.id), None, "https://cdn.example/a").await.expect("queued");
