@@ -187,7 +187,7 @@ pub struct AgentPasswordArgs {
 pub enum SiteCommand {
     /// Create a site and print its embed tag.
     Create(SiteArgs),
-    /// List sites.
+    /// List sites: key, name, allowed origins, workspace.
     List,
     /// Signed identity for logged-in customers: make a new identity secret (printed once) or remove it, and
     /// require identity or not.
@@ -362,8 +362,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Site(SiteCommand::List) => {
             let store = Store::connect(&settings.database.url, 1).await?;
+            let workspaces = store.workspaces().await?;
             for site in store.sites().await? {
-                println!("{}\t{}\t{}", site.key, site.name, site.allowed_origins().join(" "));
+                let workspace = workspaces.iter().find(|w| w.id == site.workspace_id).map_or("?", |w| w.key.as_str());
+                println!("{}\t{}\t{}\t{workspace}", site.key, site.name, site.allowed_origins().join(" "));
             }
             Ok(())
         }

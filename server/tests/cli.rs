@@ -227,6 +227,9 @@ fn workspaces_sites_agents_and_pages_are_managed_from_the_command_line() {
     let nope = ["site", "create", "--key", "x", "--origin", "https://x.example", "--workspace", "nope"];
     assert!(failed(parley(&db, &nope, None)).contains("no workspace with key nope"));
     ok(parley(&db, &["site", "create", "--key", "shop", "--origin", "https://shop.example"], None));
+    let sites = ok(parley(&db, &["site", "list"], None));
+    assert!(sites.contains("acme-shop\tMy site\thttps://acme.example\tacme"), "{sites}");
+    assert!(sites.contains("shop\tMy site\thttps://shop.example\tdefault"), "{sites}");
     let agent = ["agent", "create", "--email", "bea@acme.example", "--name", "Bea", "--password-stdin", "--workspace"];
     ok(parley(&db, &[&agent[..], &["acme"]].concat(), Some("correct horse battery\n")));
 
