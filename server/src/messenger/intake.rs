@@ -275,8 +275,8 @@ impl Intake {
 
 /// Where an event waits: the customer's thread (their PSID) for what becomes part of their conversation or
 /// changes it (messages, consent answers, postbacks, referrals, replies sent from the Page inbox); no thread for
-/// what may apply at once (our own echoes, delivery and read receipts, other pages' events). Ordered by Messenger's
-/// timestamp, then the `mid`.
+/// what may apply at once (our own echoes, delivery and read receipts). Events of a Page that is not connected wait
+/// like the others and are then dropped by [`apply`]. Ordered by Messenger's timestamp, then the `mid`.
 fn place(settings: &MessengerSettings, _page: &str, event: &Messaging) -> (Option<String>, Key) {
     let mid = event.message.as_ref().and_then(|m| m.mid.clone());
     let mid = mid.or_else(|| event.postback.as_ref().and_then(|p| p.mid.clone()));
