@@ -84,7 +84,10 @@ pub fn start(dir: &Path, site_conf: &str) -> Running {
     let check = check.expect("nginx -t runs");
     assert!(check.status.success(), "nginx refuses the config: {}", String::from_utf8_lossy(&check.stderr));
     let log = dir.join("logs/stderr.log");
-    let child = Command::new(&nginx)
+    // Under `setpriv --pdeathsig KILL` (util-linux): it dies with the thread that started it even when no Drop runs.
+    let child = Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--"])
+        .arg(&nginx)
         .arg("-p")
         .arg(dir)
         .arg("-c")
