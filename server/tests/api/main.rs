@@ -14,6 +14,7 @@ mod messenger_ack;
 mod messenger_chaos;
 mod messenger_intake;
 mod messenger_order;
+mod nodes;
 mod ops;
 mod outbox;
 mod supervision;
