@@ -1,14 +1,15 @@
 //! Live chat across nodes: the visitor's socket is on node A, the agent's on node B, so every event between them
 //! crosses nodes through PostgreSQL (`LISTEN/NOTIFY`, catch-up by seq). Each step must arrive live, within
-//! [`LIVE`], not on some later reconnect. Also after PostgreSQL restarted under the nodes (the listener must
-//! reconnect by itself).
+//! [`LIVE`], not on some later reconnect. Also after PostgreSQL restarted under the nodes: each node's bus listener
+//! subscribes again by itself (seen in `/readyz`: `bus_listener` connected, one reconnect more), and chat is live
+//! again.
 
 use std::time::Duration;
 
 use protocol::console::{ClientMsg as AgentMsg, ServerMsg as ToAgent};
 use protocol::widget::ServerMsg as ToVisitor;
 
-use crate::harness::{Cluster, Database, Options, seed_site_and_agent, wait_for};
+use crate::harness::{Cluster, Database, Options, seed_site_and_agent};
 use crate::ws;
 
 /// How long a message may take from one node's socket to another's: "live".
@@ -25,7 +26,7 @@ async fn chat_across(cluster: &Cluster, cookie: &str, visitor_on: usize, agent_o
     assert_eq!(seq, 1);
 
     // The agent's inbox on the other node shows the new conversation live.
-    let what = format!("the visitor's message (node {}) in the inbox of node {}", v_node.name, a_node.name);
+    let what = format!("{tag}: the visitor's message (node {}) in the inbox of node {}", v_node.name, a_node.name);
     let conversation_id = ws::recv_until(&mut agent, LIVE, &what, |m: ToAgent| match m {
         ToAgent::Summary { conversation } if conversation.last_message.as_deref() == Some(first.as_str()) => {
             Some(conversation.id)
@@ -86,18 +87,15 @@ async fn after_postgres_restarts_a_visitor_and_an_agent_on_different_nodes_still
     chat_across(&cluster, &cookie, 0, 1, "before").await;
     let postgres = cluster.database.postgres();
     postgres.stop_server().expect("PostgreSQL stops");
-    for node in &cluster.nodes {
-        wait_for(&format!("node {} to see the outage", node.name), async || {
-            node.readyz().await.and_then(|(status, _)| (status == 503).then_some(()))
-        })
-        .await;
-    }
+    cluster.wait_every_node("/readyz 503 in the outage", |status, _| status == 503).await;
     postgres.start_server().expect("PostgreSQL starts again");
-    for node in &cluster.nodes {
-        wait_for(&format!("node {} ready again", node.name), async || {
-            node.readyz().await.and_then(|(status, _)| (status == 200).then_some(()))
+    // Ready again, and each node's bus listener subscribed anew by itself (it retries with a backoff of up to 5 s).
+    cluster
+        .wait_every_node("ready with its bus listener subscribed again", |status, body| {
+            let listener = &body["workers"]["bus_listener"]["counters"];
+            let back = listener["connected"] == 1 && listener["reconnects"].as_u64().is_some_and(|n| n >= 1);
+            status == 200 && back
         })
         .await;
-    }
     chat_across(&cluster, &cookie, 0, 1, "after").await;
 }

@@ -5,7 +5,7 @@
 //! outage is re-sent and stored once, and nothing acked before the outage is lost.
 
 use crate::client::{Ledger, Step, Visitor};
-use crate::harness::{Cluster, Database, Options, check_database, seed_site_and_agent, wait_for};
+use crate::harness::{Cluster, Database, Options, check_database, seed_site_and_agent};
 
 const BEFORE: usize = 10;
 const AFTER: usize = 10;
@@ -34,13 +34,11 @@ async fn postgres_restarted_mid_conversation_every_node_recovers_by_itself() {
 
     let postgres = cluster.database.postgres();
     postgres.stop_server().expect("PostgreSQL stops");
-    for node in &cluster.nodes {
-        let body = wait_for(&format!("node {} to report the database down", node.name), async || {
-            node.readyz().await.and_then(|(status, body)| (status == 503).then_some(body))
+    cluster
+        .wait_every_node("/readyz 503 naming the database", |status, body| {
+            status == 503 && body["failed"].as_array().is_some_and(|f| f.iter().any(|c| c == "database"))
         })
         .await;
-        assert!(body["failed"].as_array().is_some_and(|f| f.iter().any(|c| c == "database")), "{body}");
-    }
     // A message written during the outage is refused (it stays with the client), not acked.
     let during = &mut visitors[0];
     during.send_next().await.expect("the socket is still open");
@@ -54,12 +52,7 @@ async fn postgres_restarted_mid_conversation_every_node_recovers_by_itself() {
     assert_eq!(during.pending.len(), 1);
 
     postgres.start_server().expect("PostgreSQL starts again");
-    for node in &cluster.nodes {
-        wait_for(&format!("node {} ready again by itself", node.name), async || {
-            node.readyz().await.and_then(|(status, _)| (status == 200).then_some(()))
-        })
-        .await;
-    }
+    cluster.wait_every_node("/readyz 200 again by itself", |status, _| status == 200).await;
     let now: Vec<Option<u32>> = cluster.nodes.iter().map(|n| n.pid()).collect();
     assert_eq!(now, pids, "no node was restarted");
     for node in &mut cluster.nodes {

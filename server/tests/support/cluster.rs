@@ -375,6 +375,19 @@ impl Cluster {
         cluster
     }
 
+    /// Waits, for every node at once, until its `/readyz` (status and JSON body) satisfies `check`.
+    pub async fn wait_every_node(&self, what: &str, check: impl Fn(u16, &serde_json::Value) -> bool) {
+        let check = &check;
+        let waits = self.nodes.iter().map(|node| async move {
+            wait_for(&format!("node {}: {what}", node.name), async || {
+                let (status, body) = node.readyz().await?;
+                check(status, &body).then_some(())
+            })
+            .await
+        });
+        futures_util::future::join_all(waits).await;
+    }
+
     /// `http://127.0.0.1:<nginx port>`: every node's `http.public_url`.
     pub fn public_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.nginx_port)
