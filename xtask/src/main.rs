@@ -13,7 +13,8 @@
 //!   suite then runs once more against three nodes on that PostgreSQL behind nginx (`server/examples/cluster.rs`).
 //!
 //! - `bench [SCENARIO…] [--quick] [--note TEXT]`: the release server and `parley-bench`, the Node peer's packages
-//!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`.
+//!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`. Scenario
+//!   `pg` (only when named) starts a durable private PostgreSQL cluster, installing Debian's package when missing.
 //!
 //! Everything it needs it installs itself: the wasm32 target (rustup), the npm tools (`npm ci`), Chromium, nginx
 //! and systemd's `systemd-analyze`, and the sqlite3 shell the browser tests count rows with (apt).
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm]… [--quick]>"
+    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm|webhook|pg]… [--quick]>"
 }
 
 fn run() -> anyhow::Result<()> {
@@ -80,6 +81,10 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
 fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
     tools::cargo(&["build", "--release", "-p", "server", "--bin", "parley", "-p", "bench"])?;
     tools::npm_ci(&root.join("bench/node"))?;
+    if args.iter().any(|a| a == "pg") {
+        // Scenario pg starts a private PostgreSQL cluster of its own.
+        tools::ensure_postgres()?;
+    }
     let release = build::target_dir(root).join("release");
     let out = build::target_dir(root).join("bench/results.md");
     let shown: Vec<String> =

@@ -143,6 +143,8 @@ impl Session {
             self.state.store.record_identity(&self.contact_id, who).await?;
         }
         self.contact_stored = true;
+        // From now on this socket's contact can have a conversation: the other nodes count it as online.
+        self.state.conversations.nodes().visitor_joined(&self.contact_id).await;
         Ok(())
     }
 }
@@ -342,7 +344,13 @@ async fn welcome(session: &mut Session, token: String, sid: String, last_seq: u6
     Ok(ServerMsg::Welcome { token, events, last_seq: sent_to, agent_read_seq, reset, sid })
 }
 
+/// Tells the other nodes (and every agent) that this contact's socket came or went. A visitor who never wrote has
+/// no contact row, so no conversation whose "online" anyone sees: no presence row is written for every page view
+/// (the heartbeat still lists every socket, so a conversation another tab starts is covered within a beat).
 async fn announce_presence(session: &Session, joined: bool) {
+    if !session.contact_stored {
+        return;
+    }
     let conversation_id = session.conversation.as_ref().map(|c| c.id.as_str());
     session.state.conversations.visitor_presence(&session.contact_id, conversation_id, joined).await;
 }
