@@ -1,9 +1,10 @@
 //! Two nodes' outbox workers against the Messenger sandbox, counted at the sandbox. Eight Messenger customers write
 //! to the Page (webhooks through nginx to either node); the agent replies 8 times to each from sockets on both
 //! nodes, so both nodes queue and both workers send (each Graph call held 500 ms at the sandbox, so calls are in
-//! flight). Node A is SIGKILLed mid-way: the sends it had in flight land at the sandbox and are settled by their
-//! echoes on B, and the rows it had leased are taken over by B once the leases run out. At the sandbox every reply
-//! arrives exactly once; in the database every outbox row ends `sent`.
+//! flight). Node A is SIGKILLed mid-way, with replies still queued: whatever A had leased is either settled by the
+//! echo of a send that reached the sandbox (through nginx, on B) or sent by B once the lease runs out, and B sends
+//! the rest. At the sandbox every reply arrives exactly once; in the database every outbox row ends `sent`; both
+//! workers made Graph calls.
 
 use std::collections::HashMap;
 use std::time::Duration;
