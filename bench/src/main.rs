@@ -2,7 +2,7 @@
 //! release server and installs the Node peer first).
 //!
 //! - `run [SCENARIO…] [--quick]`: the scenarios (`chat` b, `delivery` c, `idle` a, `storm` d; default all, in that
-//!   order, then `webhook` e), each against Parley and its baselines, every target a fresh process pinned to core 0 while the
+//!   order, then `webhook` e; `pg`, which needs PostgreSQL's server programs, only when named), each against Parley and its baselines, every target a fresh process pinned to core 0 while the
 //!   generator pins itself to core 1; prints Markdown and writes it to `--out`.
 //! - `relay --addr ADDR`: the bare tokio-tungstenite relay baseline (started by `run`).
 //! - `sqlite --per-commit N --seconds S`: the raw SQLite baseline, one line of JSON (started by `run`, pinned).
@@ -73,6 +73,47 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         contacts: usize,
     },
+}
+
+/// Writers and listening nodes of the `pg` scenario.
+const PG_WRITERS: usize = 16;
+const PG_LISTENERS: usize = 3;
+
+/// Scenario `pg` (see `scenarios::pg`): notifications and commits per second through one PostgreSQL.
+async fn pg(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
+    let o = scenarios::pg::run(plan.seconds, PG_WRITERS, PG_LISTENERS).await?;
+    let mut rows = Vec::new();
+    for n in &o.notify {
+        let target = format!("NOTIFY, {} sender(s), {} per statement", n.senders, n.per_statement);
+        let note = format!(
+            "{} listeners each received {:.0} /s ({:.1} % of all sent); generator CPU {:.0} %",
+            n.listeners,
+            n.received_per_second,
+            100.0 * n.received_share,
+            n.generator_cpu
+        );
+        rows.push(row(&target, "notifications/s sent", n.sent_per_second, "/s").note(note));
+    }
+    let commits = |target: &str, c: &scenarios::pg::Commits, base: Option<(f64, &str)>| {
+        let [p50, p99, _] = percentiles(&c.latency);
+        let note =
+            format!("{} writers; p50 {p50:.2} ms, p99 {p99:.2} ms; generator CPU {:.0} %", c.writers, c.generator_cpu);
+        let r = row(target, "commits/s", c.per_second, "/s").note(note);
+        match base {
+            Some((b, name)) => r.vs(Some(b), name),
+            None => r,
+        }
+    };
+    let spread = Some((o.spread.per_second, "spread"));
+    rows.push(commits("Parley's message transaction, one conversation per writer", &o.spread, None));
+    rows.push(commits("Parley's message transaction, all writers in one conversation", &o.hot, spread));
+    rows.push(commits("Parley's message transaction + its nudge (bus sender)", &o.with_nudge, spread));
+    let plain = Some((o.plain_tx.per_second, "plain"));
+    rows.push(commits("one-row insert transaction", &o.plain_tx, None));
+    rows.push(commits("one-row insert, pg_notify inside the transaction", &o.notify_inside, plain));
+    rows.push(commits("one-row insert, pg_notify right after its commit", &o.notify_after, plain));
+    report.section(&format!("pg. One PostgreSQL for several nodes ({})", o.server), rows);
+    Ok(())
 }
 
 /// Loads and lengths of one run.
@@ -161,6 +202,7 @@ fn main() -> anyhow::Result<()> {
                         "idle" | "a" => idle(&mut report, &bins, &plan, nofile).await?,
                         "storm" | "d" => storm(&mut report, &bins, &plan).await?,
                         "webhook" | "e" => webhook(&mut report, &bins, &plan).await?,
+                        "pg" => pg(&mut report, &plan).await?,
                         other => anyhow::bail!("unknown scenario {other} (chat, delivery, idle, storm, webhook)"),
                     }
                 }

@@ -28,6 +28,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -95,6 +96,38 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("url", &format_args!("{scheme}:…"))
             .field("max_connections", &self.max_connections)
             .finish()
+    }
+}
+
+/// Several nodes on one PostgreSQL database (ignored on SQLite, which serves one node): how often a node renews its
+/// lease, and how long after its last renewal a node counts as gone (its visitors then show offline everywhere).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Milliseconds between a node's heartbeats (lease renewal, presence repair, reaping dead nodes).
+    pub heartbeat_ms: u64,
+    /// Milliseconds a heartbeat keeps a node alive; at least twice `heartbeat_ms`, so one late beat is no death.
+    pub node_lease_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self { heartbeat_ms: 5_000, node_lease_ms: 15_000 }
+    }
+}
+
+impl ClusterSettings {
+    /// Refuses a heartbeat that would hammer the database or a lease one late beat could end.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (100..=60_000).contains(&self.heartbeat_ms),
+            "cluster.heartbeat_ms must be between 100 and 60000"
+        );
+        anyhow::ensure!(
+            self.node_lease_ms >= 2 * self.heartbeat_ms && self.node_lease_ms <= 600_000,
+            "cluster.node_lease_ms must be at least twice cluster.heartbeat_ms and at most 600000"
+        );
+        Ok(())
     }
 }
 
@@ -486,6 +519,7 @@ impl Settings {
         );
         self.metrics.validate()?;
         self.database.validate()?;
+        self.cluster.validate()?;
         let m = &self.messenger;
         if m.enabled {
             // Empty, each of these fails open: webhooks signed with an empty key would be accepted, our own echoes
@@ -876,6 +910,23 @@ mod tests {
             jail.set_env("PARLEY_MESSENGER__REORDER_WINDOW_MS", "3600000");
             let text = format!("{:#}", Settings::load(None).expect_err("refused"));
             assert!(text.contains("messenger.reorder_window_ms"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_cluster_lease_outlasts_two_heartbeats() {
+        figment::Jail::expect_with(|jail| {
+            let cluster = Settings::load(None).expect("loads").cluster;
+            assert_eq!((cluster.heartbeat_ms, cluster.node_lease_ms), (5_000, 15_000));
+            jail.set_env("PARLEY_CLUSTER__HEARTBEAT_MS", "1000");
+            jail.set_env("PARLEY_CLUSTER__NODE_LEASE_MS", "1500");
+            let text = format!("{:#}", Settings::load(None).expect_err("refused"));
+            assert!(text.contains("cluster.node_lease_ms"), "{text}");
+            jail.set_env("PARLEY_CLUSTER__NODE_LEASE_MS", "2000");
+            assert_eq!(Settings::load(None).expect("loads").cluster.node_lease_ms, 2000);
+            jail.set_env("PARLEY_CLUSTER__HEARTBEAT_MS", "10");
+            assert!(format!("{:#}", Settings::load(None).expect_err("refused")).contains("cluster.heartbeat_ms"));
             Ok(())
         });
     }

@@ -23,6 +23,12 @@ use tokio::sync::Notify;
 pub enum HubMsg {
     /// A committed conversation event.
     Event { conversation_id: String, contact_id: String, event: Event },
+    /// Another node committed the conversation's events up to `seq`: a socket that has sent less reads the rest
+    /// from the log.
+    Behind { conversation_id: String, contact_id: String, seq: u64 },
+    /// Notifications from other nodes may have been missed (the bus reconnected): every socket reads its
+    /// conversations' logs after what it has sent, and agents get their inbox afresh.
+    Resync,
     /// Someone started or stopped typing.
     Typing { conversation_id: String, contact_id: String, from_visitor: bool, typing: bool, name: Option<String> },
     /// An inbox row changed (for agents).
@@ -38,25 +44,38 @@ enum Key {
     Summary(String),
     Typing { conversation_id: String, from_visitor: bool },
     Alert(String),
+    Resync,
 }
 
 impl HubMsg {
     fn key(&self) -> Key {
         match self {
-            Self::Event { conversation_id, .. } => Key::Event(conversation_id.clone()),
+            Self::Event { conversation_id, .. } | Self::Behind { conversation_id, .. } => {
+                Key::Event(conversation_id.clone())
+            }
             Self::Summary(summary) => Key::Summary(summary.id.clone()),
             Self::Typing { conversation_id, from_visitor, .. } => {
                 Key::Typing { conversation_id: conversation_id.clone(), from_visitor: *from_visitor }
             }
             Self::Alert { key, .. } => Key::Alert(key.clone()),
+            Self::Resync => Key::Resync,
+        }
+    }
+
+    /// How far into its conversation's log an event or a nudge reaches.
+    fn log_seq(&self) -> Option<u64> {
+        match self {
+            Self::Event { event, .. } => Some(event.seq),
+            Self::Behind { seq, .. } => Some(*seq),
+            _ => None,
         }
     }
 
     /// Whether `self`, pending, should give way to `newer`. An event gives way only to a later one: the relay
     /// fills whatever lies between from the store.
     fn superseded_by(&self, newer: &HubMsg) -> bool {
-        match (self, newer) {
-            (Self::Event { event: old, .. }, Self::Event { event: new, .. }) => new.seq > old.seq,
+        match (self.log_seq(), newer.log_seq()) {
+            (Some(old), Some(new)) => new > old,
             _ => true,
         }
     }
@@ -245,6 +264,11 @@ impl Hub {
         (inner.visitors.values().map(HashMap::len).sum(), inner.agents.len())
     }
 
+    /// The contacts with a live visitor connection here.
+    pub fn local_contacts(&self) -> Vec<String> {
+        self.lock().visitors.keys().cloned().collect()
+    }
+
     /// Whether any visitor connection of this contact is live.
     pub fn visitor_online(&self, contact_id: &str) -> bool {
         self.lock().visitors.contains_key(contact_id)
@@ -274,10 +298,15 @@ impl Hub {
         let msg = Arc::new(msg);
         let mut inner = self.lock();
         let contact = match &*msg {
-            HubMsg::Event { contact_id, .. } => Some(contact_id.clone()),
+            HubMsg::Event { contact_id, .. } | HubMsg::Behind { contact_id, .. } => Some(contact_id.clone()),
             HubMsg::Typing { contact_id, from_visitor: false, .. } => Some(contact_id.clone()),
-            HubMsg::Typing { .. } | HubMsg::Summary(_) | HubMsg::Alert { .. } => None,
+            HubMsg::Typing { .. } | HubMsg::Summary(_) | HubMsg::Alert { .. } | HubMsg::Resync => None,
         };
+        if matches!(&*msg, HubMsg::Resync) {
+            for conns in inner.visitors.values_mut() {
+                conns.retain(|_, mailbox| mailbox.offer(&msg));
+            }
+        }
         if let Some(contact) = contact
             && let Some(conns) = inner.visitors.get_mut(&contact)
         {
@@ -351,6 +380,28 @@ mod tests {
         assert!(matches!(next(&mut agent), Some(HubMsg::Event { event, .. }) if event.seq == 1000));
         assert!(matches!(next(&mut agent), Some(HubMsg::Summary(s)) if s.last_seq == 1000));
         assert!(next(&mut agent).is_none());
+    }
+
+    #[test]
+    fn a_nudge_from_another_node_coalesces_with_events_by_seq_and_a_resync_reaches_everyone() {
+        let hub = Hub::new(4);
+        let (_v, mut visitor) = hub.join_visitor("a");
+        let (_w, mut other) = hub.join_visitor("b");
+        let (_g, mut agent) = hub.join_agent();
+        hub.publish(read_event("a", 3));
+        hub.publish(HubMsg::Behind { conversation_id: "c".into(), contact_id: "a".into(), seq: 9 });
+        // A late local event does not replace the further-reaching nudge.
+        hub.publish(read_event("a", 5));
+        let next = |rx: &mut HubReceiver| rx.try_recv().expect("open").map(|m| (*m).clone());
+        assert!(matches!(next(&mut visitor), Some(HubMsg::Behind { seq: 9, .. })));
+        assert!(next(&mut visitor).is_none());
+        assert!(matches!(next(&mut agent), Some(HubMsg::Behind { seq: 9, .. })));
+        assert!(next(&mut other).is_none());
+        hub.publish(HubMsg::Resync);
+        for rx in [&mut visitor, &mut other, &mut agent] {
+            assert!(matches!(next(rx), Some(HubMsg::Resync)));
+        }
+        assert_eq!(hub.local_contacts().len(), 2);
     }
 
     #[test]

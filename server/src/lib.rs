@@ -15,6 +15,7 @@ pub mod hub;
 pub mod identity;
 pub mod messenger;
 pub mod meters;
+pub mod nodes;
 pub mod sentences;
 pub mod services;
 pub mod signin;

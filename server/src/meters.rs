@@ -28,6 +28,10 @@ pub const WEBHOOK_QUARANTINED: &str = "parley_webhook_quarantined";
 pub const WORKER_RESTARTS: &str = "parley_worker_restarts_total";
 pub const WORKER_UP: &str = "parley_worker_up";
 pub const DB_POOL_CONNECTIONS: &str = "parley_db_pool_connections";
+pub const BUS_NOTIFICATIONS: &str = "parley_bus_notifications_total";
+pub const BUS_RECONNECTS: &str = "parley_bus_reconnects_total";
+pub const BUS_LAG_SECONDS: &str = "parley_bus_lag_seconds";
+pub const BUS_PUBLISH_FAILURES: &str = "parley_bus_publish_failures_total";
 
 /// The app's recorder, the handle that renders it, and the token a scrape must bring.
 pub struct Meters {
@@ -152,6 +156,20 @@ impl Meters {
                 DB_POOL_CONNECTIONS,
                 "Database pool connections by state (open, idle) and the pool's cap (max)."
             );
+            describe_counter!(
+                BUS_NOTIFICATIONS,
+                "Nudges between nodes (PostgreSQL LISTEN/NOTIFY), by direction (sent; received from other nodes)."
+            );
+            describe_counter!(
+                BUS_RECONNECTS,
+                "Times the bus listener subscribed again after losing its connection (each followed by a catch-up)."
+            );
+            describe_histogram!(
+                BUS_LAG_SECONDS,
+                Unit::Seconds,
+                "Time from an event's commit on another node to its hand-over to this node's sockets."
+            );
+            describe_counter!(BUS_PUBLISH_FAILURES, "Nudges that could not be sent (other nodes catch up later).");
         });
     }
 
@@ -167,6 +185,31 @@ impl Meters {
     /// A committed event reached the hub `lag` after its commit.
     pub fn fanned_out(&self, lag: Duration) {
         self.with(|| histogram!(FANOUT_LAG_SECONDS).record(lag.as_secs_f64()));
+    }
+
+    /// `n` nudges went out to the other nodes.
+    pub fn bus_sent(&self, n: usize) {
+        self.with(|| counter!(BUS_NOTIFICATIONS, "direction" => "sent").increment(n as u64));
+    }
+
+    /// A nudge from another node arrived; for an event, `lag` after its commit there.
+    pub fn bus_received(&self, lag: Option<Duration>) {
+        self.with(|| {
+            counter!(BUS_NOTIFICATIONS, "direction" => "received").increment(1);
+            if let Some(lag) = lag {
+                histogram!(BUS_LAG_SECONDS).record(lag.as_secs_f64());
+            }
+        });
+    }
+
+    /// The bus listener subscribed again after losing its connection.
+    pub fn bus_reconnected(&self) {
+        self.with(|| counter!(BUS_RECONNECTS).increment(1));
+    }
+
+    /// `n` nudges could not be sent.
+    pub fn bus_publish_failed(&self, n: usize) {
+        self.with(|| counter!(BUS_PUBLISH_FAILURES).increment(n as u64));
     }
 
     pub fn webhook_delivery(&self, outcome: WebhookOutcome) {
@@ -204,6 +247,7 @@ impl Meters {
             gauge!(DB_POOL_CONNECTIONS, "state" => "max").set(f64::from(levels.pool_max));
             // Counters that have not happened yet still appear, at 0, so dashboards and alerts see the series.
             counter!(WEBHOOK_FAILURES).increment(0);
+            counter!(BUS_RECONNECTS).increment(0);
             for result in ["accepted", "refused", "unavailable"] {
                 counter!(WEBHOOK_DELIVERIES, "result" => result).increment(0);
             }

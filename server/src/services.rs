@@ -5,6 +5,7 @@
 //! code reaches the rows it keeps (webhook deliveries, the outbox queue, links, downloads) through
 //! [`Conversations::messenger_rows`], which offers only writes that notify no one.
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ use crate::clock::Clock;
 use crate::hub::{Hub, HubMsg};
 use crate::messenger::policy::{self, MirrorPolicy};
 use crate::meters::{AuthorKind, Meters};
+use crate::nodes::Nodes;
+use crate::store::bus::Nudge;
 use crate::store::models::{Contact, LinkRow, OutboxRow, RecentMessage};
 use crate::store::models::{Conversation, PageRow, Site, SummaryRow};
 use crate::store::{AppendOutcome, NewMessage, OfferOutcome, Store, StoreError, StoreResult};
@@ -106,11 +109,14 @@ pub struct Conversations {
     sender_actions: Arc<OnceLock<Weak<dyn SenderActions>>>,
     /// Counts posts, their commit latency and the fan-out lag.
     meters: Arc<Meters>,
+    /// The other nodes on the database, told of every change after it committed (none on a single node).
+    nodes: Nodes,
 }
 
 impl Conversations {
     pub fn new(store: Store, hub: Hub, mirror: Option<MirrorPolicy>, meters: Arc<Meters>) -> Self {
         let clock = store.clock().clone();
+        let nodes = Nodes::single(hub.clone(), clock.clone(), Arc::clone(&meters));
         Self {
             store,
             hub,
@@ -119,7 +125,19 @@ impl Conversations {
             clock,
             sender_actions: Arc::new(OnceLock::new()),
             meters,
+            nodes,
         }
+    }
+
+    /// The same service, telling `nodes` of every change as well (several nodes on one database).
+    pub fn with_nodes(mut self, nodes: Nodes) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// This node's membership of the group sharing the database.
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
     }
 
     /// The application's meters (for counts kept outside the service, e.g. webhook failures).
@@ -249,6 +267,13 @@ impl Conversations {
 
     /// Relays typing; an agent starting to type shows "typing…" on the customer's Messenger thread too.
     pub async fn typing(&self, conversation: &Conversation, from_visitor: bool, typing: bool, name: Option<String>) {
+        self.nodes.announce(Nudge::Typing {
+            conversation_id: conversation.id.clone(),
+            contact_id: conversation.contact_id.clone(),
+            from_visitor,
+            typing,
+            name: name.clone(),
+        });
         self.hub.publish(HubMsg::Typing {
             conversation_id: conversation.id.clone(),
             contact_id: conversation.contact_id.clone(),
@@ -362,6 +387,12 @@ impl Conversations {
     async fn fan_out(&self, conversation_id: &str, contact_id: &str, events: Vec<Event>) -> Result<(), ServiceError> {
         for event in events {
             let committed_at = event.at;
+            self.nodes.announce(Nudge::Event {
+                conversation_id: conversation_id.to_string(),
+                contact_id: contact_id.to_string(),
+                seq: event.seq,
+                at: committed_at,
+            });
             self.hub.publish(HubMsg::Event {
                 conversation_id: conversation_id.to_string(),
                 contact_id: contact_id.to_string(),
@@ -387,16 +418,49 @@ impl Conversations {
         Ok(())
     }
 
-    /// Publishes a conversation's inbox row (after any change, or when the visitor comes or goes).
+    /// Publishes a conversation's inbox row (after any change, or when the visitor comes or goes), here and, by a
+    /// nudge, on the other nodes.
     pub async fn publish_summary(&self, conversation_id: &str) -> Result<(), ServiceError> {
+        self.nodes.announce(Nudge::Summary { conversation_id: conversation_id.to_string() });
+        self.publish_summary_here(conversation_id).await
+    }
+
+    /// Publishes a conversation's inbox row to this node's agents only (another node changed it and said so).
+    pub async fn publish_summary_here(&self, conversation_id: &str) -> Result<(), ServiceError> {
         if let Some(summary) = self.summary(conversation_id).await? {
             self.hub.publish(HubMsg::Summary(summary));
         }
         Ok(())
     }
 
+    /// A visitor socket of `contact_id` opened (`joined`) or closed here: presence is recorded for the other nodes
+    /// first, then every agent gets the conversation's row with the new "online" (if it has a conversation).
+    pub async fn visitor_presence(&self, contact_id: &str, conversation_id: Option<&str>, joined: bool) {
+        if joined {
+            self.nodes.visitor_joined(contact_id).await;
+        } else {
+            self.nodes.visitor_left(contact_id).await;
+        }
+        if let Some(conversation_id) = conversation_id
+            && let Err(e) = self.publish_summary(conversation_id).await
+        {
+            tracing::warn!(error = ?e, "could not publish presence");
+        }
+    }
+
+    /// Visitors whose node died: agents everywhere get their rows, now offline.
+    pub async fn contacts_went_offline(&self, contacts: impl IntoIterator<Item = String>) {
+        for contact_id in contacts {
+            if let Err(e) = self.publish_contact_summary(&contact_id).await {
+                tracing::warn!(error = ?e, "could not publish a visitor going offline");
+            }
+        }
+    }
+
     pub async fn summary(&self, conversation_id: &str) -> Result<Option<ConversationSummary>, ServiceError> {
-        Ok(self.store.summary(conversation_id).await?.map(|row| self.to_summary(row)))
+        let Some(row) = self.store.summary(conversation_id).await? else { return Ok(None) };
+        let elsewhere = self.online_elsewhere(std::slice::from_ref(&row)).await;
+        Ok(Some(self.to_summary(row, &elsewhere)))
     }
 
     /// The inbox of one workspace.
@@ -405,11 +469,23 @@ impl Conversations {
     }
 
     pub async fn summaries(&self) -> Result<Vec<ConversationSummary>, ServiceError> {
-        Ok(self.store.summaries().await?.into_iter().map(|row| self.to_summary(row)).collect())
+        let rows = self.store.summaries().await?;
+        let elsewhere = self.online_elsewhere(&rows).await;
+        Ok(rows.into_iter().map(|row| self.to_summary(row, &elsewhere)).collect())
     }
 
-    fn to_summary(&self, row: SummaryRow) -> ConversationSummary {
-        let online = self.hub.visitor_online(&row.contact_id);
+    /// The contacts of `rows` with no visitor socket here but one on another node.
+    async fn online_elsewhere(&self, rows: &[SummaryRow]) -> HashSet<String> {
+        if !self.nodes.shared() {
+            return HashSet::new();
+        }
+        let away: Vec<String> =
+            rows.iter().filter(|r| !self.hub.visitor_online(&r.contact_id)).map(|r| r.contact_id.clone()).collect();
+        self.nodes.online_elsewhere(&away).await
+    }
+
+    fn to_summary(&self, row: SummaryRow, online_elsewhere: &HashSet<String>) -> ConversationSummary {
+        let online = self.hub.visitor_online(&row.contact_id) || online_elsewhere.contains(&row.contact_id);
         let messenger = row.psid.as_ref().map(|_| MessengerInfo {
             name: row.display_name.clone(),
             response_until: policy::response_until(row.messenger_last_action_at),

@@ -30,6 +30,7 @@ use crate::hub::Hub;
 use crate::messenger::policy::MirrorPolicy;
 use crate::messenger::{Messenger, intake, outbox, spool::Spool};
 use crate::meters::Meters;
+use crate::nodes::Nodes;
 use crate::services::Conversations;
 use crate::signin::SignInGuard;
 use crate::state::AppState;
@@ -75,7 +76,10 @@ impl Application {
             .build();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mirror = settings.messenger.enabled.then_some(MirrorPolicy { human_agent: settings.messenger.human_agent });
-        let conversations = Conversations::new(store.clone(), hub.clone(), mirror, Arc::clone(&meters));
+        let nodes =
+            Nodes::new(store.bus(), hub.clone(), store.clock().clone(), Arc::clone(&meters), settings.cluster.clone());
+        let conversations =
+            Conversations::new(store.clone(), hub.clone(), mirror, Arc::clone(&meters)).with_nodes(nodes);
         let messenger = if settings.messenger.enabled {
             let spool = Spool::open(&settings.messenger.spool_dir)?;
             Some(Messenger::new(settings.messenger.clone(), conversations.clone(), spool)?)
@@ -120,10 +124,14 @@ impl Application {
         if let Some(messenger) = &state.messenger {
             messenger.prepare_pages().await.context("cannot start the Messenger channel")?;
         }
-        let workers = match &state.messenger {
+        let mut workers = match &state.messenger {
             Some(m) => spawn_messenger_workers(&state, m),
             None => Vec::new(),
         };
+        if state.conversations.nodes().shared() {
+            state.conversations.nodes().start().await;
+            workers.extend(spawn_node_workers(&state));
+        }
         let grace = Duration::from_secs(state.settings.http.shutdown_grace_secs.max(1));
         let (stopping_tx, stopping_rx) = oneshot::channel::<Instant>();
         let signal = async move {
@@ -166,13 +174,13 @@ impl Application {
         while state.hub.connection_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let mut workers = workers;
         for worker in &mut workers {
             if tokio::time::timeout_at(deadline, &mut *worker).await.is_err() {
                 tracing::warn!("a worker did not finish within the shutdown grace period; stopping it");
                 worker.abort();
             }
         }
+        state.conversations.nodes().stop().await;
         state.store.close().await;
         Ok(())
     }
@@ -220,6 +228,30 @@ fn spawn_messenger_workers(state: &AppState, messenger: &Arc<Messenger>) -> Vec<
         outbox::run(Arc::clone(&outbox_messenger), ctx)
     });
     vec![intake, outbox]
+}
+
+/// The bus workers of a node sharing its database (see [`crate::nodes`]), each under supervision.
+fn spawn_node_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let nodes = state.conversations.nodes().clone();
+    let stop = state.shutdown.clone();
+    let sender = nodes.clone();
+    let listener = nodes.clone();
+    let (summaries, summaries_for) = (nodes.clone(), state.conversations.clone());
+    let (heartbeat, heartbeat_for) = (nodes, state.conversations.clone());
+    vec![
+        state
+            .workers
+            .supervise("bus_sender", stop.clone(), Backoff::default(), move |ctx| sender.clone().run_sender(ctx)),
+        state
+            .workers
+            .supervise("bus_listener", stop.clone(), Backoff::default(), move |ctx| listener.clone().run_listener(ctx)),
+        state.workers.supervise("bus_summaries", stop.clone(), Backoff::default(), move |ctx| {
+            summaries.clone().run_summaries(summaries_for.clone(), ctx)
+        }),
+        state.workers.supervise("node_heartbeat", stop, Backoff::default(), move |ctx| {
+            heartbeat.clone().run_heartbeat(heartbeat_for.clone(), ctx)
+        }),
+    ]
 }
 
 /// Every route of the server.

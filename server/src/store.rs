@@ -11,6 +11,7 @@
 //! - Times are epoch milliseconds; a backend takes "now" from the [`Clock`] it was opened with, never from the OS.
 //! - Each backend has its own migrations folder (`server/migrations/<engine>`).
 
+pub mod bus;
 pub mod copy;
 pub mod models;
 pub mod ops;
@@ -70,6 +71,11 @@ pub trait Backend:
 
     /// Closes the connections, waiting for them to return.
     async fn close(&self);
+
+    /// The bus between the nodes sharing this database (see [`bus`]); `None` for an engine that serves one node.
+    fn bus(&self) -> Option<Arc<dyn bus::Bus>> {
+        None
+    }
 }
 
 /// Handle to the database; cheap to clone. Derefs to the [`Backend`], so `store.append_message(…)` calls the

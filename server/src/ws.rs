@@ -127,6 +127,19 @@ impl Relay {
         }
         Ok(events)
     }
+
+    /// The events to send once the log is known to reach `seq` (a nudge from another node; `u64::MAX` after
+    /// notifications may have been missed): none if all were sent, else everything after the last one sent.
+    pub async fn catch_up(&mut self, store: &Store, conversation_id: &str, seq: u64) -> StoreResult<Vec<Event>> {
+        if seq <= self.last_sent {
+            return Ok(Vec::new());
+        }
+        let events = store.events_after(conversation_id, self.last_sent).await?;
+        if let Some(last) = events.last() {
+            self.last_sent = self.last_sent.max(last.seq);
+        }
+        Ok(events)
+    }
 }
 
 /// The writing half of a socket. Every write has a deadline: a peer that stops reading fills its TCP window, the

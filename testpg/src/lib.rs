@@ -75,6 +75,8 @@ pub struct Cluster {
     /// The `postgres` user's uid and gid when this process is root.
     run_as: Option<(u32, u32)>,
     guard: Child,
+    /// Server settings after (so overriding) [`SERVER_SETTINGS`].
+    settings: Vec<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -86,6 +88,12 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Creates a cluster in a new temp dir and starts it on a free loopback port (about a second).
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Cluster::start`], with server settings (`name=value`) overriding the disposable defaults — e.g.
+    /// `fsync=on`, `synchronous_commit=on`, `full_page_writes=on` for a benchmark whose commits must be durable.
+    pub fn start_with(settings: &[&str]) -> anyhow::Result<Self> {
         let bin = bin_dir()?;
         let run_as = if is_root() { Some(postgres_user()?) } else { None };
         let dir = tempfile::Builder::new()
@@ -108,7 +116,8 @@ impl Cluster {
             .process_group(0);
         as_user(&mut guard, run_as);
         let guard = guard.spawn().context("cannot start the cluster's cleanup guard (sh)")?;
-        let mut cluster = Self { dir, bin, port: 0, run_as, guard };
+        let settings = settings.iter().map(|s| s.to_string()).collect();
+        let mut cluster = Self { dir, bin, port: 0, run_as, guard, settings };
         cluster.initdb()?;
         cluster.listen()?;
         Ok(cluster)
@@ -167,7 +176,7 @@ impl Cluster {
 
     fn start_args(&self) -> Vec<String> {
         let mut opts = format!("-p {} -k {}", self.port, self.dir.display());
-        for setting in SERVER_SETTINGS {
+        for setting in SERVER_SETTINGS.iter().copied().chain(self.settings.iter().map(String::as_str)) {
             opts.push_str(" -c ");
             opts.push_str(setting);
         }
@@ -249,4 +258,4 @@ pub fn admin_url() -> anyhow::Result<String> {
 #[cfg(feature = "sqlx")]
 mod database;
 #[cfg(feature = "sqlx")]
-pub use database::{TestDatabase, database};
+pub use database::{TestDatabase, database, database_on};

@@ -9,15 +9,18 @@
 //! - `demo`: build, then `parley-demo demo` on SQLite under `./data` (chat on :3000, host page on :8080).
 //! - `test`: build, then every test: cargo tests of each crate, the size budget, and the Playwright browser tests
 //!   in Debian's Chromium (installed with apt when missing). A private PostgreSQL cluster (the `testpg` crate) runs
-//!   for the whole run on a free port; its admin URL reaches the tests as `PARLEY_TEST_POSTGRES_URL`.
+//!   for the whole run on a free port; its admin URL reaches the tests as `PARLEY_TEST_POSTGRES_URL`. The browser
+//!   suite then runs once more against three nodes on that PostgreSQL behind nginx (`server/examples/cluster.rs`).
 //!
 //! - `bench [SCENARIO…] [--quick] [--note TEXT]`: the release server and `parley-bench`, the Node peer's packages
-//!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`.
+//!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`. Scenario
+//!   `pg` (only when named) starts a durable private PostgreSQL cluster, installing Debian's package when missing.
 //!
 //! Everything it needs it installs itself: the wasm32 target (rustup), the npm tools (`npm ci`), Chromium, nginx
 //! and systemd's `systemd-analyze`, and the sqlite3 shell the browser tests count rows with (apt).
 
 mod build;
+mod cluster;
 mod sizes;
 mod tools;
 
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm]… [--quick]>"
+    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm|webhook|pg]… [--quick]>"
 }
 
 fn run() -> anyhow::Result<()> {
@@ -78,6 +81,10 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
 fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
     tools::cargo(&["build", "--release", "-p", "server", "--bin", "parley", "-p", "bench"])?;
     tools::npm_ci(&root.join("bench/node"))?;
+    if args.iter().any(|a| a == "pg") {
+        // Scenario pg starts a private PostgreSQL cluster of its own.
+        tools::ensure_postgres()?;
+    }
     let release = build::target_dir(root).join("release");
     let out = build::target_dir(root).join("bench/results.md");
     let shown: Vec<String> =
@@ -145,6 +152,8 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
                 .env("PARLEY_E2E_BIN", build::target_dir(root).join("debug/parley-demo"))
                 .env("PARLEY_E2E_SITE_DIR", build::target_dir(root).join("site")),
         )?;
+        // The same suite once more against three nodes on PostgreSQL behind nginx.
+        cluster::browser_suite(root, &pg_url)?;
     }
     println!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())

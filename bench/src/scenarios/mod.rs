@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod delivery;
 pub mod idle;
+pub mod pg;
 pub mod storm;
 pub mod webhook;
 

@@ -16,6 +16,7 @@
 
 mod agents;
 mod attachments;
+mod bus;
 mod conversations;
 mod identity;
 mod messenger;
@@ -24,12 +25,14 @@ mod sites;
 mod workspaces;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+use super::bus::Bus;
 use super::sqlx_common::on_unique;
 use super::{Backend, StoreResult};
 use crate::clock::Clock;
@@ -39,6 +42,8 @@ use crate::clock::Clock;
 pub struct PgStore {
     pool: PgPool,
     clock: Clock,
+    /// `LISTEN/NOTIFY` between the nodes on this database, with their leases and presence rows.
+    bus: Arc<bus::PgBus>,
 }
 
 impl PgStore {
@@ -46,13 +51,15 @@ impl PgStore {
     /// database must exist; several nodes may migrate at once (sqlx serializes them with an advisory lock).
     pub async fn connect(url: &str, max_connections: u32, clock: Clock) -> anyhow::Result<Self> {
         let options = PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
+        let options = options.application_name("parley");
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .context("cannot connect to the PostgreSQL database")?;
-        let store = Self { pool, clock };
+        let bus = Arc::new(bus::PgBus::new(pool.clone(), options));
+        let store = Self { pool, clock, bus };
         store.migrate().await?;
         Ok(store)
     }
@@ -77,5 +84,9 @@ impl Backend for PgStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    fn bus(&self) -> Option<Arc<dyn Bus>> {
+        Some(Arc::clone(&self.bus) as Arc<dyn Bus>)
     }
 }

@@ -336,18 +336,48 @@ async fn handle_hub(session: &mut Session, sink: &mut Sink, msg: &HubMsg) -> Res
         },
         HubMsg::Event { conversation_id, event, .. } => {
             let Some(relay) = session.open.get_mut(conversation_id) else { return Ok(()) };
-            let events = match relay.next(&session.state.store, conversation_id, event).await {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::error!(error = ?e, "cannot read the log to fill a gap");
-                    send_close(sink, close::TRY_AGAIN_LATER, "resume").await;
-                    return Err(axum::Error::new(e));
+            let read = relay.next(&session.state.store, conversation_id, event).await;
+            send_events(sink, conversation_id, read).await
+        }
+        HubMsg::Behind { conversation_id, seq, .. } => {
+            let Some(relay) = session.open.get_mut(conversation_id) else { return Ok(()) };
+            let read = relay.catch_up(&session.state.store, conversation_id, *seq).await;
+            send_events(sink, conversation_id, read).await
+        }
+        HubMsg::Resync => {
+            // Inbox rows may have changed unseen: the whole inbox again, then whatever each open log gained.
+            match session.state.conversations.summaries().await {
+                Ok(conversations) => {
+                    let agent = session.agent.clone();
+                    send_json(sink, &ServerMsg::Inbox { agent, conversations }).await?;
                 }
-            };
-            for event in events {
-                send_json(sink, &ServerMsg::Event { conversation_id: conversation_id.clone(), event }).await?;
+                Err(e) => tracing::warn!(error = ?e, "cannot reload the inbox after a bus reconnect"),
+            }
+            for (conversation_id, relay) in &mut session.open {
+                let read = relay.catch_up(&session.state.store, conversation_id, u64::MAX).await;
+                send_events(sink, conversation_id, read).await?;
             }
             Ok(())
         }
     }
+}
+
+/// Sends events read for an open conversation; a log that cannot be read closes the socket (it resumes by seq).
+async fn send_events(
+    sink: &mut Sink,
+    conversation_id: &str,
+    read: crate::store::StoreResult<Vec<protocol::Event>>,
+) -> Result<(), axum::Error> {
+    let events = match read {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot read the log to fill a gap");
+            send_close(sink, close::TRY_AGAIN_LATER, "resume").await;
+            return Err(axum::Error::new(e));
+        }
+    };
+    for event in events {
+        send_json(sink, &ServerMsg::Event { conversation_id: conversation_id.to_string(), event }).await?;
+    }
+    Ok(())
 }

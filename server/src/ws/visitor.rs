@@ -143,6 +143,8 @@ impl Session {
             self.state.store.record_identity(&self.contact_id, who).await?;
         }
         self.contact_stored = true;
+        // From now on this socket's contact can have a conversation: the other nodes count it as online.
+        self.state.conversations.nodes().visitor_joined(&self.contact_id).await;
         Ok(())
     }
 }
@@ -219,12 +221,12 @@ async fn run(
     if send_json(&mut sink, &welcome).await.is_err() {
         return;
     }
-    announce_presence(&session).await;
+    announce_presence(&session, true).await;
 
     let liveness = Liveness::new(&state.settings.limits);
     serve(&mut session, &mut sink, &mut stream, &mut hub_rx, state.shutdown.clone(), liveness).await;
     drop(registration);
-    announce_presence(&session).await;
+    announce_presence(&session, false).await;
 }
 
 /// Who a socket speaks for.
@@ -342,12 +344,15 @@ async fn welcome(session: &mut Session, token: String, sid: String, last_seq: u6
     Ok(ServerMsg::Welcome { token, events, last_seq: sent_to, agent_read_seq, reset, sid })
 }
 
-async fn announce_presence(session: &Session) {
-    if let Some(conversation) = &session.conversation
-        && let Err(e) = session.state.conversations.publish_summary(&conversation.id).await
-    {
-        tracing::warn!(error = ?e, "could not publish presence");
+/// Tells the other nodes (and every agent) that this contact's socket came or went. A visitor who never wrote has
+/// no contact row, so no conversation whose "online" anyone sees: no presence row is written for every page view
+/// (the heartbeat still lists every socket, so a conversation another tab starts is covered within a beat).
+async fn announce_presence(session: &Session, joined: bool) {
+    if !session.contact_stored {
+        return;
     }
+    let conversation_id = session.conversation.as_ref().map(|c| c.id.as_str());
+    session.state.conversations.visitor_presence(&session.contact_id, conversation_id, joined).await;
 }
 
 fn error_frame(code: ErrorCode, message: &str, client_id: Option<String>) -> ServerMsg {
@@ -502,24 +507,32 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
 }
 
 async fn handle_hub(session: &mut Session, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error> {
-    match msg {
-        HubMsg::Event { conversation_id, event, .. } => {
-            let events = match session.relay.next(&session.state.store, conversation_id, event).await {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::error!(error = ?e, "cannot read the log to fill a gap");
-                    send_close(sink, close::TRY_AGAIN_LATER, "resume").await;
-                    return Err(axum::Error::new(e));
-                }
-            };
+    let store = session.state.store.clone();
+    let read = match msg {
+        HubMsg::Event { conversation_id, event, .. } => session.relay.next(&store, conversation_id, event).await,
+        HubMsg::Behind { conversation_id, seq, .. } => session.relay.catch_up(&store, conversation_id, *seq).await,
+        HubMsg::Resync => match session.conversation().await {
+            Ok(Some(conversation)) => session.relay.catch_up(&store, &conversation.id, u64::MAX).await,
+            Ok(None) => Ok(Vec::new()),
+            Err(ServiceError::Store(e)) => Err(e),
+            Err(e) => Err(store::StoreError::Backend(e.to_string())),
+        },
+        HubMsg::Typing { typing, name, from_visitor: false, .. } => {
+            return send_json(sink, &ServerMsg::Typing { typing: *typing, name: name.clone() }).await;
+        }
+        HubMsg::Typing { .. } | HubMsg::Summary(_) | HubMsg::Alert { .. } => return Ok(()),
+    };
+    match read {
+        Ok(events) => {
             for event in events {
                 send_json(sink, &ServerMsg::Event { event }).await?;
             }
             Ok(())
         }
-        HubMsg::Typing { typing, name, from_visitor: false, .. } => {
-            send_json(sink, &ServerMsg::Typing { typing: *typing, name: name.clone() }).await
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot read the log to fill a gap");
+            send_close(sink, close::TRY_AGAIN_LATER, "resume").await;
+            Err(axum::Error::new(e))
         }
-        HubMsg::Typing { .. } | HubMsg::Summary(_) | HubMsg::Alert { .. } => Ok(()),
     }
 }

@@ -98,9 +98,15 @@ async fn start(settings: Settings, listener: tokio::net::TcpListener, dir: tempf
 /// Boots the app on port 0 on an existing database that already holds the test site and agent (e.g. one that
 /// `parley db copy` filled), of either engine.
 pub async fn spawn_app_on_database(url: &str) -> TestApp {
+    spawn_app_on_database_with(url, |_| {}).await
+}
+
+/// Like [`spawn_app_on_database`], with settings changed by `configure` (e.g. several nodes on one PostgreSQL).
+pub async fn spawn_app_on_database_with(url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings(&dir);
     settings.database.url = url.to_string();
+    configure(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let clock = parley::clock::Clock::adjustable();
     let store = Store::connect_with_clock(url, 4, clock.clone()).await.expect("store opens");

@@ -15,6 +15,7 @@ mod messenger_chaos;
 mod messenger_intake;
 mod messenger_order;
 mod messenger_pages;
+mod nodes;
 mod ops;
 mod outbox;
 mod supervision;

@@ -1,6 +1,7 @@
 //! The PostgreSQL migrations build the same schema as the SQLite ones: the same tables and columns with the same
 //! nullability, the same named indexes and the same unique rules. Types
-//! differ on purpose (bigint, bytea, boolean), so they are not compared.
+//! differ on purpose (bigint, bytea, boolean), so they are not compared. The node tables (`nodes`, `node_presence`:
+//! leases and presence of several nodes on one database) exist only on PostgreSQL.
 
 use std::collections::BTreeSet;
 
@@ -72,7 +73,8 @@ async fn postgres_schema() -> Schema {
     let mut schema = Schema { columns: Columns::new(), indexes: BTreeSet::new(), uniques: Uniques::new() };
     let rows = sqlx::query(
         "select table_name::text, column_name::text, is_nullable::text from information_schema.columns
-         where table_schema = 'public' and table_name != '_sqlx_migrations'",
+         where table_schema = 'public' and table_name != '_sqlx_migrations'
+            and table_name not in ('nodes', 'node_presence')",
     )
     .fetch_all(&mut conn)
     .await
@@ -89,7 +91,8 @@ async fn postgres_schema() -> Schema {
                left join pg_attribute a on a.attrelid = x.indrelid and a.attnum = k.attnum and k.attnum > 0) as cols
          from pg_index x join pg_class i on i.oid = x.indexrelid join pg_class t on t.oid = x.indrelid
          join pg_namespace s on s.oid = t.relnamespace
-         where s.nspname = 'public' and t.relname != '_sqlx_migrations'",
+         where s.nspname = 'public' and t.relname != '_sqlx_migrations'
+            and t.relname not in ('nodes', 'node_presence')",
     )
     .fetch_all(&mut conn)
     .await
