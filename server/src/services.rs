@@ -465,11 +465,7 @@ impl Conversations {
 
     /// The inbox of one workspace.
     pub async fn workspace_summaries(&self, workspace_id: &str) -> Result<Vec<ConversationSummary>, ServiceError> {
-        Ok(self.store.workspace_summaries(workspace_id).await?.into_iter().map(|row| self.to_summary(row)).collect())
-    }
-
-    pub async fn summaries(&self) -> Result<Vec<ConversationSummary>, ServiceError> {
-        let rows = self.store.summaries().await?;
+        let rows = self.store.workspace_summaries(workspace_id).await?;
         let elsewhere = self.online_elsewhere(&rows).await;
         Ok(rows.into_iter().map(|row| self.to_summary(row, &elsewhere)).collect())
     }

@@ -346,7 +346,7 @@ async fn handle_hub(session: &mut Session, sink: &mut Sink, msg: &HubMsg) -> Res
         }
         HubMsg::Resync => {
             // Inbox rows may have changed unseen: the whole inbox again, then whatever each open log gained.
-            match session.state.conversations.summaries().await {
+            match session.state.conversations.workspace_summaries(&session.workspace_id).await {
                 Ok(conversations) => {
                     let agent = session.agent.clone();
                     send_json(sink, &ServerMsg::Inbox { agent, conversations }).await?;
