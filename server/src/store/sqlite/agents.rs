@@ -10,7 +10,8 @@ use crate::store::{AgentStore, StoreResult, new_id};
 impl AgentStore for SqliteStore {
     async fn create_agent(&self, email: &str, name: &str, password_hash: &str) -> StoreResult<Agent> {
         let now = self.now();
-        sqlx::query_as::<_, Agent>(
+        let mut tx = self.writer.begin().await?;
+        let agent = sqlx::query_as::<_, Agent>(
             "insert into agents (id, email, name, password_hash, created_at, updated_at)
              values (?, ?, ?, ?, ?, ?) returning id, email, name, password_hash",
         )
@@ -20,13 +21,15 @@ impl AgentStore for SqliteStore {
         .bind(password_hash)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(|e| on_unique(e, "an agent with this email"))
+        .map_err(|e| on_unique(e, "an agent with this email"))?;
+        tx.commit().await?;
+        Ok(agent)
     }
 
     async fn set_agent_password(&self, email: &str, password_hash: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let id: Option<String> =
             sqlx::query_scalar("update agents set password_hash = ?, updated_at = ? where email = ? returning id")
                 .bind(password_hash)
@@ -49,13 +52,15 @@ impl AgentStore for SqliteStore {
     }
 
     async fn create_session(&self, token_hash: &[u8], agent_id: &str, expires_at: i64) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query("insert into agent_sessions (token_hash, agent_id, expires_at, created_at) values (?, ?, ?, ?)")
             .bind(token_hash)
             .bind(agent_id)
             .bind(expires_at)
             .bind(self.now())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -71,11 +76,13 @@ impl AgentStore for SqliteStore {
     }
 
     async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query("delete from agent_sessions where token_hash = ? or expires_at <= ?")
             .bind(token_hash)
             .bind(self.now())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -11,7 +11,8 @@ impl SiteStore for SqliteStore {
     async fn create_site(&self, key: &str, name: &str, origins: &[String], greeting: &str) -> StoreResult<Site> {
         let now = self.now();
         let origins_json = serde_json::to_string(origins).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query_as::<_, Site>(
+        let mut tx = self.writer.begin().await?;
+        let site = sqlx::query_as::<_, Site>(
             "insert into sites (id, key, name, allowed_origins, greeting, created_at, updated_at)
              values (?, ?, ?, ?, ?, ?, ?)
              returning id, key, name, allowed_origins, greeting, created_at",
@@ -23,9 +24,11 @@ impl SiteStore for SqliteStore {
         .bind(greeting)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(|e| on_unique(e, "a site with this key"))
+        .map_err(|e| on_unique(e, "a site with this key"))?;
+        tx.commit().await?;
+        Ok(site)
     }
 
     async fn site_by_key(&self, key: &str) -> StoreResult<Option<Site>> {
@@ -47,12 +50,14 @@ impl SiteStore for SqliteStore {
 
     async fn set_allowed_origins(&self, site_id: &str, origins: &[String]) -> StoreResult<()> {
         let origins_json = serde_json::to_string(origins).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("update sites set allowed_origins = ?, updated_at = ? where id = ?")
             .bind(origins_json)
             .bind(self.now())
             .bind(site_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }
