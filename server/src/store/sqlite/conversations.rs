@@ -204,7 +204,9 @@ impl ConversationStore for SqliteStore {
         // the whole attempt back, and is answered below. New messages, the common case, save two reads.
         match self.append_message_tx(contact_id, site_id, &msg).await {
             Err(StoreError::Conflict(_)) => {
-                // A repeat, or lost a race with the same client id (or channel id): report the original.
+                // A repeat, or lost a race with the same client id (or channel id): report the original. It may be
+                // in this very group, not committed yet: an empty write returns once the group is on disk.
+                self.writer.begin().await?.commit().await?;
                 if let Some(external_id) = &msg.external_id
                     && let Some((conversation_id, message, seq)) = self.message_by_external_id(external_id).await?
                 {
