@@ -1,8 +1,12 @@
 //! The SQLite backend of the store: the connection pool, migrations (`server/migrations/sqlite`) and every query.
 //!
 //! SQLite runs in WAL mode with `synchronous = FULL`, so a committed transaction is on disk: callers ack a message
-//! only after `append_message` returns. Each write transaction starts with a write statement, so SQLite takes the
-//! write lock up front and concurrent writers wait on `busy_timeout` instead of failing with SQLITE_BUSY.
+//! only after `append_message` returns.
+//!
+//! One writer: every write goes through the one write connection of [`writer::Writer`], which queues writers in
+//! order and commits concurrent ones together (group commit, see `writer`); no two connections of this process
+//! ever contend for SQLite's write lock. Reads use their own connections (`pool`, `query_only`, so a write there
+//! fails instead of taking the lock), which WAL lets run beside the writer.
 
 mod agents;
 mod attachments;
@@ -12,12 +16,14 @@ mod messenger;
 mod ops;
 mod sites;
 mod workspaces;
+pub mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use sqlx::ConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::sqlx_common::on_unique;
@@ -27,7 +33,10 @@ use crate::clock::Clock;
 /// The store on one SQLite database file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Read connections (`query_only`).
     pool: SqlitePool,
+    /// The one write connection.
+    writer: writer::Writer,
     clock: Clock,
 }
 
@@ -44,19 +53,23 @@ impl SqliteStore {
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create database folder {}", dir.display()))?;
         }
+        // Migrations run on the write connection (waiting up to the busy timeout for another process), before it
+        // becomes the writer's.
+        let mut conn = options.connect().await.context("cannot open the SQLite database")?;
+        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await.context("database migration failed")?;
+        sqlx::query("pragma busy_timeout = 0").execute(&mut conn).await.context("cannot set up the writer")?;
+        let writer = writer::Writer::start(conn, options.clone());
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
-            .connect_with(options)
+            .connect_with(options.pragma("query_only", "true"))
             .await
             .context("cannot open the SQLite database")?;
-        let store = Self { pool, clock };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Self { pool, writer, clock })
     }
 
-    /// Applies every pending migration; refuses to continue on failure.
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations/sqlite").run(&self.pool).await.context("database migration failed")
+    /// The write connection's counters (lock waits, groups and commits).
+    pub fn writer(&self) -> &writer::Writer {
+        &self.writer
     }
 
     /// Now, from the store's clock.
@@ -73,6 +86,7 @@ impl Backend for SqliteStore {
     }
 
     async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }

@@ -16,7 +16,8 @@ impl AgentStore for SqliteStore {
         password_hash: &str,
     ) -> StoreResult<Agent> {
         let now = self.now();
-        sqlx::query_as::<_, Agent>(
+        let mut tx = self.writer.begin().await?;
+        let agent = sqlx::query_as::<_, Agent>(
             "insert into agents (id, email, name, password_hash, created_at, updated_at, workspace_id)
              select ?, ?, ?, ?, ?, ?, id from workspaces where id = ? returning id, email, name, password_hash, workspace_id",
         )
@@ -27,14 +28,16 @@ impl AgentStore for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(workspace_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| on_unique(e, "an agent with this email"))?
-        .ok_or(StoreError::NotFound)
+        .ok_or(StoreError::NotFound)?;
+        tx.commit().await?;
+        Ok(agent)
     }
 
     async fn set_agent_password(&self, email: &str, password_hash: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let id: Option<String> =
             sqlx::query_scalar("update agents set password_hash = ?, updated_at = ? where email = ? returning id")
                 .bind(password_hash)
@@ -59,13 +62,15 @@ impl AgentStore for SqliteStore {
     }
 
     async fn create_session(&self, token_hash: &[u8], agent_id: &str, expires_at: i64) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query("insert into agent_sessions (token_hash, agent_id, expires_at, created_at) values (?, ?, ?, ?)")
             .bind(token_hash)
             .bind(agent_id)
             .bind(expires_at)
             .bind(self.now())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -81,11 +86,13 @@ impl AgentStore for SqliteStore {
     }
 
     async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query("delete from agent_sessions where token_hash = ? or expires_at <= ?")
             .bind(token_hash)
             .bind(self.now())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

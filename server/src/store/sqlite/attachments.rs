@@ -15,6 +15,7 @@ impl AttachmentStore for SqliteStore {
         bytes: &[u8],
     ) -> StoreResult<String> {
         let id = crate::auth::new_token();
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "insert into attachments (id, conversation_id, content_type, name, bytes, created_at) values (?, ?, ?, ?, ?, ?)",
         )
@@ -24,8 +25,9 @@ impl AttachmentStore for SqliteStore {
         .bind(name)
         .bind(bytes)
         .bind(self.now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -50,6 +52,7 @@ impl AttachmentStore for SqliteStore {
         source_url: &str,
     ) -> StoreResult<String> {
         let id = crate::auth::new_token();
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "insert into attachments (id, content_type, name, bytes, created_at, status, source_url, workspace_id)
              values (?, 'application/octet-stream', ?, x'', ?, 'pending', ?, ?)",
@@ -59,30 +62,38 @@ impl AttachmentStore for SqliteStore {
         .bind(self.now())
         .bind(source_url)
         .bind(workspace_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(id)
     }
 
     async fn claim_attachments(&self, limit: i64) -> StoreResult<Vec<(String, String)>> {
-        Ok(sqlx::query_as(
+        let mut tx = self.writer.begin().await?;
+        let claimed = sqlx::query_as(
             "update attachments set status = 'downloading'
              where id in (select id from attachments where status = 'pending' order by created_at limit ?)
              returning id, coalesce(source_url, '')",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn requeue_attachments(&self) -> StoreResult<u64> {
-        Ok(sqlx::query("update attachments set status = 'pending' where status = 'downloading'")
-            .execute(&self.pool)
+        let mut tx = self.writer.begin().await?;
+        let requeued = sqlx::query("update attachments set status = 'pending' where status = 'downloading'")
+            .execute(&mut *tx)
             .await?
-            .rows_affected())
+            .rows_affected();
+        tx.commit().await?;
+        Ok(requeued)
     }
 
     async fn attachment_downloaded(&self, id: &str, content_type: &str, bytes: &[u8]) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "update attachments set status = 'ready', content_type = ?, bytes = ?, source_url = null, error = null
              where id = ?",
@@ -90,17 +101,20 @@ impl AttachmentStore for SqliteStore {
         .bind(content_type)
         .bind(bytes)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn attachment_unavailable(&self, id: &str, error: &str) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query("update attachments set status = 'failed', error = ?, source_url = null where id = ?")
             .bind(error)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

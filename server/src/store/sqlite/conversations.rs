@@ -5,8 +5,8 @@
 
 use async_trait::async_trait;
 use protocol::{Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
-use sqlx::{Sqlite, Transaction};
 
+use super::writer::WriteTx;
 use super::{SqliteStore, on_unique};
 use crate::messenger::policy::{Mirror, MirrorPolicy, Thread};
 use crate::store::models::{Contact, ContactContext, Conversation, SummaryRow};
@@ -58,6 +58,7 @@ impl ConversationStore for SqliteStore {
         ctx: &ContactContext,
     ) -> StoreResult<Contact> {
         let now = self.now();
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "insert into contacts (id, site_id, web_token_hash, label, page_url, referrer, user_agent, timezone,
                 utc_offset_minutes, language, created_at, updated_at)
@@ -76,8 +77,9 @@ impl ConversationStore for SqliteStore {
         .bind(&ctx.language)
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.contact_by_token(site_id, token_hash)
             .await?
             .ok_or_else(|| StoreError::Conflict("a contact of another site with this token".into()))
@@ -102,6 +104,7 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn update_contact_context(&self, contact_id: &str, ctx: &ContactContext) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "update contacts set page_url = coalesce(?1, page_url), referrer = coalesce(?2, referrer),
                 user_agent = coalesce(?3, user_agent), timezone = coalesce(?4, timezone),
@@ -119,8 +122,9 @@ impl ConversationStore for SqliteStore {
         .bind(&ctx.language)
         .bind(self.now())
         .bind(contact_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -196,19 +200,13 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {
-        if let Some(external_id) = &msg.external_id
-            && let Some((conversation_id, message, seq)) = self.message_by_external_id(external_id).await?
-        {
-            return Ok(AppendOutcome::Duplicate { conversation_id, message, seq });
-        }
-        if let Some(conversation) = self.conversation_for_contact(contact_id).await?
-            && let Some((message, seq)) = self.message_by_client_id(&conversation.id, &msg.client_id).await?
-        {
-            return Ok(AppendOutcome::Duplicate { conversation_id: conversation.id, message, seq });
-        }
+        // No look-up first: a repeated client id (or channel id) fails the insert on its unique index, which rolls
+        // the whole attempt back, and is answered below. New messages, the common case, save two reads.
         match self.append_message_tx(contact_id, site_id, &msg).await {
             Err(StoreError::Conflict(_)) => {
-                // Lost a race with the same client id (or channel id): report the winner.
+                // A repeat, or lost a race with the same client id (or channel id): report the original. It may be
+                // in this very group, not committed yet: an empty write returns once the group is on disk.
+                self.writer.begin().await?.commit().await?;
                 if let Some(external_id) = &msg.external_id
                     && let Some((conversation_id, message, seq)) = self.message_by_external_id(external_id).await?
                 {
@@ -229,7 +227,7 @@ impl ConversationStore for SqliteStore {
             Party::Visitor => "visitor_read_seq",
             Party::Agent => "agent_read_seq",
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let last_message =
             "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
         let moved = sqlx::query(&format!(
@@ -275,7 +273,7 @@ impl ConversationStore for SqliteStore {
         by: Option<String>,
     ) -> StoreResult<Option<Event>> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let moved = sqlx::query("update conversations set status = ?, updated_at = ? where id = ? and status <> ?")
             .bind(status.as_str())
             .bind(now)
@@ -324,27 +322,31 @@ impl ConversationStore for SqliteStore {
 impl SqliteStore {
     async fn append_message_tx(&self, contact_id: &str, site_id: &str, msg: &NewMessage) -> StoreResult<AppendOutcome> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
-        // Write first, so the transaction holds SQLite's write lock from its first statement.
-        sqlx::query(
-            "insert into conversations (id, site_id, contact_id, status, last_activity_at, created_at, updated_at)
-             values (?, ?, ?, 'open', ?, ?, ?) on conflict(contact_id) do nothing",
+        let preview: String = msg.body.chars().take(140).collect();
+        let unread = i64::from(matches!(msg.author, Author::Visitor));
+        let mut tx = self.writer.begin().await?;
+        // One statement creates the conversation or takes its next seq, and updates the inbox columns (last message,
+        // activity, unread); it returns the row as it was before, but with the new seq (the message's).
+        let row = sqlx::query_as(
+            "insert into conversations (id, site_id, contact_id, status, last_seq, last_message, unread_count,
+                last_activity_at, created_at, updated_at)
+             values (?1, ?2, ?3, 'open', 1, ?4, ?5, ?6, ?6, ?6)
+             on conflict(contact_id) do update set last_seq = last_seq + 1, last_message = excluded.last_message,
+                unread_count = unread_count + excluded.unread_count, last_activity_at = excluded.last_activity_at,
+                updated_at = excluded.updated_at
+             returning id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq",
         )
         .bind(new_id())
         .bind(site_id)
         .bind(contact_id)
+        .bind(preview)
+        .bind(unread)
         .bind(now)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        let row = sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where contact_id = ?"))
-            .bind(contact_id)
-            .fetch_one(&mut *tx)
-            .await?;
         let conversation = conversation_from_row(row)?;
 
-        let seq = bump_seq(&mut tx, &conversation.id, now).await?;
+        let seq = conversation.last_seq;
         let message = ChatMessage {
             id: new_id(),
             client_id: msg.client_id.clone(),
@@ -415,18 +417,6 @@ impl SqliteStore {
                 .await?,
             );
         }
-        let preview: String = message.body.chars().take(140).collect();
-        let unread = i64::from(matches!(msg.author, Author::Visitor));
-        sqlx::query(
-            "update conversations set last_message = ?, last_activity_at = ?, unread_count = unread_count + ?
-             where id = ?",
-        )
-        .bind(preview)
-        .bind(now)
-        .bind(unread)
-        .bind(&conversation.id)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(AppendOutcome::Created { conversation_id: conversation.id, message, seq, events })
     }
@@ -434,7 +424,7 @@ impl SqliteStore {
 
 /// Queues a message for Messenger in the message's own transaction, or records why it is not sent.
 async fn mirror_to_messenger(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut WriteTx,
     conversation_id: &str,
     contact_id: &str,
     message: &ChatMessage,
@@ -486,7 +476,7 @@ fn channel_str(channel: Channel) -> &'static str {
     }
 }
 
-pub(super) async fn bump_seq(tx: &mut Transaction<'_, Sqlite>, conversation_id: &str, now: i64) -> StoreResult<u64> {
+pub(super) async fn bump_seq(tx: &mut WriteTx, conversation_id: &str, now: i64) -> StoreResult<u64> {
     let seq: i64 = sqlx::query_scalar(
         "update conversations set last_seq = last_seq + 1, updated_at = ? where id = ? returning last_seq",
     )
@@ -499,7 +489,7 @@ pub(super) async fn bump_seq(tx: &mut Transaction<'_, Sqlite>, conversation_id: 
 }
 
 pub(super) async fn insert_event(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut WriteTx,
     conversation_id: &str,
     seq: u64,
     at: i64,

@@ -24,26 +24,31 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn set_identity_secret(&self, site_key: &str, secret: Option<&IdentitySecret>) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query("update sites set identity_secret = ?, updated_at = ? where key = ?")
             .bind(secret.map(IdentitySecret::expose))
             .bind(self.now())
             .bind(site_key)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn set_identity_required(&self, site_key: &str, required: bool) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query("update sites set identity_required = ?, updated_at = ? where key = ?")
             .bind(required)
             .bind(self.now())
             .bind(site_key)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn record_identity(&self, contact_id: &str, who: &Verified) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "update contacts set external_id = ?1, label = coalesce(?2, label), email = coalesce(?3, email),
                 updated_at = ?4
@@ -55,8 +60,9 @@ impl IdentityStore for SqliteStore {
         .bind(&who.email)
         .bind(self.now())
         .bind(contact_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

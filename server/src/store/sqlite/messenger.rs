@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use super::SqliteStore;
 use super::conversations::{CONTACT_COLUMNS, bump_seq, insert_event, seq_of};
+use super::writer::WriteTx;
 use crate::messenger::send_api::MessagingType;
 use crate::store::models::{Contact, LinkRow, OutboxRow, QuarantinedDelivery, RecentMessage};
 use crate::store::{
@@ -36,6 +37,7 @@ impl MessengerStore for SqliteStore {
     async fn create_messenger_contact(&self, site_id: &str, psid: &str, label: &str) -> StoreResult<Contact> {
         let now = self.now();
         let id = new_id();
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "insert into contacts (id, site_id, label, psid, messenger_linked_at, created_at, updated_at)
              values (?, ?, ?, ?, ?, ?, ?) on conflict do nothing",
@@ -47,8 +49,9 @@ impl MessengerStore for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         // Either ours, or one a concurrent delivery created first.
         self.contact_by_psid(psid).await?.ok_or(StoreError::NotFound)
     }
@@ -59,6 +62,7 @@ impl MessengerStore for SqliteStore {
         name: Option<&str>,
         avatar_id: Option<&str>,
     ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "update contacts set display_name = coalesce(?, display_name), avatar_id = coalesce(?, avatar_id),
                 updated_at = ? where id = ?",
@@ -67,25 +71,28 @@ impl MessengerStore for SqliteStore {
         .bind(avatar_id)
         .bind(self.now())
         .bind(contact_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn record_messenger_action(&self, contact_id: &str, at: i64) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "update contacts set messenger_last_action_at = max(coalesce(messenger_last_action_at, 0), ?) where id = ?",
         )
         .bind(at)
         .bind(contact_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn create_link(&self, nonce: &str, contact_id: &str, code: &str, expires_at: i64) -> StoreResult<()> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("delete from messenger_links where max(expires_at, coalesce(offer_expires_at, 0)) <= ?")
             .bind(now)
             .execute(&mut *tx)
@@ -159,7 +166,7 @@ impl MessengerStore for SqliteStore {
         recap: Option<&str>,
     ) -> StoreResult<Option<Accepted>> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let contact_id: Option<String> = sqlx::query_scalar(
             "update messenger_links set used_at = ? where nonce = ? and psid = ? and used_at is null
                 and offer_expires_at > ? returning contact_id",
@@ -200,6 +207,7 @@ impl MessengerStore for SqliteStore {
 
     async fn refuse_link(&self, nonce: &str, psid: &str) -> StoreResult<bool> {
         let now = self.now();
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "update messenger_links set used_at = ?, refused_at = ? where nonce = ? and psid = ? and used_at is null",
         )
@@ -207,15 +215,16 @@ impl MessengerStore for SqliteStore {
         .bind(now)
         .bind(nonce)
         .bind(psid)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         Ok(done == 1)
     }
 
     async fn unbind_psid(&self, contact_id: &str) -> StoreResult<Option<(String, Event)>> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let psid: Option<Option<String>> =
             sqlx::query_scalar("update contacts set psid = null, updated_at = ? where id = ? returning psid")
                 .bind(now)
@@ -247,11 +256,14 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn insert_webhook_delivery(&self, body: &[u8]) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar("insert into webhook_deliveries (body, received_at) values (?, ?) returning id")
+        let mut tx = self.writer.begin().await?;
+        let id = sqlx::query_scalar("insert into webhook_deliveries (body, received_at) values (?, ?) returning id")
             .bind(body)
             .bind(self.now())
-            .fetch_one(&self.pool)
-            .await?)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
@@ -265,6 +277,7 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn webhook_delivery_failed(&self, id: i64, error: &str, max_attempts: u32) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await?;
         let quarantined: Option<Option<i64>> = sqlx::query_scalar(
             "update webhook_deliveries set attempts = attempts + 1, error = ?,
                 quarantined_at = case when attempts + 1 >= ? then ? end
@@ -274,8 +287,9 @@ impl MessengerStore for SqliteStore {
         .bind(i64::from(max_attempts))
         .bind(self.now())
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(quarantined.flatten().is_some())
     }
 
@@ -297,23 +311,28 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn replay_quarantined(&self, id: Option<i64>) -> StoreResult<u64> {
-        Ok(sqlx::query(
+        let mut tx = self.writer.begin().await?;
+        let replayed = sqlx::query(
             "update webhook_deliveries set quarantined_at = null, attempts = 0, error = null
              where quarantined_at is not null and processed_at is null and (?1 is null or id = ?1)",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+        tx.commit().await?;
+        Ok(replayed)
     }
 
     async fn mark_webhook_processed(&self, id: i64, error: Option<&str>) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query("update webhook_deliveries set processed_at = ?, error = ? where id = ?")
             .bind(self.now())
             .bind(error)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -328,7 +347,8 @@ impl MessengerStore for SqliteStore {
         let lease = new_id();
         let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
         let eligible_at = outbox_eligible_at("?4");
-        Ok(sqlx::query_as::<_, OutboxRow>(&format!(
+        let mut tx = self.writer.begin().await?;
+        let leased = sqlx::query_as::<_, OutboxRow>(&format!(
             "update outbox set lease_id = ?1 || ':' || id, leased_until = ?2, updated_at = ?3
              where id in (select o.id from outbox o where {OUTBOX_HEAD} and {eligible_at} <= ?3
                             and o.psid not in (select value from json_each(?5))
@@ -341,8 +361,10 @@ impl MessengerStore for SqliteStore {
         .bind(reconcile_ms)
         .bind(busy)
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(leased)
     }
 
     async fn next_outbox_eligible(&self, reconcile_ms: i64, busy: &[String]) -> StoreResult<Option<i64>> {
@@ -367,6 +389,7 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn outbox_retry(&self, id: i64, lease_id: &str, next_attempt_at: i64, error: &str) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "update outbox set attempts = attempts + 1, next_attempt_at = ?, last_error = ?, updated_at = ?,
                 lease_id = null, leased_until = null
@@ -377,8 +400,9 @@ impl MessengerStore for SqliteStore {
         .bind(self.now())
         .bind(id)
         .bind(lease_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -413,7 +437,7 @@ impl MessengerStore for SqliteStore {
                     .await?;
             let Some((conversation_id, message_id)) = row else { continue };
             let now = self.now();
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.writer.begin().await?;
             if !mark_applied_in(&mut tx, &format!("delivered:{mid}"), now).await? {
                 continue;
             }
@@ -466,7 +490,7 @@ impl MessengerStore for SqliteStore {
 impl SqliteStore {
     async fn offer(&self, which: &str, id: &str, psid: &str, key: &str, ttl_ms: i64) -> StoreResult<OfferOutcome> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         if !mark_applied_in(&mut tx, key, now).await? {
             return Ok(OfferOutcome::Duplicate);
         }
@@ -495,7 +519,7 @@ impl SqliteStore {
         state: DeliveryState,
     ) -> StoreResult<Option<(String, Event)>> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let row: Option<(String, Option<String>)> = sqlx::query_as(
             "update outbox set status = ?, external_id = coalesce(?, external_id), last_error = coalesce(?, last_error),
                 updated_at = ?, lease_id = null, leased_until = null
@@ -531,7 +555,7 @@ impl SqliteStore {
 }
 
 /// Records an applied-key inside a transaction; `false` if it was recorded before.
-async fn mark_applied_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, key: &str, now: i64) -> StoreResult<bool> {
+async fn mark_applied_in(tx: &mut WriteTx, key: &str, now: i64) -> StoreResult<bool> {
     let inserted = sqlx::query("insert into webhook_applied (key, created_at) values (?, ?) on conflict do nothing")
         .bind(key)
         .bind(now)
@@ -543,7 +567,7 @@ async fn mark_applied_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, key: &str
 
 /// Binds a PSID to a contact (moving it off any other contact) and logs the link in the contact's conversation.
 async fn bind_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut WriteTx,
     contact_id: &str,
     psid: &str,
     name: Option<String>,

@@ -18,7 +18,8 @@ impl SiteStore for SqliteStore {
     ) -> StoreResult<Site> {
         let now = self.now();
         let origins_json = serde_json::to_string(origins).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query_as::<_, Site>(
+        let mut tx = self.writer.begin().await?;
+        let site = sqlx::query_as::<_, Site>(
             "insert into sites (id, key, name, allowed_origins, greeting, created_at, updated_at, workspace_id)
              select ?, ?, ?, ?, ?, ?, ?, id from workspaces where id = ?
              returning id, key, name, allowed_origins, greeting, created_at, workspace_id",
@@ -31,10 +32,12 @@ impl SiteStore for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(workspace_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| on_unique(e, "a site with this key"))?
-        .ok_or(StoreError::NotFound)
+        .ok_or(StoreError::NotFound)?;
+        tx.commit().await?;
+        Ok(site)
     }
 
     async fn site_by_key(&self, key: &str) -> StoreResult<Option<Site>> {
@@ -56,12 +59,14 @@ impl SiteStore for SqliteStore {
 
     async fn set_allowed_origins(&self, site_id: &str, origins: &[String]) -> StoreResult<()> {
         let origins_json = serde_json::to_string(origins).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("update sites set allowed_origins = ?, updated_at = ? where id = ?")
             .bind(origins_json)
             .bind(self.now())
             .bind(site_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

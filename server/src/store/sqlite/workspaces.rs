@@ -13,7 +13,8 @@ const PAGE_COLUMNS: &str =
 impl WorkspaceStore for SqliteStore {
     async fn create_workspace(&self, key: &str, name: &str) -> StoreResult<Workspace> {
         let now = self.now();
-        sqlx::query_as::<_, Workspace>(
+        let mut tx = self.writer.begin().await?;
+        let workspace = sqlx::query_as::<_, Workspace>(
             "insert into workspaces (id, key, name, created_at, updated_at) values (?, ?, ?, ?, ?)
              returning id, key, name",
         )
@@ -22,9 +23,11 @@ impl WorkspaceStore for SqliteStore {
         .bind(name)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(|e| on_unique(e, "a workspace with this key"))
+        .map_err(|e| on_unique(e, "a workspace with this key"))?;
+        tx.commit().await?;
+        Ok(workspace)
     }
 
     async fn workspace_by_key(&self, key: &str) -> StoreResult<Option<Workspace>> {
@@ -82,6 +85,7 @@ impl WorkspaceStore for SqliteStore {
             }
         }
         let now = self.now();
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "insert into messenger_pages
                  (page_id, workspace_id, site_id, username, token_nonce, token_ciphertext, created_at, updated_at)
@@ -98,15 +102,17 @@ impl WorkspaceStore for SqliteStore {
         .bind(&page.token_ciphertext)
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| on_unique(e, "a Page for this site (or a workspace-wide Page)"))?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn delete_page(&self, page_id: &str) -> StoreResult<bool> {
-        let done =
-            sqlx::query("delete from messenger_pages where page_id = ?").bind(page_id).execute(&self.pool).await?;
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query("delete from messenger_pages where page_id = ?").bind(page_id).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
