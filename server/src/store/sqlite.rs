@@ -53,10 +53,19 @@ impl SqliteStore {
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create database folder {}", dir.display()))?;
         }
-        // Migrations run on the write connection (waiting up to the busy timeout for another process), before it
+        // Migrations run first (waiting up to the busy timeout for another process), then the write connection
         // becomes the writer's.
+        // (On a one-connection pool: `Migrator::run` on a bare `&mut SqliteConnection` makes the opening future
+        // `Send` for one lifetime only, and callers spawn it.)
+        let migrations = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .context("cannot open the SQLite database")?;
+        let migrated = sqlx::migrate!("./migrations/sqlite").run(&migrations).await;
+        migrations.close().await;
+        migrated.context("database migration failed")?;
         let mut conn = options.connect().await.context("cannot open the SQLite database")?;
-        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await.context("database migration failed")?;
         sqlx::query("pragma busy_timeout = 0").execute(&mut conn).await.context("cannot set up the writer")?;
         let writer = writer::Writer::start(conn, options.clone());
         let pool = SqlitePoolOptions::new()
