@@ -12,9 +12,15 @@ import * as path from 'node:path';
 const chatPort = Number(process.env.PARLEY_E2E_CHAT_PORT ?? 3917);
 const hostPort = Number(process.env.PARLEY_E2E_HOST_PORT ?? 8917);
 const messengerPort = Number(process.env.PARLEY_E2E_MESSENGER_PORT ?? 3918);
-export const CHAT_ORIGIN = `http://127.0.0.1:${chatPort}`;
+// On three nodes (`cargo xtask test` runs the suite a second time so): server/examples/cluster.rs has started
+// nginx in front of three nodes on one PostgreSQL (node A is `parley-demo demo`: host page and sandbox) and names
+// the origins; the runner starts no server of its own.
+export const CLUSTER = process.env.PARLEY_E2E_CHAT_ORIGIN !== undefined;
+export const CHAT_ORIGIN = process.env.PARLEY_E2E_CHAT_ORIGIN ?? `http://127.0.0.1:${chatPort}`;
 // `parley demo` serves its host page as http://localhost:PORT when the chat is on 127.0.0.1.
-export const HOST_ORIGIN = `http://localhost:${hostPort}`;
+export const HOST_ORIGIN = process.env.PARLEY_E2E_HOST_ORIGIN ?? `http://localhost:${hostPort}`;
+// The cluster's PostgreSQL database (row counts then go through psql instead of sqlite3).
+export const DATABASE_URL = process.env.PARLEY_E2E_DATABASE_URL;
 
 const root = path.resolve(__dirname, '..');
 const bin = process.env.PARLEY_E2E_BIN ?? path.join(root, 'target/debug/parley-demo');
@@ -27,6 +33,8 @@ export const DATABASE_PATH = path.join(data, 'parley.db');
 
 export default defineConfig({
   testDir: './tests',
+  // faults.spec.ts starts its own single-node demo behind the fault proxy: it does not use the cluster.
+  testIgnore: CLUSTER ? ['**/faults.spec.ts'] : [],
   timeout: 60_000,
   expect: { timeout: 10_000 },
   fullyParallel: false,
@@ -49,7 +57,7 @@ export default defineConfig({
       ],
     },
   },
-  webServer: {
+  webServer: CLUSTER ? undefined : {
     command: `"${bin}" demo --host-bind 127.0.0.1:${hostPort} --messenger-bind 127.0.0.1:${messengerPort}`,
     url: `${CHAT_ORIGIN}/healthz`,
     reuseExistingServer: false,

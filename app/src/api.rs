@@ -138,7 +138,7 @@ pub async fn load_inbox() -> Result<InboxSnapshot, ConsoleError> {
     ssr::answer(
         async {
             let agent = ssr::agent().await?.ok_or(ConsoleError::SignedOut)?;
-            let conversations = ssr::backend()?.inbox().await.map_err(ssr::from_backend)?;
+            let conversations = ssr::backend()?.inbox(&agent).await.map_err(ssr::from_backend)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -155,9 +155,12 @@ pub async fn load_conversation(id: String) -> Result<ConversationSnapshot, Conso
     ssr::no_store();
     ssr::answer(
         async {
-            ssr::agent().await?.ok_or(ConsoleError::SignedOut)?;
-            let (summary, events) =
-                ssr::backend()?.conversation(&id).await.map_err(ssr::from_backend)?.ok_or(ConsoleError::NotFound)?;
+            let agent = ssr::agent().await?.ok_or(ConsoleError::SignedOut)?;
+            let (summary, events) = ssr::backend()?
+                .conversation(&agent, &id)
+                .await
+                .map_err(ssr::from_backend)?
+                .ok_or(ConsoleError::NotFound)?;
             Ok(ConversationSnapshot { summary, events })
         }
         .await,

@@ -64,10 +64,15 @@ pub trait ConsoleBackend: Send + Sync + 'static {
     async fn agent_for_session(&self, token: &str) -> Result<Option<AgentInfo>, BackendError>;
     /// Ends a session (no error if it was already gone).
     async fn logout(&self, token: &str) -> Result<(), BackendError>;
-    /// Every conversation, most recent activity first (for the server-rendered inbox).
-    async fn inbox(&self) -> Result<Vec<ConversationSummary>, BackendError>;
-    /// One conversation and all its events, for the server-rendered conversation view.
-    async fn conversation(&self, id: &str) -> Result<Option<(ConversationSummary, Vec<Event>)>, BackendError>;
+    /// Every conversation of the agent's workspace, most recent activity first (for the server-rendered inbox).
+    async fn inbox(&self, agent: &AgentInfo) -> Result<Vec<ConversationSummary>, BackendError>;
+    /// One conversation of the agent's workspace and all its events, for the server-rendered conversation view
+    /// (`None` for another workspace's conversation, as for an unknown one).
+    async fn conversation(
+        &self,
+        agent: &AgentInfo,
+        id: &str,
+    ) -> Result<Option<(ConversationSummary, Vec<Event>)>, BackendError>;
     /// Whether cookies must carry `Secure` (the server is reached over https).
     fn secure_cookies(&self) -> bool;
 }

@@ -2,13 +2,18 @@
 // contexts so they share nothing but the server.
 import { expect, type Browser, type BrowserContext, type FrameLocator, type Page } from '@playwright/test';
 import { execFileSync } from 'node:child_process';
-import { CHAT_ORIGIN, DATABASE_PATH, HOST_ORIGIN } from '../playwright.config';
+import { CHAT_ORIGIN, DATABASE_PATH, DATABASE_URL, HOST_ORIGIN } from '../playwright.config';
 
 export { CHAT_ORIGIN, HOST_ORIGIN };
 
-/** Rows in a table of the demo server's database, read with Debian's sqlite3 shell (installed by xtask). */
+/** Rows in a table of the demo server's database, read with Debian's sqlite3 shell (installed by xtask), or with
+ * psql (Debian's postgresql-client) on the three-node cluster's PostgreSQL. */
 export function countRows(table: 'contacts' | 'conversations' | 'messenger_links'): number {
-  return Number(execFileSync('sqlite3', [DATABASE_PATH, `select count(*) from ${table}`], { encoding: 'utf8' }).trim());
+  const query = `select count(*) from ${table}`;
+  const out = DATABASE_URL
+    ? execFileSync('psql', [DATABASE_URL, '-tAc', query], { encoding: 'utf8' })
+    : execFileSync('sqlite3', [DATABASE_PATH, query], { encoding: 'utf8' });
+  return Number(out.trim());
 }
 export const AGENT_EMAIL = 'agent@demo.parley';
 export const AGENT_PASSWORD = 'e2e-password-1';

@@ -1,5 +1,5 @@
 //! The `parley` command line: `serve`, `migrate`, `agent create|set-password`, `site create|list|identity`, `demo`,
-//! `messenger quarantine list|replay`, `db copy`.
+//! `messenger quarantine list|replay`, `db copy`, `workspace create|list`, `page connect|list|disconnect|key`.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -43,6 +43,71 @@ pub enum Command {
     /// Database maintenance.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Manage workspaces (tenants: each owns its sites, agents and Messenger Pages).
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
+    /// Manage Messenger Pages (several in one deployment; tokens stored encrypted under messenger.token_key).
+    #[command(subcommand)]
+    Page(PageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkspaceCommand {
+    /// Create a workspace.
+    #[command(alias = "add")]
+    Create(WorkspaceArgs),
+    /// List workspaces: key, name.
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkspaceArgs {
+    /// Key the other commands take with --workspace (letters, digits, - and _).
+    #[arg(long)]
+    pub key: String,
+    #[arg(long)]
+    pub name: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PageCommand {
+    /// Connect a Page to a site (--site), or to a workspace for every site of it without its own Page
+    /// (--workspace; neither: the default workspace). Again with the same page id: replaces its token or place.
+    Connect(PageConnectArgs),
+    /// List connected Pages: page id, workspace, site (or * for workspace-wide), username.
+    List,
+    /// Disconnect a Page (its customers' pending sends fail with a note to agents).
+    Disconnect(PageIdArgs),
+    /// Print a new random messenger.token_key (32 bytes, base64).
+    Key,
+}
+
+#[derive(Args, Debug)]
+pub struct PageConnectArgs {
+    /// The Page's numeric id.
+    #[arg(long)]
+    pub page_id: String,
+    /// The site whose customers this Page serves.
+    #[arg(long, conflicts_with = "workspace")]
+    pub site: Option<String>,
+    /// The workspace whose sites without a Page of their own this Page serves (default: the default workspace).
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// File holding the Page access token.
+    #[arg(long, conflicts_with = "token_stdin")]
+    pub token_file: Option<PathBuf>,
+    /// Read the Page access token from standard input.
+    #[arg(long)]
+    pub token_stdin: bool,
+    /// Page username for m.me links (default: the page id).
+    #[arg(long)]
+    pub username: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PageIdArgs {
+    #[arg(long)]
+    pub page_id: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,6 +170,9 @@ pub struct AgentArgs {
     /// Read the password from the first line of standard input instead of prompting.
     #[arg(long)]
     pub password_stdin: bool,
+    /// The workspace whose conversations the agent sees (default: the default workspace).
+    #[arg(long)]
+    pub workspace: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -119,7 +187,7 @@ pub struct AgentPasswordArgs {
 pub enum SiteCommand {
     /// Create a site and print its embed tag.
     Create(SiteArgs),
-    /// List sites.
+    /// List sites: key, name, allowed origins, workspace.
     List,
     /// Signed identity for logged-in customers: make a new identity secret (printed once) or remove it, and
     /// require identity or not.
@@ -159,6 +227,9 @@ pub struct SiteArgs {
     /// First message the widget shows.
     #[arg(long, default_value = "Hi! How can we help?")]
     pub greeting: String,
+    /// The workspace that owns the site (default: the default workspace).
+    #[arg(long)]
+    pub workspace: Option<String>,
 }
 
 /// `parley site identity`: applies the changes; a generated secret is printed once, to stdout only.
@@ -183,6 +254,47 @@ async fn site_identity(store: &Store, args: &SiteIdentityArgs) -> anyhow::Result
     }
     if args.require && store.site_identity(&site.id).await?.secret.is_none() {
         eprintln!("warning: site {} has no identity secret, so nobody can chat until you --generate one", site.key);
+    }
+    Ok(())
+}
+
+/// `parley page connect|list|disconnect`.
+async fn page_command(store: &Store, settings: &Settings, command: PageCommand) -> anyhow::Result<()> {
+    match command {
+        PageCommand::Connect(args) => {
+            let key = settings.messenger.token_key()?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "set messenger.token_key (or messenger.token_key_file) first: Page tokens are stored encrypted \
+                     under it (make one with `parley page key`)"
+                )
+            })?;
+            let token = crate::tenancy::read_secret(args.token_file.as_deref(), args.token_stdin)?;
+            let target = match args.site {
+                Some(site) => crate::tenancy::PageTarget::Site(site),
+                None => crate::tenancy::PageTarget::Workspace(args.workspace),
+            };
+            let row =
+                crate::tenancy::connect_page(store, &key, &target, &args.page_id, &token, args.username.as_deref())
+                    .await?;
+            println!("Page {} connected (token stored encrypted)", row.page_id);
+        }
+        PageCommand::List => {
+            let workspaces = store.workspaces().await?;
+            let sites = store.sites().await?;
+            for page in store.pages().await? {
+                let workspace = workspaces.iter().find(|w| w.id == page.workspace_id).map_or("?", |w| w.key.as_str());
+                let site = match &page.site_id {
+                    Some(id) => sites.iter().find(|s| &s.id == id).map_or("?", |s| s.key.as_str()),
+                    None => "*",
+                };
+                println!("{}\t{workspace}\t{site}\t{}", page.page_id, page.username.as_deref().unwrap_or(""));
+            }
+        }
+        PageCommand::Disconnect(args) => {
+            anyhow::ensure!(store.delete_page(&args.page_id).await?, "no Page {} is connected", args.page_id);
+            println!("Page {} disconnected", args.page_id);
+        }
+        PageCommand::Key => println!("{}", crate::messenger::pages::TokenKey::generate()),
     }
     Ok(())
 }
@@ -212,8 +324,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Agent(AgentCommand::Create(args)) => {
             let store = Store::connect(&settings.database.url, 1).await?;
+            let workspace = crate::tenancy::workspace(&store, args.workspace.as_deref()).await?;
             let password = read_password(args.password_stdin)?;
-            let agent = create_agent(&store, &args.email, &args.name, &password).await?;
+            let agent = create_agent_in(&store, &workspace.id, &args.email, &args.name, &password).await?;
             println!("agent {} <{}> created", agent.name, agent.email);
             Ok(())
         }
@@ -230,10 +343,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = Store::connect(&settings.database.url, 1).await?;
             let key = args.key.unwrap_or_else(|| auth::new_token()[..16].to_string());
             let origins = normalize_origins(&args.origins)?;
-            let site = store.create_site(&key, &args.name, &origins, &args.greeting).await.map_err(|e| match e {
-                StoreError::Conflict(_) => anyhow::anyhow!("a site with key {key} already exists"),
-                other => other.into(),
-            })?;
+            let workspace = crate::tenancy::workspace(&store, args.workspace.as_deref()).await?;
+            let site =
+                store.create_site_in(&workspace.id, &key, &args.name, &origins, &args.greeting).await.map_err(|e| {
+                    match e {
+                        StoreError::Conflict(_) => anyhow::anyhow!("a site with key {key} already exists"),
+                        other => other.into(),
+                    }
+                })?;
             println!("site {} created with key {}", site.name, site.key);
             println!("embed it with:");
             println!(
@@ -245,8 +362,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Site(SiteCommand::List) => {
             let store = Store::connect(&settings.database.url, 1).await?;
+            let workspaces = store.workspaces().await?;
             for site in store.sites().await? {
-                println!("{}\t{}\t{}", site.key, site.name, site.allowed_origins().join(" "));
+                let workspace = workspaces.iter().find(|w| w.id == site.workspace_id).map_or("?", |w| w.key.as_str());
+                println!("{}\t{}\t{}\t{workspace}", site.key, site.name, site.allowed_origins().join(" "));
             }
             Ok(())
         }
@@ -257,6 +376,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(settings, args).await,
+        Command::Workspace(command) => {
+            let store = Store::connect(&settings.database.url, 1).await?;
+            match command {
+                WorkspaceCommand::Create(args) => {
+                    let workspace = crate::tenancy::create_workspace(&store, &args.key, &args.name).await?;
+                    println!("workspace {} created with key {}", workspace.name, workspace.key);
+                }
+                WorkspaceCommand::List => {
+                    for workspace in store.workspaces().await? {
+                        println!("{}\t{}", workspace.key, workspace.name);
+                    }
+                }
+            }
+            store.close().await;
+            Ok(())
+        }
+        Command::Page(PageCommand::Key) => {
+            println!("{}", crate::messenger::pages::TokenKey::generate());
+            Ok(())
+        }
+        Command::Page(command) => {
+            let store = Store::connect(&settings.database.url, 1).await?;
+            page_command(&store, &settings, command).await?;
+            store.close().await;
+            Ok(())
+        }
         Command::Db(DbCommand::Copy(args)) => {
             let report = crate::store::copy::copy(&args.from, &args.to).await?;
             for (table, rows) in &report.tables {
@@ -325,9 +470,20 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Creates an agent with an argon2id-hashed password.
+/// Creates an agent of the default workspace with an argon2id-hashed password.
 pub async fn create_agent(
     store: &Store,
+    email: &str,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<crate::store::models::Agent> {
+    create_agent_in(store, crate::store::DEFAULT_WORKSPACE, email, name, password).await
+}
+
+/// Creates an agent of a workspace (by id) with an argon2id-hashed password.
+pub async fn create_agent_in(
+    store: &Store,
+    workspace_id: &str,
     email: &str,
     name: &str,
     password: &str,
@@ -335,8 +491,9 @@ pub async fn create_agent(
     anyhow::ensure!(email.contains('@'), "{email} is not an email address");
     check_password(password)?;
     let hash = auth::hash_password(password)?;
-    store.create_agent(email.trim(), name.trim(), &hash).await.map_err(|e| match e {
+    store.create_agent_in(workspace_id, email.trim(), name.trim(), &hash).await.map_err(|e| match e {
         StoreError::Conflict(_) => anyhow::anyhow!("an agent with email {email} already exists"),
+        StoreError::NotFound => anyhow::anyhow!("there is no such workspace"),
         other => other.into(),
     })
 }

@@ -406,6 +406,16 @@ pub struct MessengerSettings {
     /// Token Meta echoes in the webhook verification handshake.
     #[serde(deserialize_with = "secret_from_scalar")]
     pub verify_token: SecretString,
+    /// Files holding `page_token`, `app_secret`, `verify_token` or `token_key` instead (e.g. systemd credentials or
+    /// mounted secrets); surrounding whitespace is ignored. Setting both a key and its file is refused.
+    pub page_token_file: Option<PathBuf>,
+    pub app_secret_file: Option<PathBuf>,
+    pub verify_token_file: Option<PathBuf>,
+    pub token_key_file: Option<PathBuf>,
+    /// The key Page tokens are stored under in the database: 32 random bytes in base64 (`parley page key` makes
+    /// one). Required once any Page is stored; a configured `page_id`/`page_token` is stored under it when set.
+    #[serde(deserialize_with = "secret_from_scalar")]
+    pub token_key: SecretString,
     /// Base of "Continue on Messenger" links.
     pub m_me_url: String,
     /// Key of the site that conversations started on Messenger belong to (default: the oldest site).
@@ -450,6 +460,11 @@ impl Default for MessengerSettings {
             page_token: SecretString::default(),
             app_secret: SecretString::default(),
             verify_token: SecretString::default(),
+            page_token_file: None,
+            app_secret_file: None,
+            verify_token_file: None,
+            token_key_file: None,
+            token_key: SecretString::default(),
             m_me_url: "https://m.me".into(),
             site_key: String::new(),
             human_agent: false,
@@ -490,7 +505,8 @@ impl Settings {
                 figment = figment.merge(Serialized::default(key, value));
             }
         }
-        let settings: Self = figment.extract().context("invalid configuration")?;
+        let mut settings: Self = figment.extract().context("invalid configuration")?;
+        settings.messenger.read_secret_files()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -508,10 +524,16 @@ impl Settings {
         if m.enabled {
             // Empty, each of these fails open: webhooks signed with an empty key would be accepted, our own echoes
             // would become Page messages, any page's events would be applied.
+            // Pages may instead be connected with `parley page connect` (stored in the database), so the single
+            // Page's keys may both be empty — not one of them.
+            anyhow::ensure!(
+                m.page_id.trim().is_empty() == m.page_token.expose_secret().trim().is_empty(),
+                "set both messenger.page_id (PARLEY_MESSENGER__PAGE_ID) and messenger.page_token \
+                 (PARLEY_MESSENGER__PAGE_TOKEN), or neither and connect Pages with `parley page connect`"
+            );
+            m.token_key()?;
             let missing: Vec<String> = [
                 ("app_id", m.app_id.trim().is_empty()),
-                ("page_id", m.page_id.trim().is_empty()),
-                ("page_token", m.page_token.expose_secret().trim().is_empty()),
                 ("app_secret", m.app_secret.expose_secret().trim().is_empty()),
                 ("verify_token", m.verify_token.expose_secret().trim().is_empty()),
             ]
@@ -544,6 +566,37 @@ impl Settings {
     }
 }
 
+impl MessengerSettings {
+    /// Reads every `*_file` secret into its key (refusing a key set both ways).
+    pub fn read_secret_files(&mut self) -> anyhow::Result<()> {
+        for (name, file, value) in [
+            ("page_token", &self.page_token_file, &mut self.page_token),
+            ("app_secret", &self.app_secret_file, &mut self.app_secret),
+            ("verify_token", &self.verify_token_file, &mut self.verify_token),
+            ("token_key", &self.token_key_file, &mut self.token_key),
+        ] {
+            let Some(path) = file else { continue };
+            anyhow::ensure!(
+                value.expose_secret().is_empty(),
+                "set messenger.{name} or messenger.{name}_file, not both"
+            );
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read messenger.{name}_file {}", path.display()))?;
+            *value = SecretString::from(text.trim().to_string());
+        }
+        Ok(())
+    }
+
+    /// The key Page tokens are sealed under, if one is configured (refusing one that is not 32 bytes of base64).
+    pub fn token_key(&self) -> anyhow::Result<Option<crate::messenger::pages::TokenKey>> {
+        let text = self.token_key.expose_secret().trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        crate::messenger::pages::TokenKey::from_base64(text).map(Some).context("invalid messenger.token_key")
+    }
+}
+
 /// The longest `messenger.reorder_window_ms` accepted: a minute (every customer message waits the window).
 pub const MAX_REORDER_WINDOW_MS: u64 = 60_000;
 
@@ -555,6 +608,7 @@ const RAW_STRING_KEYS: &[&str] = &[
     "messenger.page_token",
     "messenger.app_secret",
     "messenger.verify_token",
+    "messenger.token_key",
     "messenger.site_key",
     "metrics.token",
 ];
@@ -755,6 +809,40 @@ mod tests {
         figment::Jail::expect_with(|_| {
             let s = Settings::load(None).expect("loads");
             assert!(!s.messenger.enabled);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn messenger_secrets_come_from_files_and_the_token_key_must_be_32_bytes() {
+        figment::Jail::expect_with(|jail| {
+            messenger_env(jail);
+            jail.set_env("PARLEY_MESSENGER__PAGE_ID", "");
+            jail.set_env("PARLEY_MESSENGER__PAGE_TOKEN", "");
+            let s = Settings::load(None).expect("no configured Page: Pages come from the database");
+            assert!(s.messenger.token_key().expect("ok").is_none());
+            let key = crate::messenger::pages::TokenKey::generate();
+            jail.create_file("key", &format!("{key}\n"))?;
+            jail.create_file("secret", " file-secret \n")?;
+            jail.create_file("verify", "file-verify")?;
+            jail.set_env("PARLEY_MESSENGER__TOKEN_KEY_FILE", "key");
+            jail.set_env("PARLEY_MESSENGER__APP_SECRET", "");
+            jail.set_env("PARLEY_MESSENGER__APP_SECRET_FILE", "secret");
+            jail.set_env("PARLEY_MESSENGER__VERIFY_TOKEN", "");
+            jail.set_env("PARLEY_MESSENGER__VERIFY_TOKEN_FILE", "verify");
+            let s = Settings::load(None).expect("secrets from files");
+            assert!(s.messenger.token_key().expect("valid").is_some());
+            assert_eq!(s.messenger.app_secret.expose_secret(), "file-secret");
+            assert_eq!(s.messenger.verify_token.expose_secret(), "file-verify");
+            jail.set_env("PARLEY_MESSENGER__APP_SECRET", "also-here");
+            let err = format!("{:#}", Settings::load(None).expect_err("two ways"));
+            assert!(err.contains("messenger.app_secret_file"), "{err}");
+            jail.set_env("PARLEY_MESSENGER__APP_SECRET", "");
+            jail.create_file("key", "c2hvcnQ=")?;
+            let err = format!("{:#}", Settings::load(None).expect_err("a short key"));
+            assert!(err.contains("messenger.token_key") && !err.contains("c2hvcnQ"), "{err}");
+            jail.set_env("PARLEY_MESSENGER__TOKEN_KEY_FILE", "missing");
+            assert!(format!("{:#}", Settings::load(None).expect_err("no file")).contains("token_key_file"));
             Ok(())
         });
     }

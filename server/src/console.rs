@@ -30,12 +30,17 @@ pub fn session_token(headers: &HeaderMap) -> Option<String> {
 
 /// The agent signed in by the request's cookie.
 pub async fn session_agent(state: &AppState, headers: &HeaderMap) -> Result<Option<AgentInfo>, ApiError> {
+    Ok(session_agent_in(state, headers).await?.map(|(agent, _)| agent))
+}
+
+/// The agent signed in by the request's cookie, with the workspace whose conversations they see.
+pub async fn session_agent_in(state: &AppState, headers: &HeaderMap) -> Result<Option<(AgentInfo, String)>, ApiError> {
     let Some(token) = session_token(headers) else { return Ok(None) };
-    Ok(state.store.agent_for_session(&auth::token_hash(&token)).await?.map(|a| AgentInfo {
-        id: a.id,
-        name: a.name,
-        email: a.email,
-    }))
+    Ok(state
+        .store
+        .agent_for_session(&auth::token_hash(&token))
+        .await?
+        .map(|a| (AgentInfo { id: a.id, name: a.name, email: a.email }, a.workspace_id)))
 }
 
 /// The CSP nonce chosen for one console page response (a request extension, read by [`provide_request_context`]).
@@ -139,6 +144,14 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// The workspace of a signed-in agent (`None` if the agent is gone).
+    async fn workspace_of(&self, agent: &AgentInfo) -> Result<Option<String>, BackendError> {
+        let found = self.state.store.agent_by_email(&agent.email).await.map_err(internal)?;
+        Ok(found.filter(|a| a.id == agent.id).map(|a| a.workspace_id))
+    }
+}
+
 fn internal(e: impl Into<anyhow::Error>) -> BackendError {
     let e = e.into();
     tracing::error!(error = ?e, "console backend failed");
@@ -209,11 +222,20 @@ impl ConsoleBackend for Backend {
         self.state.store.delete_session(&auth::token_hash(token)).await.map_err(internal)
     }
 
-    async fn inbox(&self) -> Result<Vec<ConversationSummary>, BackendError> {
-        self.state.conversations.summaries().await.map_err(internal)
+    async fn inbox(&self, agent: &AgentInfo) -> Result<Vec<ConversationSummary>, BackendError> {
+        let Some(workspace) = self.workspace_of(agent).await? else { return Ok(Vec::new()) };
+        self.state.conversations.workspace_summaries(&workspace).await.map_err(internal)
     }
 
-    async fn conversation(&self, id: &str) -> Result<Option<(ConversationSummary, Vec<Event>)>, BackendError> {
+    async fn conversation(
+        &self,
+        agent: &AgentInfo,
+        id: &str,
+    ) -> Result<Option<(ConversationSummary, Vec<Event>)>, BackendError> {
+        let Some(workspace) = self.workspace_of(agent).await? else { return Ok(None) };
+        if self.state.store.conversation_workspace(id).await.map_err(internal)?.as_deref() != Some(&*workspace) {
+            return Ok(None);
+        }
         let Some(summary) = self.state.conversations.summary(id).await.map_err(internal)? else {
             return Ok(None);
         };

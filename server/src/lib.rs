@@ -24,5 +24,6 @@ pub mod state;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tenancy;
 pub mod useragent;
 pub mod ws;

@@ -9,6 +9,7 @@ pub mod intake;
 pub mod link;
 pub mod media;
 pub mod outbox;
+pub mod pages;
 pub mod policy;
 pub mod reorder;
 pub mod send_api;

@@ -17,6 +17,8 @@ pub const SEND_OTHER_INBOX: &str =
 /// Shown to agents while a send is being retried.
 pub const SEND_RETRYING: &str = "Messenger is not answering; Parley keeps trying.";
 /// The console alert (and the send's state) while the Page token does not work.
+/// Shown to agents when the conversation's site has no Messenger Page any more (it was disconnected).
+pub const SEND_NO_PAGE: &str = "Not sent to Messenger: no Facebook Page is connected to this site any more.";
 pub const SEND_TOKEN_INVALID: &str = "The Facebook Page token is invalid or revoked; an admin must renew it.";
 /// Shown to agents when Messenger itself says the window closed.
 pub const SEND_WINDOW_CLOSED: &str = "Not sent to Messenger: the customer must write first (window closed).";

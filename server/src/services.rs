@@ -20,7 +20,7 @@ use crate::meters::{AuthorKind, Meters};
 use crate::nodes::Nodes;
 use crate::store::bus::Nudge;
 use crate::store::models::{Contact, LinkRow, OutboxRow, RecentMessage};
-use crate::store::models::{Conversation, SummaryRow};
+use crate::store::models::{Conversation, PageRow, Site, SummaryRow};
 use crate::store::{AppendOutcome, NewMessage, OfferOutcome, Store, StoreError, StoreResult};
 use crate::useragent;
 
@@ -463,8 +463,9 @@ impl Conversations {
         Ok(Some(self.to_summary(row, &elsewhere)))
     }
 
-    pub async fn summaries(&self) -> Result<Vec<ConversationSummary>, ServiceError> {
-        let rows = self.store.summaries().await?;
+    /// The inbox of one workspace.
+    pub async fn workspace_summaries(&self, workspace_id: &str) -> Result<Vec<ConversationSummary>, ServiceError> {
+        let rows = self.store.workspace_summaries(workspace_id).await?;
         let elsewhere = self.online_elsewhere(&rows).await;
         Ok(rows.into_iter().map(|row| self.to_summary(row, &elsewhere)).collect())
     }
@@ -625,8 +626,42 @@ impl MessengerRows<'_> {
         self.store.outbox_retry(id, lease_id, next_attempt_at, error).await
     }
 
-    pub async fn queue_attachment(&self, name: Option<&str>, source_url: &str) -> StoreResult<String> {
-        self.store.queue_attachment(name, source_url).await
+    pub async fn queue_attachment(
+        &self,
+        workspace_id: Option<&str>,
+        name: Option<&str>,
+        source_url: &str,
+    ) -> StoreResult<String> {
+        self.store.queue_attachment(workspace_id, name, source_url).await
+    }
+
+    pub async fn page(&self, page_id: &str) -> StoreResult<Option<PageRow>> {
+        self.store.page(page_id).await
+    }
+
+    pub async fn page_for_site(&self, site_id: &str) -> StoreResult<Option<PageRow>> {
+        self.store.page_for_site(site_id).await
+    }
+
+    pub async fn pages(&self) -> StoreResult<Vec<PageRow>> {
+        self.store.pages().await
+    }
+
+    pub async fn save_page(&self, page: &PageRow) -> StoreResult<()> {
+        self.store.save_page(page).await
+    }
+
+    pub async fn site_workspace(&self, site_id: &str) -> StoreResult<Option<String>> {
+        self.store.site_workspace(site_id).await
+    }
+
+    /// Sites of a workspace, oldest first.
+    pub async fn workspace_sites(&self, workspace_id: &str) -> StoreResult<Vec<Site>> {
+        Ok(self.store.sites().await?.into_iter().filter(|s| s.workspace_id == workspace_id).collect())
+    }
+
+    pub async fn conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
+        self.store.conversation(id).await
     }
 
     pub async fn claim_attachments(&self, limit: i64) -> StoreResult<Vec<(String, String)>> {

@@ -120,6 +120,10 @@ impl Application {
     /// the workers finish what they are doing (the outbox its in-flight sends) before the database closes.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self { listener, router, state, shutdown_tx } = self;
+        // Refuses to start when stored Page tokens do not open with the configured key.
+        if let Some(messenger) = &state.messenger {
+            messenger.prepare_pages().await.context("cannot start the Messenger channel")?;
+        }
         let mut workers = match &state.messenger {
             Some(m) => spawn_messenger_workers(&state, m),
             None => Vec::new(),

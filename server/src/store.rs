@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::clock::Clock;
 use crate::identity::{IdentitySecret, Verified};
 use crate::messenger::policy::MirrorPolicy;
-use models::{Agent, Contact, ContactContext, Conversation, Site, SummaryRow};
+use models::{Agent, Contact, ContactContext, Conversation, PageRow, Site, SummaryRow, Workspace};
 pub use models::{LinkRow, OutboxRow, QuarantinedDelivery, RecentMessage};
 pub use ops::{OpsStore, OutboxBacklog, PoolUsage};
 
@@ -61,6 +61,7 @@ pub trait Backend:
     + MessengerStore
     + AttachmentStore
     + OpsStore
+    + WorkspaceStore
     + std::fmt::Debug
     + Send
     + Sync
@@ -127,11 +128,28 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// The workspace every existing database's rows belong to after the upgrade, and where sites and agents land when
+/// no workspace is named.
+pub const DEFAULT_WORKSPACE: &str = "default";
+
 /// Sites that embed the widget.
 #[async_trait]
 pub trait SiteStore: Send + Sync {
-    /// Creates a site; `Conflict` if the key is taken.
-    async fn create_site(&self, key: &str, name: &str, origins: &[String], greeting: &str) -> StoreResult<Site>;
+    /// Creates a site in a workspace; `Conflict` if the key is taken (keys are unique across workspaces: the embed
+    /// tag names only the key), `NotFound` if there is no such workspace.
+    async fn create_site_in(
+        &self,
+        workspace_id: &str,
+        key: &str,
+        name: &str,
+        origins: &[String],
+        greeting: &str,
+    ) -> StoreResult<Site>;
+
+    /// Creates a site in the default workspace.
+    async fn create_site(&self, key: &str, name: &str, origins: &[String], greeting: &str) -> StoreResult<Site> {
+        self.create_site_in(DEFAULT_WORKSPACE, key, name, origins, greeting).await
+    }
 
     async fn site_by_key(&self, key: &str) -> StoreResult<Option<Site>>;
 
@@ -160,8 +178,20 @@ pub trait IdentityStore: Send + Sync {
 /// Agents and their console sessions (session tokens only as SHA-256 hashes).
 #[async_trait]
 pub trait AgentStore: Send + Sync {
-    /// Creates an agent; `Conflict` if the email is taken (case-insensitively).
-    async fn create_agent(&self, email: &str, name: &str, password_hash: &str) -> StoreResult<Agent>;
+    /// Creates an agent of a workspace; `Conflict` if the email is taken (case-insensitively, across workspaces:
+    /// sign-in names only the email), `NotFound` if there is no such workspace.
+    async fn create_agent_in(
+        &self,
+        workspace_id: &str,
+        email: &str,
+        name: &str,
+        password_hash: &str,
+    ) -> StoreResult<Agent>;
+
+    /// Creates an agent of the default workspace.
+    async fn create_agent(&self, email: &str, name: &str, password_hash: &str) -> StoreResult<Agent> {
+        self.create_agent_in(DEFAULT_WORKSPACE, email, name, password_hash).await
+    }
 
     /// Replaces an agent's password and ends all of their sessions.
     async fn set_agent_password(&self, email: &str, password_hash: &str) -> StoreResult<bool>;
@@ -238,8 +268,11 @@ pub trait ConversationStore: Send + Sync {
         by: Option<String>,
     ) -> StoreResult<Option<Event>>;
 
-    /// Inbox rows, most recent activity first.
+    /// Inbox rows of every workspace, most recent activity first.
     async fn summaries(&self) -> StoreResult<Vec<SummaryRow>>;
+
+    /// Inbox rows of one workspace's sites, most recent activity first.
+    async fn workspace_summaries(&self, workspace_id: &str) -> StoreResult<Vec<SummaryRow>>;
 
     async fn summary(&self, conversation_id: &str) -> StoreResult<Option<SummaryRow>>;
 }
@@ -386,8 +419,14 @@ pub trait AttachmentStore: Send + Sync {
     /// `ready`, `pending`, `downloading` or `failed` (with why), or `None` for an unknown id.
     async fn attachment_status(&self, id: &str) -> StoreResult<Option<(String, Option<String>)>>;
 
-    /// Records a file to download from `source_url`; the download queue fills it in. Returns its id.
-    async fn queue_attachment(&self, name: Option<&str>, source_url: &str) -> StoreResult<String>;
+    /// Records a file to download from `source_url` for a workspace (the one whose Page received it); the download
+    /// queue fills it in. Returns its id.
+    async fn queue_attachment(
+        &self,
+        workspace_id: Option<&str>,
+        name: Option<&str>,
+        source_url: &str,
+    ) -> StoreResult<String>;
 
     /// Takes up to `limit` waiting downloads, oldest first: (id, URL).
     async fn claim_attachments(&self, limit: i64) -> StoreResult<Vec<(String, String)>>;
@@ -398,6 +437,44 @@ pub trait AttachmentStore: Send + Sync {
     async fn attachment_downloaded(&self, id: &str, content_type: &str, bytes: &[u8]) -> StoreResult<()>;
 
     async fn attachment_unavailable(&self, id: &str, error: &str) -> StoreResult<()>;
+}
+
+/// Workspaces (tenants) and what they own: which workspace a conversation or a file belongs to, and the Messenger
+/// Pages connected to their sites (tokens only encrypted; the store never sees a clear token).
+#[async_trait]
+pub trait WorkspaceStore: Send + Sync {
+    /// Creates a workspace; `Conflict` if the key is taken.
+    async fn create_workspace(&self, key: &str, name: &str) -> StoreResult<Workspace>;
+
+    async fn workspace_by_key(&self, key: &str) -> StoreResult<Option<Workspace>>;
+
+    /// Every workspace, oldest first.
+    async fn workspaces(&self) -> StoreResult<Vec<Workspace>>;
+
+    /// The workspace a site belongs to.
+    async fn site_workspace(&self, site_id: &str) -> StoreResult<Option<String>>;
+
+    /// The workspace a conversation belongs to (through its site).
+    async fn conversation_workspace(&self, conversation_id: &str) -> StoreResult<Option<String>>;
+
+    /// The workspace a file belongs to: the one whose Page received it, else its conversation's, else that of the
+    /// contact whose profile picture it is. `None` for an unknown id or a file of no workspace.
+    async fn attachment_workspace(&self, attachment_id: &str) -> StoreResult<Option<String>>;
+
+    /// Connects a Page, or replaces a connected Page's row (same page id): its workspace, site, username and
+    /// encrypted token. `Conflict` if the site (or, for a workspace-wide Page, the workspace) has another Page.
+    async fn save_page(&self, page: &PageRow) -> StoreResult<()>;
+
+    /// Disconnects a Page; `false` if it was not connected.
+    async fn delete_page(&self, page_id: &str) -> StoreResult<bool>;
+
+    async fn page(&self, page_id: &str) -> StoreResult<Option<PageRow>>;
+
+    /// The Page a site's customers reach: the site's own, else its workspace's workspace-wide Page.
+    async fn page_for_site(&self, site_id: &str) -> StoreResult<Option<PageRow>>;
+
+    /// Every connected Page.
+    async fn pages(&self) -> StoreResult<Vec<PageRow>>;
 }
 
 /// A message to append.

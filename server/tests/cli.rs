@@ -178,3 +178,97 @@ async fn db_copy_moves_an_installation_to_postgres_from_the_command_line() {
     assert!(!out.status.success());
     assert!(text(&out).contains("no SQLite database"), "{}", text(&out));
 }
+
+/// Runs parley with extra variables, feeding `stdin` (the same process as [`parley`], with `vars` set).
+fn parley_env(db: &str, args: &[&str], vars: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(args)
+        .env("PARLEY_DATABASE__URL", db)
+        .env("RUST_LOG", "warn")
+        .envs(vars.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("parley starts");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("parley finishes")
+}
+
+#[test]
+fn workspaces_sites_agents_and_pages_are_managed_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let failed = |out: Output| {
+        assert!(!out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let key = ok(parley(&db, &["page", "key"], None)).trim().to_string();
+    assert_eq!(key.len(), 44, "32 bytes in base64: {key}");
+    let with_key = [("PARLEY_MESSENGER__TOKEN_KEY", key.as_str())];
+
+    assert!(ok(parley(&db, &["workspace", "create", "--key", "acme", "--name", "Acme"], None)).contains("created"));
+    assert!(
+        failed(parley(&db, &["workspace", "add", "--key", "acme", "--name", "Again"], None)).contains("already exists")
+    );
+    let list = ok(parley(&db, &["workspace", "list"], None));
+    assert!(list.contains("default\tDefault") && list.contains("acme\tAcme"), "{list}");
+
+    let site = ["site", "create", "--key", "acme-shop", "--origin", "https://acme.example", "--workspace", "acme"];
+    ok(parley(&db, &site, None));
+    let nope = ["site", "create", "--key", "x", "--origin", "https://x.example", "--workspace", "nope"];
+    assert!(failed(parley(&db, &nope, None)).contains("no workspace with key nope"));
+    ok(parley(&db, &["site", "create", "--key", "shop", "--origin", "https://shop.example"], None));
+    let sites = ok(parley(&db, &["site", "list"], None));
+    assert!(sites.contains("acme-shop\tMy site\thttps://acme.example\tacme"), "{sites}");
+    assert!(sites.contains("shop\tMy site\thttps://shop.example\tdefault"), "{sites}");
+    let agent = ["agent", "create", "--email", "bea@acme.example", "--name", "Bea", "--password-stdin", "--workspace"];
+    ok(parley(&db, &[&agent[..], &["acme"]].concat(), Some("correct horse battery\n")));
+
+    let token_file = dir.path().join("page-token");
+    std::fs::write(&token_file, "EAAB-acme-page-token\n").expect("token file");
+    let token_path = token_file.to_string_lossy().to_string();
+    let connect = ["page", "connect", "--site", "acme-shop", "--page-id", "222", "--token-file", token_path.as_str()];
+    assert!(failed(parley(&db, &connect, None)).contains("messenger.token_key"), "no key, no Page");
+    assert!(ok(parley_env(&db, &connect, &with_key, None)).contains("Page 222 connected"));
+    let wide = ["page", "connect", "--page-id", "333", "--token-stdin", "--username", "shop"];
+    ok(parley_env(&db, &wide, &with_key, Some("EAAB-default-page-token\n")));
+    assert!(
+        failed(parley_env(&db, &["page", "connect", "--page-id", "1", "--token", "EAAB"], &with_key, None))
+            .contains("--token"),
+        "a token is never taken on the command line"
+    );
+    let pages = ok(parley(&db, &["page", "list"], None));
+    assert!(pages.contains("222\tacme\tacme-shop\t") && pages.contains("333\tdefault\t*\tshop"), "{pages}");
+    // The database files (main, WAL) hold no clear token.
+    for entry in std::fs::read_dir(dir.path()).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path == token_file {
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("read");
+        for token in [b"EAAB-acme-page-token".as_slice(), b"EAAB-default-page-token"] {
+            assert!(!bytes.windows(token.len()).any(|w| w == token), "clear token in {}", path.display());
+        }
+    }
+
+    // Started with another key, the server refuses and names the key; the Page disconnects.
+    let mut vars: Vec<(&str, &str)> = MESSENGER.to_vec();
+    let other = ok(parley(&db, &["page", "key"], None)).trim().to_string();
+    vars.push(("PARLEY_MESSENGER__TOKEN_KEY", other.as_str()));
+    vars.push(("PARLEY_HTTP__BIND", "127.0.0.1:0"));
+    let refused = parley_with(&db, &["serve"], &vars);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("messenger.token_key"), "{}", text(&refused));
+    assert!(!text(&refused).contains("EAAB"), "{}", text(&refused));
+    ok(parley(&db, &["page", "disconnect", "--page-id", "333"], None));
+    assert!(failed(parley(&db, &["page", "disconnect", "--page-id", "333"], None)).contains("no Page 333"));
+}

@@ -6,8 +6,8 @@
 //! tests fail (never skip), naming the package.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,12 +19,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+#[path = "support/nginx.rs"]
+mod nginx;
+
+use nginx::{Running, repo_file, require};
+
 const WAIT: Duration = Duration::from_secs(30);
 const SITE: &str = "opsite";
-
-fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
@@ -39,25 +40,6 @@ async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) ->
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A child process killed when dropped.
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Running {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -90,73 +72,8 @@ async fn serve(dir: &Path, port: u16, vars: &[(&str, String)]) -> Running {
     running
 }
 
-/// Fails, naming the Debian package, when `program` is missing.
-fn require(program: &str, package: &str) -> PathBuf {
-    let found =
-        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(program)).find(|p| p.exists());
-    found.unwrap_or_else(|| {
-        panic!("{program} is missing: install Debian's `{package}` package (`cargo xtask test` does it)")
-    })
-}
-
 // ---------------------------------------------------------------------------------------------------------------
-// nginx
-
-/// The repo's nginx config with only its addresses changed: the upstream lists `nodes`, and it listens on
-/// `listen` (loopback) instead of port 80.
-fn nginx_site_config(nodes: &[SocketAddr], listen: u16) -> String {
-    let conf = std::fs::read_to_string(repo_file("deploy/nginx/parley.conf")).expect("deploy/nginx/parley.conf");
-    let mut out = String::new();
-    let mut servers_written = false;
-    for line in conf.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("server ") && trimmed.contains("max_fails") {
-            if !servers_written {
-                for node in nodes {
-                    out.push_str(&format!("    server {node} max_fails=3 fail_timeout=10s;\n"));
-                }
-                servers_written = true;
-            }
-        } else if trimmed == "listen 80;" {
-            out.push_str(&format!("    listen 127.0.0.1:{listen};\n"));
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    assert!(servers_written, "the config has no upstream server lines to point at the test nodes:\n{conf}");
-    out
-}
-
-/// A private nginx (its own prefix, pid, logs and temp folders) in the foreground.
-fn start_nginx(dir: &Path, site_conf: &str) -> Running {
-    let nginx = require("nginx", "nginx");
-    std::fs::create_dir_all(dir.join("logs")).expect("nginx dirs");
-    std::fs::write(dir.join("parley.conf"), site_conf).expect("site config");
-    let d = dir.display();
-    let main = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log \
-         info;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log {d}/logs/access.log;\n  \
-         client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
-         uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/parley.conf;\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), main).expect("nginx.conf");
-    let check = Command::new(&nginx).args(["-t", "-p"]).arg(dir).arg("-c").arg(dir.join("nginx.conf")).output();
-    let check = check.expect("nginx -t runs");
-    assert!(check.status.success(), "nginx refuses the config: {}", String::from_utf8_lossy(&check.stderr));
-    let log = dir.join("logs/stderr.log");
-    let child = Command::new(&nginx)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("nginx starts");
-    Running { child, log: dir.join("logs/error.log") }
-}
+// nginx (the config and the process: support/nginx.rs)
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -244,8 +161,8 @@ async fn a_visitor_and_an_agent_chat_through_nginx_with_the_repo_config() {
     )
     .await;
     let nginx_dir = dir.path().join("nginx");
-    let site = nginx_site_config(&[SocketAddr::from(([127, 0, 0, 1], node_port))], nginx_port);
-    let _nginx = start_nginx(&nginx_dir, &site);
+    let site = nginx::site_config(&[SocketAddr::from(([127, 0, 0, 1], node_port))], nginx_port);
+    let _nginx = nginx::start(&nginx_dir, &site);
     let http = reqwest::Client::new();
     eventually("nginx to proxy /healthz", async || {
         let r = http.get(format!("{public}/healthz")).send().await.ok()?;

@@ -23,14 +23,26 @@ pub async fn database() -> TestDatabase {
     }
 }
 
+/// Creates a new database on the cluster whose admin URL is `admin` (e.g. a [`crate::Cluster`] of the test's own,
+/// which it may stop and start). Panics when it cannot.
+pub async fn database_on(admin: &str) -> TestDatabase {
+    match create_on(admin).await {
+        Ok(db) => db,
+        Err(e) => panic!("cannot create a database on {admin}: {e:#}"),
+    }
+}
+
 async fn try_database() -> anyhow::Result<TestDatabase> {
+    create_on(&crate::admin_url()?).await
+}
+
+async fn create_on(admin: &str) -> anyhow::Result<TestDatabase> {
     use anyhow::Context;
-    let admin = crate::admin_url()?;
     let name = format!("parley_test_{}", uuid::Uuid::now_v7().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.with_context(|| format!("cannot connect to {admin}"))?;
+    let mut conn = sqlx::PgConnection::connect(admin).await.with_context(|| format!("cannot connect to {admin}"))?;
     sqlx::query(&format!("create database {name}")).execute(&mut conn).await.context("create database failed")?;
     conn.close().await?;
-    let mut url = url::Url::parse(&admin).context("the admin URL is not a URL")?;
+    let mut url = url::Url::parse(admin).context("the admin URL is not a URL")?;
     url.set_path(&name);
     Ok(TestDatabase { url: url.to_string(), name })
 }

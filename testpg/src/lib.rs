@@ -258,4 +258,4 @@ pub fn admin_url() -> anyhow::Result<String> {
 #[cfg(feature = "sqlx")]
 mod database;
 #[cfg(feature = "sqlx")]
-pub use database::{TestDatabase, database};
+pub use database::{TestDatabase, database, database_on};

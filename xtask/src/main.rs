@@ -9,7 +9,8 @@
 //! - `demo`: build, then `parley-demo demo` on SQLite under `./data` (chat on :3000, host page on :8080).
 //! - `test`: build, then every test: cargo tests of each crate, the size budget, and the Playwright browser tests
 //!   in Debian's Chromium (installed with apt when missing). A private PostgreSQL cluster (the `testpg` crate) runs
-//!   for the whole run on a free port; its admin URL reaches the tests as `PARLEY_TEST_POSTGRES_URL`.
+//!   for the whole run on a free port; its admin URL reaches the tests as `PARLEY_TEST_POSTGRES_URL`. The browser
+//!   suite then runs once more against three nodes on that PostgreSQL behind nginx (`server/examples/cluster.rs`).
 //!
 //! - `bench [SCENARIO…] [--quick] [--note TEXT]`: the release server and `parley-bench`, the Node peer's packages
 //!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`. Scenario
@@ -19,6 +20,7 @@
 //! and systemd's `systemd-analyze`, and the sqlite3 shell the browser tests count rows with (apt).
 
 mod build;
+mod cluster;
 mod sizes;
 mod tools;
 
@@ -150,6 +152,8 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
                 .env("PARLEY_E2E_BIN", build::target_dir(root).join("debug/parley-demo"))
                 .env("PARLEY_E2E_SITE_DIR", build::target_dir(root).join("site")),
         )?;
+        // The same suite once more against three nodes on PostgreSQL behind nginx.
+        cluster::browser_suite(root, &pg_url)?;
     }
     println!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())

@@ -2,11 +2,14 @@
 //! Meta's URLs expire) and cached profile pictures. Ids are 256-bit random tokens. Served with `nosniff` and a
 //! sandboxing CSP so a hostile file cannot run as a page on the chat origin. A file still being downloaded is
 //! waited for (up to [`WAIT`]); one that could not be downloaded answers 410 "attachment unavailable".
+//!
+//! A request carrying an agent's console session is scoped to that agent's workspace: another workspace's file
+//! answers 404, as an unknown id does.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
@@ -19,8 +22,17 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Types shown inline; anything else downloads.
 const INLINE: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp", "video/mp4", "audio/mpeg", "audio/wav"];
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if id.len() != 43 {
+        return Err(ApiError::NotFound("attachment"));
+    }
+    if let Some((_, workspace)) = crate::console::session_agent_in(&state, &headers).await?
+        && state.store.attachment_workspace(&id).await?.is_some_and(|owner| owner != workspace)
+    {
         return Err(ApiError::NotFound("attachment"));
     }
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -46,13 +46,18 @@ fn csp_origin(origin: &str) -> Option<&str> {
 pub async fn get(State(state): State<AppState>, Path(site_key): Path<String>) -> Result<Response, ApiError> {
     let site = state.store.site_by_key(&site_key).await?.ok_or(ApiError::NotFound("site"))?;
     let origins = site.allowed_origins();
+    // Offered only where the site reaches a Messenger Page (its own, or its workspace's).
+    let messenger = match &state.messenger {
+        Some(messenger) => messenger.page_for_site(&site.id).await.map_err(|e| ApiError::Internal(e.into()))?.is_some(),
+        None => false,
+    };
     let boot = Boot {
         site_key: &site.key,
         site_name: &site.name,
         greeting: &site.greeting,
         allowed_origins: origins.clone(),
         ws_url: format!("/ws/visitor?site={}", site.key),
-        messenger: state.messenger.is_some(),
+        messenger,
     };
     let manifest = &state.assets.manifest;
     let head_assets = match (Assets::url(&manifest.widget_css), Assets::url(&manifest.widget_boot)) {

@@ -1,5 +1,6 @@
-//! The Messenger channel's shared handle: settings, the Graph client, the spool, the link-token key, and the
-//! operations other parts of the server call (offer a link, unlink, typing, mark seen).
+//! The Messenger channel's shared handle: settings, the Graph client, the spool, the link-token key, the Page
+//! token key, and the operations other parts of the server call (offer a link, unlink, typing, mark seen), each
+//! through the Page of the customer's site (see `pages`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use tokio::sync::Notify;
 
 use super::fetch::{AllowList, Fetcher};
 use super::link;
+use super::pages::{ConfiguredPage, Page, TokenKey};
 use super::send_api::GraphClient;
 use super::spool::Spool;
 use crate::config::MessengerSettings;
@@ -25,7 +27,12 @@ pub struct LinkOffer {
 
 pub struct Messenger {
     pub settings: MessengerSettings,
+    /// The Graph client without a Page (downloads); `Page::graph` speaks for one Page.
     pub graph: GraphClient,
+    /// The key Page tokens are stored under (`messenger.token_key`).
+    pub(super) token_key: Option<TokenKey>,
+    /// `messenger.page_id` + `messenger.page_token`, when configured.
+    pub(super) configured_page: Option<ConfiguredPage>,
     pub spool: Spool,
     pub conversations: Conversations,
     /// Wakes the intake worker when a delivery was stored or spooled.
@@ -52,9 +59,16 @@ impl Messenger {
             [b"parley messenger link v1:".as_slice(), settings.app_secret.expose_secret().as_bytes()].concat(),
         )
         .into();
+        let token_key = settings.token_key()?;
+        let configured_page = (!settings.page_id.trim().is_empty()).then(|| ConfiguredPage {
+            page_id: settings.page_id.trim().to_string(),
+            token: settings.page_token.clone(),
+        });
         let messenger = Arc::new(Self {
             settings,
             graph,
+            token_key,
+            configured_page,
             spool,
             conversations,
             intake_wake: Notify::new(),
@@ -80,11 +94,13 @@ impl Messenger {
         let (token, minted) = link::mint(&self.link_key, expires_secs);
         let code = link::short_code();
         let expires_at = i64::from(minted.expires_at) * 1000;
+        let page = self
+            .page_for_contact(contact_id)
+            .await?
+            .ok_or(ServiceError::Invalid("this site has no Messenger Page connected"))?;
         self.conversations.messenger_rows().create_link(&minted.nonce, contact_id, &code, expires_at).await?;
-        let page =
-            if self.settings.page_username.is_empty() { &self.settings.page_id } else { &self.settings.page_username };
         Ok(LinkOffer {
-            url: format!("{}/{page}?ref={token}", self.settings.m_me_url.trim_end_matches('/')),
+            url: format!("{}/{}?ref={token}", self.settings.m_me_url.trim_end_matches('/'), page.link_name()),
             code,
             expires_at,
         })
@@ -108,7 +124,8 @@ impl SenderActions for Messenger {
             sent.insert(psid.clone(), Instant::now());
         }
         tokio::spawn(async move {
-            if let Err(e) = self.graph.sender_action(&psid, "typing_on").await {
+            let Some(page) = self.page_for_psid(&psid).await else { return };
+            if let Err(e) = page.graph.sender_action(&psid, "typing_on").await {
                 tracing::debug!(error = %e, "typing_on not sent");
             }
         });
@@ -117,9 +134,24 @@ impl SenderActions for Messenger {
     /// Tells Messenger the agent has seen the conversation.
     fn mark_seen(self: Arc<Self>, psid: String) {
         tokio::spawn(async move {
-            if let Err(e) = self.graph.sender_action(&psid, "mark_seen").await {
+            let Some(page) = self.page_for_psid(&psid).await else { return };
+            if let Err(e) = page.graph.sender_action(&psid, "mark_seen").await {
                 tracing::debug!(error = %e, "mark_seen not sent");
             }
         });
+    }
+}
+
+impl Messenger {
+    /// The Page a Messenger customer is reached through (that of their contact's site).
+    async fn page_for_psid(&self, psid: &str) -> Option<Page> {
+        let contact = match self.conversations.messenger_rows().contact_by_psid(psid).await {
+            Ok(contact) => contact?,
+            Err(e) => {
+                tracing::debug!(error = ?e, "no contact for a sender action");
+                return None;
+            }
+        };
+        self.page_for_site(&contact.site_id).await.ok().flatten()
     }
 }

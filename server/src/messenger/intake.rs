@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use super::channel::Messenger;
 use super::graph_types::{Envelope, Messaging};
+use super::pages::Page;
 use super::reorder::{Due, HoldBack, Key};
 use super::{link, media};
 use crate::config::MessengerSettings;
@@ -274,14 +275,13 @@ impl Intake {
 
 /// Where an event waits: the customer's thread (their PSID) for what becomes part of their conversation or
 /// changes it (messages, consent answers, postbacks, referrals, replies sent from the Page inbox); no thread for
-/// what may apply at once (our own echoes, delivery and read receipts, other pages' events). Ordered by Messenger's
-/// timestamp, then the `mid`.
-fn place(settings: &MessengerSettings, page: &str, event: &Messaging) -> (Option<String>, Key) {
+/// what may apply at once (our own echoes, delivery and read receipts). Events of a Page that is not connected wait
+/// like the others and are then dropped by [`apply`]. Ordered by Messenger's timestamp, then the `mid`.
+fn place(settings: &MessengerSettings, _page: &str, event: &Messaging) -> (Option<String>, Key) {
     let mid = event.message.as_ref().and_then(|m| m.mid.clone());
     let mid = mid.or_else(|| event.postback.as_ref().and_then(|p| p.mid.clone()));
     let key = Key { timestamp: event.timestamp, tie: mid.unwrap_or_default() };
     let party = match &event.message {
-        _ if !settings.page_id.is_empty() && page != settings.page_id => None,
         Some(message) if message.is_echo => {
             if message.app_id.as_deref() == Some(settings.app_id.as_str()) {
                 None
@@ -318,12 +318,23 @@ async fn failed(messenger: &Messenger, delivery: i64, why: &str) -> anyhow::Erro
     anyhow::anyhow!("applying webhook delivery {delivery} failed: {why}")
 }
 
-async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(), ServiceError> {
-    if !messenger.settings.page_id.is_empty() && page != messenger.settings.page_id {
-        tracing::debug!("ignoring an event for another page");
+async fn apply(messenger: &Messenger, page_id: &str, event: &Messaging) -> Result<(), ServiceError> {
+    // Routed by the Page the event is for: its workspace and site. An unknown Page's event is dropped (the raw
+    // delivery stays in `webhook_deliveries`); the page id is public, the log carries nothing else of it.
+    let Some(page) = messenger.page(page_id).await? else {
+        tracing::info!(page = %page_id, "ignoring an event for a Page that is not connected here");
+        return Ok(());
+    };
+    let page = &page;
+    let store = messenger.conversations.messenger_rows();
+    let customer = if event.message.as_ref().is_some_and(|m| m.is_echo) { &event.recipient } else { &event.sender };
+    if let Some(psid) = customer.as_ref().map(|p| p.id.as_str()).filter(|p| !p.is_empty())
+        && let Some(contact) = store.contact_by_psid(psid).await?
+        && store.site_workspace(&contact.site_id).await?.as_deref() != Some(page.workspace_id.as_str())
+    {
+        tracing::warn!(page = %page_id, "ignoring an event of a customer who belongs to another workspace's Page");
         return Ok(());
     }
-    let store = messenger.conversations.messenger_rows();
     if let Some(message) = &event.message
         && message.is_echo
     {
@@ -331,7 +342,7 @@ async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(
         if psid.is_empty() {
             return Err(ServiceError::Invalid("an echo without a recipient id"));
         }
-        return apply_echo(messenger, &psid, message).await;
+        return apply_echo(messenger, page, &psid, message).await;
     }
     let Some(psid) = event.sender.as_ref().map(|p| p.id.clone()) else { return Ok(()) };
     if psid.is_empty() {
@@ -345,7 +356,7 @@ async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(
         if let Some((nonce, yes)) =
             message.quick_reply.as_ref().and_then(|q| q.payload.as_deref()).and_then(link::parse_consent)
         {
-            return answer_offer(messenger, &psid, &nonce, yes, event.timestamp).await;
+            return answer_offer(messenger, page, &psid, &nonce, yes, event.timestamp).await;
         }
         let text = message.text.clone().unwrap_or_default();
         // A customer sending the code shown on the website is asked whether to continue that conversation here
@@ -353,7 +364,7 @@ async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(
         for code in link::short_code_candidates(&text) {
             match store.offer_code(&code, &psid, &format!("code:{mid}:{code}"), ttl_ms).await? {
                 OfferOutcome::Offered(row) => {
-                    ask_consent(messenger, &psid, &row.nonce);
+                    ask_consent(page, &psid, &row.nonce);
                     break;
                 }
                 OfferOutcome::Duplicate => break,
@@ -363,10 +374,10 @@ async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(
         // Until they say yes, what they write stays in a conversation of their own.
         let contact = match store.contact_by_psid(&psid).await? {
             Some(c) => c,
-            None => new_messenger_contact(messenger, &psid).await?,
+            None => new_messenger_contact(messenger, page, &psid).await?,
         };
         let action_at = Some(event.timestamp.min(messenger.conversations.clock().now_ms()));
-        return post_from_messenger(messenger, &contact, Poster::Visitor, mid, message, action_at).await;
+        return post_from_messenger(messenger, page, &contact, Poster::Visitor, mid, message, action_at).await;
     }
 
     if let Some(postback) = &event.postback {
@@ -375,13 +386,13 @@ async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(
             None => format!("postback:{psid}:{}", event.timestamp),
         };
         let reference = postback.referral.as_ref().and_then(|r| r.reference.clone());
-        return apply_referral(messenger, &psid, reference.as_deref(), event.timestamp, &key).await;
+        return apply_referral(messenger, page, &psid, reference.as_deref(), event.timestamp, &key).await;
     }
 
     if let Some(referral) = &event.referral {
         let reference = referral.reference.clone().unwrap_or_default();
         let key = format!("referral:{psid}:{}:{reference}", event.timestamp);
-        return apply_referral(messenger, &psid, Some(&reference), event.timestamp, &key).await;
+        return apply_referral(messenger, page, &psid, Some(&reference), event.timestamp, &key).await;
     }
 
     if let Some(delivery) = &event.delivery {
@@ -404,6 +415,7 @@ async fn apply(messenger: &Messenger, page: &str, event: &Messaging) -> Result<(
 /// Our own sends come back as echoes (reconcile them); echoes from other apps are replies written elsewhere.
 async fn apply_echo(
     messenger: &Messenger,
+    page: &Page,
     psid: &str,
     message: &super::graph_types::Message,
 ) -> Result<(), ServiceError> {
@@ -425,17 +437,18 @@ async fn apply_echo(
     }
     let contact = match store.contact_by_psid(psid).await? {
         Some(c) => c,
-        None => new_messenger_contact(messenger, psid).await?,
+        None => new_messenger_contact(messenger, page, psid).await?,
     };
     let name =
         if message.app_id.as_deref() == Some(PAGE_INBOX_APP_ID) { sentences::PAGE_INBOX } else { sentences::PAGE };
-    post_from_messenger(messenger, &contact, Poster::Page { name }, mid, message, None).await
+    post_from_messenger(messenger, page, &contact, Poster::Page { name }, mid, message, None).await
 }
 
 /// Posts a message that arrived from Messenger (the customer's, or one the Page sent from elsewhere), keyed by
 /// its `mid` so a redelivery is stored once.
 async fn post_from_messenger(
     messenger: &Messenger,
+    page: &Page,
     contact: &Contact,
     poster: Poster<'_>,
     mid: String,
@@ -447,7 +460,7 @@ async fn post_from_messenger(
         return Ok(());
     }
     let text = message.text.clone().unwrap_or_default();
-    let attachments = queue_attachments(messenger, &message.attachments).await?;
+    let attachments = queue_attachments(messenger, page, &message.attachments).await?;
     let queued = !attachments.is_empty();
     let body =
         if text.is_empty() && attachments.is_empty() { sentences::UNSUPPORTED_MESSAGE.to_string() } else { text };
@@ -476,6 +489,7 @@ async fn post_from_messenger(
 /// Messenger). The offer and the event's idempotency `key` are committed together.
 async fn apply_referral(
     messenger: &Messenger,
+    page: &Page,
     psid: &str,
     reference: Option<&str>,
     timestamp: i64,
@@ -487,7 +501,7 @@ async fn apply_referral(
     let offered = match reference.map(|r| link::verify(messenger.link_key(), r, now_secs)) {
         Some(Ok(token)) => match store.offer_link(&token.nonce, psid, key, ttl_ms).await? {
             OfferOutcome::Offered(row) => {
-                ask_consent(messenger, psid, &row.nonce);
+                ask_consent(page, psid, &row.nonce);
                 true
             }
             OfferOutcome::Duplicate => return Ok(()),
@@ -505,7 +519,7 @@ async fn apply_referral(
     // The tap is a user action on this person's own thread either way (it reopens the 24 h window).
     let contact = match store.contact_by_psid(psid).await? {
         Some(c) => Some(c),
-        None if !offered => Some(new_messenger_contact(messenger, psid).await?),
+        None if !offered => Some(new_messenger_contact(messenger, page, psid).await?),
         // Asked: a contact appears when they write (their own) or say yes (the web one).
         None => None,
     };
@@ -518,12 +532,12 @@ async fn apply_referral(
 
 /// Asks in Messenger whether to continue the web conversation there (sent off the intake's path, retried a few
 /// times on retryable errors; presenting the link again asks again).
-fn ask_consent(messenger: &Messenger, psid: &str, nonce: &str) {
+fn ask_consent(page: &Page, psid: &str, nonce: &str) {
     let replies = [
         (link::CONSENT_YES, link::consent_payload(nonce, true)),
         (link::CONSENT_NO, link::consent_payload(nonce, false)),
     ];
-    let graph = messenger.graph.clone();
+    let graph = page.graph.clone();
     let psid = psid.to_string();
     tokio::spawn(async move {
         let replies: Vec<(&str, &str)> = replies.iter().map(|(t, p)| (*t, p.as_str())).collect();
@@ -544,8 +558,8 @@ fn ask_consent(messenger: &Messenger, psid: &str, nonce: &str) {
 }
 
 /// Tells the customer something in Messenger, best effort (not a conversation message).
-fn say(messenger: &Messenger, psid: &str, text: &'static str) {
-    let graph = messenger.graph.clone();
+fn say(page: &Page, psid: &str, text: &'static str) {
+    let graph = page.graph.clone();
     let psid = psid.to_string();
     tokio::spawn(async move {
         if let Err(e) = graph.send_quick_replies(&psid, text, &[]).await {
@@ -558,6 +572,7 @@ fn say(messenger: &Messenger, psid: &str, text: &'static str) {
 /// transaction); "No" uses the offer up and binds nothing.
 async fn answer_offer(
     messenger: &Messenger,
+    page: &Page,
     psid: &str,
     nonce: &str,
     yes: bool,
@@ -570,17 +585,28 @@ async fn answer_offer(
     }
     if !yes {
         if store.refuse_link(nonce, psid).await? {
-            say(messenger, psid, sentences::LINK_REFUSED);
+            say(page, psid, sentences::LINK_REFUSED);
         }
         return Ok(());
     }
     let Some(offer) = store.pending_offer(nonce, psid).await? else {
         if store.link_answered(nonce, psid).await? != Some(true) {
-            say(messenger, psid, sentences::LINK_EXPIRED);
+            say(page, psid, sentences::LINK_EXPIRED);
         }
         return Ok(());
     };
-    let name = fetch_profile(messenger, &offer.contact_id, psid).await;
+    // A link binds only within one workspace: a web conversation of another workspace's site stays where it is.
+    let owner = match store.contact(&offer.contact_id).await? {
+        Some(contact) => store.site_workspace(&contact.site_id).await?,
+        None => None,
+    };
+    if owner.as_deref() != Some(page.workspace_id.as_str()) {
+        tracing::warn!(page = %page.page_id, "a link of another workspace's site was presented on this Page");
+        store.refuse_link(nonce, psid).await?;
+        say(page, psid, sentences::LINK_EXPIRED);
+        return Ok(());
+    }
+    let name = fetch_profile(messenger, page, &offer.contact_id, psid).await;
     let recap = recap_text(messenger, &offer.contact_id).await?;
     messenger.conversations.accept_link(nonce, psid, name, action_at, recap.as_deref()).await?;
     Ok(())
@@ -606,22 +632,28 @@ pub fn contact_label(psid: &str) -> String {
     format!("Messenger {tail}")
 }
 
-async fn new_messenger_contact(messenger: &Messenger, psid: &str) -> Result<Contact, ServiceError> {
+async fn new_messenger_contact(messenger: &Messenger, page: &Page, psid: &str) -> Result<Contact, ServiceError> {
     let store = messenger.conversations.messenger_rows();
-    let site_id = match store.site_id_by_key(&messenger.settings.site_key).await? {
-        Some(site_id) => site_id,
-        None => {
-            store.oldest_site_id().await?.ok_or(ServiceError::Invalid("no site exists for Messenger conversations"))?
-        }
+    // The Page's own site; else (a workspace-wide Page) `messenger.site_key` when it is one of the workspace's
+    // sites, else the workspace's oldest site.
+    let sites = store.workspace_sites(&page.workspace_id).await?;
+    let site_id = match &page.site_id {
+        Some(site_id) => site_id.clone(),
+        None => sites
+            .iter()
+            .find(|s| s.key == messenger.settings.site_key)
+            .or(sites.first())
+            .map(|s| s.id.clone())
+            .ok_or(ServiceError::Invalid("no site exists for Messenger conversations"))?,
     };
     let label = contact_label(psid);
     let contact = store.create_messenger_contact(&site_id, psid, &label).await?;
-    fetch_profile(messenger, &contact.id, psid).await;
+    fetch_profile(messenger, page, &contact.id, psid).await;
     Ok(store.contact(&contact.id).await?.unwrap_or(contact))
 }
 
 /// Fetches and caches the customer's name and picture once; returns the first name.
-async fn fetch_profile(messenger: &Messenger, contact_id: &str, psid: &str) -> Option<String> {
+async fn fetch_profile(messenger: &Messenger, page: &Page, contact_id: &str, psid: &str) -> Option<String> {
     let store = messenger.conversations.messenger_rows();
     if let Ok(Some(contact)) = store.contact(contact_id).await
         && contact.psid.as_deref() == Some(psid)
@@ -629,7 +661,7 @@ async fn fetch_profile(messenger: &Messenger, contact_id: &str, psid: &str) -> O
     {
         return name.split(' ').next().map(str::to_string);
     }
-    let profile = match messenger.graph.profile(psid).await {
+    let profile = match page.graph.profile(psid).await {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(error = %e, "no Messenger profile");
@@ -643,7 +675,7 @@ async fn fetch_profile(messenger: &Messenger, contact_id: &str, psid: &str) -> O
         .join(" ");
     // Picture URLs expire: keep the image, not the URL (downloaded by the queue, from allowed hosts only).
     let avatar = match &profile.profile_pic {
-        Some(url) => match store.queue_attachment(Some("profile"), url).await {
+        Some(url) => match store.queue_attachment(Some(&page.workspace_id), Some("profile"), url).await {
             Ok(id) => {
                 messenger.media_wake.notify_one();
                 Some(id)
@@ -666,6 +698,7 @@ async fn fetch_profile(messenger: &Messenger, contact_id: &str, psid: &str) -> O
 /// links the message carries; each shows the file once it is downloaded, or "attachment unavailable".
 async fn queue_attachments(
     messenger: &Messenger,
+    page: &Page,
     attachments: &[super::graph_types::Attachment],
 ) -> Result<Vec<Attachment>, ServiceError> {
     let mut out = Vec::new();
@@ -687,7 +720,11 @@ async fn queue_attachments(
             .and_then(|n| n.split('?').next())
             .filter(|n| !n.is_empty())
             .map(|n| n.chars().take(200).collect::<String>());
-        let id = messenger.conversations.messenger_rows().queue_attachment(name.as_deref(), &url).await?;
+        let id = messenger
+            .conversations
+            .messenger_rows()
+            .queue_attachment(Some(&page.workspace_id), name.as_deref(), &url)
+            .await?;
         out.push(Attachment { url: format!("/attachments/{id}"), kind: kind.into(), name });
     }
     Ok(out)

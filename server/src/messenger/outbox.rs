@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 
 use super::channel::Messenger;
 use super::send_api::{Disposition, MessagingType};
+use crate::sentences;
 use crate::store::{OutboxRow, outbox_metadata};
 use crate::supervisor::{WorkerContext, WorkerHealth};
 
@@ -156,10 +157,19 @@ async fn send(messenger: &Messenger, row: &OutboxRow, health: &WorkerHealth) -> 
     let store = messenger.conversations.messenger_rows();
     let kind = MessagingType::from_stored(&row.messaging_type);
     let lease = row.lease_id.clone().unwrap_or_default();
+    // Sent as the Page of the conversation's site, and its workspace's agents hear about that Page's token.
+    let page = match messenger.conversations.messenger_rows().conversation(&row.conversation_id).await? {
+        Some(conversation) => messenger.page_for_site(&conversation.site_id).await?,
+        None => None,
+    };
+    let Some(page) = page else {
+        return settle_failed(messenger, row, sentences::SEND_NO_PAGE, DeliveryState::Failed).await;
+    };
+    let token_alert = crate::ws::agent::workspace_alert_key(&page.workspace_id, TOKEN_ALERT);
     health.add("graph_calls", 1);
-    match messenger.graph.send_text(&row.psid, &row.body, kind, &outbox_metadata(row)).await {
+    match page.graph.send_text(&row.psid, &row.body, kind, &outbox_metadata(row)).await {
         Ok(mid) => {
-            messenger.conversations.set_alert(TOKEN_ALERT, None);
+            messenger.conversations.set_alert(&token_alert, None);
             settle_sent(messenger, row.id, &mid, health).await;
             Ok(Outcome::Done)
         }
@@ -179,9 +189,12 @@ async fn send(messenger: &Messenger, row: &OutboxRow, health: &WorkerHealth) -> 
                     Ok(Outcome::Later)
                 }
                 Disposition::TokenInvalid => {
-                    messenger.conversations.set_alert(TOKEN_ALERT, Some(err.for_agents()));
+                    messenger.conversations.set_alert(&token_alert, Some(err.for_agents()));
                     store.outbox_retry(row.id, &lease, retry_at(TOKEN_PAUSE_MS), &err.for_agents()).await?;
-                    Ok(Outcome::PauseAll)
+                    // One Page: every send would fail alike, so all pause. Several: only this send waits (each
+                    // of this Page's customers tries once per pause), and the other Pages' customers go on.
+                    let several = store.pages().await.map(|pages| pages.len() > 1).unwrap_or(false);
+                    Ok(if several { Outcome::Later } else { Outcome::PauseAll })
                 }
                 Disposition::OutsideWindow => {
                     settle_failed(messenger, row, &err.for_agents(), DeliveryState::NotSent).await

@@ -138,6 +138,11 @@ impl GraphClient {
         })
     }
 
+    /// The same client speaking for another Page (same HTTP client, base URL and timeouts).
+    pub fn for_page(&self, page_id: &str, token: SecretString) -> Self {
+        Self { http: self.http.clone(), base: self.base.clone(), page_id: page_id.to_string(), token }
+    }
+
     /// Sends a text message; returns Meta's message id.
     pub async fn send_text(
         &self,

@@ -19,7 +19,9 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 /// Tables in an order that satisfies every foreign key.
 pub const TABLES: &[&str] = &[
+    "workspaces",
     "sites",
+    "messenger_pages",
     "agents",
     "agent_sessions",
     "contacts",
@@ -91,6 +93,13 @@ pub async fn copy(from: &str, to: &str) -> anyhow::Result<CopyReport> {
     sqlx::migrate!("./migrations/postgres").run(&target).await.context("migrating the PostgreSQL database failed")?;
 
     let mut tx = target.begin().await?;
+    // The migrations seed the default workspace; the copy brings the source's (its default included).
+    sqlx::query(
+        "delete from workspaces where id = 'default' and not exists (select 1 from sites)
+                 and not exists (select 1 from agents)",
+    )
+    .execute(&mut *tx)
+    .await?;
     for table in TABLES {
         let rows: i64 = sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(&mut *tx).await?;
         anyhow::ensure!(

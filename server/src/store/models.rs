@@ -14,6 +14,8 @@ pub struct Site {
     pub allowed_origins_json: String,
     pub greeting: String,
     pub created_at: i64,
+    /// The workspace that owns the site.
+    pub workspace_id: String,
 }
 
 impl Site {
@@ -30,6 +32,29 @@ pub struct Agent {
     pub email: String,
     pub name: String,
     pub password_hash: String,
+    /// The workspace whose conversations the agent sees.
+    pub workspace_id: String,
+}
+
+/// A tenant: owns sites, agents and Messenger Pages.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Workspace {
+    pub id: String,
+    /// The name the CLI takes (`--workspace KEY`).
+    pub key: String,
+    pub name: String,
+}
+
+/// A connected Messenger Page as stored: its token only encrypted (see `messenger::pages`).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct PageRow {
+    pub page_id: String,
+    pub workspace_id: String,
+    /// The site the Page serves; `None`: every site of the workspace without a Page of its own.
+    pub site_id: Option<String>,
+    pub username: Option<String>,
+    pub token_nonce: Vec<u8>,
+    pub token_ciphertext: Vec<u8>,
 }
 
 /// A person on the customer side.

@@ -22,6 +22,7 @@ mod identity;
 mod messenger;
 mod ops;
 mod sites;
+mod workspaces;
 
 use std::str::FromStr;
 use std::sync::Arc;

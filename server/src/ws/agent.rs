@@ -1,8 +1,10 @@
 //! `GET /ws/agent`: the console's socket, authenticated by the console session cookie.
 //!
 //! The upgrade is refused unless `Origin` is this server's own origin (no cross-site WebSocket hijacking) and the
-//! cookie names a live session. Every agent socket receives every inbox change; a conversation's events stream
-//! only after `open`, each through its own [`Relay`].
+//! cookie names a live session. Every agent socket receives the inbox changes of its agent's workspace (and only
+//! those: another workspace's conversations, typing signals and alerts never reach it, and opening, answering,
+//! reading or resolving one is answered as for an unknown conversation); a conversation's events stream only after
+//! `open`, each through its own [`Relay`].
 //!
 //! The session is checked again before every frame that reads or changes anything, and every
 //! `console.session_check_secs` while the socket is open: once it is gone (sign-out, `parley agent set-password`
@@ -22,7 +24,7 @@ use protocol::{ErrorCode, Party};
 use super::flood::TypingGate;
 use super::{Connection, Liveness, Relay, Sink, close, send_close, send_json, serve};
 use crate::auth;
-use crate::console::{session_agent, session_token};
+use crate::console::{session_agent_in, session_token};
 use crate::error::ApiError;
 use crate::hub::HubMsg;
 use crate::services::ServiceError;
@@ -43,14 +45,18 @@ pub async fn upgrade(
         return Err(ApiError::ForbiddenOrigin);
     }
     let token_hash = session_token(&headers).map(|t| auth::token_hash(&t)).ok_or(ApiError::Unauthorized)?;
-    let agent = session_agent(&state, &headers).await?.ok_or(ApiError::Unauthorized)?;
+    let (agent, workspace_id) = session_agent_in(&state, &headers).await?.ok_or(ApiError::Unauthorized)?;
     let ws = super::configure(ws, &state.settings.limits);
-    Ok(ws.on_upgrade(move |socket| run(state, agent, token_hash, socket)))
+    Ok(ws.on_upgrade(move |socket| run(state, agent, workspace_id, token_hash, socket)))
 }
 
 struct Session {
     state: AppState,
     agent: AgentInfo,
+    /// The agent's workspace: the only one whose conversations this socket sees.
+    workspace_id: String,
+    /// Which conversations are the workspace's (a conversation never changes workspace), as far as looked up.
+    visible: HashMap<String, bool>,
     /// Digest of the session token this socket was opened with.
     token_hash: Vec<u8>,
     /// Opened conversations and how far each has been sent.
@@ -62,6 +68,23 @@ struct Session {
 /// Conversations whose typing state one socket remembers; past this it starts over (at worst one extra signal each).
 const TYPING_GATES: usize = 256;
 
+/// Conversations whose workspace one socket remembers; past this it starts over (at worst one lookup each).
+const VISIBLE_CACHE: usize = 4096;
+
+/// The hub key of an alert only one workspace's agents see (e.g. its Page's token was refused); they get it under
+/// the plain `key`. Keys without this form are for everyone.
+pub fn workspace_alert_key(workspace_id: &str, key: &str) -> String {
+    format!("workspace:{workspace_id}/{key}")
+}
+
+/// The key an agent of `workspace_id` gets an alert under, or `None` if the alert is another workspace's.
+fn alert_for<'k>(key: &'k str, workspace_id: &str) -> Option<&'k str> {
+    match key.strip_prefix("workspace:").and_then(|rest| rest.split_once('/')) {
+        Some((owner, plain)) => (owner == workspace_id).then_some(plain),
+        None => Some(key),
+    }
+}
+
 impl Session {
     /// Whether to pass this typing signal on (see [`TypingGate`]).
     fn typing_changed(&mut self, conversation_id: &str, typing: bool) -> bool {
@@ -69,6 +92,29 @@ impl Session {
             self.typing.clear();
         }
         self.typing.entry(conversation_id.to_string()).or_default().pass(typing)
+    }
+
+    /// Whether the conversation belongs to the agent's workspace (`false` for an unknown one, or when the database
+    /// cannot say: nothing is shown that might be another workspace's).
+    async fn sees(&mut self, conversation_id: &str) -> bool {
+        if let Some(visible) = self.visible.get(conversation_id) {
+            return *visible;
+        }
+        match self.state.store.conversation_workspace(conversation_id).await {
+            Ok(Some(workspace)) => {
+                if self.visible.len() >= VISIBLE_CACHE {
+                    self.visible.clear();
+                }
+                let visible = workspace == self.workspace_id;
+                self.visible.insert(conversation_id.to_string(), visible);
+                visible
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot look up a conversation's workspace");
+                false
+            }
+        }
     }
 }
 
@@ -87,10 +133,10 @@ fn error_frame(code: ErrorCode, message: &str, client_id: Option<String>) -> Ser
     ServerMsg::Error { code, message: message.to_string(), client_id }
 }
 
-async fn run(state: AppState, agent: AgentInfo, token_hash: Vec<u8>, socket: WebSocket) {
+async fn run(state: AppState, agent: AgentInfo, workspace_id: String, token_hash: Vec<u8>, socket: WebSocket) {
     let (mut sink, mut stream) = super::split(socket, &state.settings.limits);
     let (_registration, mut hub_rx) = state.hub.join_agent();
-    let inbox = match state.conversations.summaries().await {
+    let inbox = match state.conversations.workspace_summaries(&workspace_id).await {
         Ok(conversations) => ServerMsg::Inbox { agent: agent.clone(), conversations },
         Err(e) => {
             tracing::error!(error = ?e, "cannot load the inbox");
@@ -101,11 +147,20 @@ async fn run(state: AppState, agent: AgentInfo, token_hash: Vec<u8>, socket: Web
         return;
     }
     for (key, message) in state.hub.alerts() {
+        let Some(key) = alert_for(&key, &workspace_id).map(str::to_string) else { continue };
         if send_json(&mut sink, &ServerMsg::Alert { key, message: Some(message) }).await.is_err() {
             return;
         }
     }
-    let mut session = Session { state: state.clone(), agent, token_hash, open: HashMap::new(), typing: HashMap::new() };
+    let mut session = Session {
+        state: state.clone(),
+        agent,
+        workspace_id,
+        visible: HashMap::new(),
+        token_hash,
+        open: HashMap::new(),
+        typing: HashMap::new(),
+    };
     let liveness = Liveness::new(&state.settings.limits);
     serve(&mut session, &mut sink, &mut stream, &mut hub_rx, state.shutdown.clone(), liveness).await;
 }
@@ -164,6 +219,28 @@ impl Connection for Session {
 
 async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -> Result<(), axum::Error> {
     let state = session.state.clone();
+    // Another workspace's conversation is answered exactly as an unknown one.
+    let named = match &msg {
+        ClientMsg::Open { conversation_id, .. }
+        | ClientMsg::Send { conversation_id, .. }
+        | ClientMsg::Typing { conversation_id, .. }
+        | ClientMsg::Read { conversation_id, .. }
+        | ClientMsg::SetStatus { conversation_id, .. } => Some(conversation_id.clone()),
+        ClientMsg::Ping | ClientMsg::Close { .. } => None,
+    };
+    if let Some(conversation_id) = named
+        && !session.sees(&conversation_id).await
+    {
+        return match msg {
+            ClientMsg::Open { .. } | ClientMsg::SetStatus { .. } => {
+                send_json(sink, &error_frame(ErrorCode::NotFound, "no such conversation", None)).await
+            }
+            ClientMsg::Send { client_id, .. } => {
+                send_json(sink, &error_frame(ErrorCode::NotFound, "no such conversation", Some(client_id))).await
+            }
+            _ => Ok(()),
+        };
+    }
     match msg {
         ClientMsg::Ping => send_json(sink, &ServerMsg::Pong).await,
         ClientMsg::Open { conversation_id, since_seq } => {
@@ -245,14 +322,18 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
 
 async fn handle_hub(session: &mut Session, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error> {
     match msg {
-        HubMsg::Summary(summary) => send_json(sink, &ServerMsg::Summary { conversation: summary.clone() }).await,
-        HubMsg::Typing { conversation_id, typing, from_visitor: true, .. } => {
+        HubMsg::Summary(summary) if session.sees(&summary.id).await => {
+            send_json(sink, &ServerMsg::Summary { conversation: summary.clone() }).await
+        }
+        HubMsg::Summary(_) => Ok(()),
+        HubMsg::Typing { conversation_id, typing, from_visitor: true, .. } if session.sees(conversation_id).await => {
             send_json(sink, &ServerMsg::Typing { conversation_id: conversation_id.clone(), typing: *typing }).await
         }
         HubMsg::Typing { .. } => Ok(()),
-        HubMsg::Alert { key, message } => {
-            send_json(sink, &ServerMsg::Alert { key: key.clone(), message: message.clone() }).await
-        }
+        HubMsg::Alert { key, message } => match alert_for(key, &session.workspace_id) {
+            Some(key) => send_json(sink, &ServerMsg::Alert { key: key.to_string(), message: message.clone() }).await,
+            None => Ok(()),
+        },
         HubMsg::Event { conversation_id, event, .. } => {
             let Some(relay) = session.open.get_mut(conversation_id) else { return Ok(()) };
             let read = relay.next(&session.state.store, conversation_id, event).await;
@@ -265,7 +346,7 @@ async fn handle_hub(session: &mut Session, sink: &mut Sink, msg: &HubMsg) -> Res
         }
         HubMsg::Resync => {
             // Inbox rows may have changed unseen: the whole inbox again, then whatever each open log gained.
-            match session.state.conversations.summaries().await {
+            match session.state.conversations.workspace_summaries(&session.workspace_id).await {
                 Ok(conversations) => {
                     let agent = session.agent.clone();
                     send_json(sink, &ServerMsg::Inbox { agent, conversations }).await?;

@@ -470,6 +470,11 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
                     )
                     .await
                 }
+                Err(ServiceError::Invalid(why)) => {
+                    send_json(sink, &error_frame(ErrorCode::InvalidInput, "Messenger is not available", None)).await?;
+                    tracing::info!(reason = why, "no Messenger link");
+                    Ok(())
+                }
                 Err(e) => {
                     tracing::error!(error = ?e, "no Messenger link");
                     send_json(sink, &error_frame(ErrorCode::Internal, "could not create a Messenger link", None)).await

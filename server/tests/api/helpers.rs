@@ -17,6 +17,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// The origin the test site allows.
 pub const HOST_ORIGIN: &str = "http://shop.test:8080";
 pub const SITE_KEY: &str = "test-site";
+/// The site of [`TestApp::second_workspace`].
+pub const OTHER_SITE: &str = "acme-site";
 pub const AGENT_NAME: &str = "Alex";
 pub const AGENT_EMAIL: &str = "alex@example.com";
 pub const AGENT_PASSWORD: &str = "correct horse battery";
@@ -217,6 +219,33 @@ impl TestApp {
         }
         let (stream, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(Ws { inner: stream })
+    }
+
+    /// A second workspace, `acme`, with its own site ([`OTHER_SITE`], allowing [`HOST_ORIGIN`]) and agent:
+    /// (workspace id, a session cookie of its agent).
+    pub async fn second_workspace(&self) -> (String, String) {
+        let acme = self.store.create_workspace("acme", "Acme").await.expect("workspace");
+        self.store.create_site_in(&acme.id, OTHER_SITE, "Acme", &[HOST_ORIGIN.into()], "Hi").await.expect("site");
+        let agent = parley::cli::create_agent_in(&self.store, &acme.id, "bea@acme.example", "Bea", AGENT_PASSWORD)
+            .await
+            .expect("agent");
+        let token = parley::auth::new_token();
+        self.store
+            .create_session(&parley::auth::token_hash(&token), &agent.id, self.clock.now_ms() + 3_600_000)
+            .await
+            .expect("session");
+        (acme.id, format!("parley_session={token}"))
+    }
+
+    /// A visitor socket of another site (`?site=KEY`) from the chat frame's origin that has said hello.
+    pub async fn visitor_on(&self, site_key: &str, token: Option<&str>) -> (Ws, protocol::widget::ServerMsg) {
+        let url = format!("ws://{}/ws/visitor?site={site_key}", self.addr);
+        let mut request = url.into_client_request().expect("request");
+        request.headers_mut().insert("origin", HeaderValue::from_str(&self.origin()).expect("header"));
+        let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("visitor connects");
+        let mut ws = Ws { inner: stream };
+        let welcome = hello(&mut ws, token, 0).await;
+        (ws, welcome)
     }
 
     /// Opens the visitor socket with the given `Origin` and `Cookie` headers (None sends none).

@@ -9,8 +9,8 @@ use std::time::Duration;
 use parley::clock::Clock;
 use parley::identity::{IdentitySecret, Verified};
 use parley::messenger::policy::{MirrorPolicy, RESPONSE_WINDOW_MS};
-use parley::store::models::ContactContext;
-use parley::store::{AppendOutcome, NewMessage, OfferOutcome, Store, StoreError};
+use parley::store::models::{ContactContext, PageRow};
+use parley::store::{AppendOutcome, DEFAULT_WORKSPACE, NewMessage, OfferOutcome, Store, StoreError};
 use protocol::{Author, Channel, ConversationStatus, DeliveryState, Event, EventKind, Party};
 
 /// Which engine a test instance runs on.
@@ -83,6 +83,9 @@ conformance!(
     webhook_deliveries_are_quarantined_and_replayed,
     attachments_are_stored_queued_and_claimed,
     unbinding_fails_pending_sends,
+    workspaces_own_sites_agents_conversations_and_files,
+    pages_are_connected_per_site_or_workspace,
+    an_existing_database_upgrades_into_the_default_workspace,
 );
 
 /// The same for the cases of `support/store_conformance.rs`, which take a fresh store.
@@ -554,7 +557,7 @@ async fn attachments_are_stored_queued_and_claimed(engine: Engine) {
     let bytes = vec![0u8, 1, 2, 255];
     let id = store.insert_attachment(None, "image/png", Some("a.png"), &bytes).await.expect("insert");
     assert_eq!(store.attachment(&id).await.expect("get"), Some(("image/png".into(), bytes.clone())));
-    let queued = store.queue_attachment(Some("b.jpg"), "https://cdn.example/b").await.expect("queue");
+    let queued = store.queue_attachment(None, Some("b.jpg"), "https://cdn.example/b").await.expect("queue");
     assert_eq!(store.attachment(&queued).await.expect("pending"), None, "not served before it is downloaded");
     assert_eq!(store.attachment_status(&queued).await.expect("status"), Some(("pending".into(), None)));
     let claimed = store.claim_attachments(10).await.expect("claim");
@@ -564,7 +567,7 @@ async fn attachments_are_stored_queued_and_claimed(engine: Engine) {
     assert_eq!(store.claim_attachments(10).await.expect("reclaim").len(), 1);
     store.attachment_downloaded(&queued, "image/jpeg", &bytes).await.expect("downloaded");
     assert_eq!(store.attachment(&queued).await.expect("ready"), Some(("image/jpeg".into(), bytes)));
-    let broken = store.queue_attachment(None, "https://cdn.example/c").await.expect("queue");
+    let broken = store.queue_attachment(None, None, "https://cdn.example/c").await.expect("queue");
     store.attachment_unavailable(&broken, "404").await.expect("unavailable");
     assert_eq!(store.attachment_status(&broken).await.expect("s"), Some(("failed".into(), Some("404".into()))));
     assert_eq!(store.attachment_status("nope").await.expect("unknown"), None);
@@ -579,4 +582,168 @@ async fn unbinding_fails_pending_sends(engine: Engine) {
     assert!(matches!(event.kind, EventKind::Channel { linked: false, .. }));
     assert!(store.contact_by_psid("psid-9").await.expect("psid").is_none());
     assert!(store.lease_outbox_heads(clock.now_ms(), 10_000, 0, 10, &[]).await.expect("lease").is_empty());
+}
+
+async fn workspaces_own_sites_agents_conversations_and_files(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    let default = store.workspace_by_key("default").await.expect("by key").expect("a new database has the default");
+    assert_eq!(default.id, DEFAULT_WORKSPACE);
+    let acme = store.create_workspace("acme", "Acme").await.expect("workspace");
+    assert!(matches!(store.create_workspace("acme", "again").await, Err(StoreError::Conflict(_))));
+    let keys: Vec<String> = store.workspaces().await.expect("list").into_iter().map(|w| w.key).collect();
+    assert_eq!(keys, vec!["default", "acme"]);
+
+    let (one, c1) = site_and_contact(&store, b"visitor-1").await;
+    let two = store.create_site_in(&acme.id, "k2", "Acme shop", &[], "").await.expect("site in acme");
+    assert_eq!(two.workspace_id, acme.id);
+    assert_eq!(store.site_by_key("k1").await.expect("k1").expect("k1").workspace_id, DEFAULT_WORKSPACE);
+    assert!(matches!(store.create_site_in("nope", "k3", "x", &[], "").await, Err(StoreError::NotFound)));
+    assert!(matches!(store.create_site_in(&acme.id, "k1", "x", &[], "").await, Err(StoreError::Conflict(_))));
+    let ada = store.create_agent("ada@example.com", "Ada", "h").await.expect("default agent");
+    let bob = store.create_agent_in(&acme.id, "bob@example.com", "Bob", "h").await.expect("acme agent");
+    assert_eq!((ada.workspace_id.as_str(), bob.workspace_id.as_str()), (DEFAULT_WORKSPACE, acme.id.as_str()));
+    assert!(matches!(store.create_agent_in("nope", "c@example.com", "C", "h").await, Err(StoreError::NotFound)));
+    assert!(matches!(store.create_agent_in(&acme.id, "ADA@example.com", "A", "h").await, Err(StoreError::Conflict(_))));
+    let found = store.agent_by_email("bob@example.com").await.expect("bob").expect("bob");
+    assert_eq!(found.workspace_id, acme.id);
+
+    let c2 = store.contact_for_token(&two.id, b"visitor-2", "Visitor 2", &ContactContext::default()).await.expect("c2");
+    let (conv1, _, _) = created(store.append_message(&c1, &one, visitor("a", "hello one")).await.expect("m1"));
+    let (conv2, _, _) = created(store.append_message(&c2.id, &two.id, visitor("b", "hello two")).await.expect("m2"));
+    let inbox = |ws: String| {
+        let store = store.clone();
+        async move { store.workspace_summaries(&ws).await.expect("inbox").into_iter().map(|s| s.id).collect::<Vec<_>>() }
+    };
+    assert_eq!(inbox(DEFAULT_WORKSPACE.into()).await, vec![conv1.clone()]);
+    assert_eq!(inbox(acme.id.clone()).await, vec![conv2.clone()]);
+    assert_eq!(store.summaries().await.expect("all").len(), 2, "the unscoped list still has both");
+    assert_eq!(store.conversation_workspace(&conv1).await.expect("w1").as_deref(), Some(DEFAULT_WORKSPACE));
+    assert_eq!(store.conversation_workspace(&conv2).await.expect("w2"), Some(acme.id.clone()));
+    assert_eq!(store.conversation_workspace("nope").await.expect("none"), None);
+    assert_eq!(store.site_workspace(&two.id).await.expect("site"), Some(acme.id.clone()));
+    assert_eq!(store.site_workspace(&one).await.expect("site").as_deref(), Some(DEFAULT_WORKSPACE));
+    assert_eq!(store.site_workspace("nope").await.expect("none"), None);
+
+    let in_conversation = store.insert_attachment(Some(&conv2), "image/png", None, b"x").await.expect("file");
+    let from_page = store.queue_attachment(Some(&acme.id), None, "https://cdn.example/a").await.expect("queued");
+    let loose = store.queue_attachment(None, None, "https://cdn.example/b").await.expect("queued");
+    store.set_contact_profile(&c1, None, Some(&loose)).await.expect("avatar");
+    let orphan = store.insert_attachment(None, "image/png", None, b"y").await.expect("file");
+    assert_eq!(store.attachment_workspace(&in_conversation).await.expect("a"), Some(acme.id.clone()));
+    assert_eq!(store.attachment_workspace(&from_page).await.expect("b"), Some(acme.id.clone()));
+    assert_eq!(store.attachment_workspace(&loose).await.expect("c").as_deref(), Some(DEFAULT_WORKSPACE));
+    assert_eq!(store.attachment_workspace(&orphan).await.expect("d"), None);
+    assert_eq!(store.attachment_workspace("nope").await.expect("e"), None);
+}
+
+fn page(page_id: &str, workspace_id: &str, site_id: Option<&str>) -> PageRow {
+    PageRow {
+        page_id: page_id.into(),
+        workspace_id: workspace_id.into(),
+        site_id: site_id.map(str::to_string),
+        username: None,
+        token_nonce: vec![1; 12],
+        token_ciphertext: format!("sealed {page_id}").into_bytes(),
+    }
+}
+
+async fn pages_are_connected_per_site_or_workspace(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    let acme = store.create_workspace("acme", "Acme").await.expect("workspace");
+    let one = store.create_site("k1", "One", &[], "").await.expect("site");
+    let other = store.create_site("k1b", "Other", &[], "").await.expect("site");
+    let two = store.create_site_in(&acme.id, "k2", "Two", &[], "").await.expect("site");
+    assert!(store.pages().await.expect("none").is_empty());
+    assert_eq!(store.page_for_site(&one.id).await.expect("none"), None);
+
+    let wide = page("100", DEFAULT_WORKSPACE, None);
+    store.save_page(&wide).await.expect("workspace-wide page");
+    let own = PageRow { username: Some("acmeshop".into()), ..page("200", &acme.id, Some(&two.id)) };
+    store.save_page(&own).await.expect("site page");
+    assert_eq!(store.page_for_site(&one.id).await.expect("one"), Some(wide.clone()), "the workspace's Page");
+    assert_eq!(store.page_for_site(&other.id).await.expect("other"), Some(wide.clone()));
+    assert_eq!(store.page_for_site(&two.id).await.expect("two"), Some(own.clone()));
+    assert_eq!(store.page("200").await.expect("by id"), Some(own.clone()));
+    assert_eq!(store.page("999").await.expect("unknown"), None);
+
+    let site_page = page("300", DEFAULT_WORKSPACE, Some(&other.id));
+    store.save_page(&site_page).await.expect("a site's own Page wins over the workspace's");
+    assert_eq!(store.page_for_site(&other.id).await.expect("other"), Some(site_page));
+    assert!(
+        matches!(store.save_page(&page("101", DEFAULT_WORKSPACE, None)).await, Err(StoreError::Conflict(_))),
+        "one workspace-wide Page per workspace"
+    );
+    assert!(
+        matches!(store.save_page(&page("201", &acme.id, Some(&two.id))).await, Err(StoreError::Conflict(_))),
+        "one Page per site"
+    );
+    assert!(
+        matches!(store.save_page(&page("400", &acme.id, Some(&one.id))).await, Err(StoreError::NotFound)),
+        "a Page cannot serve another workspace's site"
+    );
+    let rotated = PageRow { token_ciphertext: b"new".to_vec(), token_nonce: vec![2; 12], ..own.clone() };
+    store.save_page(&rotated).await.expect("same page id: replaced");
+    assert_eq!(store.page("200").await.expect("by id"), Some(rotated));
+    assert_eq!(store.pages().await.expect("all").len(), 3);
+    assert!(store.delete_page("100").await.expect("delete"));
+    assert!(!store.delete_page("100").await.expect("gone"));
+    assert_eq!(store.page_for_site(&one.id).await.expect("one"), None);
+}
+
+/// A database at the migration before workspaces, holding a site, an agent, a conversation and a file, migrated to
+/// the latest schema: everything lands in the default workspace and the agent sees the conversation.
+async fn an_existing_database_upgrades_into_the_default_workspace(engine: Engine) {
+    const BEFORE: i64 = 20261201002000;
+    const ROWS: &[&str] = &[
+        "insert into sites (id, key, name, allowed_origins, greeting, created_at, updated_at)
+         values ('s1', 'shop', 'Shop', '[]', '', 1, 1)",
+        "insert into agents (id, email, name, password_hash, created_at, updated_at)
+         values ('a1', 'ada@example.com', 'Ada', 'h', 1, 1)",
+        "insert into contacts (id, site_id, label, created_at, updated_at) values ('k1', 's1', 'Visitor 1', 1, 1)",
+        "insert into conversations (id, site_id, contact_id, last_activity_at, created_at, updated_at)
+         values ('c1', 's1', 'k1', 1, 1, 1)",
+        "insert into attachments (id, conversation_id, content_type, bytes, created_at)
+         values ('f1', 'c1', 'image/png', 'x', 1)",
+    ];
+    let db = engine.database().await;
+    match engine {
+        Engine::Sqlite => {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url)).await.expect("open");
+            let mut migrator = sqlx::migrate!("./migrations/sqlite");
+            migrator.migrations = migrator.migrations.iter().filter(|m| m.version < BEFORE).cloned().collect();
+            migrator.run(&mut conn).await.expect("older migrations");
+            for sql in ROWS {
+                sqlx::query(sql).execute(&mut conn).await.expect("old rows");
+            }
+            conn.close().await.expect("close");
+        }
+        Engine::Postgres => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+            let mut migrator = sqlx::migrate!("./migrations/postgres");
+            migrator.migrations = migrator.migrations.iter().filter(|m| m.version < BEFORE).cloned().collect();
+            migrator.run(&mut conn).await.expect("older migrations");
+            for sql in ROWS {
+                let sql = sql.replace("'x'", "'\\x78'::bytea");
+                sqlx::query(&sql).execute(&mut conn).await.expect("old rows");
+            }
+            conn.close().await.expect("close");
+        }
+    }
+    let store = db.open(&Clock::adjustable()).await;
+    let workspaces = store.workspaces().await.expect("workspaces");
+    assert_eq!(workspaces.len(), 1, "{workspaces:?}");
+    assert_eq!((workspaces[0].id.as_str(), workspaces[0].key.as_str()), (DEFAULT_WORKSPACE, "default"));
+    assert_eq!(store.site_by_key("shop").await.expect("site").expect("kept").workspace_id, DEFAULT_WORKSPACE);
+    let ada = store.agent_by_email("ada@example.com").await.expect("agent").expect("kept");
+    assert_eq!(ada.workspace_id, DEFAULT_WORKSPACE);
+    let inbox: Vec<String> =
+        store.workspace_summaries(&ada.workspace_id).await.expect("inbox").into_iter().map(|s| s.id).collect();
+    assert_eq!(inbox, vec!["c1"]);
+    assert_eq!(store.conversation_workspace("c1").await.expect("c1").as_deref(), Some(DEFAULT_WORKSPACE));
+    assert_eq!(store.attachment_workspace("f1").await.expect("f1").as_deref(), Some(DEFAULT_WORKSPACE));
+    let site = store.create_site("new", "New", &[], "").await.expect("a new site after the upgrade");
+    assert_eq!(site.workspace_id, DEFAULT_WORKSPACE);
+    store.close().await;
 }

@@ -43,16 +43,22 @@ impl AttachmentStore for PgStore {
             .await?)
     }
 
-    async fn queue_attachment(&self, name: Option<&str>, source_url: &str) -> StoreResult<String> {
+    async fn queue_attachment(
+        &self,
+        workspace_id: Option<&str>,
+        name: Option<&str>,
+        source_url: &str,
+    ) -> StoreResult<String> {
         let id = crate::auth::new_token();
         sqlx::query(
-            "insert into attachments (id, content_type, name, bytes, created_at, status, source_url)
-             values ($1, 'application/octet-stream', $2, ''::bytea, $3, 'pending', $4)",
+            "insert into attachments (id, content_type, name, bytes, created_at, status, source_url, workspace_id)
+             values ($1, 'application/octet-stream', $2, ''::bytea, $3, 'pending', $4, $5)",
         )
         .bind(&id)
         .bind(name)
         .bind(self.now())
         .bind(source_url)
+        .bind(workspace_id)
         .execute(&self.pool)
         .await?;
         Ok(id)

@@ -306,6 +306,15 @@ impl ConversationStore for PgStore {
             .await?)
     }
 
+    async fn workspace_summaries(&self, workspace_id: &str) -> StoreResult<Vec<SummaryRow>> {
+        Ok(sqlx::query_as::<_, SummaryRow>(&format!(
+            "{SUMMARY_SELECT} where s.workspace_id = $1 order by c.last_activity_at desc limit 500"
+        ))
+        .bind(workspace_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn summary(&self, conversation_id: &str) -> StoreResult<Option<SummaryRow>> {
         Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} where c.id = $1"))
             .bind(conversation_id)

@@ -4,15 +4,21 @@ use async_trait::async_trait;
 
 use super::{SqliteStore, on_unique};
 use crate::store::models::Agent;
-use crate::store::{AgentStore, StoreResult, new_id};
+use crate::store::{AgentStore, StoreError, StoreResult, new_id};
 
 #[async_trait]
 impl AgentStore for SqliteStore {
-    async fn create_agent(&self, email: &str, name: &str, password_hash: &str) -> StoreResult<Agent> {
+    async fn create_agent_in(
+        &self,
+        workspace_id: &str,
+        email: &str,
+        name: &str,
+        password_hash: &str,
+    ) -> StoreResult<Agent> {
         let now = self.now();
         sqlx::query_as::<_, Agent>(
-            "insert into agents (id, email, name, password_hash, created_at, updated_at)
-             values (?, ?, ?, ?, ?, ?) returning id, email, name, password_hash",
+            "insert into agents (id, email, name, password_hash, created_at, updated_at, workspace_id)
+             select ?, ?, ?, ?, ?, ?, id from workspaces where id = ? returning id, email, name, password_hash, workspace_id",
         )
         .bind(new_id())
         .bind(email)
@@ -20,9 +26,11 @@ impl AgentStore for SqliteStore {
         .bind(password_hash)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
+        .bind(workspace_id)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(|e| on_unique(e, "an agent with this email"))
+        .map_err(|e| on_unique(e, "an agent with this email"))?
+        .ok_or(StoreError::NotFound)
     }
 
     async fn set_agent_password(&self, email: &str, password_hash: &str) -> StoreResult<bool> {
@@ -42,10 +50,12 @@ impl AgentStore for SqliteStore {
     }
 
     async fn agent_by_email(&self, email: &str) -> StoreResult<Option<Agent>> {
-        Ok(sqlx::query_as::<_, Agent>("select id, email, name, password_hash from agents where email = ?")
-            .bind(email)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_as::<_, Agent>(
+            "select id, email, name, password_hash, workspace_id from agents where email = ?",
+        )
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn create_session(&self, token_hash: &[u8], agent_id: &str, expires_at: i64) -> StoreResult<()> {
@@ -61,7 +71,7 @@ impl AgentStore for SqliteStore {
 
     async fn agent_for_session(&self, token_hash: &[u8]) -> StoreResult<Option<Agent>> {
         Ok(sqlx::query_as::<_, Agent>(
-            "select a.id, a.email, a.name, a.password_hash from agent_sessions s join agents a on a.id = s.agent_id
+            "select a.id, a.email, a.name, a.password_hash, a.workspace_id from agent_sessions s join agents a on a.id = s.agent_id
              where s.token_hash = ? and s.expires_at > ?",
         )
         .bind(token_hash)

@@ -43,16 +43,22 @@ impl AttachmentStore for SqliteStore {
             .await?)
     }
 
-    async fn queue_attachment(&self, name: Option<&str>, source_url: &str) -> StoreResult<String> {
+    async fn queue_attachment(
+        &self,
+        workspace_id: Option<&str>,
+        name: Option<&str>,
+        source_url: &str,
+    ) -> StoreResult<String> {
         let id = crate::auth::new_token();
         sqlx::query(
-            "insert into attachments (id, content_type, name, bytes, created_at, status, source_url)
-             values (?, 'application/octet-stream', ?, x'', ?, 'pending', ?)",
+            "insert into attachments (id, content_type, name, bytes, created_at, status, source_url, workspace_id)
+             values (?, 'application/octet-stream', ?, x'', ?, 'pending', ?, ?)",
         )
         .bind(&id)
         .bind(name)
         .bind(self.now())
         .bind(source_url)
+        .bind(workspace_id)
         .execute(&self.pool)
         .await?;
         Ok(id)

@@ -304,6 +304,15 @@ impl ConversationStore for SqliteStore {
             .await?)
     }
 
+    async fn workspace_summaries(&self, workspace_id: &str) -> StoreResult<Vec<SummaryRow>> {
+        Ok(sqlx::query_as::<_, SummaryRow>(&format!(
+            "{SUMMARY_SELECT} where s.workspace_id = ? order by c.last_activity_at desc limit 500"
+        ))
+        .bind(workspace_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn summary(&self, conversation_id: &str) -> StoreResult<Option<SummaryRow>> {
         Ok(sqlx::query_as::<_, SummaryRow>(&format!("{SUMMARY_SELECT} where c.id = ?"))
             .bind(conversation_id)

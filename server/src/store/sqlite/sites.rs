@@ -8,13 +8,20 @@ use crate::store::{SiteStore, StoreError, StoreResult, new_id};
 
 #[async_trait]
 impl SiteStore for SqliteStore {
-    async fn create_site(&self, key: &str, name: &str, origins: &[String], greeting: &str) -> StoreResult<Site> {
+    async fn create_site_in(
+        &self,
+        workspace_id: &str,
+        key: &str,
+        name: &str,
+        origins: &[String],
+        greeting: &str,
+    ) -> StoreResult<Site> {
         let now = self.now();
         let origins_json = serde_json::to_string(origins).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query_as::<_, Site>(
-            "insert into sites (id, key, name, allowed_origins, greeting, created_at, updated_at)
-             values (?, ?, ?, ?, ?, ?, ?)
-             returning id, key, name, allowed_origins, greeting, created_at",
+            "insert into sites (id, key, name, allowed_origins, greeting, created_at, updated_at, workspace_id)
+             select ?, ?, ?, ?, ?, ?, ?, id from workspaces where id = ?
+             returning id, key, name, allowed_origins, greeting, created_at, workspace_id",
         )
         .bind(new_id())
         .bind(key)
@@ -23,14 +30,16 @@ impl SiteStore for SqliteStore {
         .bind(greeting)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
+        .bind(workspace_id)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(|e| on_unique(e, "a site with this key"))
+        .map_err(|e| on_unique(e, "a site with this key"))?
+        .ok_or(StoreError::NotFound)
     }
 
     async fn site_by_key(&self, key: &str) -> StoreResult<Option<Site>> {
         Ok(sqlx::query_as::<_, Site>(
-            "select id, key, name, allowed_origins, greeting, created_at from sites where key = ?",
+            "select id, key, name, allowed_origins, greeting, created_at, workspace_id from sites where key = ?",
         )
         .bind(key)
         .fetch_optional(&self.pool)
@@ -39,7 +48,7 @@ impl SiteStore for SqliteStore {
 
     async fn sites(&self) -> StoreResult<Vec<Site>> {
         Ok(sqlx::query_as::<_, Site>(
-            "select id, key, name, allowed_origins, greeting, created_at from sites order by created_at",
+            "select id, key, name, allowed_origins, greeting, created_at, workspace_id from sites order by created_at",
         )
         .fetch_all(&self.pool)
         .await?)
