@@ -210,6 +210,13 @@ impl Nodes {
         }
     }
 
+    /// Sends whatever is queued now (the sender does this by itself; for a final flush).
+    pub async fn send_queued(&self) {
+        if let Some(bus) = &self.inner.bus {
+            self.flush(&**bus).await;
+        }
+    }
+
     /// The sender: drains the queue whenever something is announced, until the stop signal (the final flush is
     /// [`Nodes::stop`]'s).
     pub async fn run_sender(self, ctx: WorkerContext) -> anyhow::Result<()> {
@@ -342,13 +349,19 @@ impl Nodes {
         }
     }
 
-    /// A clean stop, once sockets and workers are done: the last nudges go out and this node's rows are removed.
-    pub async fn stop(&self) {
+    /// A clean stop, once sockets and workers are done: this node's rows are removed, agents everywhere are told
+    /// that its visitors went offline (whether or not each socket's own goodbye got out before the sender stopped),
+    /// and the last nudges go out.
+    pub async fn stop(&self, conversations: &Conversations) {
         let Some(bus) = self.inner.bus.clone() else { return };
-        self.flush(&*bus).await;
-        if let Err(e) = bus.leave(&self.inner.node_id).await {
-            tracing::warn!(error = ?e, "cannot remove this node's rows; its lease runs out by itself");
+        match bus.leave(&self.inner.node_id).await {
+            Ok(contacts) => {
+                let contacts: HashSet<String> = contacts.into_iter().collect();
+                conversations.contacts_went_offline(contacts).await;
+            }
+            Err(e) => tracing::warn!(error = ?e, "cannot remove this node's rows; its lease runs out by itself"),
         }
+        self.flush(&*bus).await;
     }
 }
 

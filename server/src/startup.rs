@@ -180,7 +180,7 @@ impl Application {
                 worker.abort();
             }
         }
-        state.conversations.nodes().stop().await;
+        state.conversations.nodes().stop(&state.conversations).await;
         state.store.close().await;
         Ok(())
     }

@@ -272,7 +272,7 @@ async fn messages(store: &Store, writers: usize, one: bool, nudge: bool, seconds
     let _ = stop_tx.send(true);
     if let (Some(nodes), Some(sender)) = (&nodes, sender) {
         sender.await??;
-        nodes.stop().await;
+        nodes.send_queued().await;
     }
     if let Some((got, task)) = counted {
         let drained = Instant::now();

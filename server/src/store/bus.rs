@@ -120,8 +120,9 @@ pub trait Bus: std::fmt::Debug + Send + Sync {
     /// row is returned to one of them.
     async fn reap_dead_nodes(&self, node_id: &str, now: i64) -> StoreResult<Vec<String>>;
 
-    /// Removes this node's rows (a clean stop: its visitors are no longer online here).
-    async fn leave(&self, node_id: &str) -> StoreResult<()>;
+    /// Removes this node's rows (a clean stop: its visitors are no longer online here) and returns the contacts
+    /// that had a visitor socket here, so the caller can tell agents.
+    async fn leave(&self, node_id: &str) -> StoreResult<Vec<String>>;
 }
 
 #[cfg(test)]

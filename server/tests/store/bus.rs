@@ -87,6 +87,6 @@ async fn presence_counts_live_other_nodes_only_and_a_dead_node_is_reaped_exactly
         .expect("read");
     left.sort();
     assert_eq!(left, ["c2"]);
-    bus.leave("n2").await.expect("leave");
+    assert_eq!(bus.leave("n2").await.expect("leave"), ["c2".to_string()], "leaving names who was here");
     assert!(bus.online_elsewhere("n9", &["c2".into()], later).await.expect("read").is_empty());
 }

@@ -164,11 +164,14 @@ impl Bus for PgBus {
         .await?)
     }
 
-    async fn leave(&self, node_id: &str) -> StoreResult<()> {
+    async fn leave(&self, node_id: &str) -> StoreResult<Vec<String>> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("delete from node_presence where node_id = $1").bind(node_id).execute(&mut *tx).await?;
+        let contacts = sqlx::query_scalar("delete from node_presence where node_id = $1 returning contact_id")
+            .bind(node_id)
+            .fetch_all(&mut *tx)
+            .await?;
         sqlx::query("delete from nodes where id = $1").bind(node_id).execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(contacts)
     }
 }
