@@ -120,6 +120,7 @@ async fn connection(stream: TcpStream, state: Shared) -> anyhow::Result<()> {
                     last_seq: last,
                     agent_read_seq: 0,
                     reset: false,
+                    sid: String::new(),
                 };
                 tx.send(text(&welcome)?).await?;
             }
