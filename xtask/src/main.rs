@@ -90,7 +90,7 @@ fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
         tools::ensure_chromium()?;
         tools::npm_ci(&root.join("bench/widget"))?;
     }
-    tools::cargo(&["build", "--release", "-p", "server", "--bin", "parley", "-p", "bench"])?;
+    tools::cargo(&["build", "--release", "-p", "server", "--bin", "parley", "-p", "bench", "--bin", "parley-bench"])?;
     tools::npm_ci(&root.join("bench/node"))?;
     let release = build::target_dir(root).join("release");
     let out = build::target_dir(root).join("bench/results.md");
