@@ -519,6 +519,13 @@ async fn widget(report: &mut Report, bins: &Binaries, plan: &Plan, site: &Path, 
             let base = if vs_bare && variant != "bare" { o.spread("bare", key).map(|b| b.median) } else { None };
             rows.push(row(name, figure, s.median, unit).vs(base, "bare page").note(spread_note(&s, unit)));
         }
+        if let Some(s) = o.spread(variant, "page_errors").filter(|s| s.max > 0.0) {
+            let first = o.first_text(variant, "first_page_error").unwrap_or_default();
+            rows.push(
+                row(name, "uncaught exceptions in the page and its frames", s.median, "")
+                    .note(format!("{}; the first: {first}", spread_note(&s, ""))),
+            );
+        }
         if variant != "bare" && !o.all(variant, "frame_in_process") {
             rows.push(row(name, "⚠ its frame ran in another renderer: throttling and metrics missed it", 0.0, ""));
         }

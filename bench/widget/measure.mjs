@@ -175,6 +175,8 @@ async function run(browser, variant, hostOrigin) {
   };
   context.on('requestfinished', (req) => void finish(req, false));
   context.on('requestfailed', (req) => void finish(req, true));
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e.message)));
   let welcomeAt = null;
   let sockets = 0;
   page.on('websocket', (ws) => {
@@ -275,6 +277,9 @@ async function run(browser, variant, hostOrigin) {
     out.api_404s = requests.filter((e) => e.status === 404).length;
   }
   await settle(cdp, inflight, 200, 5000);
+  // Uncaught exceptions in the page or its frames (Rocket.Chat's bundle stops at one: see RESULTS.md).
+  out.page_errors = errors.length;
+  if (errors.length) out.first_page_error = errors[0].slice(0, 160);
   if (args.screenshots) await page.screenshot({ path: path.join(args.screenshots, `${variant}.png`) });
   const files = {};
   for (const e of requests) {

@@ -47,6 +47,14 @@ impl WidgetOutcome {
         spread(values)
     }
 
+    /// The first run's text for `figure`, if any run has one.
+    pub fn first_text(&self, variant: &str, figure: &str) -> Option<String> {
+        self.runs
+            .get(variant)?
+            .iter()
+            .find_map(|r| r.get(figure).and_then(serde_json::Value::as_str).map(str::to_owned))
+    }
+
     /// Whether every run of `variant` has `figure` true.
     pub fn all(&self, variant: &str, figure: &str) -> bool {
         self.runs.get(variant).is_some_and(|runs| {
