@@ -16,9 +16,9 @@ pub const WIDGET_BROTLI_TARGET: usize = 100 * 1024;
 pub const WIDGET_BROTLI_BUDGET: usize = 100 * 1024;
 /// The agent console's Wasm (brotli bytes): the target.
 pub const CONSOLE_BROTLI_TARGET: usize = 250 * 1024;
-/// Enforced ceiling for the console's Wasm until the target is reached (a ratchet, as for the widget): 278,405 B
+/// Enforced ceiling for the console's Wasm until the target is reached (a ratchet, as for the widget): 277,077 B
 /// on 2026-12-01.
-pub const CONSOLE_BROTLI_BUDGET: usize = 273 * 1024;
+pub const CONSOLE_BROTLI_BUDGET: usize = 272 * 1024;
 
 /// Files that make up each download.
 #[derive(Default)]
