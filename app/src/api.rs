@@ -9,6 +9,7 @@ use leptos::server_fn::codec::JsonEncoding;
 use leptos::server_fn::error::{FromServerFnError, ServerFnErrorErr};
 use protocol::Event;
 use protocol::console::{AgentInfo, ConversationSummary};
+use protocol::decode;
 use serde::{Deserialize, Serialize};
 
 /// Why a console request failed; `Display` is the sentence shown to the agent.
@@ -57,8 +58,9 @@ impl FromServerFnError for ConsoleError {
     }
 }
 
-/// The signed-in agent and the inbox, for the server-rendered console.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The signed-in agent and the inbox, for the server-rendered console. Its `Deserialize` (run in the browser, on
+/// hydration and on the server function's answer) reads by hand, as the console's frames are read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct InboxSnapshot {
     pub agent: AgentInfo,
     pub conversations: Vec<ConversationSummary>,
@@ -66,11 +68,42 @@ pub struct InboxSnapshot {
     pub now: i64,
 }
 
-/// One conversation and its whole log, for the server-rendered conversation view.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One conversation and its whole log, for the server-rendered conversation view (`Deserialize` by hand, as for
+/// [`InboxSnapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConversationSnapshot {
     pub summary: ConversationSummary,
     pub events: Vec<Event>,
+}
+
+/// Reads a snapshot through a [`serde_json::Value`] with the readers of [`protocol::decode`]: serde's derive for
+/// the events and summaries inside, instantiated once per input type, was the largest part of the console's Wasm.
+fn by_hand<'de, D: serde::Deserializer<'de>, T>(d: D, read: fn(&decode::Obj) -> Option<T>) -> Result<T, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    value.as_object().and_then(read).ok_or_else(|| serde::de::Error::custom("malformed snapshot"))
+}
+
+impl<'de> Deserialize<'de> for InboxSnapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        by_hand(d, |o| {
+            Some(Self {
+                agent: decode::agent_info(o.get("agent")?)?,
+                conversations: decode::list(o, "conversations", decode::conversation_summary)??,
+                now: o.get("now")?.as_i64()?,
+            })
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ConversationSnapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        by_hand(d, |o| {
+            Some(Self {
+                summary: decode::conversation_summary(o.get("summary")?)?,
+                events: decode::list(o, "events", decode::event)??,
+            })
+        })
+    }
 }
 
 /// Checks the credentials; on success sets the session cookie and redirects to the inbox.
@@ -267,6 +300,66 @@ mod ssr {
     pub fn no_store() {
         if let Some(res) = use_context::<ResponseOptions>() {
             res.insert_header(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::console::VisitorDetails;
+    use protocol::{Author, Channel, ChatMessage, ConversationStatus, EventKind};
+
+    use super::*;
+
+    fn summary() -> ConversationSummary {
+        ConversationSummary {
+            id: "c-1".into(),
+            site_key: "demo".into(),
+            site_name: "Demo".into(),
+            visitor_name: "Visitor 1".into(),
+            status: ConversationStatus::Resolved,
+            last_message: Some("hi".into()),
+            last_activity_at: 5,
+            unread: 2,
+            last_seq: 3,
+            visitor_read_seq: 1,
+            visitor: VisitorDetails { language: Some("fr".into()), online: true, ..VisitorDetails::default() },
+            messenger: None,
+        }
+    }
+
+    #[test]
+    fn snapshots_read_back_what_the_server_wrote_and_refuse_what_is_malformed() {
+        let inbox = InboxSnapshot {
+            agent: AgentInfo { id: "a".into(), name: "Alice".into(), email: "alice@example.com".into() },
+            conversations: vec![summary()],
+            now: 1_700_000_000_000,
+        };
+        let text = serde_json::to_string(&Ok::<_, ConsoleError>(inbox.clone())).expect("serializes");
+        assert_eq!(serde_json::from_str::<Result<InboxSnapshot, ConsoleError>>(&text).ok(), Some(Ok(inbox)));
+        let message = ChatMessage {
+            id: "m".into(),
+            client_id: "k".into(),
+            author: Author::Agent { name: "Alice".into() },
+            body: "<b>hi</b>".into(),
+            sent_at: 4,
+            channel: Channel::Web,
+            attachments: Vec::new(),
+        };
+        let conversation = ConversationSnapshot {
+            summary: summary(),
+            events: vec![Event { seq: 1, at: 4, kind: EventKind::Message { message } }],
+        };
+        let bytes = serde_json::to_vec(&conversation).expect("serializes");
+        assert_eq!(serde_json::from_slice::<ConversationSnapshot>(&bytes).ok(), Some(conversation));
+        let err = serde_json::to_string(&Err::<InboxSnapshot, _>(ConsoleError::SignedOut)).expect("serializes");
+        assert_eq!(
+            serde_json::from_str::<Result<InboxSnapshot, ConsoleError>>(&err).ok(),
+            Some(Err(ConsoleError::SignedOut))
+        );
+        for bad in [r#"{"agent":{"id":"a"},"conversations":[],"now":1}"#, r#"{"summary":{},"events":[]}"#, "[]"] {
+            assert!(serde_json::from_str::<InboxSnapshot>(bad).is_err(), "{bad}");
+            assert!(serde_json::from_str::<ConversationSnapshot>(bad).is_err(), "{bad}");
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use leptos::either::EitherOf3;
 use leptos::prelude::*;
+use leptos::server_fn::ServerFn;
 use leptos_router::components::{Outlet, ParentRoute, Redirect, Route, Router, Routes};
 use leptos_router::hooks::use_location;
 use leptos_router::path;
@@ -104,6 +105,13 @@ fn ConsoleLayout() -> impl IntoView {
 fn SignedIn() -> impl IntoView {
     let live = crate::live::use_live();
     let logout = ServerAction::<Logout>::new();
+    // `ActionForm`'s submit, without its generic form-data decoding (see the login page).
+    let on_logout = move |ev: leptos::ev::SubmitEvent| {
+        if !ev.default_prevented() {
+            ev.prevent_default();
+            logout.dispatch(Logout {});
+        }
+    };
     let agent_name = move || live.state.with(|s| s.agent.as_ref().map(|a| a.name.clone()).unwrap_or_default());
     let location = use_location();
     let in_conversation = move || location.pathname.with(|p| p.starts_with("/console/conversations/"));
@@ -119,11 +127,11 @@ fn SignedIn() -> impl IntoView {
                 </a>
                 <div class="topbar__agent">
                     <span class="agent-name">{agent_name}</span>
-                    <ActionForm action=logout>
+                    <form action=Logout::url() method="post" on:submit=on_logout>
                         <button type="submit" class="btn btn--quiet">
                             "Sign out"
                         </button>
-                    </ActionForm>
+                    </form>
                 </div>
             </header>
             <ConnectionBanner />

@@ -457,8 +457,9 @@ mod socket {
             l.last_rx = js_sys::Date::now();
             l.live
         };
-        // Frames this console does not understand are skipped, not fatal.
-        let Ok(msg) = serde_json::from_str::<ServerMsg>(text) else {
+        // Frames this console does not understand are skipped, not fatal. Read by hand, not with serde's derive
+        // (see `protocol::decode`: the derive was the largest part of the console's Wasm).
+        let Some(msg) = protocol::decode::console_server_msg(text) else {
             return;
         };
         if matches!(msg, ServerMsg::Inbox { .. }) {

@@ -2,8 +2,10 @@
 //! release server and installs the Node peer first).
 //!
 //! - `run [SCENARIO…] [--quick]`: the scenarios (`chat` b, `delivery` c, `idle` a, `storm` d; default all, in that
-//!   order, then `webhook` e; `pg`, which needs PostgreSQL's server programs, only when named), each against Parley and its baselines, every target a fresh process pinned to core 0 while the
-//!   generator pins itself to core 1; prints Markdown and writes it to `--out`.
+//!   order, then `webhook` e and `widget`; `pg`, which needs PostgreSQL's server programs, only when named), each
+//!   against Parley and its baselines, every target a fresh process pinned to core 0 while the generator pins itself
+//!   to core 1; prints Markdown and writes it to `--out`. `widget` needs `--site` (the built widget) and
+//!   `--widget-dir` (`bench/widget`, its npm packages installed).
 //! - `relay --addr ADDR`: the bare tokio-tungstenite relay baseline (started by `run`).
 //! - `sqlite --per-commit N --seconds S`: the raw SQLite baseline, one line of JSON (started by `run`, pinned).
 
@@ -15,7 +17,7 @@ mod sqlite;
 mod sys;
 mod target;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -49,6 +51,12 @@ enum Cmd {
         /// Folder holding the Node peer (`server.js`, installed `node_modules`).
         #[arg(long)]
         node_dir: PathBuf,
+        /// The built site (`target/site` of `cargo xtask build`), for the `widget` scenario.
+        #[arg(long)]
+        site: Option<PathBuf>,
+        /// Folder holding the widget measurement (`measure.mjs`, installed `node_modules`), for `widget`.
+        #[arg(long)]
+        widget_dir: Option<PathBuf>,
         /// Where to write the Markdown results.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -128,6 +136,7 @@ struct Plan {
     storms: Vec<usize>,
     sqlite_seconds: f64,
     webhook_clients: usize,
+    widget_runs: usize,
 }
 
 impl Plan {
@@ -146,6 +155,7 @@ impl Plan {
                 storms: vec![1000],
                 sqlite_seconds: 3.0,
                 webhook_clients: 16,
+                widget_runs: 3,
             }
         } else {
             Self {
@@ -159,6 +169,7 @@ impl Plan {
                 storms: vec![5000.min(cap), 15_000.min(cap)],
                 sqlite_seconds: 10.0,
                 webhook_clients: 64,
+                widget_runs: 7,
             }
         }
     }
@@ -175,7 +186,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::json!({"messages": outcome.messages, "seconds": outcome.elapsed.as_secs_f64()}));
             Ok(())
         }
-        Cmd::Run { scenarios, quick, parley, node_dir, out, note, command } => {
+        Cmd::Run { scenarios, quick, parley, node_dir, site, widget_dir, out, note, command } => {
             let pinned = sys::cores() >= 2;
             // Targets run in their own temporary folders.
             let parley = std::fs::canonicalize(&parley).with_context(|| format!("no {}", parley.display()))?;
@@ -187,7 +198,7 @@ fn main() -> anyhow::Result<()> {
             let nofile = sys::raise_nofile(1 << 20);
             let plan = Plan::new(quick, nofile);
             let wanted: Vec<String> = if scenarios.is_empty() {
-                ["chat", "delivery", "idle", "storm", "webhook"].map(String::from).to_vec()
+                ["chat", "delivery", "idle", "storm", "webhook", "widget"].map(String::from).to_vec()
             } else {
                 scenarios
             };
@@ -203,7 +214,14 @@ fn main() -> anyhow::Result<()> {
                         "storm" | "d" => storm(&mut report, &bins, &plan).await?,
                         "webhook" | "e" => webhook(&mut report, &bins, &plan).await?,
                         "pg" => pg(&mut report, &plan).await?,
-                        other => anyhow::bail!("unknown scenario {other} (chat, delivery, idle, storm, webhook)"),
+                        "widget" => {
+                            let site = site.as_deref().context("the widget scenario needs --site")?;
+                            let dir = widget_dir.as_deref().context("the widget scenario needs --widget-dir")?;
+                            widget(&mut report, &bins, &plan, site, dir).await?
+                        }
+                        other => {
+                            anyhow::bail!("unknown scenario {other} (chat, delivery, idle, storm, webhook, widget, pg)")
+                        }
                     }
                 }
                 anyhow::Ok(())
@@ -455,5 +473,110 @@ async fn webhook(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::R
     ];
     latency_rows(&mut rows, name, "ack", percentiles(&o.latency), None, "");
     report.section("e. Signed webhook intake", rows);
+    Ok(())
+}
+
+/// Bytes in a row's value: shown exactly.
+const BYTES: &str = "bytes";
+
+fn spread_note(s: &scenarios::widget::Spread, unit: &str) -> String {
+    format!("median of {} runs; min {:.0}, max {:.0} {unit}", s.n, s.min, s.max)
+}
+
+/// Scenario `widget`: the host page bare, with Parley's loader (then a click on its launcher) and with
+/// `@rocket.chat/livechat`, in Chromium with 4× CPU throttling.
+async fn widget(report: &mut Report, bins: &Binaries, plan: &Plan, site: &Path, dir: &Path) -> anyhow::Result<()> {
+    use scenarios::widget::{self as w, WidgetOutcome, totals};
+    let host_port = target::free_local_port()?;
+    let page_origin = format!("http://localhost:{host_port}");
+    let parley = target::start_for_widget(bins, site, &page_origin).await?;
+    let chat_origin = format!("http://{}", parley.endpoint.addr);
+    let o: WidgetOutcome = w::run(dir, &chat_origin, host_port, plan.widget_runs, sys::cores())?;
+    drop(parley);
+    let rc = format!("Rocket.Chat livechat {}", o.livechat_version);
+    let mut rows = Vec::new();
+
+    // Weight: what each variant fetched (the last run's files), compressed alike.
+    let weight = |rows: &mut Vec<Row>, name: &str, what: &str, files: &[w::File], base: Option<(u64, u64, u64)>| {
+        let (raw, gz, br) = totals(files);
+        let list = files
+            .iter()
+            .map(|f| {
+                let short = f.url.rsplit('/').next().unwrap_or(&f.url);
+                let short = short.split('?').next().unwrap_or(short);
+                format!("{short} {} B{}", f.brotli, if f.status == 200 { "" } else { " (not 200)" })
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let note = format!("{} files, brotli each: {list}", files.len());
+        rows.push(row(name, &format!("{what}, raw"), raw as f64, BYTES).vs(base.map(|b| b.0 as f64), "Parley"));
+        rows.push(row(name, &format!("{what}, gzip -9"), gz as f64, BYTES).vs(base.map(|b| b.1 as f64), "Parley"));
+        rows.push(
+            row(name, &format!("{what}, brotli -q11"), br as f64, BYTES)
+                .vs(base.map(|b| b.2 as f64), "Parley")
+                .note(note),
+        );
+    };
+    let parley_load = o.files("parley", "load", true);
+    let loader: Vec<w::File> = parley_load.iter().filter(|f| f.url.ends_with("/widget.js")).cloned().collect();
+    let parley_click = o.files("parley", "click", false);
+    let chat_assets: Vec<w::File> = parley_click.iter().filter(|f| f.url.contains("/assets/")).cloned().collect();
+    weight(&mut rows, "Parley", "loader (widget.js), at page load", &loader, None);
+    weight(&mut rows, "Parley", "everything the widget adds at page load", &parley_load, None);
+    weight(&mut rows, "Parley", "full chat (boot + glue + Wasm + CSS), after the click", &chat_assets, None);
+    weight(&mut rows, "Parley", "everything fetched after the click (with the frame page)", &parley_click, None);
+    let parley_total: Vec<w::File> = parley_load.iter().chain(&parley_click).cloned().collect();
+    weight(&mut rows, "Parley", "page load + click, all of it", &parley_total, None);
+    let rc_load = o.files("livechat", "load", true);
+    weight(&mut rows, &rc, "everything the widget adds at page load", &rc_load, Some(totals(&parley_load)));
+    weight(&mut rows, &rc, "vs Parley's page load + click", &rc_load, Some(totals(&parley_total)));
+
+    // Timings, main thread and requests: medians over the runs, each beside the bare page where it has one.
+    let figures: [(&str, &str, &str, bool); 17] = [
+        ("first_paint_ms", "first paint", "ms", true),
+        ("load_ms", "navigation to load event", "ms", true),
+        ("load_task_ms", "main thread at page load: TaskDuration", "ms", true),
+        ("load_script_ms", "main thread at page load: ScriptDuration", "ms", true),
+        ("requests_before_first_paint", "requests before first paint", "", true),
+        ("load_requests", "requests at page load", "", true),
+        ("launcher_visible_ms", "navigation to launcher visible", "ms", false),
+        ("click_to_input_ms", "click → chat input visible in the open panel", "ms", false),
+        ("click_to_welcome_ms", "click → first frame (welcome) received", "ms", false),
+        ("click_to_usable_ms", "click → usable (input visible and welcome received)", "ms", false),
+        ("requests_until_usable", "requests from navigation until usable (WebSocket included)", "", false),
+        ("click_requests", "requests after the click", "", false),
+        ("click_task_ms", "main thread from the click until settled: TaskDuration", "ms", false),
+        ("click_script_ms", "main thread from the click until settled: ScriptDuration", "ms", false),
+        (
+            "first_api_request_ms",
+            "navigation to its first API request (bundle run, needs a server from here)",
+            "ms",
+            false,
+        ),
+        ("frame_first_contentful_paint_ms", "navigation to its frame's first contentful paint", "ms", false),
+        ("api_404s", "API requests answered 404 (no Rocket.Chat server)", "", false),
+    ];
+    for (variant, name) in [("bare", "host page without a widget"), ("parley", "Parley"), ("livechat", rc.as_str())] {
+        for (key, figure, unit, vs_bare) in figures {
+            let Some(s) = o.spread(variant, key) else { continue };
+            let base = if vs_bare && variant != "bare" { o.spread("bare", key).map(|b| b.median) } else { None };
+            rows.push(row(name, figure, s.median, unit).vs(base, "bare page").note(spread_note(&s, unit)));
+        }
+        if let Some(s) = o.spread(variant, "page_errors").filter(|s| s.max > 0.0) {
+            let first = o.first_text(variant, "first_page_error").unwrap_or_default();
+            rows.push(
+                row(name, "uncaught exceptions in the page and its frames", s.median, "")
+                    .note(format!("{}; the first: {first}", spread_note(&s, ""))),
+            );
+        }
+        if variant != "bare" && !o.all(variant, "frame_in_process") {
+            rows.push(row(name, "⚠ its frame ran in another renderer: throttling and metrics missed it", 0.0, ""));
+        }
+    }
+    let title = format!(
+        "widget. Widget weight and cost to a page (Chromium {}, {}× CPU throttling, {} runs after a warm-up)",
+        o.chromium, o.throttle, plan.widget_runs
+    );
+    report.section(&title, rows);
     Ok(())
 }

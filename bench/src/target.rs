@@ -154,18 +154,21 @@ fn check(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
 
 /// Sets up Parley's database with its CLI (site and agent) and starts `parley serve`.
 fn start_parley(bins: &Binaries, dir: &Path, addr: SocketAddr, messenger: bool) -> anyhow::Result<Child> {
+    let env = if messenger { messenger_env(dir) } else { Vec::new() };
+    start_parley_with(bins, dir, addr, SITE_ORIGIN, env)
+}
+
+/// [`start_parley`] with the site's page origin and extra settings given.
+fn start_parley_with(
+    bins: &Binaries,
+    dir: &Path,
+    addr: SocketAddr,
+    origin: &str,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<Child> {
     check(parley_cmd(bins, dir, addr).arg("migrate"), "parley migrate")?;
     check(
-        parley_cmd(bins, dir, addr).args([
-            "site",
-            "create",
-            "--origin",
-            SITE_ORIGIN,
-            "--key",
-            SITE_KEY,
-            "--name",
-            "Bench",
-        ]),
+        parley_cmd(bins, dir, addr).args(["site", "create", "--origin", origin, "--key", SITE_KEY, "--name", "Bench"]),
         "parley site create",
     )?;
     let mut agent = parley_cmd(bins, dir, addr)
@@ -179,7 +182,6 @@ fn start_parley(bins: &Binaries, dir: &Path, addr: SocketAddr, messenger: bool) 
         writeln!(stdin, "{AGENT_PASSWORD}")?;
     }
     anyhow::ensure!(agent.wait()?.success(), "parley agent create failed");
-    let env = if messenger { messenger_env(dir) } else { Vec::new() };
     parley_cmd(bins, dir, addr)
         .arg("serve")
         .envs(env)
@@ -187,6 +189,21 @@ fn start_parley(bins: &Binaries, dir: &Path, addr: SocketAddr, messenger: bool) 
         .stderr(Stdio::inherit())
         .spawn()
         .context("parley serve")
+}
+
+/// Waits until a started target accepts connections (60 s at most).
+async fn wait_listening(target: &mut Target, label: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = target.child.try_wait() {
+            anyhow::bail!("{label} exited at start: {status}");
+        }
+        if tokio::net::TcpStream::connect(target.endpoint.addr).await.is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{label} did not start listening within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Starts a target and waits until it accepts connections.
@@ -211,19 +228,26 @@ pub async fn start(kind: Kind, bins: &Binaries) -> anyhow::Result<Target> {
         }
     };
     let mut target = Target { endpoint: Endpoint { addr, wire, agent_cookie: None }, child, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = target.child.try_wait() {
-            anyhow::bail!("{} exited at start: {status}", kind.label());
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{} did not start listening within 60 s", kind.label());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_listening(&mut target, kind.label()).await?;
     if matches!(kind, Kind::Parley | Kind::ParleyMessenger) {
         target.endpoint.agent_cookie = Some(crate::client::agent_cookie(addr).await?);
     }
     Ok(target)
+}
+
+/// Parley serving the built widget (`site`, as `cargo xtask build` lays it out) to a host page on `page_origin`
+/// (scenario `widget`); the same settings as every other Parley target.
+pub async fn start_for_widget(bins: &Binaries, site: &Path, page_origin: &str) -> anyhow::Result<Target> {
+    let dir = tempfile::tempdir()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let env = vec![("PARLEY_ASSETS__DIR".to_string(), site.display().to_string())];
+    let child = start_parley_with(bins, dir.path(), addr, page_origin, env)?;
+    let mut target = Target { endpoint: Endpoint { addr, wire: Wire::Plain, agent_cookie: None }, child, _dir: dir };
+    wait_listening(&mut target, Kind::Parley.label()).await?;
+    Ok(target)
+}
+
+/// A free port on 127.0.0.1 (for a server another process starts).
+pub fn free_local_port() -> anyhow::Result<u16> {
+    free_port()
 }

@@ -4,9 +4,11 @@
 //! Compatibility promise: widgets stay cached on customers' pages, so a frame an older peer understands must keep
 //! parsing. New fields get `#[serde(default)]`; every `ServerMsg` has an `Unknown` catch-all variant; renaming or
 //! removing a field or a `type` tag is a breaking change and needs a new [`PROTOCOL_VERSION`].
-//! This crate depends on serde only, so it builds for `wasm32-unknown-unknown` without pulling anything heavy in.
+//! This crate depends on serde and serde_json only, so it builds for `wasm32-unknown-unknown` without pulling anything
+//! heavy in; [`decode`] reads the server's frames in the browsers without serde's derive.
 
 pub mod console;
+pub mod decode;
 pub mod event;
 pub mod widget;
 

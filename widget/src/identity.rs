@@ -22,6 +22,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use js_sys::{Array, Function, Promise, Reflect};
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
@@ -59,7 +60,7 @@ pub async fn jar_sid(site_key: &str, pending: Option<Promise>) -> Option<Option<
     if let Some(call) = pending {
         let _ = with_timeout(call.into()).await;
     }
-    let answer = post_session_call(site_key, serde_json::json!({ "check": true })).await?;
+    let answer = post_session_call(site_key, &SessionCall::Check { check: true }).await?;
     Some(Reflect::get(&answer, &JsValue::from_str("sid")).ok().and_then(|s| s.as_string()))
 }
 
@@ -121,11 +122,21 @@ async fn post_session(site_key: String, stored: Option<String>, storage_access: 
 }
 
 async fn post_session_inner(site_key: &str, stored: Option<String>, storage_access: bool) -> Option<JsValue> {
-    post_session_call(site_key, serde_json::json!({ "token": stored, "storage_access": storage_access })).await
+    post_session_call(site_key, &SessionCall::Establish { token: stored.as_deref(), storage_access }).await
 }
 
-async fn post_session_call(site_key: &str, body: serde_json::Value) -> Option<JsValue> {
-    let body = body.to_string();
+/// The body of `POST /api/visitor/session`: a look at the cookie jar, or a session to set up. Serialized with
+/// serde's derive, as the socket's frames are (a `serde_json::Value` here would add its own serializer and
+/// `Display` to the download).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SessionCall<'a> {
+    Check { check: bool },
+    Establish { token: Option<&'a str>, storage_access: bool },
+}
+
+async fn post_session_call(site_key: &str, body: &SessionCall<'_>) -> Option<JsValue> {
+    let body = serde_json::to_string(body).ok()?;
     let init = web_sys::RequestInit::new();
     init.set_method("POST");
     init.set_body(&JsValue::from_str(&body));

@@ -1,26 +1,18 @@
 //! Decoding the JSON the widget reads — the server's frames ([`ServerMsg`]), the boot config ([`BootConfig`]) and the
-//! persisted outbox ([`OutboxItem`]) — without serde's derived `Deserialize`.
-//!
-//! Why: the derive for internally tagged enums (`#[serde(tag = "type")]`, `#[serde(flatten)]`) buffers every
-//! frame into serde's `Content` and instantiates a deserializer per variant, per field type and per error path;
-//! in the widget's Wasm that was the largest single part of the download. Here a frame is parsed once into a
-//! [`serde_json::Value`] and read by hand: the same JSON, the same result. The rules mirror the derive exactly: an
-//! unknown `type`, `kind`, `code` or delivery state becomes `Unknown`; fields marked `#[serde(default)]` may be
-//! missing (and an `Option` may be `null`); a missing required field or a value of the wrong JSON type rejects
-//! the whole frame; extra fields are ignored. The host tests compare every result with serde's derive.
+//! persisted outbox ([`OutboxItem`]) — without serde's derived `Deserialize`, by the rules and with the readers of
+//! [`protocol::decode`] (which also decodes the events inside the frames, for the console too). The host tests
+//! compare every result with serde's derive.
 //!
 //! Pure functions only (no DOM), so everything here is unit-tested on the host.
 
-use protocol::widget::ServerMsg;
-use protocol::{
-    Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, ErrorCode, Event, EventKind, Party,
+use protocol::decode::{
+    Obj, bool_or_false, error_code, event, list, opt_string, string, string_or_empty, tag, u64_or_zero, u64_req,
 };
-use serde_json::{Map, Value};
+use protocol::widget::ServerMsg;
+use serde_json::Value;
 
 use crate::boot::BootConfig;
 use crate::state::OutboxItem;
-
-type Obj = Map<String, Value>;
 
 /// The `#parley-boot` JSON; `None` when it is not an object with the required fields of the right types.
 pub fn decode_boot_config(text: &str) -> Option<BootConfig> {
@@ -86,140 +78,6 @@ fn server_msg(o: &Obj) -> Option<ServerMsg> {
         },
         _ => ServerMsg::Unknown,
     })
-}
-
-fn event(v: &Value) -> Option<Event> {
-    let o = v.as_object()?;
-    let kind = match tag(o, "kind")? {
-        "message" => EventKind::Message { message: chat_message(o.get("message")?)? },
-        "read" => EventKind::Read {
-            by: match o.get("by")?.as_str()? {
-                "visitor" => Party::Visitor,
-                "agent" => Party::Agent,
-                _ => return None,
-            },
-            up_to_seq: u64_req(o, "up_to_seq")?,
-        },
-        "status" => EventKind::Status {
-            status: ConversationStatus::parse(o.get("status")?.as_str()?)?,
-            by: opt_string(o, "by")?,
-        },
-        "delivery" => EventKind::Delivery {
-            message_id: string(o, "message_id")?,
-            channel: channel(o.get("channel")?)?,
-            state: delivery_state(o.get("state")?.as_str()?),
-            detail: opt_string(o, "detail")?,
-        },
-        "channel" => EventKind::Channel {
-            channel: channel(o.get("channel")?)?,
-            linked: o.get("linked")?.as_bool()?,
-            name: opt_string(o, "name")?,
-        },
-        _ => EventKind::Unknown,
-    };
-    Some(Event { seq: u64_req(o, "seq")?, at: o.get("at")?.as_i64()?, kind })
-}
-
-fn chat_message(v: &Value) -> Option<ChatMessage> {
-    let o = v.as_object()?;
-    let author = o.get("author")?.as_object()?;
-    Some(ChatMessage {
-        id: string(o, "id")?,
-        client_id: string(o, "client_id")?,
-        author: match tag(author, "role")? {
-            "visitor" => Author::Visitor,
-            "agent" => Author::Agent { name: string(author, "name")? },
-            "system" => Author::System,
-            _ => return None,
-        },
-        body: string(o, "body")?,
-        sent_at: o.get("sent_at")?.as_i64()?,
-        channel: o.get("channel").map_or(Some(Channel::Web), channel)?,
-        attachments: list(o, "attachments", attachment)?.unwrap_or_default(),
-    })
-}
-
-fn attachment(v: &Value) -> Option<Attachment> {
-    let o = v.as_object()?;
-    Some(Attachment { url: string(o, "url")?, kind: string(o, "kind")?, name: opt_string(o, "name")? })
-}
-
-fn channel(v: &Value) -> Option<Channel> {
-    match v.as_str()? {
-        "web" => Some(Channel::Web),
-        "messenger" => Some(Channel::Messenger),
-        _ => None,
-    }
-}
-
-fn delivery_state(s: &str) -> DeliveryState {
-    match s {
-        "pending" => DeliveryState::Pending,
-        "sent" => DeliveryState::Sent,
-        "delivered" => DeliveryState::Delivered,
-        "read" => DeliveryState::Read,
-        "failed" => DeliveryState::Failed,
-        "not_sent" => DeliveryState::NotSent,
-        _ => DeliveryState::Unknown,
-    }
-}
-
-fn error_code(s: &str) -> ErrorCode {
-    match s {
-        "bad_frame" => ErrorCode::BadFrame,
-        "invalid_input" => ErrorCode::InvalidInput,
-        "unauthorized" => ErrorCode::Unauthorized,
-        "not_found" => ErrorCode::NotFound,
-        "rate_limited" => ErrorCode::RateLimited,
-        "internal" => ErrorCode::Internal,
-        "identity_refused" => ErrorCode::IdentityRefused,
-        "identity_required" => ErrorCode::IdentityRequired,
-        _ => ErrorCode::Unknown,
-    }
-}
-
-/// The string tag of an internally tagged enum (required).
-fn tag<'a>(o: &'a Obj, key: &str) -> Option<&'a str> {
-    o.get(key)?.as_str()
-}
-
-fn string(o: &Obj, key: &str) -> Option<String> {
-    o.get(key)?.as_str().map(str::to_owned)
-}
-
-fn u64_req(o: &Obj, key: &str) -> Option<u64> {
-    o.get(key)?.as_u64()
-}
-
-/// An `Option<String>` with `#[serde(default)]`: missing or `null` is `None`, another type rejects the frame.
-/// (The outer `Option` is the verdict, the inner one the value.)
-fn opt_string(o: &Obj, key: &str) -> Option<Option<String>> {
-    match o.get(key) {
-        None | Some(Value::Null) => Some(None),
-        Some(v) => v.as_str().map(|s| Some(s.to_owned())),
-    }
-}
-
-/// A `u64` with `#[serde(default)]`: missing is 0 (`null` is a wrong type, as for serde).
-fn u64_or_zero(o: &Obj, key: &str) -> Option<u64> {
-    o.get(key).map_or(Some(0), Value::as_u64)
-}
-
-/// A `String` with `#[serde(default)]`: missing is empty (`null` is a wrong type, as for serde).
-fn string_or_empty(o: &Obj, key: &str) -> Option<String> {
-    o.get(key).map_or(Some(String::new()), |v| v.as_str().map(str::to_owned))
-}
-
-fn bool_or_false(o: &Obj, key: &str) -> Option<bool> {
-    o.get(key).map_or(Some(false), Value::as_bool)
-}
-
-/// A JSON array read item by item; `Some(None)` when the key is missing, `None` when anything is malformed.
-fn list<T>(o: &Obj, key: &str, item: fn(&Value) -> Option<T>) -> Option<Option<Vec<T>>> {
-    match o.get(key) {
-        None => Some(None),
-        Some(v) => v.as_array()?.iter().map(item).collect::<Option<Vec<T>>>().map(Some),
-    }
 }
 
 #[cfg(test)]

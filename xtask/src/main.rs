@@ -15,6 +15,8 @@
 //! - `bench [SCENARIO…] [--quick] [--note TEXT]`: the release server and `parley-bench`, the Node peer's packages
 //!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`. Scenario
 //!   `pg` (only when named) starts a durable private PostgreSQL cluster, installing Debian's package when missing.
+//!   The `widget` scenario (in the default set) first runs the release `build` (the site it measures), `npm ci` in
+//!   `bench/widget` (playwright-core and `@rocket.chat/livechat`) and installs Chromium when missing.
 //!
 //! Everything it needs it installs itself: the wasm32 target (rustup), the npm tools (`npm ci`), Chromium, nginx
 //! and systemd's `systemd-analyze`, and the sqlite3 shell the browser tests count rows with (apt).
@@ -40,7 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm|webhook|pg]… [--quick]>"
+    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm|webhook|widget|pg]… [--quick]>"
 }
 
 fn run() -> anyhow::Result<()> {
@@ -77,9 +79,21 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
     manifest_dir.parent().map(Path::to_path_buf).context("xtask has no parent folder")
 }
 
+/// The scenario names among `bench`'s arguments: neither flags nor `--note`'s text (none means all).
+fn bench_scenarios(args: &[String]) -> Vec<&str> {
+    let after_note = |i: usize| i > 0 && args[i - 1] == "--note";
+    args.iter().enumerate().filter(|&(i, a)| !a.starts_with("--") && !after_note(i)).map(|(_, a)| a.as_str()).collect()
+}
+
 /// Builds the release server and the harness, installs the Node peer, runs `parley-bench run` with `args`.
 fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
-    tools::cargo(&["build", "--release", "-p", "server", "--bin", "parley", "-p", "bench"])?;
+    let names = bench_scenarios(args);
+    if names.is_empty() || names.contains(&"widget") {
+        build::all(root, build::ServerProfile::Release)?;
+        tools::ensure_chromium()?;
+        tools::npm_ci(&root.join("bench/widget"))?;
+    }
+    tools::cargo(&["build", "--release", "-p", "server", "--bin", "parley", "-p", "bench", "--bin", "parley-bench"])?;
     tools::npm_ci(&root.join("bench/node"))?;
     if args.iter().any(|a| a == "pg") {
         // Scenario pg starts a private PostgreSQL cluster of its own.
@@ -98,6 +112,10 @@ fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
             .arg(release.join("parley"))
             .arg("--node-dir")
             .arg(root.join("bench/node"))
+            .arg("--site")
+            .arg(build::target_dir(root).join("site"))
+            .arg("--widget-dir")
+            .arg(root.join("bench/widget"))
             .arg("--out")
             .arg(&out)
             .arg("--command")

@@ -10,13 +10,15 @@ use anyhow::Context;
 pub const LOADER_BROTLI_BUDGET: usize = 3 * 1024;
 /// The whole chat a visitor downloads on intent (brotli bytes): the target.
 pub const WIDGET_BROTLI_TARGET: usize = 100 * 1024;
-/// What the suite enforces for the widget until the target is reached: the size reached so far plus a little
-/// room, so any growth fails the suite (a ratchet: lower it when the widget shrinks, never raise it silently).
-pub const WIDGET_BROTLI_BUDGET: usize = 111 * 1024;
+/// What the suite enforces for the widget: the size reached so far plus a little room, so any growth fails the
+/// suite (a ratchet: lower it when the widget shrinks, never raise it silently). 101,736 B on 2026-12-01, so the
+/// budget is now the target itself.
+pub const WIDGET_BROTLI_BUDGET: usize = 100 * 1024;
 /// The agent console's Wasm (brotli bytes): the target.
 pub const CONSOLE_BROTLI_TARGET: usize = 250 * 1024;
-/// Enforced ceiling for the console's Wasm until the target is reached (a ratchet, as for the widget).
-pub const CONSOLE_BROTLI_BUDGET: usize = 310 * 1024;
+/// Enforced ceiling for the console's Wasm until the target is reached (a ratchet, as for the widget): 277,077 B
+/// on 2026-12-01.
+pub const CONSOLE_BROTLI_BUDGET: usize = 272 * 1024;
 
 /// Files that make up each download.
 #[derive(Default)]

@@ -1,4 +1,4 @@
-//! The scenarios (`chat` b, `delivery` c, `idle` a, `storm` d, `webhook` e) and what they share: connecting many visitors
+//! The scenarios (`chat` b, `delivery` c, `idle` a, `storm` d, `webhook` e, `widget`) and what they share: connecting many visitors
 //! without flooding the listen queue, HDR histograms in microseconds, and the CPU and memory measured over a run.
 
 pub mod chat;
@@ -7,6 +7,7 @@ pub mod idle;
 pub mod pg;
 pub mod storm;
 pub mod webhook;
+pub mod widget;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
