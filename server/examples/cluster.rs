@@ -106,10 +106,10 @@ fn keep_logs(cluster: &Cluster, to: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(cluster.dir())? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "log") {
-            if let Some(name) = path.file_name() {
-                std::fs::copy(&path, to.join(name))?;
-            }
+        if path.extension().is_some_and(|e| e == "log")
+            && let Some(name) = path.file_name()
+        {
+            std::fs::copy(&path, to.join(name))?;
         }
     }
     std::fs::write(to.join("nginx-error.log"), cluster.nginx_log())?;

@@ -191,6 +191,10 @@ impl Nodes {
                 self.inner.meters.bus_received(None);
                 self.inner.hub.publish(HubMsg::Typing { conversation_id, contact_id, from_visitor, typing, name });
             }
+            Nudge::Resync => {
+                self.inner.meters.bus_received(None);
+                self.inner.hub.publish(HubMsg::Resync);
+            }
         }
     }
 
@@ -322,9 +326,16 @@ impl Nodes {
             }
             ctx.health.add("heartbeats", 1);
             match bus.reap_dead_nodes(&self.inner.node_id, self.inner.clock.now_ms()).await {
-                Ok(contacts) if !contacts.is_empty() => {
-                    let contacts: HashSet<String> = contacts.into_iter().collect();
-                    tracing::info!(visitors = contacts.len(), "a node's lease ran out; its visitors are offline");
+                Ok(reaped) if reaped.nodes > 0 => {
+                    let contacts: HashSet<String> = reaped.contacts.into_iter().collect();
+                    tracing::info!(
+                        nodes = reaped.nodes,
+                        visitors = contacts.len(),
+                        "a node's lease ran out; its visitors are offline and every node re-reads its logs"
+                    );
+                    // What the dead node committed but never announced is in the logs: every node catches up.
+                    self.announce(Nudge::Resync);
+                    self.inner.hub.publish(HubMsg::Resync);
                     conversations.contacts_went_offline(contacts).await;
                 }
                 Ok(_) => {}

@@ -211,7 +211,13 @@ impl Conversations {
             mirror,
         };
         match self.store.append_message(input.contact_id, input.site_id, msg).await? {
-            AppendOutcome::Duplicate { conversation_id, message, seq } => Ok(Posted { conversation_id, message, seq }),
+            AppendOutcome::Duplicate { conversation_id, message, seq } => {
+                // The original may have been committed by a node that died before announcing it (the client sends
+                // again because it never got the ack): announce it again, here and to the other nodes. Sockets
+                // that have it already lose nothing (a nudge at or below their last seq reads nothing).
+                self.announce_again(&conversation_id, input.contact_id, seq).await;
+                Ok(Posted { conversation_id, message, seq })
+            }
             AppendOutcome::Created { conversation_id, message, seq, events } => {
                 self.meters.message_posted(channel, author_kind, received.elapsed());
                 self.fan_out(&conversation_id, input.contact_id, events).await?;
@@ -384,6 +390,24 @@ impl Conversations {
     }
 
     /// Publishes committed events, then the conversation's fresh inbox row.
+    /// Announces a conversation's log up to `seq` once more (see the duplicate case of [`Self::post`]).
+    async fn announce_again(&self, conversation_id: &str, contact_id: &str, seq: u64) {
+        self.nodes.announce(Nudge::Event {
+            conversation_id: conversation_id.to_string(),
+            contact_id: contact_id.to_string(),
+            seq,
+            at: self.clock.now_ms(),
+        });
+        self.hub.publish(HubMsg::Behind {
+            conversation_id: conversation_id.to_string(),
+            contact_id: contact_id.to_string(),
+            seq,
+        });
+        if let Err(e) = self.publish_summary(conversation_id).await {
+            tracing::warn!(error = ?e, "could not publish the inbox row of a repeated message");
+        }
+    }
+
     async fn fan_out(&self, conversation_id: &str, contact_id: &str, events: Vec<Event>) -> Result<(), ServiceError> {
         for event in events {
             let committed_at = event.at;

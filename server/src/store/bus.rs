@@ -22,10 +22,22 @@ use super::StoreResult;
 /// Longest typing name carried in a nudge (PostgreSQL refuses payloads over 8000 bytes).
 const MAX_NAME_CHARS: usize = 200;
 
+/// What [`Bus::reap_dead_nodes`] took away.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Nodes whose lease had run out.
+    pub nodes: u64,
+    /// Contacts that had a visitor socket on one of them.
+    pub contacts: Vec<String>,
+}
+
 /// What changed, as far as another node needs to know.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum Nudge {
+    /// A node died (its lease ran out): whatever it committed but never announced is in the logs, so every node
+    /// catches up by seq.
+    Resync,
     /// The conversation's log holds events up to `seq` (committed at `at`, epoch ms).
     Event {
         #[serde(rename = "c")]
@@ -115,10 +127,11 @@ pub trait Bus: std::fmt::Debug + Send + Sync {
     /// Which of `contacts` have a visitor socket on a live node other than `node_id` (leases checked at `now`).
     async fn online_elsewhere(&self, node_id: &str, contacts: &[String], now: i64) -> StoreResult<Vec<String>>;
 
-    /// Forgets nodes whose lease ran out before `now` (this one excepted) and returns the contacts that had a
-    /// visitor socket there, once: the caller tells agents they went offline. Several nodes may reap at once; each
-    /// row is returned to one of them.
-    async fn reap_dead_nodes(&self, node_id: &str, now: i64) -> StoreResult<Vec<String>>;
+    /// Forgets nodes whose lease ran out before `now` (this one excepted) and returns how many, and the contacts
+    /// that had a visitor socket there, once: the caller tells agents they went offline, and every node re-reads
+    /// its logs (a node that died between a commit and its nudge left the others an event short). Several nodes
+    /// may reap at once; each row is returned to one of them.
+    async fn reap_dead_nodes(&self, node_id: &str, now: i64) -> StoreResult<Reaped>;
 
     /// Removes this node's rows (a clean stop: its visitors are no longer online here) and returns the contacts
     /// that had a visitor socket here, so the caller can tell agents.

@@ -2,7 +2,9 @@
 //! cluster (testpg). Visitors on one node and agents on the other chat live, typing crosses, two nodes posting into
 //! one conversation at once keep the seqs gap-free, a node whose bus listener was killed catches up from the log
 //! with nothing lost or doubled, and "visitor online" follows the visitor's node — cleared on a clean stop and, for
-//! a node that died without a word, once its lease runs out.
+//! a node that died without a word, once its lease runs out. What a node committed but never announced (it died
+//! first) reaches the others when the client sends it again, or at the latest when the dead node's lease runs out;
+//! and the inbox an agent gets again after a bus reconnect is its own workspace's.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -367,4 +369,113 @@ async fn a_dead_nodes_visitors_show_offline_everywhere_once_its_lease_runs_out()
     let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
     let rows: i64 = sqlx::query_scalar("select count(*) from node_presence").fetch_one(&mut conn).await.expect("rows");
     assert_eq!(rows, 0, "the dead node's presence rows are gone");
+}
+
+#[tokio::test]
+async fn the_inbox_an_agent_gets_again_after_a_bus_reconnect_holds_only_its_own_workspace() {
+    let url = shared_database().await;
+    let a = node(&url, 15_000).await;
+    let b = node(&url, 15_000).await;
+    a.second_workspace().await;
+    let (mut visitor1, _) = a.visitor(None, 0).await;
+    send_acked(&mut visitor1, "m1", "hello one").await;
+    let (mut visitor2, _) = a.visitor_on(crate::helpers::OTHER_SITE, None).await;
+    send_acked(&mut visitor2, "m2", "hello two").await;
+
+    let (mut agent, first) = b.agent().await;
+    let sites = |conversations: &[ConversationSummary]| -> Vec<String> {
+        conversations.iter().map(|c| c.site_key.clone()).collect()
+    };
+    match first {
+        AgentFrame::Inbox { conversations, .. } => assert_eq!(sites(&conversations), vec![SITE_KEY.to_string()]),
+        other => panic!("expected the inbox, got {other:?}"),
+    }
+
+    // B's listener is killed; when it subscribes again every agent socket on B gets its inbox afresh.
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let killed: Vec<bool> =
+        sqlx::query_scalar("select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1")
+            .bind(format!("parley-bus {}", node_id(&b)))
+            .fetch_all(&mut admin)
+            .await
+            .expect("terminate");
+    assert_eq!(killed, vec![true], "B's listener was found and killed");
+    let again = agent
+        .recv_until(|m: AgentFrame| match m {
+            AgentFrame::Inbox { conversations, .. } => Some(conversations),
+            _ => None,
+        })
+        .await;
+    assert_eq!(sites(&again), vec![SITE_KEY.to_string()], "the other workspace's conversation is not in it");
+    assert_eq!(reconnects(&b), 1);
+}
+
+/// Commits a visitor message with no node behind it: what a node that died between its commit and its nudge leaves.
+async fn commit_unannounced(url: &str, conversation_id: &str, client_id: &str) -> u64 {
+    let outside = Store::connect(url, 1).await.expect("store opens");
+    let conversation = outside.conversation(conversation_id).await.expect("read").expect("conversation");
+    let outcome = outside
+        .append_message(
+            &conversation.contact_id,
+            &conversation.site_id,
+            parley::store::NewMessage {
+                client_id: client_id.to_string(),
+                body: "committed, never announced".to_string(),
+                author: protocol::Author::Visitor,
+                agent_id: None,
+                channel: protocol::Channel::Web,
+                external_id: None,
+                attachments: Vec::new(),
+                messenger_action_at: None,
+                mirror: None,
+            },
+        )
+        .await
+        .expect("committed");
+    outside.close().await;
+    match outcome {
+        parley::store::AppendOutcome::Created { seq, .. } => seq,
+        other => panic!("expected a new message, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_message_its_node_committed_but_never_announced_reaches_the_other_nodes_when_the_client_sends_it_again() {
+    let url = shared_database().await;
+    let a = node(&url, 15_000).await;
+    let b = node(&url, 15_000).await;
+    let (mut agent, _inbox) = b.agent().await;
+    let (mut visitor, _welcome) = a.visitor(None, 0).await;
+    send_acked(&mut visitor, "first", "first").await;
+    let summary = conversation_of(&b, &mut agent).await;
+    open(&mut agent, &summary.id).await;
+
+    // The node that committed "lost" died before its nudge; the visitor never got the ack and sends it again here.
+    let seq = commit_unannounced(&url, &summary.id, "lost").await;
+    send_acked(&mut visitor, "lost", "committed, never announced").await;
+    let at_agent = messages_until(&mut agent, &ids(&["lost"]), agent_event).await;
+    assert_eq!(at_agent, vec![(seq, "lost".to_string())], "the agent on B gets it once, at its seq");
+    send_acked(&mut visitor, "next", "next").await;
+    let after = messages_until(&mut agent, &ids(&["next"]), agent_event).await;
+    assert_eq!(after, vec![(seq + 1, "next".to_string())], "nothing twice");
+}
+
+#[tokio::test]
+async fn when_a_dead_nodes_lease_runs_out_every_node_catches_up_on_what_it_never_announced() {
+    let url = shared_database().await;
+    let doomed = DoomedNode::start(&url, 500).await;
+    let b = node(&url, 500).await;
+    let (mut agent, _inbox) = b.agent().await;
+    let (mut visitor, _welcome) = doomed.app.visitor(None, 0).await;
+    send_acked(&mut visitor, "first", "first").await;
+    let summary = conversation_of(&b, &mut agent).await;
+    open(&mut agent, &summary.id).await;
+
+    // A commit the doomed node never announced (it acked, then died before its nudge went out).
+    let seq = commit_unannounced(&url, &summary.id, "unannounced").await;
+    drop(visitor);
+    doomed.crash();
+    // Once B reaps the dead node, its sockets read their logs again: the agent gets the message, once.
+    let at_agent = messages_until(&mut agent, &ids(&["unannounced"]), agent_event).await;
+    assert_eq!(only(at_agent, &["unannounced"]), vec![(seq, "unannounced".to_string())]);
 }

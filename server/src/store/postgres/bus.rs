@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use crate::store::StoreError;
 use crate::store::StoreResult;
-use crate::store::bus::{Bus, BusListener};
+use crate::store::bus::{Bus, BusListener, Reaped};
 
 /// The one channel every node listens on.
 pub const CHANNEL: &str = "parley_bus";
@@ -152,16 +152,18 @@ impl Bus for PgBus {
         .await?)
     }
 
-    async fn reap_dead_nodes(&self, node_id: &str, now: i64) -> StoreResult<Vec<String>> {
+    async fn reap_dead_nodes(&self, node_id: &str, now: i64) -> StoreResult<Reaped> {
         // Deleting the node row first serializes reapers: a second one waits on the row, then finds it gone.
-        Ok(sqlx::query_scalar(
-            "with dead as (delete from nodes where alive_until < $1 and id <> $2 returning id)
-             delete from node_presence p using dead where p.node_id = dead.id returning p.contact_id",
+        let (nodes, contacts): (i64, Vec<String>) = sqlx::query_as(
+            "with dead as (delete from nodes where alive_until < $1 and id <> $2 returning id),
+                  gone as (delete from node_presence p using dead where p.node_id = dead.id returning p.contact_id)
+             select (select count(*) from dead), coalesce((select array_agg(contact_id) from gone), '{}')",
         )
         .bind(now)
         .bind(node_id)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Reaped { nodes: u64::try_from(nodes).unwrap_or(0), contacts })
     }
 
     async fn leave(&self, node_id: &str) -> StoreResult<Vec<String>> {
