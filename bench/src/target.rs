@@ -134,11 +134,8 @@ fn pinned(bins: &Binaries, program: &Path) -> Command {
     }
 }
 
-fn parley_cmd(bins: &Binaries, dir: &Path, addr: SocketAddr) -> Command {
-    parley_cmd_on(bins, dir, addr, &format!("sqlite://{}", dir.join("parley.db").display()))
-}
-
-/// [`parley_cmd`] on the database at `database` (a PostgreSQL URL for several nodes).
+/// `parley` with the benchmark's settings on the database at `database` (SQLite in `dir`, or a PostgreSQL URL
+/// several nodes share).
 fn parley_cmd_on(bins: &Binaries, dir: &Path, addr: SocketAddr, database: &str) -> Command {
     let mut cmd = pinned(bins, &bins.parley);
     cmd.current_dir(dir)
