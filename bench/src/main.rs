@@ -2,7 +2,8 @@
 //! release server and installs the Node peer first).
 //!
 //! - `run [SCENARIO…] [--quick]`: the scenarios (`chat` b, `delivery` c, `idle` a, `storm` d; default all, in that
-//!   order, then `webhook` e and `widget`; `pg`, which needs PostgreSQL's server programs, only when named), each
+//!   order, then `webhook` e and `widget`; `pg` and `nodes` g, which need PostgreSQL's server programs, only when
+//!   named), each
 //!   against Parley and its baselines, every target a fresh process pinned to core 0 while the generator pins itself
 //!   to core 1; prints Markdown and writes it to `--out`. `widget` needs `--site` (the built widget) and
 //!   `--widget-dir` (`bench/widget`, its npm packages installed).
@@ -124,6 +125,34 @@ async fn pg(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Offered rate of the delivery half of scenario `nodes`, msg/s.
+const NODES_DELIVERY_RATE: f64 = 250.0;
+
+/// Scenario `nodes` (g, see `scenarios::nodes`): 1, 2 and 3 nodes on PostgreSQL beside one on SQLite.
+async fn nodes(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Result<()> {
+    let loads = scenarios::nodes::Loads {
+        seconds: plan.seconds,
+        chat_visitors: plan.chat_visitors,
+        in_flight: plan.in_flight,
+        delivery_visitors: plan.delivery_visitors,
+        // Below what one PostgreSQL persists here at saturation (about 800 msg/s on the shared 2-core machine):
+        // at scenario c's 1,000 msg/s the queue would grow and the latency would measure the backlog.
+        delivery_rate: NODES_DELIVERY_RATE,
+        counts: vec![1, 2, 3],
+    };
+    let o = scenarios::nodes::run(bins, &loads).await?;
+    let placement = match bins.server_core {
+        Some(core) => format!(
+            "every node pinned to core {core} together (two cores cannot hold three nodes apart), the generator on \
+             the other core, PostgreSQL unpinned"
+        ),
+        None => "nothing pinned (one core)".to_string(),
+    };
+    let title = format!("g. Several nodes on one PostgreSQL beside one on SQLite ({placement})");
+    report.table(&title, scenarios::nodes::table(&o, &loads));
+    Ok(())
+}
+
 /// Loads and lengths of one run.
 struct Plan {
     seconds: Duration,
@@ -214,13 +243,16 @@ fn main() -> anyhow::Result<()> {
                         "storm" | "d" => storm(&mut report, &bins, &plan).await?,
                         "webhook" | "e" => webhook(&mut report, &bins, &plan).await?,
                         "pg" => pg(&mut report, &plan).await?,
+                        "nodes" | "g" => nodes(&mut report, &bins, &plan).await?,
                         "widget" => {
                             let site = site.as_deref().context("the widget scenario needs --site")?;
                             let dir = widget_dir.as_deref().context("the widget scenario needs --widget-dir")?;
                             widget(&mut report, &bins, &plan, site, dir).await?
                         }
                         other => {
-                            anyhow::bail!("unknown scenario {other} (chat, delivery, idle, storm, webhook, widget, pg)")
+                            anyhow::bail!(
+                                "unknown scenario {other} (chat, delivery, idle, storm, webhook, widget, pg, nodes)"
+                            )
                         }
                     }
                 }

@@ -24,6 +24,8 @@ pub struct Row {
 #[derive(Default)]
 pub struct Report {
     pub sections: Vec<(String, Vec<Row>)>,
+    /// Sections with a table of their own (title, Markdown), printed after the others.
+    pub tables: Vec<(String, String)>,
 }
 
 fn fmt_value(v: f64, unit: &str) -> String {
@@ -45,6 +47,11 @@ fn fmt_value(v: f64, unit: &str) -> String {
 impl Report {
     pub fn section(&mut self, title: &str, rows: Vec<Row>) {
         self.sections.push((title.to_string(), rows));
+    }
+
+    /// A section whose Markdown (a table of its own) is given whole.
+    pub fn table(&mut self, title: &str, markdown: String) {
+        self.tables.push((title.to_string(), markdown));
     }
 
     pub fn markdown(&self, header: &str) -> String {
@@ -80,6 +87,9 @@ impl Report {
                     r.note
                 );
             }
+        }
+        for (title, markdown) in &self.tables {
+            let _ = write!(out, "\n### {title}\n\n{markdown}");
         }
         out
     }

@@ -134,11 +134,13 @@ fn pinned(bins: &Binaries, program: &Path) -> Command {
     }
 }
 
-fn parley_cmd(bins: &Binaries, dir: &Path, addr: SocketAddr) -> Command {
+/// `parley` with the benchmark's settings on the database at `database` (SQLite in `dir`, or a PostgreSQL URL
+/// several nodes share).
+fn parley_cmd_on(bins: &Binaries, dir: &Path, addr: SocketAddr, database: &str) -> Command {
     let mut cmd = pinned(bins, &bins.parley);
     cmd.current_dir(dir)
         .env_remove("PARLEY_CONFIG")
-        .env("PARLEY_DATABASE__URL", format!("sqlite://{}", dir.join("parley.db").display()))
+        .env("PARLEY_DATABASE__URL", database)
         .env("PARLEY_HTTP__BIND", addr.to_string())
         .env("PARLEY_ASSETS__DIR", dir.join("site"))
         .env("RUST_LOG", "warn")
@@ -166,12 +168,20 @@ fn start_parley_with(
     origin: &str,
     env: Vec<(String, String)>,
 ) -> anyhow::Result<Child> {
-    check(parley_cmd(bins, dir, addr).arg("migrate"), "parley migrate")?;
+    let db = format!("sqlite://{}", dir.join("parley.db").display());
+    set_up_parley(bins, dir, addr, origin, &db)?;
+    serve_parley(bins, dir, addr, &db, env)
+}
+
+/// Migrates the database at `db` and creates the benchmark's site and agent with Parley's CLI.
+fn set_up_parley(bins: &Binaries, dir: &Path, addr: SocketAddr, origin: &str, db: &str) -> anyhow::Result<()> {
+    check(parley_cmd_on(bins, dir, addr, db).arg("migrate"), "parley migrate")?;
     check(
-        parley_cmd(bins, dir, addr).args(["site", "create", "--origin", origin, "--key", SITE_KEY, "--name", "Bench"]),
+        parley_cmd_on(bins, dir, addr, db)
+            .args(["site", "create", "--origin", origin, "--key", SITE_KEY, "--name", "Bench"]),
         "parley site create",
     )?;
-    let mut agent = parley_cmd(bins, dir, addr)
+    let mut agent = parley_cmd_on(bins, dir, addr, db)
         .args(["agent", "create", "--email", AGENT_EMAIL, "--name", "Bench", "--password-stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -182,7 +192,18 @@ fn start_parley_with(
         writeln!(stdin, "{AGENT_PASSWORD}")?;
     }
     anyhow::ensure!(agent.wait()?.success(), "parley agent create failed");
-    parley_cmd(bins, dir, addr)
+    Ok(())
+}
+
+/// Starts `parley serve` on `addr` and the database at `db`.
+fn serve_parley(
+    bins: &Binaries,
+    dir: &Path,
+    addr: SocketAddr,
+    db: &str,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<Child> {
+    parley_cmd_on(bins, dir, addr, db)
         .arg("serve")
         .envs(env)
         .stdout(Stdio::null())
@@ -250,4 +271,29 @@ pub async fn start_for_widget(bins: &Binaries, site: &Path, page_origin: &str) -
 /// A free port on 127.0.0.1 (for a server another process starts).
 pub fn free_local_port() -> anyhow::Result<u16> {
     free_port()
+}
+
+/// `count` Parley nodes sharing the PostgreSQL database at `database` (set up once with the CLI), each on its own
+/// port and folder, all on the server core; each endpoint carries the same agent session (sessions live in the
+/// database, so one sign-in holds on every node).
+pub async fn start_parley_nodes(bins: &Binaries, database: &str, count: usize) -> anyhow::Result<Vec<Target>> {
+    let mut nodes = Vec::with_capacity(count);
+    for i in 0..count {
+        let dir = tempfile::tempdir()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        if i == 0 {
+            set_up_parley(bins, dir.path(), addr, SITE_ORIGIN, database)?;
+        }
+        let child = serve_parley(bins, dir.path(), addr, database, Vec::new())?;
+        let mut target =
+            Target { endpoint: Endpoint { addr, wire: Wire::Plain, agent_cookie: None }, child, _dir: dir };
+        wait_listening(&mut target, &format!("Parley node {}", i + 1)).await?;
+        nodes.push(target);
+    }
+    let first = nodes.first().map(|n| n.endpoint.addr).context("no node to start")?;
+    let cookie = crate::client::agent_cookie(first).await?;
+    for node in &mut nodes {
+        node.endpoint.agent_cookie = Some(cookie.clone());
+    }
+    Ok(nodes)
 }

@@ -13,8 +13,9 @@
 //!   suite then runs once more against three nodes on that PostgreSQL behind nginx (`server/examples/cluster.rs`).
 //!
 //! - `bench [SCENARIO…] [--quick] [--note TEXT]`: the release server and `parley-bench`, the Node peer's packages
-//!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`. Scenario
-//!   `pg` (only when named) starts a durable private PostgreSQL cluster, installing Debian's package when missing.
+//!   (`npm ci` in `bench/node`), then the benchmark (see `bench/`): Markdown to `target/bench/results.md`. Scenarios
+//!   `pg` and `nodes` (only when named) start a durable private PostgreSQL cluster, installing Debian's package
+//!   when missing.
 //!   The `widget` scenario (in the default set) first runs the release `build` (the site it measures), `npm ci` in
 //!   `bench/widget` (playwright-core and `@rocket.chat/livechat`) and installs Chromium when missing.
 //!
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm|webhook|widget|pg]… [--quick]>"
+    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm|webhook|widget|pg|nodes]… [--quick]>"
 }
 
 fn run() -> anyhow::Result<()> {
@@ -95,8 +96,8 @@ fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
     }
     tools::cargo(&["build", "--release", "-p", "server", "--bin", "parley", "-p", "bench", "--bin", "parley-bench"])?;
     tools::npm_ci(&root.join("bench/node"))?;
-    if args.iter().any(|a| a == "pg") {
-        // Scenario pg starts a private PostgreSQL cluster of its own.
+    if args.iter().any(|a| a == "pg" || a == "nodes") {
+        // Scenarios pg and nodes start a private PostgreSQL cluster of their own.
         tools::ensure_postgres()?;
     }
     let release = build::target_dir(root).join("release");

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{self, Endpoint, Incoming};
-use crate::scenarios::{Measured, connect_visitors, histogram};
+use crate::scenarios::{Measured, connect_visitors_over, histogram};
 
 /// The parts of a server frame the generator looks at.
 #[derive(Deserialize)]
@@ -59,7 +59,20 @@ pub async fn run(
     rate: Option<f64>,
     duration: Duration,
 ) -> anyhow::Result<ChatOutcome> {
-    let sockets = connect_visitors(endpoint, visitors, 0).await?;
+    run_over(std::slice::from_ref(endpoint), &[pid], visitors, in_flight, rate, duration).await
+}
+
+/// [`run`] with the visitors spread round robin over several nodes (`endpoints`, processes `pids`).
+pub async fn run_over(
+    endpoints: &[Endpoint],
+    pids: &[u32],
+    visitors: usize,
+    in_flight: usize,
+    rate: Option<f64>,
+    duration: Duration,
+) -> anyhow::Result<ChatOutcome> {
+    let sockets = connect_visitors_over(endpoints, visitors, 0).await?;
+    let wire = endpoints.first().map_or(client::Wire::Plain, |e| e.wire);
     let acked = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tickets = Vec::new();
@@ -67,13 +80,12 @@ pub async fn run(
     for (i, (ws, _)) in sockets.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel::<Instant>();
         tickets.push(tx);
-        let wire = endpoint.wire;
         let acked = Arc::clone(&acked);
         let stop = stop_rx.clone();
         let saturate = rate.is_none();
         tasks.push(tokio::spawn(visitor(ws, wire, i, in_flight, saturate, rx, stop, acked)));
     }
-    let measured = Measured::start(pid);
+    let measured = Measured::start_many(pids);
     let start = Instant::now();
     let mut per_second = Vec::new();
     let mut last = 0;

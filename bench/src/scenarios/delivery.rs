@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::client::{self, Endpoint, Incoming, Role};
-use crate::scenarios::{Measured, connect_visitors, histogram};
+use crate::scenarios::{Measured, connect_visitors_over, histogram};
 
 pub struct DeliveryOutcome {
     pub sent: u64,
@@ -62,7 +62,21 @@ pub async fn run(
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<DeliveryOutcome> {
-    let sockets = connect_visitors(endpoint, visitors, 0).await?;
+    run_over(std::slice::from_ref(endpoint), endpoint, &[pid], visitors, rate, duration).await
+}
+
+/// [`run`] with the visitors spread round robin over `visitors_at` and the agent on `agent_at` (several nodes:
+/// processes `pids`).
+pub async fn run_over(
+    visitors_at: &[Endpoint],
+    agent_at: &Endpoint,
+    pids: &[u32],
+    visitors: usize,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<DeliveryOutcome> {
+    let endpoint = agent_at;
+    let sockets = connect_visitors_over(visitors_at, visitors, 0).await?;
     let expected = (rate * duration.as_secs_f64()) as usize + 16;
     // When message n was sent, in µs since `t0` (0: not sent yet), and whether the agent has seen it.
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..expected).map(|_| AtomicU64::new(0)).collect());
@@ -150,7 +164,7 @@ pub async fn run(
             }
         });
     }
-    let measured = Measured::start(pid);
+    let measured = Measured::start_many(pids);
     let start = Instant::now();
     let gap = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let mut n = 0;

@@ -1,9 +1,10 @@
-//! The scenarios (`chat` b, `delivery` c, `idle` a, `storm` d, `webhook` e, `widget`) and what they share: connecting many visitors
+//! The scenarios (`chat` b, `delivery` c, `idle` a, `storm` d, `webhook` e, `widget`, `pg`, `nodes` g) and what they share: connecting many visitors
 //! without flooding the listen queue, HDR histograms in microseconds, and the CPU and memory measured over a run.
 
 pub mod chat;
 pub mod delivery;
 pub mod idle;
+pub mod nodes;
 pub mod pg;
 pub mod storm;
 pub mod webhook;
@@ -46,15 +47,25 @@ pub struct Measured {
 }
 
 pub struct Meter {
-    server: CpuMeter,
+    servers: Vec<CpuMeter>,
     generator: CpuMeter,
-    pid: u32,
+    pids: Vec<u32>,
     t0: Instant,
 }
 
 impl Measured {
     pub fn start(pid: u32) -> Meter {
-        Meter { server: CpuMeter::start(pid), generator: CpuMeter::start(std::process::id()), pid, t0: Instant::now() }
+        Self::start_many(&[pid])
+    }
+
+    /// One window over several server processes (nodes): their CPU and RSS summed.
+    pub fn start_many(pids: &[u32]) -> Meter {
+        Meter {
+            servers: pids.iter().map(|&pid| CpuMeter::start(pid)).collect(),
+            generator: CpuMeter::start(std::process::id()),
+            pids: pids.to_vec(),
+            t0: Instant::now(),
+        }
     }
 
     /// Whether the generator was busy enough that it, not the server, may have been the limit.
@@ -67,9 +78,9 @@ impl Meter {
     pub fn finish(self) -> Measured {
         Measured {
             seconds: self.t0.elapsed().as_secs_f64(),
-            server_cpu: self.server.percent(),
+            server_cpu: self.servers.iter().map(CpuMeter::percent).sum(),
             generator_cpu: self.generator.percent(),
-            server_rss: sys::rss_bytes(self.pid).unwrap_or(0),
+            server_rss: self.pids.iter().map(|&pid| sys::rss_bytes(pid).unwrap_or(0)).sum(),
         }
     }
 }
@@ -81,10 +92,20 @@ pub async fn connect_visitors(
     count: usize,
     first_source: usize,
 ) -> anyhow::Result<Vec<(Ws, Welcome)>> {
+    connect_visitors_over(std::slice::from_ref(endpoint), count, first_source).await
+}
+
+/// [`connect_visitors`] spread round robin over several endpoints (nodes): visitor `i` on `endpoints[i % len]`.
+pub async fn connect_visitors_over(
+    endpoints: &[Endpoint],
+    count: usize,
+    first_source: usize,
+) -> anyhow::Result<Vec<(Ws, Welcome)>> {
+    anyhow::ensure!(!endpoints.is_empty(), "no endpoint to connect visitors to");
     let gate = Arc::new(Semaphore::new(CONNECTING));
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
-        let endpoint = endpoint.clone();
+        let endpoint = endpoints[i % endpoints.len()].clone();
         let gate = Arc::clone(&gate);
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await;
