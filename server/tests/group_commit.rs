@@ -3,6 +3,9 @@
 //! means durable, also when its COMMIT covered many callers), none is stored twice. After a restart each visitor
 //! re-sends everything it sent (as the widget does with what it holds unacked): every message ends up stored once.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::process::{Child, Command, Stdio};
@@ -71,18 +74,7 @@ impl Server {
     }
 
     async fn wait_healthy(&self, child: &mut Child) {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            assert!(child.try_wait().expect("status").is_none(), "parley exited:\n{}", self.log());
-            if let Ok(r) = http.get(format!("http://127.0.0.1:{}/healthz", self.port)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "parley never became healthy:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        process::wait_healthy(child, self.port, WAIT, || self.log()).await;
     }
 
     /// A visitor socket after its `Welcome`; returns the socket and the token to resume with.

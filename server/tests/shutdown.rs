@@ -4,6 +4,9 @@
 //! `http.shutdown_grace_secs`. SIGKILL: after the restart the send is not repeated blindly; its echo settles it.
 //! What the sandbox received is counted: 0 lost, 0 doubled.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::fs::File;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -96,18 +99,7 @@ impl Env {
     }
 
     async fn wait_healthy(&self, child: &mut Child) {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            assert!(child.try_wait().expect("status").is_none(), "parley exited:\n{}", self.log());
-            if let Ok(r) = http.get(format!("http://127.0.0.1:{}/healthz", self.port)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "parley never became healthy:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        process::wait_healthy(child, self.port, WAIT, || self.log()).await;
     }
 
     /// A visitor who wrote and asked for a Messenger link; returns the socket and the ref.
