@@ -5,15 +5,18 @@
 //! only ever travels in the HttpOnly cookie: it is never logged, returned to the page, or put in a URL.
 
 use leptos::prelude::*;
-use leptos::server_fn::codec::JsonEncoding;
+use leptos::server_fn::codec::Post;
 use leptos::server_fn::error::{FromServerFnError, ServerFnErrorErr};
 use protocol::Event;
 use protocol::console::{AgentInfo, ConversationSummary};
 use protocol::decode;
-use serde::{Deserialize, Serialize};
+use protocol::json::Value;
+use serde::Serialize;
+
+use crate::codec::{ConsoleJson, FromJson};
 
 /// Why a console request failed; `Display` is the sentence shown to the agent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum ConsoleError {
     /// Login with an unknown email or a wrong password.
     WrongCredentials,
@@ -48,7 +51,7 @@ impl std::fmt::Display for ConsoleError {
 impl std::error::Error for ConsoleError {}
 
 impl FromServerFnError for ConsoleError {
-    type Encoder = JsonEncoding;
+    type Encoder = ConsoleJson;
 
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
         match value {
@@ -58,8 +61,8 @@ impl FromServerFnError for ConsoleError {
     }
 }
 
-/// The signed-in agent and the inbox, for the server-rendered console. Its `Deserialize` (run in the browser, on
-/// hydration and on the server function's answer) reads by hand, as the console's frames are read.
+/// The signed-in agent and the inbox, for the server-rendered console. The browser reads it by hand
+/// ([`FromJson`]), as the console's frames are read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct InboxSnapshot {
     pub agent: AgentInfo,
@@ -68,7 +71,7 @@ pub struct InboxSnapshot {
     pub now: i64,
 }
 
-/// One conversation and its whole log, for the server-rendered conversation view (`Deserialize` by hand, as for
+/// One conversation and its whole log, for the server-rendered conversation view (read by hand, as
 /// [`InboxSnapshot`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConversationSnapshot {
@@ -76,38 +79,47 @@ pub struct ConversationSnapshot {
     pub events: Vec<Event>,
 }
 
-/// Reads a snapshot through a [`serde_json::Value`] with the readers of [`protocol::decode`]: serde's derive for
-/// the events and summaries inside, instantiated once per input type, was the largest part of the console's Wasm.
-fn by_hand<'de, D: serde::Deserializer<'de>, T>(d: D, read: fn(&decode::Obj) -> Option<T>) -> Result<T, D::Error> {
-    let value = serde_json::Value::deserialize(d)?;
-    value.as_object().and_then(read).ok_or_else(|| serde::de::Error::custom("malformed snapshot"))
-}
-
-impl<'de> Deserialize<'de> for InboxSnapshot {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        by_hand(d, |o| {
-            Some(Self {
-                agent: decode::agent_info(o.get("agent")?)?,
-                conversations: decode::list(o, "conversations", decode::conversation_summary)??,
-                now: o.get("now")?.as_i64()?,
-            })
+impl FromJson for InboxSnapshot {
+    fn from_json(v: &Value) -> Option<Self> {
+        let o = v.as_object()?;
+        Some(Self {
+            agent: decode::agent_info(o.get("agent")?)?,
+            conversations: decode::list(o, "conversations", decode::conversation_summary)??,
+            now: o.get("now")?.as_i64()?,
         })
     }
 }
 
-impl<'de> Deserialize<'de> for ConversationSnapshot {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        by_hand(d, |o| {
-            Some(Self {
-                summary: decode::conversation_summary(o.get("summary")?)?,
-                events: decode::list(o, "events", decode::event)??,
-            })
+impl FromJson for ConversationSnapshot {
+    fn from_json(v: &Value) -> Option<Self> {
+        let o = v.as_object()?;
+        Some(Self {
+            summary: decode::conversation_summary(o.get("summary")?)?,
+            events: decode::list(o, "events", decode::event)??,
+        })
+    }
+}
+
+/// As serde writes it: a unit variant as its name, `Refused` as `{"Refused":"…"}`.
+impl FromJson for ConsoleError {
+    fn from_json(v: &Value) -> Option<Self> {
+        if let Some(o) = v.as_object() {
+            return (o.len() == 1).then(|| o.get("Refused")?.as_str().map(|why| Self::Refused(why.to_owned())))?;
+        }
+        Some(match v.as_str()? {
+            "WrongCredentials" => Self::WrongCredentials,
+            "SignedOut" => Self::SignedOut,
+            "NotFound" => Self::NotFound,
+            "Busy" => Self::Busy,
+            "Server" => Self::Server,
+            "Unreachable" => Self::Unreachable,
+            _ => return None,
         })
     }
 }
 
 /// Checks the credentials; on success sets the session cookie and redirects to the inbox.
-#[server(endpoint = "console/login")]
+#[server(endpoint = "console/login", output = Post<ConsoleJson>)]
 pub async fn login(email: String, password: String) -> Result<(), ConsoleError> {
     ssr::answer(
         async move {
@@ -136,7 +148,7 @@ pub async fn login(email: String, password: String) -> Result<(), ConsoleError> 
 }
 
 /// Ends the session, clears the cookie and redirects to the login page.
-#[server(endpoint = "console/logout")]
+#[server(endpoint = "console/logout", output = Post<ConsoleJson>)]
 pub async fn logout() -> Result<(), ConsoleError> {
     ssr::answer(
         async move {
@@ -158,14 +170,14 @@ pub async fn logout() -> Result<(), ConsoleError> {
 }
 
 /// The signed-in agent, or `None` without a valid session.
-#[server(endpoint = "console/session")]
+#[server(endpoint = "console/session", output = Post<ConsoleJson>)]
 pub async fn current_agent() -> Result<Option<AgentInfo>, ConsoleError> {
     ssr::no_store();
     ssr::answer(ssr::agent().await)
 }
 
 /// The agent and every conversation, most recent activity first.
-#[server(endpoint = "console/inbox")]
+#[server(endpoint = "console/inbox", output = Post<ConsoleJson>)]
 pub async fn load_inbox() -> Result<InboxSnapshot, ConsoleError> {
     ssr::no_store();
     ssr::answer(
@@ -183,7 +195,7 @@ pub async fn load_inbox() -> Result<InboxSnapshot, ConsoleError> {
 }
 
 /// One conversation with its whole log.
-#[server(endpoint = "console/conversation")]
+#[server(endpoint = "console/conversation", output = Post<ConsoleJson>)]
 pub async fn load_conversation(id: String) -> Result<ConversationSnapshot, ConsoleError> {
     ssr::no_store();
     ssr::answer(
@@ -306,10 +318,13 @@ mod ssr {
 
 #[cfg(test)]
 mod tests {
+    use leptos::server::codee;
+    use leptos::server_fn::{Decodes, Encodes};
     use protocol::console::VisitorDetails;
     use protocol::{Author, Channel, ChatMessage, ConversationStatus, EventKind};
 
     use super::*;
+    use crate::codec::read;
 
     fn summary() -> ConversationSummary {
         ConversationSummary {
@@ -336,7 +351,7 @@ mod tests {
             now: 1_700_000_000_000,
         };
         let text = serde_json::to_string(&Ok::<_, ConsoleError>(inbox.clone())).expect("serializes");
-        assert_eq!(serde_json::from_str::<Result<InboxSnapshot, ConsoleError>>(&text).ok(), Some(Ok(inbox)));
+        assert_eq!(read::<Result<InboxSnapshot, ConsoleError>>(text.as_bytes()).ok(), Some(Ok(inbox)));
         let message = ChatMessage {
             id: "m".into(),
             client_id: "k".into(),
@@ -351,15 +366,54 @@ mod tests {
             events: vec![Event { seq: 1, at: 4, kind: EventKind::Message { message } }],
         };
         let bytes = serde_json::to_vec(&conversation).expect("serializes");
-        assert_eq!(serde_json::from_slice::<ConversationSnapshot>(&bytes).ok(), Some(conversation));
+        assert_eq!(read::<ConversationSnapshot>(&bytes).ok(), Some(conversation));
         let err = serde_json::to_string(&Err::<InboxSnapshot, _>(ConsoleError::SignedOut)).expect("serializes");
         assert_eq!(
-            serde_json::from_str::<Result<InboxSnapshot, ConsoleError>>(&err).ok(),
+            read::<Result<InboxSnapshot, ConsoleError>>(err.as_bytes()).ok(),
             Some(Err(ConsoleError::SignedOut))
         );
-        for bad in [r#"{"agent":{"id":"a"},"conversations":[],"now":1}"#, r#"{"summary":{},"events":[]}"#, "[]"] {
-            assert!(serde_json::from_str::<InboxSnapshot>(bad).is_err(), "{bad}");
-            assert!(serde_json::from_str::<ConversationSnapshot>(bad).is_err(), "{bad}");
+        for bad in [r#"{"agent":{"id":"a"},"conversations":[],"now":1}"#, r#"{"summary":{},"events":[]}"#, "[]", "{"] {
+            assert!(read::<InboxSnapshot>(bad.as_bytes()).is_err(), "{bad}");
+            assert!(read::<ConversationSnapshot>(bad.as_bytes()).is_err(), "{bad}");
         }
+        for bad in [r#"{"Ok":null,"Err":"Busy"}"#, r#"{}"#, r#""Ok""#, r#"{"Maybe":"Busy"}"#, r#"{"Err":"Busy""#] {
+            assert!(read::<Result<(), ConsoleError>>(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert_eq!(read::<Result<(), ConsoleError>>(br#"{"Ok":null}"#).ok(), Some(Ok(())));
+        assert!(read::<()>(b"0").is_err());
+    }
+
+    #[test]
+    fn every_answer_the_server_functions_write_reads_back_in_the_browser() {
+        let errors = [
+            ConsoleError::WrongCredentials,
+            ConsoleError::SignedOut,
+            ConsoleError::NotFound,
+            ConsoleError::Refused("Too many attempts.".into()),
+            ConsoleError::Busy,
+            ConsoleError::Server,
+            ConsoleError::Unreachable,
+        ];
+        for e in errors {
+            let bytes = <ConsoleJson as Encodes<ConsoleError>>::encode(&e).expect("serializes");
+            assert_eq!(<ConsoleJson as Decodes<ConsoleError>>::decode(bytes).ok(), Some(e));
+        }
+        for bad in [r#""Refused""#, r#"{"Refused":1}"#, r#"{"Busy":null,"Refused":"x"}"#, r#""Lost""#, "7"] {
+            assert!(read::<ConsoleError>(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let agent = AgentInfo { id: "a".into(), name: "Alice".into(), email: "alice@example.com".into() };
+        for answer in [None, Some(agent)] {
+            let bytes = <ConsoleJson as Encodes<Option<AgentInfo>>>::encode(&answer).expect("serializes");
+            assert_eq!(<ConsoleJson as Decodes<Option<AgentInfo>>>::decode(bytes).ok(), Some(answer));
+        }
+        let unit = <ConsoleJson as Encodes<()>>::encode(&()).expect("serializes");
+        assert!(<ConsoleJson as Decodes<()>>::decode(unit).is_ok());
+        // What a resource carries from the server-rendered page into hydration.
+        let text = <ConsoleJson as codee::Encoder<Result<(), ConsoleError>>>::encode(&Err(ConsoleError::NotFound))
+            .expect("serializes");
+        assert_eq!(
+            <ConsoleJson as codee::Decoder<Result<(), ConsoleError>>>::decode(&text).ok(),
+            Some(Err(ConsoleError::NotFound))
+        );
     }
 }

@@ -15,6 +15,7 @@ use leptos_router::path;
 
 use crate::ConsoleAssets;
 use crate::api::{ConsoleError, Logout, load_inbox};
+use crate::codec::ConsoleJson;
 use crate::components::connection_banner::{Alerts, ConnectionBanner};
 use crate::components::conversation_list::ConversationList;
 use crate::live::Live;
@@ -79,7 +80,7 @@ fn NotFound() -> impl IntoView {
 fn ConsoleLayout() -> impl IntoView {
     let live = Live::new();
     provide_context(live);
-    let inbox = Resource::new_blocking(|| (), |_| load_inbox());
+    let inbox = Resource::<_, ConsoleJson>::new_with_options(|| (), |_| load_inbox(), true);
     #[cfg(feature = "hydrate")]
     on_cleanup(move || live.stop());
 

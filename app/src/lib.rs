@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 #[cfg(feature = "ssr")]
 pub mod backend;
+pub mod codec;
 pub mod components;
 pub mod live;
 pub mod pages;

@@ -4,14 +4,15 @@
 //! Why: the derive for internally tagged enums (`#[serde(tag = "type")]`, `#[serde(flatten)]`) buffers every
 //! frame into serde's `Content` and instantiates a deserializer per variant, per field type, per error path and per
 //! input type (string, bytes); in the widget's and the console's Wasm that was the largest single part of the
-//! download. Here a frame is parsed once into a [`serde_json::Value`] and read by hand: the same JSON, the same
+//! download. Here a frame is parsed once into a [`json::Value`](crate::json::Value) and read by hand: the same JSON, the same
 //! result. The rules mirror the derive exactly: an unknown `type`, `kind`, `code` or delivery state becomes
 //! `Unknown`; fields marked `#[serde(default)]` may be missing (and an `Option` may be `null`); a missing required
 //! field or a value of the wrong JSON type rejects the whole frame; extra fields are ignored. One difference: serde
 //! also reads a struct written as a JSON array of its fields, which no server writes; here that is refused. The
 //! tests compare every result with serde's derive. The server keeps the derive (it never runs in a browser).
 
-use serde_json::{Map, Value};
+pub use crate::json::parse;
+use crate::json::{Map, Value};
 
 use crate::console::{self, AgentInfo, ConversationSummary, MessengerInfo, VisitorDetails};
 use crate::{
@@ -19,11 +20,11 @@ use crate::{
 };
 
 /// A JSON object.
-pub type Obj = Map<String, Value>;
+pub type Obj = Map;
 
 /// Parses one agent-console frame; `None` when it is not valid JSON or not a frame the console can read.
 pub fn console_server_msg(text: &str) -> Option<console::ServerMsg> {
-    let value: Value = serde_json::from_str(text).ok()?;
+    let value = parse(text)?;
     console_msg(value.as_object()?)
 }
 

@@ -5,11 +5,13 @@
 //! parsing. New fields get `#[serde(default)]`; every `ServerMsg` has an `Unknown` catch-all variant; renaming or
 //! removing a field or a `type` tag is a breaking change and needs a new [`PROTOCOL_VERSION`].
 //! This crate depends on serde and serde_json only, so it builds for `wasm32-unknown-unknown` without pulling anything
-//! heavy in; [`decode`] reads the server's frames in the browsers without serde's derive.
+//! heavy in; [`decode`] reads the server's frames in the browsers without serde's derive, through the small JSON
+//! reader in [`json`].
 
 pub mod console;
 pub mod decode;
 pub mod event;
+pub mod json;
 pub mod widget;
 
 pub use event::{Attachment, Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};

@@ -6,17 +6,17 @@
 //! Pure functions only (no DOM), so everything here is unit-tested on the host.
 
 use protocol::decode::{
-    Obj, bool_or_false, error_code, event, list, opt_string, string, string_or_empty, tag, u64_or_zero, u64_req,
+    Obj, bool_or_false, error_code, event, list, opt_string, parse, string, string_or_empty, tag, u64_or_zero, u64_req,
 };
+use protocol::json::Value;
 use protocol::widget::ServerMsg;
-use serde_json::Value;
 
 use crate::boot::BootConfig;
 use crate::state::OutboxItem;
 
 /// The `#parley-boot` JSON; `None` when it is not an object with the required fields of the right types.
 pub fn decode_boot_config(text: &str) -> Option<BootConfig> {
-    let value: Value = serde_json::from_str(text).ok()?;
+    let value = parse(text)?;
     let o = value.as_object()?;
     Some(BootConfig {
         site_key: string(o, "site_key")?,
@@ -30,7 +30,7 @@ pub fn decode_boot_config(text: &str) -> Option<BootConfig> {
 
 /// A persisted outbox (a JSON array); `None` when anything in it is malformed.
 pub fn decode_outbox_items(text: &str) -> Option<Vec<OutboxItem>> {
-    let value: Value = serde_json::from_str(text).ok()?;
+    let value = parse(text)?;
     let item = |v: &Value| {
         let o = v.as_object()?;
         Some(OutboxItem {
@@ -44,7 +44,7 @@ pub fn decode_outbox_items(text: &str) -> Option<Vec<OutboxItem>> {
 
 /// Parses one text frame; `None` when it is not valid JSON or not a frame this peer can read.
 pub fn decode_server_msg(text: &str) -> Option<ServerMsg> {
-    let value: Value = serde_json::from_str(text).ok()?;
+    let value = parse(text)?;
     server_msg(value.as_object()?)
 }
 

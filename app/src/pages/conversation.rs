@@ -1,14 +1,15 @@
 //! `/console/conversations/:id`: the conversation's log, the reply composer, Resolve/Reopen and the visitor panel.
 //!
-//! The log is server-rendered from `load_conversation` (a blocking resource, so the page has it before hydration)
-//! and then kept live by the socket: the page `Open`s the conversation after the last applied seq, and reports
-//! new visitor messages as read while it is visible.
+//! The log is server-rendered from `load_conversation` (a blocking resource carried in [`ConsoleJson`], so the page
+//! has it before hydration) and then kept live by the socket: the page `Open`s the conversation after the last
+//! applied seq, and reports new visitor messages as read while it is visible.
 
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 use protocol::ConversationStatus;
 
 use crate::api::{ConsoleError, load_conversation};
+use crate::codec::ConsoleJson;
 use crate::components::composer::Composer;
 use crate::components::message_log::MessageLog;
 use crate::components::messenger_window::MessengerWindow;
@@ -20,7 +21,7 @@ pub fn ConversationPage() -> impl IntoView {
     let live = use_live();
     let params = use_params_map();
     let id = Memo::new(move |_| params.with(|p| p.get("id").unwrap_or_default()));
-    let snapshot = Resource::new_blocking(move || id.get(), load_conversation);
+    let snapshot = Resource::<_, ConsoleJson>::new_with_options(move || id.get(), load_conversation, true);
 
     // Browser only: stream this conversation's events, and stop when leaving it.
     Effect::new(move |_| live.open(&id.get()));
