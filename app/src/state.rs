@@ -36,6 +36,16 @@ impl Delivery {
             Self::Failed(_) => "Not sent",
         }
     }
+
+    /// The classes of its status line: `msg__state` and the state's modifier (the label in kebab case).
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Sending => "msg__state msg__state--sending",
+            Self::Sent => "msg__state msg__state--sent",
+            Self::Seen => "msg__state msg__state--seen",
+            Self::Failed(_) => "msg__state msg__state--not-sent",
+        }
+    }
 }
 
 /// A reply the agent wrote that the conversation log does not hold yet.
@@ -890,5 +900,13 @@ mod tests {
         let mut s = ConsoleState::default();
         s.apply(ServerMsg::Error { code: ErrorCode::Unauthorized, message: String::new(), client_id: None });
         assert!(s.signed_out);
+    }
+
+    #[test]
+    fn each_delivery_state_has_its_label_as_the_modifier_class() {
+        for d in [Delivery::Sending, Delivery::Sent, Delivery::Seen, Delivery::Failed("why".into())] {
+            let kebab = d.label().trim_end_matches('…').to_lowercase().replace(' ', "-");
+            assert_eq!(d.class(), format!("msg__state msg__state--{kebab}"));
+        }
     }
 }

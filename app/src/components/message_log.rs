@@ -99,7 +99,7 @@ fn EntryRow(entry: Entry, conversation: Signal<String>, visitor_name: Memo<Strin
                             _ => None,
                         };
                         view! {
-                            <p class=format!("msg__state msg__state--{}", d.label().trim_end_matches('…').to_lowercase().replace(' ', "-"))>
+                            <p class=d.class()>
                                 {failed.clone().unwrap_or_else(|| d.label().to_owned())}
                                 {failed.map(|_| view! { <button type="button" class="btn btn--link" on:click=retry>"Retry"</button> })}
                             </p>
