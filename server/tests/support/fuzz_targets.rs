@@ -21,9 +21,21 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(frame: &T) {
     assert_eq!(&again, frame, "{text} changed in a round trip");
 }
 
+/// The browsers' JSON reader (`protocol::json`, under the widget's and the console's decoders): it reads every
+/// text serde_json reads, and neither it nor the console's frame decoder panics on any input.
+fn browser_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let ours = protocol::json::parse(text);
+    if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+        assert!(ours.is_some(), "serde_json reads {text:?}, protocol::json does not");
+    }
+    let _ = protocol::decode::console_server_msg(text);
+}
+
 /// The visitor socket's decoders: what the server reads from the widget, and what the widget reads from the
 /// server. A `send` that decodes goes through the server's validation.
 pub fn visitor_frame(data: &[u8]) {
+    browser_json(data);
     if let Ok(frame) = serde_json::from_slice::<protocol::widget::ClientMsg>(data) {
         round_trip(&frame);
         if let protocol::widget::ClientMsg::Send { client_id, body } = &frame {
@@ -38,6 +50,7 @@ pub fn visitor_frame(data: &[u8]) {
 
 /// The agent socket's decoders, both directions.
 pub fn agent_frame(data: &[u8]) {
+    browser_json(data);
     if let Ok(frame) = serde_json::from_slice::<protocol::console::ClientMsg>(data) {
         round_trip(&frame);
         if let protocol::console::ClientMsg::Send { client_id, body, .. } = &frame {
