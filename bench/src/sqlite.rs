@@ -1,8 +1,9 @@
 //! The storage baseline: raw SQLite (rusqlite, no pool, no async hops) on Parley's own schema (its migrations),
-//! running Parley's own transaction for a visitor message — insert-or-get the conversation, read it, bump its
-//! sequence number, insert the message and its event — in WAL mode with `synchronous = FULL`, the durability
-//! Parley acks at. `per_commit` messages share one transaction: 1 is what Parley does per message today, 100 is
-//! the ceiling a group-committing single writer could reach.
+//! running Parley's own transaction for a visitor message, as `append_message` writes it today — one upsert of the
+//! conversation that takes the next sequence number and updates the inbox columns, the message, its event — in WAL
+//! mode with `synchronous = FULL`, the durability Parley acks at. `per_commit` messages share one transaction, each
+//! after the first inside its own `SAVEPOINT` (as Parley's group commit runs them): 1 is one message per commit,
+//! 100 the ceiling a group-committing single writer could reach.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,6 +18,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../server/migrations/sqlite/20261201000100_messenger_trust.sql"),
     include_str!("../../server/migrations/sqlite/20261201000400_outbox_lease.sql"),
     include_str!("../../server/migrations/sqlite/20261201000731_site_identity.sql"),
+    include_str!("../../server/migrations/sqlite/20261201001500_inbox_counters.sql"),
+    include_str!("../../server/migrations/sqlite/20261201002000_workspaces.sql"),
+    include_str!("../../server/migrations/sqlite/20261201003000_nodes.sql"),
 ];
 
 /// Messages committed and how long it took.
@@ -52,23 +56,19 @@ fn open(path: &Path, contacts: usize) -> anyhow::Result<Connection> {
 /// One visitor message, as Parley's `append_message` writes it.
 fn append(tx: &rusqlite::Transaction<'_>, contact: &str, n: u64) -> anyhow::Result<()> {
     let now = n as i64;
-    tx.prepare_cached(
-        "insert into conversations (id, site_id, contact_id, status, last_activity_at, created_at, updated_at)
-         values (?1, 's', ?2, 'open', ?3, ?3, ?3) on conflict(contact_id) do nothing",
-    )?
-    .execute(params![format!("conv-{contact}"), contact, now])?;
-    let (id, _status, _last): (String, String, i64) = tx
-        .prepare_cached(
-            "select id, status, last_seq, agent_read_seq, visitor_read_seq from conversations where contact_id = ?1",
-        )?
-        .query_row(params![contact], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    let seq: i64 = tx
-        .prepare_cached(
-            "update conversations set last_seq = last_seq + 1, updated_at = ?1 where id = ?2 returning last_seq",
-        )?
-        .query_row(params![now, id], |r| r.get(0))?;
-    let message_id = format!("m-{n}");
     let body = format!("message {n}");
+    let (id, seq): (String, i64) = tx
+        .prepare_cached(
+            "insert into conversations (id, site_id, contact_id, status, last_seq, last_message, unread_count,
+                last_activity_at, created_at, updated_at)
+             values (?1, 's', ?2, 'open', 1, ?3, 1, ?4, ?4, ?4)
+             on conflict(contact_id) do update set last_seq = last_seq + 1, last_message = excluded.last_message,
+                unread_count = unread_count + excluded.unread_count, last_activity_at = excluded.last_activity_at,
+                updated_at = excluded.updated_at
+             returning id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq",
+        )?
+        .query_row(params![format!("conv-{contact}-{n}"), contact, body, now], |r| Ok((r.get(0)?, r.get(4)?)))?;
+    let message_id = format!("m-{n}");
     tx.prepare_cached(
         "insert into messages (id, conversation_id, seq, client_id, author_role, agent_id, author_name, channel,
             body, external_id, created_at) values (?1, ?2, ?3, ?4, 'visitor', null, null, 'web', ?5, null, ?6)",
@@ -91,8 +91,15 @@ pub fn run(dir: &Path, contacts: usize, per_commit: usize, duration: Duration) -
     let mut n = 0_u64;
     while start.elapsed() < duration {
         let tx = db.transaction()?;
-        for _ in 0..per_commit.max(1) {
+        for i in 0..per_commit.max(1) {
+            // Every message after the group's first runs in a savepoint, so a failing one would be undone alone.
+            if i > 0 {
+                tx.prepare_cached("savepoint w")?.execute([])?;
+            }
             append(&tx, &names[n as usize % contacts], n)?;
+            if i > 0 {
+                tx.prepare_cached("release w")?.execute([])?;
+            }
             n += 1;
         }
         tx.commit()?;

@@ -3,10 +3,11 @@
 //! SQLite runs in WAL mode with `synchronous = FULL`, so a committed transaction is on disk: callers ack a message
 //! only after `append_message` returns.
 //!
-//! One writer: every write goes through the one write connection of [`writer::Writer`], which queues writers in
-//! order and commits concurrent ones together (group commit, see `writer`); no two connections of this process
-//! ever contend for SQLite's write lock. Reads use their own connections (`pool`, `query_only`, so a write there
-//! fails instead of taking the lock), which WAL lets run beside the writer.
+//! One writer: every write is a job (the caller's whole transaction, a closure over a rusqlite connection) run by
+//! the one write connection's own thread ([`writer::Writer`]), which runs jobs in order and commits concurrent ones
+//! together (group commit, see `writer`); no two connections of this process ever contend for SQLite's write lock.
+//! Reads use their own connections (sqlx's `pool`, `query_only`, so a write there fails instead of taking the
+//! lock), which WAL lets run beside the writer. Migrations (sqlx) run before the writer opens.
 
 mod agents;
 mod attachments;
@@ -23,11 +24,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use sqlx::ConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::sqlx_common::on_unique;
-use super::{Backend, StoreResult};
+use super::{Backend, StoreError, StoreResult};
 use crate::clock::Clock;
 
 /// The store on one SQLite database file.
@@ -65,9 +64,7 @@ impl SqliteStore {
         let migrated = sqlx::migrate!("./migrations/sqlite").run(&migrations).await;
         migrations.close().await;
         migrated.context("database migration failed")?;
-        let mut conn = options.connect().await.context("cannot open the SQLite database")?;
-        sqlx::query("pragma busy_timeout = 0").execute(&mut conn).await.context("cannot set up the writer")?;
-        let writer = writer::Writer::start(conn, options.clone());
+        let writer = writer::Writer::start(options.get_filename()).context("cannot open the SQLite database")?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options.pragma("query_only", "true"))
@@ -85,6 +82,51 @@ impl SqliteStore {
     fn now(&self) -> i64 {
         self.clock.now_ms()
     }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        StoreError::Backend(err.to_string())
+    }
+}
+
+/// Turns a unique-constraint violation on the write connection into [`StoreError::Conflict`].
+fn on_unique(err: rusqlite::Error, what: &str) -> StoreError {
+    let unique = [rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY];
+    match &err {
+        rusqlite::Error::SqliteFailure(e, _) if unique.contains(&e.extended_code) => {
+            StoreError::Conflict(what.to_string())
+        }
+        _ => err.into(),
+    }
+}
+
+/// Runs one statement on the write connection (prepared once per connection); returns the rows it changed.
+fn exec(conn: &rusqlite::Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<usize> {
+    Ok(conn.prepare_cached(sql)?.execute(params)?)
+}
+
+/// The first row a statement on the write connection returns (an `update … returning` that matched), if any.
+fn row<T>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Option<T>> {
+    use rusqlite::OptionalExtension;
+    Ok(conn.prepare_cached(sql)?.query_row(params, map).optional()?)
+}
+
+/// Every row a statement on the write connection returns.
+fn rows<T>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Vec<T>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let found = statement.query_map(params, map)?.collect::<rusqlite::Result<Vec<T>>>()?;
+    Ok(found)
 }
 
 #[async_trait]

@@ -6,8 +6,9 @@
 use async_trait::async_trait;
 use protocol::{Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
 
-use super::writer::WriteTx;
-use super::{SqliteStore, on_unique};
+use rusqlite::{Connection, params};
+
+use super::{SqliteStore, exec, on_unique, row};
 use crate::messenger::policy::{Mirror, MirrorPolicy, Thread};
 use crate::store::models::{Contact, ContactContext, Conversation, SummaryRow};
 use crate::store::{AppendOutcome, ConversationStore, NewMessage, StoreError, StoreResult, new_id, web_contact_id};
@@ -58,28 +59,37 @@ impl ConversationStore for SqliteStore {
         ctx: &ContactContext,
     ) -> StoreResult<Contact> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "insert into contacts (id, site_id, web_token_hash, label, page_url, referrer, user_agent, timezone,
-                utc_offset_minutes, language, created_at, updated_at)
-             values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             on conflict do nothing",
-        )
-        .bind(web_contact_id(site_id, token_hash))
-        .bind(site_id)
-        .bind(token_hash)
-        .bind(label)
-        .bind(&ctx.page_url)
-        .bind(&ctx.referrer)
-        .bind(&ctx.user_agent)
-        .bind(&ctx.timezone)
-        .bind(ctx.utc_offset_minutes)
-        .bind(&ctx.language)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let (id, site, hash, label, ctx) = (
+            web_contact_id(site_id, token_hash),
+            site_id.to_owned(),
+            token_hash.to_vec(),
+            label.to_owned(),
+            ctx.clone(),
+        );
+        self.writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "insert into contacts (id, site_id, web_token_hash, label, page_url, referrer, user_agent, timezone,
+                        utc_offset_minutes, language, created_at, updated_at)
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+                     on conflict do nothing",
+                    params![
+                        id,
+                        site,
+                        hash,
+                        label,
+                        ctx.page_url,
+                        ctx.referrer,
+                        ctx.user_agent,
+                        ctx.timezone,
+                        ctx.utc_offset_minutes,
+                        ctx.language,
+                        now
+                    ],
+                )
+            })
+            .await?;
         self.contact_by_token(site_id, token_hash)
             .await?
             .ok_or_else(|| StoreError::Conflict("a contact of another site with this token".into()))
@@ -104,27 +114,32 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn update_contact_context(&self, contact_id: &str, ctx: &ContactContext) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "update contacts set page_url = coalesce(?1, page_url), referrer = coalesce(?2, referrer),
-                user_agent = coalesce(?3, user_agent), timezone = coalesce(?4, timezone),
-                utc_offset_minutes = coalesce(?5, utc_offset_minutes), language = coalesce(?6, language),
-                updated_at = ?7
-             where id = ?8 and (page_url is not coalesce(?1, page_url) or referrer is not coalesce(?2, referrer)
-                or user_agent is not coalesce(?3, user_agent) or timezone is not coalesce(?4, timezone)
-                or utc_offset_minutes is not coalesce(?5, utc_offset_minutes) or language is not coalesce(?6, language))",
-        )
-        .bind(&ctx.page_url)
-        .bind(&ctx.referrer)
-        .bind(&ctx.user_agent)
-        .bind(&ctx.timezone)
-        .bind(ctx.utc_offset_minutes)
-        .bind(&ctx.language)
-        .bind(self.now())
-        .bind(contact_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let (now, contact_id, ctx) = (self.now(), contact_id.to_owned(), ctx.clone());
+        self.writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "update contacts set page_url = coalesce(?1, page_url), referrer = coalesce(?2, referrer),
+                        user_agent = coalesce(?3, user_agent), timezone = coalesce(?4, timezone),
+                        utc_offset_minutes = coalesce(?5, utc_offset_minutes), language = coalesce(?6, language),
+                        updated_at = ?7
+                     where id = ?8 and (page_url is not coalesce(?1, page_url) or referrer is not coalesce(?2, referrer)
+                        or user_agent is not coalesce(?3, user_agent) or timezone is not coalesce(?4, timezone)
+                        or utc_offset_minutes is not coalesce(?5, utc_offset_minutes)
+                        or language is not coalesce(?6, language))",
+                    params![
+                        ctx.page_url,
+                        ctx.referrer,
+                        ctx.user_agent,
+                        ctx.timezone,
+                        ctx.utc_offset_minutes,
+                        ctx.language,
+                        now,
+                        contact_id
+                    ],
+                )
+            })
+            .await?;
         Ok(())
     }
 
@@ -202,19 +217,21 @@ impl ConversationStore for SqliteStore {
     async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {
         // No look-up first: a repeated client id (or channel id) fails the insert on its unique index, which rolls
         // the whole attempt back, and is answered below. New messages, the common case, save two reads.
-        match self.append_message_tx(contact_id, site_id, &msg).await {
+        let (external_id, client_id) = (msg.external_id.clone(), msg.client_id.clone());
+        let (now, contact, site) = (self.now(), contact_id.to_owned(), site_id.to_owned());
+        match self.writer.run(move |conn| append_message_in(conn, &contact, &site, msg, now)).await {
             Err(StoreError::Conflict(_)) => {
                 // A repeat, or lost a race with the same client id (or channel id): report the original. It may be
                 // in this very group, not committed yet: an empty write returns once the group is on disk.
-                self.writer.begin().await?.commit().await?;
-                if let Some(external_id) = &msg.external_id
+                self.writer.settle().await?;
+                if let Some(external_id) = &external_id
                     && let Some((conversation_id, message, seq)) = self.message_by_external_id(external_id).await?
                 {
                     return Ok(AppendOutcome::Duplicate { conversation_id, message, seq });
                 }
                 let conversation = self.conversation_for_contact(contact_id).await?.ok_or(StoreError::NotFound)?;
                 let (message, seq) =
-                    self.message_by_client_id(&conversation.id, &msg.client_id).await?.ok_or(StoreError::NotFound)?;
+                    self.message_by_client_id(&conversation.id, &client_id).await?.ok_or(StoreError::NotFound)?;
                 Ok(AppendOutcome::Duplicate { conversation_id: conversation.id, message, seq })
             }
             other => other,
@@ -227,43 +244,8 @@ impl ConversationStore for SqliteStore {
             Party::Visitor => "visitor_read_seq",
             Party::Agent => "agent_read_seq",
         };
-        let mut tx = self.writer.begin().await?;
-        let last_message =
-            "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
-        let moved = sqlx::query(&format!(
-            "update conversations set {column} = min(?, {last_message}), updated_at = ?
-             where id = ? and {column} < min(?, {last_message})"
-        ))
-        .bind(seq_param(up_to_seq))
-        .bind(now)
-        .bind(conversation_id)
-        .bind(seq_param(up_to_seq))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
-            return Ok(None);
-        }
-        let cursor: i64 = sqlx::query_scalar(&format!("select {column} from conversations where id = ?"))
-            .bind(conversation_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        if by == Party::Agent {
-            // Only the customer's messages after the agents' cursor are unread (a few rows, by the seq index).
-            sqlx::query(
-                "update conversations set unread_count = (select count(*) from messages m
-                    where m.conversation_id = ?1 and m.author_role = 'visitor' and m.seq > ?2) where id = ?1",
-            )
-            .bind(conversation_id)
-            .bind(cursor)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let seq = bump_seq(&mut tx, conversation_id, now).await?;
-        let event =
-            insert_event(&mut tx, conversation_id, seq, now, EventKind::Read { by, up_to_seq: seq_of(cursor) }).await?;
-        tx.commit().await?;
-        Ok(Some(event))
+        let conversation_id = conversation_id.to_owned();
+        self.writer.run(move |conn| mark_read_in(conn, &conversation_id, by, column, up_to_seq, now)).await
     }
 
     async fn set_status(
@@ -272,28 +254,27 @@ impl ConversationStore for SqliteStore {
         status: ConversationStatus,
         by: Option<String>,
     ) -> StoreResult<Option<Event>> {
-        let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        let moved = sqlx::query("update conversations set status = ?, updated_at = ? where id = ? and status <> ?")
-            .bind(status.as_str())
-            .bind(now)
-            .bind(conversation_id)
-            .bind(status.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if moved == 0 {
-            return Ok(None);
-        }
-        let seq = bump_seq(&mut tx, conversation_id, now).await?;
-        let event = insert_event(&mut tx, conversation_id, seq, now, EventKind::Status { status, by }).await?;
-        sqlx::query("update conversations set last_activity_at = ? where id = ?")
-            .bind(now)
-            .bind(conversation_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(event))
+        let (now, conversation_id) = (self.now(), conversation_id.to_owned());
+        self.writer
+            .run(move |conn| {
+                let moved = exec(
+                    conn,
+                    "update conversations set status = ?1, updated_at = ?2 where id = ?3 and status <> ?1",
+                    params![status.as_str(), now, conversation_id],
+                )?;
+                if moved == 0 {
+                    return Ok(None);
+                }
+                let seq = bump_seq(conn, &conversation_id, now)?;
+                let event = insert_event(conn, &conversation_id, seq, now, EventKind::Status { status, by })?;
+                exec(
+                    conn,
+                    "update conversations set last_activity_at = ? where id = ?",
+                    params![now, conversation_id],
+                )?;
+                Ok(Some(event))
+            })
+            .await
     }
 
     async fn summaries(&self) -> StoreResult<Vec<SummaryRow>> {
@@ -319,153 +300,178 @@ impl ConversationStore for SqliteStore {
     }
 }
 
-impl SqliteStore {
-    async fn append_message_tx(&self, contact_id: &str, site_id: &str, msg: &NewMessage) -> StoreResult<AppendOutcome> {
-        let now = self.now();
-        let preview: String = msg.body.chars().take(140).collect();
-        let unread = i64::from(matches!(msg.author, Author::Visitor));
-        let mut tx = self.writer.begin().await?;
-        // One statement creates the conversation or takes its next seq, and updates the inbox columns (last message,
-        // activity, unread); it returns the row as it was before, but with the new seq (the message's).
-        let row = sqlx::query_as(
-            "insert into conversations (id, site_id, contact_id, status, last_seq, last_message, unread_count,
-                last_activity_at, created_at, updated_at)
-             values (?1, ?2, ?3, 'open', 1, ?4, ?5, ?6, ?6, ?6)
-             on conflict(contact_id) do update set last_seq = last_seq + 1, last_message = excluded.last_message,
-                unread_count = unread_count + excluded.unread_count, last_activity_at = excluded.last_activity_at,
-                updated_at = excluded.updated_at
-             returning id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq",
-        )
-        .bind(new_id())
-        .bind(site_id)
-        .bind(contact_id)
-        .bind(preview)
-        .bind(unread)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let conversation = conversation_from_row(row)?;
+/// Appends a message (creating the conversation on the first one), as one job of the writer: the caller's whole
+/// transaction runs here, back to back on the write connection.
+fn append_message_in(
+    conn: &Connection,
+    contact_id: &str,
+    site_id: &str,
+    msg: NewMessage,
+    now: i64,
+) -> StoreResult<AppendOutcome> {
+    let preview: String = msg.body.chars().take(140).collect();
+    let unread = i64::from(matches!(msg.author, Author::Visitor));
+    // One statement creates the conversation or takes its next seq, and updates the inbox columns (last message,
+    // activity, unread); it returns the row as it was before, but with the new seq (the message's).
+    let found = row(
+        conn,
+        "insert into conversations (id, site_id, contact_id, status, last_seq, last_message, unread_count,
+            last_activity_at, created_at, updated_at)
+         values (?1, ?2, ?3, 'open', 1, ?4, ?5, ?6, ?6, ?6)
+         on conflict(contact_id) do update set last_seq = last_seq + 1, last_message = excluded.last_message,
+            unread_count = unread_count + excluded.unread_count, last_activity_at = excluded.last_activity_at,
+            updated_at = excluded.updated_at
+         returning id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq",
+        params![new_id(), site_id, contact_id, preview, unread, now],
+        conversation_row,
+    )?;
+    let conversation = conversation_from_row(found.ok_or(StoreError::NotFound)?)?;
 
-        let seq = conversation.last_seq;
-        let message = ChatMessage {
-            id: new_id(),
-            client_id: msg.client_id.clone(),
-            author: msg.author.clone(),
-            body: msg.body.clone(),
-            sent_at: now,
-            channel: msg.channel,
-            attachments: msg.attachments.clone(),
-        };
-        let (role, name) = match &msg.author {
-            Author::Visitor => ("visitor", None),
-            Author::Agent { name } => ("agent", Some(name.as_str())),
-            Author::System => ("system", None),
-        };
-        sqlx::query(
-            "insert into messages (id, conversation_id, seq, client_id, author_role, agent_id, author_name, channel,
-                body, external_id, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&message.id)
-        .bind(&conversation.id)
-        .bind(seq_param(seq))
-        .bind(&message.client_id)
-        .bind(role)
-        .bind(&msg.agent_id)
-        .bind(name)
-        .bind(channel_str(msg.channel))
-        .bind(&message.body)
-        .bind(&msg.external_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| on_unique(e, "a message with this client id"))?;
-        let mut events = vec![
-            insert_event(&mut tx, &conversation.id, seq, now, EventKind::Message { message: message.clone() }).await?,
-        ];
-        if let Some(at) = msg.messenger_action_at {
-            sqlx::query(
-                "update contacts set messenger_last_action_at = max(coalesce(messenger_last_action_at, 0), ?),
-                    messenger_last_message_at = max(coalesce(messenger_last_message_at, 0), ?) where id = ?",
-            )
-            .bind(at)
-            .bind(at)
-            .bind(contact_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(policy) = msg.mirror
-            && let Some(event) =
-                mirror_to_messenger(&mut tx, &conversation.id, contact_id, &message, policy, now).await?
-        {
-            events.push(event);
-        }
-
-        if matches!(msg.author, Author::Visitor) && conversation.status == ConversationStatus::Resolved {
-            let status_seq = bump_seq(&mut tx, &conversation.id, now).await?;
-            sqlx::query("update conversations set status = 'open' where id = ?")
-                .bind(&conversation.id)
-                .execute(&mut *tx)
-                .await?;
-            events.push(
-                insert_event(
-                    &mut tx,
-                    &conversation.id,
-                    status_seq,
-                    now,
-                    EventKind::Status { status: ConversationStatus::Open, by: None },
-                )
-                .await?,
-            );
-        }
-        tx.commit().await?;
-        Ok(AppendOutcome::Created { conversation_id: conversation.id, message, seq, events })
+    let seq = conversation.last_seq;
+    let NewMessage {
+        client_id,
+        body,
+        author,
+        agent_id,
+        channel,
+        external_id,
+        attachments,
+        messenger_action_at,
+        mirror,
+    } = msg;
+    let (role, name) = match &author {
+        Author::Visitor => ("visitor", None),
+        Author::Agent { name } => ("agent", Some(name.clone())),
+        Author::System => ("system", None),
+    };
+    let message = ChatMessage { id: new_id(), client_id, author, body, sent_at: now, channel, attachments };
+    conn.prepare_cached(
+        "insert into messages (id, conversation_id, seq, client_id, author_role, agent_id, author_name, channel,
+            body, external_id, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        message.id,
+        conversation.id,
+        seq_param(seq),
+        message.client_id,
+        role,
+        agent_id,
+        name,
+        channel_str(channel),
+        message.body,
+        external_id,
+        now
+    ])
+    .map_err(|e| on_unique(e, "a message with this client id"))?;
+    let mut events =
+        vec![insert_event(conn, &conversation.id, seq, now, EventKind::Message { message: message.clone() })?];
+    if let Some(at) = messenger_action_at {
+        exec(
+            conn,
+            "update contacts set messenger_last_action_at = max(coalesce(messenger_last_action_at, 0), ?1),
+                messenger_last_message_at = max(coalesce(messenger_last_message_at, 0), ?1) where id = ?2",
+            params![at, contact_id],
+        )?;
     }
+    if let Some(policy) = mirror
+        && let Some(event) = mirror_to_messenger(conn, &conversation.id, contact_id, &message, policy, now)?
+    {
+        events.push(event);
+    }
+
+    if matches!(message.author, Author::Visitor) && conversation.status == ConversationStatus::Resolved {
+        let status_seq = bump_seq(conn, &conversation.id, now)?;
+        exec(conn, "update conversations set status = 'open' where id = ?", params![conversation.id])?;
+        events.push(insert_event(
+            conn,
+            &conversation.id,
+            status_seq,
+            now,
+            EventKind::Status { status: ConversationStatus::Open, by: None },
+        )?);
+    }
+    Ok(AppendOutcome::Created { conversation_id: conversation.id, message, seq, events })
+}
+
+/// Moves one party's read cursor up to `up_to_seq` (never past the last message), as one job of the writer.
+fn mark_read_in(
+    conn: &Connection,
+    conversation_id: &str,
+    by: Party,
+    column: &str,
+    up_to_seq: u64,
+    now: i64,
+) -> StoreResult<Option<Event>> {
+    let last_message = "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
+    let moved = exec(
+        conn,
+        &format!(
+            "update conversations set {column} = min(?1, {last_message}), updated_at = ?2
+             where id = ?3 and {column} < min(?1, {last_message})"
+        ),
+        params![seq_param(up_to_seq), now, conversation_id],
+    )?;
+    if moved == 0 {
+        return Ok(None);
+    }
+    let cursor: i64 =
+        row(conn, &format!("select {column} from conversations where id = ?"), params![conversation_id], |r| r.get(0))?
+            .ok_or(StoreError::NotFound)?;
+    if by == Party::Agent {
+        // Only the customer's messages after the agents' cursor are unread (a few rows, by the seq index).
+        exec(
+            conn,
+            "update conversations set unread_count = (select count(*) from messages m
+                where m.conversation_id = ?1 and m.author_role = 'visitor' and m.seq > ?2) where id = ?1",
+            params![conversation_id, cursor],
+        )?;
+    }
+    let seq = bump_seq(conn, conversation_id, now)?;
+    let event = insert_event(conn, conversation_id, seq, now, EventKind::Read { by, up_to_seq: seq_of(cursor) })?;
+    Ok(Some(event))
+}
+
+/// A conversation row as [`conversation_from_row`] takes it.
+fn conversation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, String, i64, i64, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
 }
 
 /// Queues a message for Messenger in the message's own transaction, or records why it is not sent.
-async fn mirror_to_messenger(
-    tx: &mut WriteTx,
+fn mirror_to_messenger(
+    conn: &Connection,
     conversation_id: &str,
     contact_id: &str,
     message: &ChatMessage,
     policy: MirrorPolicy,
     now: i64,
 ) -> StoreResult<Option<Event>> {
-    let row: Option<(Option<String>, Option<i64>, Option<i64>)> =
-        sqlx::query_as("select psid, messenger_last_action_at, messenger_last_message_at from contacts where id = ?")
-            .bind(contact_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let Some((Some(psid), last_action_at, last_message_at)) = row else { return Ok(None) };
+    let found: Option<(Option<String>, Option<i64>, Option<i64>)> = row(
+        conn,
+        "select psid, messenger_last_action_at, messenger_last_message_at from contacts where id = ?",
+        params![contact_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let Some((Some(psid), last_action_at, last_message_at)) = found else { return Ok(None) };
     let thread = Thread { psid, last_action_at, last_message_at };
     let messaging_type = match policy.decide(matches!(message.author, Author::Agent { .. }), &thread, now) {
         Mirror::Send(kind) => kind.as_stored(),
         Mirror::NotSent { detail } => {
-            let seq = bump_seq(tx, conversation_id, now).await?;
+            let seq = bump_seq(conn, conversation_id, now)?;
             let kind = EventKind::Delivery {
                 message_id: message.id.clone(),
                 channel: Channel::Messenger,
                 state: DeliveryState::NotSent,
                 detail: Some(detail.to_string()),
             };
-            return Ok(Some(insert_event(tx, conversation_id, seq, now, kind).await?));
+            return Ok(Some(insert_event(conn, conversation_id, seq, now, kind)?));
         }
     };
-    let body = message.body.clone();
-    sqlx::query(
+    exec(
+        conn,
         "insert into outbox (conversation_id, message_id, psid, body, messaging_type, next_attempt_at, created_at,
-            updated_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(conversation_id)
-    .bind(&message.id)
-    .bind(&thread.psid)
-    .bind(body)
-    .bind(messaging_type)
-    .bind(now)
-    .bind(now)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+            updated_at) values (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?6)",
+        params![conversation_id, message.id, thread.psid, message.body, messaging_type, now],
+    )?;
     Ok(None)
 }
 
@@ -476,20 +482,19 @@ fn channel_str(channel: Channel) -> &'static str {
     }
 }
 
-pub(super) async fn bump_seq(tx: &mut WriteTx, conversation_id: &str, now: i64) -> StoreResult<u64> {
-    let seq: i64 = sqlx::query_scalar(
+pub(super) fn bump_seq(conn: &Connection, conversation_id: &str, now: i64) -> StoreResult<u64> {
+    let seq: i64 = row(
+        conn,
         "update conversations set last_seq = last_seq + 1, updated_at = ? where id = ? returning last_seq",
-    )
-    .bind(now)
-    .bind(conversation_id)
-    .fetch_optional(&mut **tx)
-    .await?
+        params![now, conversation_id],
+        |r| r.get(0),
+    )?
     .ok_or(StoreError::NotFound)?;
     Ok(seq_of(seq))
 }
 
-pub(super) async fn insert_event(
-    tx: &mut WriteTx,
+pub(super) fn insert_event(
+    conn: &Connection,
     conversation_id: &str,
     seq: u64,
     at: i64,
@@ -497,12 +502,10 @@ pub(super) async fn insert_event(
 ) -> StoreResult<Event> {
     let event = Event { seq, at, kind };
     let payload = serde_json::to_string(&event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query("insert into events (conversation_id, seq, payload, created_at) values (?, ?, ?, ?)")
-        .bind(conversation_id)
-        .bind(seq_param(seq))
-        .bind(payload)
-        .bind(at)
-        .execute(&mut **tx)
-        .await?;
+    exec(
+        conn,
+        "insert into events (conversation_id, seq, payload, created_at) values (?, ?, ?, ?)",
+        params![conversation_id, seq_param(seq), payload, at],
+    )?;
     Ok(event)
 }

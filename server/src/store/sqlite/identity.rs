@@ -5,7 +5,9 @@
 
 use async_trait::async_trait;
 
-use super::SqliteStore;
+use rusqlite::params;
+
+use super::{SqliteStore, exec};
 use crate::identity::{IdentitySecret, Verified};
 use crate::store::{IdentityStore, SiteIdentity, StoreResult};
 
@@ -24,45 +26,51 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn set_identity_secret(&self, site_key: &str, secret: Option<&IdentitySecret>) -> StoreResult<bool> {
-        let mut tx = self.writer.begin().await?;
-        let done = sqlx::query("update sites set identity_secret = ?, updated_at = ? where key = ?")
-            .bind(secret.map(IdentitySecret::expose))
-            .bind(self.now())
-            .bind(site_key)
-            .execute(&mut *tx)
+        let (now, site_key) = (self.now(), site_key.to_owned());
+        let secret = secret.map(|s| s.expose().to_owned());
+        let done = self
+            .writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "update sites set identity_secret = ?, updated_at = ? where key = ?",
+                    params![secret, now, site_key],
+                )
+            })
             .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done > 0)
     }
 
     async fn set_identity_required(&self, site_key: &str, required: bool) -> StoreResult<bool> {
-        let mut tx = self.writer.begin().await?;
-        let done = sqlx::query("update sites set identity_required = ?, updated_at = ? where key = ?")
-            .bind(required)
-            .bind(self.now())
-            .bind(site_key)
-            .execute(&mut *tx)
+        let (now, site_key) = (self.now(), site_key.to_owned());
+        let done = self
+            .writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "update sites set identity_required = ?, updated_at = ? where key = ?",
+                    params![required, now, site_key],
+                )
+            })
             .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done > 0)
     }
 
     async fn record_identity(&self, contact_id: &str, who: &Verified) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "update contacts set external_id = ?1, label = coalesce(?2, label), email = coalesce(?3, email),
-                updated_at = ?4
-             where id = ?5 and (external_id is not ?1 or label is not coalesce(?2, label)
-                or email is not coalesce(?3, email))",
-        )
-        .bind(&who.id)
-        .bind(&who.name)
-        .bind(&who.email)
-        .bind(self.now())
-        .bind(contact_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let (now, contact_id) = (self.now(), contact_id.to_owned());
+        let (id, name, email) = (who.id.clone(), who.name.clone(), who.email.clone());
+        self.writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "update contacts set external_id = ?1, label = coalesce(?2, label), email = coalesce(?3, email),
+                        updated_at = ?4
+                     where id = ?5 and (external_id is not ?1 or label is not coalesce(?2, label)
+                        or email is not coalesce(?3, email))",
+                    params![id, name, email, now, contact_id],
+                )
+            })
+            .await?;
         Ok(())
     }
 }

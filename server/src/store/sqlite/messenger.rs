@@ -4,9 +4,10 @@ use protocol::{Channel, DeliveryState, Event, EventKind, Party};
 
 use async_trait::async_trait;
 
-use super::SqliteStore;
+use rusqlite::{Connection, params};
+
 use super::conversations::{CONTACT_COLUMNS, bump_seq, insert_event, seq_of};
-use super::writer::WriteTx;
+use super::{SqliteStore, exec, row, rows};
 use crate::messenger::send_api::MessagingType;
 use crate::store::models::{Contact, LinkRow, OutboxRow, QuarantinedDelivery, RecentMessage};
 use crate::store::{
@@ -36,22 +37,17 @@ impl MessengerStore for SqliteStore {
 
     async fn create_messenger_contact(&self, site_id: &str, psid: &str, label: &str) -> StoreResult<Contact> {
         let now = self.now();
-        let id = new_id();
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "insert into contacts (id, site_id, label, psid, messenger_linked_at, created_at, updated_at)
-             values (?, ?, ?, ?, ?, ?, ?) on conflict do nothing",
-        )
-        .bind(&id)
-        .bind(site_id)
-        .bind(label)
-        .bind(psid)
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let (id, site_id, psid_owned, label) = (new_id(), site_id.to_owned(), psid.to_owned(), label.to_owned());
+        self.writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "insert into contacts (id, site_id, label, psid, messenger_linked_at, created_at, updated_at)
+                     values (?1, ?2, ?3, ?4, ?5, ?5, ?5) on conflict do nothing",
+                    params![id, site_id, label, psid_owned, now],
+                )
+            })
+            .await?;
         // Either ours, or one a concurrent delivery created first.
         self.contact_by_psid(psid).await?.ok_or(StoreError::NotFound)
     }
@@ -62,62 +58,61 @@ impl MessengerStore for SqliteStore {
         name: Option<&str>,
         avatar_id: Option<&str>,
     ) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "update contacts set display_name = coalesce(?, display_name), avatar_id = coalesce(?, avatar_id),
-                updated_at = ? where id = ?",
-        )
-        .bind(name)
-        .bind(avatar_id)
-        .bind(self.now())
-        .bind(contact_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let (now, contact_id) = (self.now(), contact_id.to_owned());
+        let (name, avatar_id) = (name.map(str::to_owned), avatar_id.map(str::to_owned));
+        self.writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "update contacts set display_name = coalesce(?, display_name), avatar_id = coalesce(?, avatar_id),
+                        updated_at = ? where id = ?",
+                    params![name, avatar_id, now, contact_id],
+                )
+            })
+            .await?;
         Ok(())
     }
 
     async fn record_messenger_action(&self, contact_id: &str, at: i64) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "update contacts set messenger_last_action_at = max(coalesce(messenger_last_action_at, 0), ?) where id = ?",
-        )
-        .bind(at)
-        .bind(contact_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let contact_id = contact_id.to_owned();
+        self.writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "update contacts set messenger_last_action_at = max(coalesce(messenger_last_action_at, 0), ?)
+                     where id = ?",
+                    params![at, contact_id],
+                )
+            })
+            .await?;
         Ok(())
     }
 
     async fn create_link(&self, nonce: &str, contact_id: &str, code: &str, expires_at: i64) -> StoreResult<()> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        sqlx::query("delete from messenger_links where max(expires_at, coalesce(offer_expires_at, 0)) <= ?")
-            .bind(now)
-            .execute(&mut *tx)
+        let (nonce, contact_id, code) = (nonce.to_owned(), contact_id.to_owned(), code.to_owned());
+        self.writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "delete from messenger_links where max(expires_at, coalesce(offer_expires_at, 0)) <= ?",
+                    params![now],
+                )?;
+                exec(
+                    conn,
+                    "delete from messenger_links where contact_id = ?1 and used_at is null and nonce not in
+                        (select nonce from messenger_links where contact_id = ?1 and used_at is null
+                         order by created_at desc, rowid desc limit ?2)",
+                    params![contact_id, MAX_LIVE_LINKS - 1],
+                )?;
+                exec(
+                    conn,
+                    "insert into messenger_links (nonce, contact_id, code, expires_at, created_at)
+                     values (?, ?, ?, ?, ?)",
+                    params![nonce, contact_id, code, expires_at, now],
+                )
+            })
             .await?;
-        sqlx::query(
-            "delete from messenger_links where contact_id = ? and used_at is null and nonce not in
-                (select nonce from messenger_links where contact_id = ? and used_at is null
-                 order by created_at desc, rowid desc limit ?)",
-        )
-        .bind(contact_id)
-        .bind(contact_id)
-        .bind(MAX_LIVE_LINKS - 1)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "insert into messenger_links (nonce, contact_id, code, expires_at, created_at) values (?, ?, ?, ?, ?)",
-        )
-        .bind(nonce)
-        .bind(contact_id)
-        .bind(code)
-        .bind(expires_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -166,104 +161,94 @@ impl MessengerStore for SqliteStore {
         recap: Option<&str>,
     ) -> StoreResult<Option<Accepted>> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        let contact_id: Option<String> = sqlx::query_scalar(
-            "update messenger_links set used_at = ? where nonce = ? and psid = ? and used_at is null
-                and offer_expires_at > ? returning contact_id",
-        )
-        .bind(now)
-        .bind(nonce)
-        .bind(psid)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(contact_id) = contact_id else { return Ok(None) };
-        let event = bind_in(&mut tx, &contact_id, psid, name, now).await?;
-        sqlx::query(
-            "update contacts set messenger_last_action_at = max(coalesce(messenger_last_action_at, 0), ?) where id = ?",
-        )
-        .bind(action_at)
-        .bind(&contact_id)
-        .execute(&mut *tx)
-        .await?;
-        if let (Some(recap), Some((conversation_id, _))) = (recap, &event) {
-            sqlx::query(
-                "insert into outbox (conversation_id, psid, body, messaging_type, next_attempt_at, created_at, updated_at)
-                 values (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(conversation_id)
-            .bind(psid)
-            .bind(recap)
-            .bind(MessagingType::Response.as_stored())
-            .bind(now)
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(Some(Accepted { contact_id, event }))
+        let (nonce, psid, recap) = (nonce.to_owned(), psid.to_owned(), recap.map(str::to_owned));
+        self.writer
+            .run(move |conn| {
+                let contact_id: Option<String> = row(
+                    conn,
+                    "update messenger_links set used_at = ?1 where nonce = ?2 and psid = ?3 and used_at is null
+                        and offer_expires_at > ?1 returning contact_id",
+                    params![now, nonce, psid],
+                    |r| r.get(0),
+                )?;
+                let Some(contact_id) = contact_id else { return Ok(None) };
+                let event = bind_in(conn, &contact_id, &psid, name, now)?;
+                exec(
+                    conn,
+                    "update contacts set messenger_last_action_at = max(coalesce(messenger_last_action_at, 0), ?)
+                     where id = ?",
+                    params![action_at, contact_id],
+                )?;
+                if let (Some(recap), Some((conversation_id, _))) = (recap, &event) {
+                    exec(
+                        conn,
+                        "insert into outbox (conversation_id, psid, body, messaging_type, next_attempt_at, created_at,
+                            updated_at) values (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
+                        params![conversation_id, psid, recap, MessagingType::Response.as_stored(), now],
+                    )?;
+                }
+                Ok(Some(Accepted { contact_id, event }))
+            })
+            .await
     }
 
     async fn refuse_link(&self, nonce: &str, psid: &str) -> StoreResult<bool> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        let done = sqlx::query(
-            "update messenger_links set used_at = ?, refused_at = ? where nonce = ? and psid = ? and used_at is null",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(nonce)
-        .bind(psid)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
+        let (nonce, psid) = (nonce.to_owned(), psid.to_owned());
+        let done = self
+            .writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "update messenger_links set used_at = ?1, refused_at = ?1
+                     where nonce = ?2 and psid = ?3 and used_at is null",
+                    params![now, nonce, psid],
+                )
+            })
+            .await?;
         Ok(done == 1)
     }
 
     async fn unbind_psid(&self, contact_id: &str) -> StoreResult<Option<(String, Event)>> {
-        let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        let psid: Option<Option<String>> =
-            sqlx::query_scalar("update contacts set psid = null, updated_at = ? where id = ? returning psid")
-                .bind(now)
-                .bind(contact_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let conversation: Option<String> = sqlx::query_scalar("select id from conversations where contact_id = ?")
-            .bind(contact_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let event = match (psid, conversation) {
-            (Some(_), Some(conversation_id)) => {
-                sqlx::query(
+        let (now, contact_id) = (self.now(), contact_id.to_owned());
+        self.writer
+            .run(move |conn| {
+                let psid: Option<Option<String>> = row(
+                    conn,
+                    "update contacts set psid = null, updated_at = ? where id = ? returning psid",
+                    params![now, contact_id],
+                    |r| r.get(0),
+                )?;
+                let conversation: Option<String> =
+                    row(conn, "select id from conversations where contact_id = ?", params![contact_id], |r| r.get(0))?;
+                let (Some(_), Some(conversation_id)) = (psid, conversation) else { return Ok(None) };
+                exec(
+                    conn,
                     "update outbox set status = 'failed', last_error = 'unlinked', updated_at = ?
-                             where conversation_id = ? and status = 'pending'",
-                )
-                .bind(now)
-                .bind(&conversation_id)
-                .execute(&mut *tx)
-                .await?;
-                let seq = bump_seq(&mut tx, &conversation_id, now).await?;
+                     where conversation_id = ? and status = 'pending'",
+                    params![now, conversation_id],
+                )?;
+                let seq = bump_seq(conn, &conversation_id, now)?;
                 let kind = EventKind::Channel { channel: Channel::Messenger, linked: false, name: None };
-                Some((conversation_id.clone(), insert_event(&mut tx, &conversation_id, seq, now, kind).await?))
-            }
-            _ => None,
-        };
-        tx.commit().await?;
-        Ok(event)
+                let event = insert_event(conn, &conversation_id, seq, now, kind)?;
+                Ok(Some((conversation_id, event)))
+            })
+            .await
     }
 
     async fn insert_webhook_delivery(&self, body: &[u8]) -> StoreResult<i64> {
-        let mut tx = self.writer.begin().await?;
-        let id = sqlx::query_scalar("insert into webhook_deliveries (body, received_at) values (?, ?) returning id")
-            .bind(body)
-            .bind(self.now())
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(id)
+        let (now, body) = (self.now(), body.to_vec());
+        self.writer
+            .run(move |conn| {
+                row(
+                    conn,
+                    "insert into webhook_deliveries (body, received_at) values (?, ?) returning id",
+                    params![body, now],
+                    |r| r.get(0),
+                )?
+                .ok_or(StoreError::NotFound)
+            })
+            .await
     }
 
     async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
@@ -277,19 +262,20 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn webhook_delivery_failed(&self, id: i64, error: &str, max_attempts: u32) -> StoreResult<bool> {
-        let mut tx = self.writer.begin().await?;
-        let quarantined: Option<Option<i64>> = sqlx::query_scalar(
-            "update webhook_deliveries set attempts = attempts + 1, error = ?,
-                quarantined_at = case when attempts + 1 >= ? then ? end
-             where id = ? and processed_at is null returning quarantined_at",
-        )
-        .bind(error)
-        .bind(i64::from(max_attempts))
-        .bind(self.now())
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let (now, error) = (self.now(), error.to_owned());
+        let quarantined: Option<Option<i64>> = self
+            .writer
+            .run(move |conn| {
+                row(
+                    conn,
+                    "update webhook_deliveries set attempts = attempts + 1, error = ?,
+                        quarantined_at = case when attempts + 1 >= ? then ? end
+                     where id = ? and processed_at is null returning quarantined_at",
+                    params![error, i64::from(max_attempts), now, id],
+                    |r| r.get(0),
+                )
+            })
+            .await?;
         Ok(quarantined.flatten().is_some())
     }
 
@@ -311,28 +297,31 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn replay_quarantined(&self, id: Option<i64>) -> StoreResult<u64> {
-        let mut tx = self.writer.begin().await?;
-        let replayed = sqlx::query(
-            "update webhook_deliveries set quarantined_at = null, attempts = 0, error = null
-             where quarantined_at is not null and processed_at is null and (?1 is null or id = ?1)",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(replayed)
+        let replayed = self
+            .writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "update webhook_deliveries set quarantined_at = null, attempts = 0, error = null
+                     where quarantined_at is not null and processed_at is null and (?1 is null or id = ?1)",
+                    params![id],
+                )
+            })
+            .await?;
+        Ok(replayed as u64)
     }
 
     async fn mark_webhook_processed(&self, id: i64, error: Option<&str>) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query("update webhook_deliveries set processed_at = ?, error = ? where id = ?")
-            .bind(self.now())
-            .bind(error)
-            .bind(id)
-            .execute(&mut *tx)
+        let (now, error) = (self.now(), error.map(str::to_owned));
+        self.writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "update webhook_deliveries set processed_at = ?, error = ? where id = ?",
+                    params![now, error, id],
+                )
+            })
             .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -347,24 +336,30 @@ impl MessengerStore for SqliteStore {
         let lease = new_id();
         let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
         let eligible_at = outbox_eligible_at("?4");
-        let mut tx = self.writer.begin().await?;
-        let leased = sqlx::query_as::<_, OutboxRow>(&format!(
+        let sql = format!(
             "update outbox set lease_id = ?1 || ':' || id, leased_until = ?2, updated_at = ?3
              where id in (select o.id from outbox o where {OUTBOX_HEAD} and {eligible_at} <= ?3
                             and o.psid not in (select value from json_each(?5))
                           order by {eligible_at}, o.id limit ?6)
              returning id, conversation_id, message_id, psid, body, messaging_type, attempts, last_error, lease_id"
-        ))
-        .bind(&lease)
-        .bind(now.saturating_add(lease_ms))
-        .bind(now)
-        .bind(reconcile_ms)
-        .bind(busy)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(leased)
+        );
+        self.writer
+            .run(move |conn| {
+                rows(conn, &sql, params![lease, now.saturating_add(lease_ms), now, reconcile_ms, busy, limit], |r| {
+                    Ok(OutboxRow {
+                        id: r.get(0)?,
+                        conversation_id: r.get(1)?,
+                        message_id: r.get(2)?,
+                        psid: r.get(3)?,
+                        body: r.get(4)?,
+                        messaging_type: r.get(5)?,
+                        attempts: r.get(6)?,
+                        last_error: r.get(7)?,
+                        lease_id: r.get(8)?,
+                    })
+                })
+            })
+            .await
     }
 
     async fn next_outbox_eligible(&self, reconcile_ms: i64, busy: &[String]) -> StoreResult<Option<i64>> {
@@ -389,20 +384,18 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn outbox_retry(&self, id: i64, lease_id: &str, next_attempt_at: i64, error: &str) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "update outbox set attempts = attempts + 1, next_attempt_at = ?, last_error = ?, updated_at = ?,
-                lease_id = null, leased_until = null
-             where id = ? and status = 'pending' and lease_id = ?",
-        )
-        .bind(next_attempt_at)
-        .bind(error)
-        .bind(self.now())
-        .bind(id)
-        .bind(lease_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let (now, lease_id, error) = (self.now(), lease_id.to_owned(), error.to_owned());
+        self.writer
+            .run(move |conn| {
+                exec(
+                    conn,
+                    "update outbox set attempts = attempts + 1, next_attempt_at = ?, last_error = ?, updated_at = ?,
+                        lease_id = null, leased_until = null
+                     where id = ? and status = 'pending' and lease_id = ?",
+                    params![next_attempt_at, error, now, id, lease_id],
+                )
+            })
+            .await?;
         Ok(())
     }
 
@@ -437,20 +430,25 @@ impl MessengerStore for SqliteStore {
                     .await?;
             let Some((conversation_id, message_id)) = row else { continue };
             let now = self.now();
-            let mut tx = self.writer.begin().await?;
-            if !mark_applied_in(&mut tx, &format!("delivered:{mid}"), now).await? {
-                continue;
-            }
-            let seq = bump_seq(&mut tx, &conversation_id, now).await?;
-            let kind = EventKind::Delivery {
-                message_id,
-                channel: Channel::Messenger,
-                state: DeliveryState::Delivered,
-                detail: None,
-            };
-            let event = insert_event(&mut tx, &conversation_id, seq, now, kind).await?;
-            tx.commit().await?;
-            out.push((conversation_id, event));
+            let key = format!("delivered:{mid}");
+            let logged = self
+                .writer
+                .run(move |conn| {
+                    if !mark_applied_in(conn, &key, now)? {
+                        return Ok(None);
+                    }
+                    let seq = bump_seq(conn, &conversation_id, now)?;
+                    let kind = EventKind::Delivery {
+                        message_id,
+                        channel: Channel::Messenger,
+                        state: DeliveryState::Delivered,
+                        detail: None,
+                    };
+                    let event = insert_event(conn, &conversation_id, seq, now, kind)?;
+                    Ok(Some((conversation_id, event)))
+                })
+                .await?;
+            out.extend(logged);
         }
         Ok(out)
     }
@@ -490,24 +488,24 @@ impl MessengerStore for SqliteStore {
 impl SqliteStore {
     async fn offer(&self, which: &str, id: &str, psid: &str, key: &str, ttl_ms: i64) -> StoreResult<OfferOutcome> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        if !mark_applied_in(&mut tx, key, now).await? {
-            return Ok(OfferOutcome::Duplicate);
-        }
+        let (id, psid, key) = (id.to_owned(), psid.to_owned(), key.to_owned());
         // ?1 = nonce or code, ?2 = now, ?3 = psid, ?4 = offer expiry.
-        let row = sqlx::query_as::<_, LinkRow>(&format!(
+        let sql = format!(
             "update messenger_links set psid = ?3, offered_at = coalesce(offered_at, ?2), offer_expires_at = ?4
              where {which} and used_at is null and expires_at > ?2 and (psid is null or psid = ?3)
              returning nonce, contact_id, code, expires_at"
-        ))
-        .bind(id)
-        .bind(now)
-        .bind(psid)
-        .bind(now.saturating_add(ttl_ms))
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(row.map_or(OfferOutcome::Unavailable, OfferOutcome::Offered))
+        );
+        self.writer
+            .run(move |conn| {
+                if !mark_applied_in(conn, &key, now)? {
+                    return Ok(OfferOutcome::Duplicate);
+                }
+                let offered = row(conn, &sql, params![id, now, psid, now.saturating_add(ttl_ms)], |r| {
+                    Ok(LinkRow { nonce: r.get(0)?, contact_id: r.get(1)?, code: r.get(2)?, expires_at: r.get(3)? })
+                })?;
+                Ok(offered.map_or(OfferOutcome::Unavailable, OfferOutcome::Offered))
+            })
+            .await
     }
 
     async fn outbox_settle(
@@ -519,93 +517,76 @@ impl SqliteStore {
         state: DeliveryState,
     ) -> StoreResult<Option<(String, Event)>> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "update outbox set status = ?, external_id = coalesce(?, external_id), last_error = coalesce(?, last_error),
-                updated_at = ?, lease_id = null, leased_until = null
-             where id = ? and status = 'pending' returning conversation_id, message_id",
-        )
-        .bind(status)
-        .bind(external_id)
-        .bind(detail)
-        .bind(now)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((conversation_id, message_id)) = row else { return Ok(None) };
-        let Some(message_id) = message_id else {
-            // A send that carries no conversation message (the recap): nothing to log.
-            tx.commit().await?;
-            return Ok(None);
-        };
-        if let Some(external_id) = external_id {
-            sqlx::query("update messages set external_id = coalesce(external_id, ?) where id = ?")
-                .bind(external_id)
-                .bind(&message_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let seq = bump_seq(&mut tx, &conversation_id, now).await?;
-        let kind =
-            EventKind::Delivery { message_id, channel: Channel::Messenger, state, detail: detail.map(str::to_string) };
-        let event = insert_event(&mut tx, &conversation_id, seq, now, kind).await?;
-        tx.commit().await?;
-        Ok(Some((conversation_id, event)))
+        let (status, external_id, detail) =
+            (status.to_owned(), external_id.map(str::to_owned), detail.map(str::to_owned));
+        self.writer
+            .run(move |conn| {
+                let found: Option<(String, Option<String>)> = row(
+                    conn,
+                    "update outbox set status = ?, external_id = coalesce(?, external_id),
+                        last_error = coalesce(?, last_error), updated_at = ?, lease_id = null, leased_until = null
+                     where id = ? and status = 'pending' returning conversation_id, message_id",
+                    params![status, external_id, detail, now, id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                // No row: settled before. No message: a send that carries no conversation message (the recap),
+                // nothing to log.
+                let Some((conversation_id, Some(message_id))) = found else { return Ok(None) };
+                if let Some(external_id) = &external_id {
+                    exec(
+                        conn,
+                        "update messages set external_id = coalesce(external_id, ?) where id = ?",
+                        params![external_id, message_id],
+                    )?;
+                }
+                let seq = bump_seq(conn, &conversation_id, now)?;
+                let kind = EventKind::Delivery { message_id, channel: Channel::Messenger, state, detail };
+                let event = insert_event(conn, &conversation_id, seq, now, kind)?;
+                Ok(Some((conversation_id, event)))
+            })
+            .await
     }
 }
 
 /// Records an applied-key inside a transaction; `false` if it was recorded before.
-async fn mark_applied_in(tx: &mut WriteTx, key: &str, now: i64) -> StoreResult<bool> {
-    let inserted = sqlx::query("insert into webhook_applied (key, created_at) values (?, ?) on conflict do nothing")
-        .bind(key)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+fn mark_applied_in(conn: &Connection, key: &str, now: i64) -> StoreResult<bool> {
+    let inserted = exec(
+        conn,
+        "insert into webhook_applied (key, created_at) values (?, ?) on conflict do nothing",
+        params![key, now],
+    )?;
     Ok(inserted == 1)
 }
 
 /// Binds a PSID to a contact (moving it off any other contact) and logs the link in the contact's conversation.
-async fn bind_in(
-    tx: &mut WriteTx,
+fn bind_in(
+    conn: &Connection,
     contact_id: &str,
     psid: &str,
     name: Option<String>,
     now: i64,
 ) -> StoreResult<Option<(String, Event)>> {
-    sqlx::query("update contacts set psid = null where psid = ? and id <> ?")
-        .bind(psid)
-        .bind(contact_id)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("update contacts set psid = ?, messenger_linked_at = ?, updated_at = ? where id = ?")
-        .bind(psid)
-        .bind(now)
-        .bind(now)
-        .bind(contact_id)
-        .execute(&mut **tx)
-        .await?;
+    exec(conn, "update contacts set psid = null where psid = ? and id <> ?", params![psid, contact_id])?;
+    exec(
+        conn,
+        "update contacts set psid = ?1, messenger_linked_at = ?2, updated_at = ?2 where id = ?3",
+        params![psid, now, contact_id],
+    )?;
     // A visitor may continue on Messenger before writing anything: the conversation starts with the link.
-    sqlx::query(
+    exec(
+        conn,
         "insert into conversations (id, site_id, contact_id, status, last_activity_at, created_at, updated_at)
-         select ?, site_id, id, 'open', ?, ?, ? from contacts where id = ? on conflict(contact_id) do nothing",
-    )
-    .bind(new_id())
-    .bind(now)
-    .bind(now)
-    .bind(now)
-    .bind(contact_id)
-    .execute(&mut **tx)
-    .await?;
-    let conversation: Option<String> = sqlx::query_scalar("select id from conversations where contact_id = ?")
-        .bind(contact_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+         select ?1, site_id, id, 'open', ?2, ?2, ?2 from contacts where id = ?3 on conflict(contact_id) do nothing",
+        params![new_id(), now, contact_id],
+    )?;
+    let conversation: Option<String> =
+        row(conn, "select id from conversations where contact_id = ?", params![contact_id], |r| r.get(0))?;
     Ok(match conversation {
         Some(conversation_id) => {
-            let seq = bump_seq(tx, &conversation_id, now).await?;
+            let seq = bump_seq(conn, &conversation_id, now)?;
             let kind = EventKind::Channel { channel: Channel::Messenger, linked: true, name };
-            Some((conversation_id.clone(), insert_event(tx, &conversation_id, seq, now, kind).await?))
+            let event = insert_event(conn, &conversation_id, seq, now, kind)?;
+            Some((conversation_id, event))
         }
         None => None,
     })

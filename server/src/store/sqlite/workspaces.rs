@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 
-use super::{SqliteStore, on_unique};
+use rusqlite::params;
+
+use super::{SqliteStore, exec, on_unique};
 use crate::store::models::{PageRow, Workspace};
 use crate::store::{StoreError, StoreResult, WorkspaceStore, new_id};
 
@@ -12,22 +14,19 @@ const PAGE_COLUMNS: &str =
 #[async_trait]
 impl WorkspaceStore for SqliteStore {
     async fn create_workspace(&self, key: &str, name: &str) -> StoreResult<Workspace> {
-        let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        let workspace = sqlx::query_as::<_, Workspace>(
-            "insert into workspaces (id, key, name, created_at, updated_at) values (?, ?, ?, ?, ?)
-             returning id, key, name",
-        )
-        .bind(new_id())
-        .bind(key)
-        .bind(name)
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| on_unique(e, "a workspace with this key"))?;
-        tx.commit().await?;
-        Ok(workspace)
+        let (now, key, name) = (self.now(), key.to_owned(), name.to_owned());
+        self.writer
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "insert into workspaces (id, key, name, created_at, updated_at) values (?1, ?2, ?3, ?4, ?4)
+                     returning id, key, name",
+                )?
+                .query_row(params![new_id(), key, name, now], |r| {
+                    Ok(Workspace { id: r.get(0)?, key: r.get(1)?, name: r.get(2)? })
+                })
+                .map_err(|e| on_unique(e, "a workspace with this key"))
+            })
+            .await
     }
 
     async fn workspace_by_key(&self, key: &str) -> StoreResult<Option<Workspace>> {
@@ -84,36 +83,39 @@ impl WorkspaceStore for SqliteStore {
                 return Err(StoreError::NotFound);
             }
         }
-        let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "insert into messenger_pages
-                 (page_id, workspace_id, site_id, username, token_nonce, token_ciphertext, created_at, updated_at)
-             values (?, ?, ?, ?, ?, ?, ?, ?)
-             on conflict (page_id) do update set workspace_id = excluded.workspace_id, site_id = excluded.site_id,
-                 username = excluded.username, token_nonce = excluded.token_nonce,
-                 token_ciphertext = excluded.token_ciphertext, updated_at = excluded.updated_at",
-        )
-        .bind(&page.page_id)
-        .bind(&page.workspace_id)
-        .bind(&page.site_id)
-        .bind(&page.username)
-        .bind(&page.token_nonce)
-        .bind(&page.token_ciphertext)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| on_unique(e, "a Page for this site (or a workspace-wide Page)"))?;
-        tx.commit().await?;
+        let (now, page) = (self.now(), page.clone());
+        self.writer
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "insert into messenger_pages
+                         (page_id, workspace_id, site_id, username, token_nonce, token_ciphertext, created_at, updated_at)
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                     on conflict (page_id) do update set workspace_id = excluded.workspace_id,
+                         site_id = excluded.site_id, username = excluded.username, token_nonce = excluded.token_nonce,
+                         token_ciphertext = excluded.token_ciphertext, updated_at = excluded.updated_at",
+                )?
+                .execute(params![
+                    page.page_id,
+                    page.workspace_id,
+                    page.site_id,
+                    page.username,
+                    page.token_nonce,
+                    page.token_ciphertext,
+                    now
+                ])
+                .map_err(|e| on_unique(e, "a Page for this site (or a workspace-wide Page)"))
+            })
+            .await?;
         Ok(())
     }
 
     async fn delete_page(&self, page_id: &str) -> StoreResult<bool> {
-        let mut tx = self.writer.begin().await?;
-        let done = sqlx::query("delete from messenger_pages where page_id = ?").bind(page_id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        let page_id = page_id.to_owned();
+        let done = self
+            .writer
+            .run(move |conn| exec(conn, "delete from messenger_pages where page_id = ?", params![page_id]))
+            .await?;
+        Ok(done > 0)
     }
 
     async fn page(&self, page_id: &str) -> StoreResult<Option<PageRow>> {

@@ -1,30 +1,38 @@
-//! The one SQLite connection that writes, and group commit over it.
+//! The one SQLite connection that writes: a thread of its own that runs each caller's whole transaction, and
+//! group commit over it.
 //!
-//! SQLite lets one connection write at a time. Instead of several pooled connections contending for the file lock
-//! (the losers sleep in SQLite's busy handler: the 1.0–1.6 s stalls the benchmark found), one task owns the only
-//! write connection of the process and lends it to one caller at a time, in the order they asked
-//! ([`Writer::begin`] returns a [`WriteTx`] that derefs to the connection).
+//! SQLite lets one connection write at a time, so one OS thread owns the only write connection of the process
+//! (rusqlite, statements prepared once and cached) and runs callers' jobs on it in the order they asked
+//! ([`Writer::run`]): a job is the caller's whole transaction, a closure over the connection, so its statements
+//! run back to back on this thread with no hop to the async runtime between them (with sqlx each statement was a
+//! channel round trip to sqlx's connection thread and back).
 //!
-//! Group commit: callers that queue while a transaction is open join it. The first caller of a group starts
-//! `BEGIN IMMEDIATE`; each later one runs inside a `SAVEPOINT` of that transaction, so a caller whose work fails
-//! (an error, or a `WriteTx` dropped without [`WriteTx::commit`]) is rolled back alone. When no caller is waiting
-//! (or the group is [`MAX_GROUP`] large) the writer issues one `COMMIT` for all of them, and only then does each
-//! caller's `commit` return: acked still means on disk, at the connection's `synchronous = FULL`. If that `COMMIT`
+//! Group commit: jobs that queue while a group is open join it. The first job of a group runs right after
+//! `BEGIN IMMEDIATE`; each later one inside a `SAVEPOINT` of that transaction, so a job that fails (returns an
+//! error, or panics: the panic is caught) is rolled back alone and only its caller hears of it. When no job is
+//! waiting (or the group is [`MAX_GROUP`] large) the writer issues one `COMMIT` for all of them, and only then does
+//! each caller's `run` return: acked still means on disk, at the connection's `synchronous = FULL`. If that `COMMIT`
 //! fails, every caller of the group gets the error and nothing of the group is on disk.
 //!
-//! The write connection has no busy timeout: the only statement that waits for SQLite's write lock is the group's
-//! `BEGIN IMMEDIATE`, and only when another process (the CLI, an operator's `sqlite3`) holds it; the writer then
-//! retries with an async back-off, up to [`LOCK_WAIT`], and counts every retry ([`Writer::busy_waits`]), so a
-//! test can show that no write of this process ever waits for another writer of this process.
+//! The write connection has no busy timeout: the only statements that wait for SQLite's write lock are the group's
+//! `BEGIN IMMEDIATE` (and its `COMMIT`), and only when another process (the CLI, an operator's `sqlite3`) holds it;
+//! the writer then retries with a back-off, up to [`LOCK_WAIT`], and counts every retry ([`Writer::busy_waits`]), so
+//! a test can show that no write of this process ever waits for another writer of this process. A connection left
+//! in an unknown state (a failed `ROLLBACK`) is dropped and opened again for the next job.
+//!
+//! Checkpoints: SQLite's automatic checkpoint runs inside the `COMMIT` that crosses 1,000 pages of WAL, copying the
+//! WAL into the database file and fsyncing it while every caller of the group (and every job queued behind it)
+//! waits. So the write connection checkpoints itself only as a safety net ([`SELF_CHECKPOINT_PAGES`]); after each
+//! group a second thread with its own connection runs a `PASSIVE` checkpoint, which takes no write lock and runs
+//! beside the writer's next groups.
 
-use std::ops::{Deref, DerefMut};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{ConnectOptions, Connection};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{StoreError, StoreResult};
@@ -35,27 +43,76 @@ pub const MAX_GROUP: usize = 256;
 /// How long a group waits for another process to release SQLite's write lock before its callers get an error.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// What a caller asks the writer for: the connection, inside the open transaction.
+/// WAL pages after which the write connection checkpoints itself (only if the checkpoint thread fell this far
+/// behind: 10,000 pages of 4 KiB).
+pub const SELF_CHECKPOINT_PAGES: u32 = 10_000;
+
+/// The write connection's page cache, in KiB.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
+
+/// The least time between two checkpoints of the checkpoint thread (each one fsyncs the database file).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Prepared statements kept per connection (every write statement of the store, with room to spare).
+const STATEMENT_CACHE: usize = 128;
+
+/// What the writer tells a kept caller once its group's `COMMIT` has run.
+type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// A caller's transaction, run on the writer thread.
+trait Job: Send {
+    /// Runs the work on `conn` (inside the group's transaction). `Some` when it is to be kept: the answer waits for
+    /// the `COMMIT`; `None` when it failed or panicked (its caller has the error) or its caller is gone.
+    fn run(self: Box<Self>, conn: &Connection) -> Option<Answer>;
+    /// Answers the caller without running the work.
+    fn fail(self: Box<Self>, err: StoreError);
+}
+
+struct Call<T, F> {
+    work: F,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Job for Call<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Option<Answer> {
+        let Call { work, reply } = *self;
+        if reply.is_closed() {
+            // The caller stopped waiting: nothing to write for it.
+            return None;
+        }
+        match catch_unwind(AssertUnwindSafe(|| work(conn))) {
+            Ok(Ok(value)) => Some(Box::new(move |committed: Result<(), String>| {
+                let _ = reply.send(committed.map(|()| value).map_err(StoreError::Backend));
+            })),
+            Ok(Err(e)) => {
+                let _ = reply.send(Err(e));
+                None
+            }
+            Err(_) => {
+                tracing::error!("a database write panicked; its work was rolled back");
+                let _ =
+                    reply.send(Err(StoreError::Backend("the write failed (it panicked) and was rolled back".into())));
+                None
+            }
+        }
+    }
+
+    fn fail(self: Box<Self>, err: StoreError) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
 enum Request {
-    Lease(oneshot::Sender<StoreResult<WriteTx>>),
+    Job(Box<dyn Job>),
     /// Finish what is queued, close the connection, then answer.
     Close(oneshot::Sender<()>),
 }
 
-/// How a caller gave the connection back.
-enum Outcome {
-    /// Keep the work; the sender hears once the group's `COMMIT` is on disk.
-    Commit(oneshot::Sender<StoreResult<()>>),
-    /// Undo the work (an error, or the transaction was dropped).
-    Rollback,
-}
-
-struct Returned {
-    conn: SqliteConnection,
-    outcome: Outcome,
-}
-
-/// Counts kept by the writer task.
+/// Counts kept by the writer thread.
 #[derive(Debug, Default)]
 pub struct WriterStats {
     busy_waits: AtomicU64,
@@ -63,7 +120,7 @@ pub struct WriterStats {
     commits: AtomicU64,
 }
 
-/// Handle to the writer task; cheap to clone.
+/// Handle to the writer thread; cheap to clone. The thread ends when the last handle is dropped (or on `close`).
 #[derive(Clone, Debug)]
 pub struct Writer {
     requests: mpsc::UnboundedSender<Request>,
@@ -71,19 +128,36 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task on `conn` (already migrated); `options` reopens the connection if it is ever lost.
-    pub fn start(conn: SqliteConnection, options: SqliteConnectOptions) -> Self {
+    /// Opens the write connection on the database file at `path` (already migrated) and starts its thread.
+    pub fn start(path: &Path) -> anyhow::Result<Self> {
+        let conn = open(path)?;
         let (requests, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(WriterStats::default());
-        tokio::spawn(run(conn, options, rx, Arc::clone(&stats)));
-        Self { requests, stats }
+        let (checkpoint, wakes) = std::sync::mpsc::sync_channel(1);
+        let checkpoints = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpointer(&checkpoints, &wakes))?;
+        let thread = Thread { path: path.to_path_buf(), conn: Some(conn), rx, stats: Arc::clone(&stats), checkpoint };
+        std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || thread.serve())?;
+        Ok(Self { requests, stats })
     }
 
-    /// The write connection, inside a transaction, once the callers ahead have given it back.
-    pub async fn begin(&self) -> StoreResult<WriteTx> {
-        let (tx, rx) = oneshot::channel();
-        self.requests.send(Request::Lease(tx)).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+    /// Runs `work` as one transaction on the write connection, after the callers ahead, and returns its result
+    /// once it is on disk. An error (or a panic) in `work` rolls back `work` alone.
+    pub async fn run<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Job(Box::new(Call { work, reply }))).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Returns once every write queued so far is on disk (a caller that must see a concurrent group committed).
+    pub async fn settle(&self) -> StoreResult<()> {
+        self.run(|_| Ok(())).await
     }
 
     /// Lets what is queued finish, then closes the write connection; later writes fail.
@@ -94,7 +168,8 @@ impl Writer {
         }
     }
 
-    /// How often a group waited for SQLite's write lock, held by another process (retries of `BEGIN IMMEDIATE`).
+    /// How often a group waited for SQLite's write lock, held by another process (retries of `BEGIN IMMEDIATE`
+    /// or `COMMIT`).
     pub fn busy_waits(&self) -> u64 {
         self.stats.busy_waits.load(Ordering::Relaxed)
     }
@@ -110,91 +185,64 @@ impl Writer {
     }
 }
 
-/// The write connection lent to one caller, inside the group's transaction. [`WriteTx::commit`] keeps the work
-/// (returning once it is on disk); dropping it rolls the work back.
-pub struct WriteTx {
-    conn: Option<SqliteConnection>,
-    back: Option<oneshot::Sender<Returned>>,
-}
-
-impl WriteTx {
-    /// Keeps this caller's work and waits until the group's `COMMIT` is durable.
-    pub async fn commit(mut self) -> StoreResult<()> {
-        let (done, committed) = oneshot::channel();
-        let (Some(conn), Some(back)) = (self.conn.take(), self.back.take()) else { return Err(stopped()) };
-        back.send(Returned { conn, outcome: Outcome::Commit(done) }).map_err(|_| stopped())?;
-        committed.await.map_err(|_| stopped())?
-    }
-}
-
-impl Drop for WriteTx {
-    fn drop(&mut self) {
-        if let (Some(conn), Some(back)) = (self.conn.take(), self.back.take()) {
-            let _ = back.send(Returned { conn, outcome: Outcome::Rollback });
-        }
-    }
-}
-
-impl Deref for WriteTx {
-    type Target = SqliteConnection;
-
-    fn deref(&self) -> &SqliteConnection {
-        // `conn` is only taken by `commit` and `drop`, which consume the transaction.
-        self.conn.as_ref().unwrap_or_else(|| unreachable!("a lent connection is present until given back"))
-    }
-}
-
-impl DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        self.conn.as_mut().unwrap_or_else(|| unreachable!("a lent connection is present until given back"))
-    }
-}
-
 fn stopped() -> StoreError {
     StoreError::Backend("the database writer has stopped".into())
 }
 
-fn backend(e: &sqlx::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// SQLITE_BUSY and its extended codes (another connection holds the lock).
+fn is_busy(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
 }
 
-/// SQLITE_BUSY and its extended codes (another connection holds the lock).
-fn is_busy(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 5),
-        _ => false,
+/// Opens the write connection: WAL, `synchronous = FULL`, foreign keys on, no busy timeout (see the module doc).
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::ZERO)?;
+    conn.execute_batch("pragma journal_mode = wal; pragma synchronous = full; pragma foreign_keys = on;")?;
+    conn.pragma_update(None, "wal_autocheckpoint", SELF_CHECKPOINT_PAGES)?;
+    // The pages every write touches (the indexes' right edges, the conversations) stay cached: SQLite's default
+    // 2 MiB made the writer re-read pages (`pread`: 6 % of its samples in scenario b).
+    conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB.saturating_neg())?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// The checkpoint thread: after the writer's groups (at most every [`CHECKPOINT_EVERY`]), a `PASSIVE` checkpoint on
+/// a connection of its own. Ends with the writer (when `wakes` closes).
+fn checkpointer(path: &Path, wakes: &std::sync::mpsc::Receiver<()>) {
+    let mut conn: Option<Connection> = None;
+    while wakes.recv().is_ok() {
+        let started = Instant::now();
+        let checkpointed = match conn.take().map_or_else(|| open(path), Ok) {
+            Ok(c) => {
+                let done = c.query_row("pragma wal_checkpoint(passive)", [], |_| Ok(()));
+                conn = Some(c);
+                done
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checkpointed {
+            tracing::warn!(error = %e, "WAL checkpoint");
+        }
+        std::thread::sleep(CHECKPOINT_EVERY.saturating_sub(started.elapsed()));
     }
 }
 
-/// Opens the write connection: no busy timeout (see the module doc).
-pub async fn open(options: &SqliteConnectOptions) -> sqlx::Result<SqliteConnection> {
-    options.clone().busy_timeout(Duration::ZERO).connect().await
-}
-
-/// Runs `sql` (one or several statements, no parameters) on the write connection.
-/// (Boxed: the spawned writer future must be `Send` for every lifetime, which sqlx's executor bounds only give
-/// through a concrete future type.)
-fn raw<'a>(conn: &'a mut SqliteConnection, sql: &'a str) -> BoxFuture<'a, sqlx::Result<()>> {
-    Box::pin(async move { sqlx::Executor::execute(conn, sql).await.map(|_| ()) })
+/// Runs one statement without parameters, prepared once per connection.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 /// Runs `sql`, retrying while another process holds the write lock, up to [`LOCK_WAIT`].
-fn raw_waiting<'a>(
-    conn: &'a mut SqliteConnection,
-    sql: &'a str,
-    stats: &'a WriterStats,
-) -> BoxFuture<'a, sqlx::Result<()>> {
-    Box::pin(raw_waiting_inner(conn, sql, stats))
-}
-
-async fn raw_waiting_inner(conn: &mut SqliteConnection, sql: &str, stats: &WriterStats) -> sqlx::Result<()> {
+fn exec_waiting(conn: &Connection, sql: &str, stats: &WriterStats) -> rusqlite::Result<()> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
-        match raw(conn, sql).await {
+        match exec(conn, sql) {
             Err(e) if is_busy(&e) && started.elapsed() < LOCK_WAIT => {
                 stats.busy_waits.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(pause).await;
+                std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
             other => return other,
@@ -203,131 +251,153 @@ async fn raw_waiting_inner(conn: &mut SqliteConnection, sql: &str, stats: &Write
 }
 
 /// Tells every kept caller of a group how it ended.
-fn finish(kept: Vec<oneshot::Sender<StoreResult<()>>>, result: &Result<(), String>) {
-    for caller in kept {
-        let _ = caller.send(result.clone().map_err(StoreError::Backend));
+fn finish(kept: Vec<Answer>, result: &Result<(), String>) {
+    for answer in kept {
+        answer(result.clone());
     }
 }
 
-async fn run(
-    conn: SqliteConnection,
-    options: SqliteConnectOptions,
-    mut rx: mpsc::UnboundedReceiver<Request>,
+/// How a group left the connection.
+enum Left {
+    /// Usable, outside any transaction.
+    Clean,
+    /// In an unknown state: drop it; the next job opens a new one.
+    Lost,
+}
+
+/// The writer thread's state.
+struct Thread {
+    path: PathBuf,
+    conn: Option<Connection>,
+    rx: mpsc::UnboundedReceiver<Request>,
     stats: Arc<WriterStats>,
-) {
-    let mut conn = Some(conn);
-    let mut pending: Option<Request> = None;
-    loop {
-        let request = match pending.take() {
-            Some(request) => request,
-            None => match rx.recv().await {
+    /// Wakes the checkpoint thread (a full channel means it is already due to run).
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Thread {
+    fn serve(mut self) {
+        let mut pending: Option<Request> = None;
+        loop {
+            let request = match pending.take().or_else(|| self.rx.blocking_recv()) {
                 Some(request) => request,
                 None => return,
-            },
-        };
-        match request {
-            Request::Close(done) => {
-                if let Some(conn) = conn.take() {
-                    let _ = conn.close().await;
-                }
-                rx.close();
-                let _ = done.send(());
-                while let Some(request) = rx.recv().await {
-                    if let Request::Close(done) = request {
-                        let _ = done.send(());
+            };
+            match request {
+                Request::Close(done) => return self.close(done),
+                Request::Job(first) => {
+                    let conn = match self.conn.take() {
+                        Some(conn) => conn,
+                        None => match open(&self.path) {
+                            Ok(conn) => conn,
+                            Err(e) => {
+                                first.fail(e.into());
+                                continue;
+                            }
+                        },
+                    };
+                    let left;
+                    (left, pending) = group(&conn, first, &mut self.rx, &self.stats);
+                    let _ = self.checkpoint.try_send(());
+                    match left {
+                        Left::Clean => self.conn = Some(conn),
+                        Left::Lost => tracing::warn!("the write connection was left inside a transaction; reopening"),
                     }
                 }
-                return;
             }
-            Request::Lease(first) => {
-                let c = match conn.take() {
-                    Some(c) => c,
-                    None => match open(&options).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let _ = first.send(Err(backend(&e)));
-                            continue;
-                        }
-                    },
-                };
-                (conn, pending) = group(c, first, &mut rx, &stats).await;
+        }
+    }
+
+    fn close(mut self, done: oneshot::Sender<()>) {
+        if let Some(conn) = self.conn.take()
+            && let Err((_, e)) = conn.close()
+        {
+            tracing::warn!(error = %e, "closing the write connection");
+        }
+        self.rx.close();
+        let _ = done.send(());
+        while let Some(request) = self.rx.blocking_recv() {
+            match request {
+                Request::Close(done) => {
+                    let _ = done.send(());
+                }
+                Request::Job(job) => job.fail(stopped()),
             }
         }
     }
 }
 
-/// Runs one group: lends the connection to `first`, then to each caller already queued, then commits them all.
-/// Returns the connection (`None` if it was lost) and a request taken from the queue that the group did not serve.
-async fn group(
-    mut c: SqliteConnection,
-    first: oneshot::Sender<StoreResult<WriteTx>>,
+/// Ends a group whose transaction is to be undone: rolls back, and reports whether the connection is still usable.
+fn abandon(conn: &Connection) -> Left {
+    if conn.is_autocommit() {
+        return Left::Clean;
+    }
+    match exec(conn, "rollback") {
+        Ok(()) => Left::Clean,
+        Err(e) => {
+            tracing::warn!(error = %e, "rollback of a failed write");
+            Left::Lost
+        }
+    }
+}
+
+/// Runs one group: `first`, then each job already queued (each in a savepoint), then commits them all. Returns how
+/// the connection was left and a request taken from the queue that the group did not serve.
+fn group(
+    conn: &Connection,
+    first: Box<dyn Job>,
     rx: &mut mpsc::UnboundedReceiver<Request>,
     stats: &WriterStats,
-) -> (Option<SqliteConnection>, Option<Request>) {
-    if let Err(e) = raw_waiting(&mut c, "begin immediate", stats).await {
-        let _ = first.send(Err(backend(&e)));
-        return (Some(c), None);
+) -> (Left, Option<Request>) {
+    if let Err(e) = exec_waiting(conn, "begin immediate", stats) {
+        first.fail(e.into());
+        return (abandon(conn), None);
     }
-    let mut kept: Vec<oneshot::Sender<StoreResult<()>>> = Vec::new();
-    // What ends the last caller's savepoint; run together with the next statement, to save a round trip.
-    let mut end: &'static str = "";
-    let mut caller = first;
+    let mut kept: Vec<Answer> = Vec::new();
+    let mut job = first;
     let mut pending = None;
     loop {
-        // The group's first kept caller needs no savepoint: while nothing is kept, a rollback undoes only its work.
+        // The group's first kept job needs no savepoint: while nothing is kept, a rollback undoes only its work.
         let savepoint = !kept.is_empty();
-        if savepoint && let Err(e) = raw(&mut c, &format!("{end}savepoint w")).await {
-            // SQLite rolled the group's transaction back (e.g. an I/O error): nothing of it is kept.
-            let _ = caller.send(Err(backend(&e)));
-            let _ = raw(&mut c, "rollback").await;
-            finish(kept, &Err(e.to_string()));
-            return (Some(c), None);
+        if savepoint && let Err(e) = exec(conn, "savepoint w") {
+            let failed = format!("the group's transaction failed: {e}");
+            job.fail(e.into());
+            let left = abandon(conn);
+            finish(kept, &Err(failed));
+            return (left, None);
         }
-        let (back, returned) = oneshot::channel();
-        let outcome = match caller.send(Ok(WriteTx { conn: Some(c), back: Some(back) })) {
-            Ok(()) => match returned.await {
-                Ok(returned) => {
-                    c = returned.conn;
-                    returned.outcome
-                }
-                Err(_) => {
-                    // The connection went away with its caller (a panic while lent); the next request reopens it.
-                    finish(kept, &Err("the write connection was lost".into()));
-                    return (None, None);
-                }
-            },
-            Err(unsent) => {
-                // The caller stopped waiting before it got the connection.
-                let Some(taken) = unsent.ok().and_then(|mut tx| {
-                    tx.back = None;
-                    tx.conn.take()
-                }) else {
-                    finish(kept, &Err("the write connection was lost".into()));
-                    return (None, None);
-                };
-                c = taken;
-                Outcome::Rollback
+        let answer = job.run(conn);
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (an I/O error, a full disk): nothing of the group is kept.
+            if let Some(answer) = answer {
+                answer(Err("the transaction was rolled back by SQLite".into()));
             }
+            finish(kept, &Err("the transaction was rolled back by SQLite".into()));
+            return (Left::Clean, None);
+        }
+        let ended = match (answer, savepoint) {
+            (Some(answer), true) => {
+                kept.push(answer);
+                exec(conn, "release w")
+            }
+            (Some(answer), false) => {
+                kept.push(answer);
+                Ok(())
+            }
+            // Nothing was kept: the transaction held only this job's work.
+            (None, false) => return (abandon(conn), None),
+            (None, true) => exec(conn, "rollback to w").and_then(|()| exec(conn, "release w")),
         };
-        match outcome {
-            Outcome::Commit(done) => {
-                kept.push(done);
-                end = if savepoint { "release w; " } else { "" };
-            }
-            Outcome::Rollback if !savepoint => {
-                // Nothing was kept: the transaction held only this caller's work.
-                if let Err(e) = raw(&mut c, "rollback").await {
-                    tracing::debug!(error = %e, "rollback of a failed write");
-                }
-                return (Some(c), None);
-            }
-            Outcome::Rollback => end = "rollback to w; release w; ",
+        if let Err(e) = ended {
+            let left = abandon(conn);
+            finish(kept, &Err(format!("the group's transaction failed: {e}")));
+            return (left, None);
         }
         if kept.len() >= MAX_GROUP {
             break;
         }
         match rx.try_recv() {
-            Ok(Request::Lease(next)) => caller = next,
+            Ok(Request::Job(next)) => job = next,
             Ok(other) => {
                 pending = Some(other);
                 break;
@@ -335,24 +405,19 @@ async fn group(
             Err(_) => break,
         }
     }
-    let committed = match raw(&mut c, &format!("{end}commit")).await {
-        // `end` ran; only the COMMIT waits (another process's lock): retry it alone.
-        Err(e) if is_busy(&e) => raw_waiting(&mut c, "commit", stats).await,
-        other => other,
-    };
-    let result = match committed {
+    match exec_waiting(conn, "commit", stats) {
         Ok(()) => {
             stats.groups.fetch_add(1, Ordering::Relaxed);
             stats.commits.fetch_add(kept.len() as u64, Ordering::Relaxed);
-            Ok(())
+            finish(kept, &Ok(()));
+            (Left::Clean, pending)
         }
         Err(e) => {
-            let _ = raw(&mut c, "rollback").await;
-            Err(e.to_string())
+            let left = abandon(conn);
+            finish(kept, &Err(e.to_string()));
+            (left, pending)
         }
-    };
-    finish(kept, &result);
-    (Some(c), pending)
+    }
 }
 
 #[cfg(test)]
@@ -368,25 +433,65 @@ mod tests {
     use super::super::SqliteStore;
     use crate::clock::Clock;
     use crate::store::models::ContactContext;
-    use crate::store::{AppendOutcome, ConversationStore, NewMessage, SiteStore};
+    use crate::store::{AppendOutcome, ConversationStore, NewMessage, SiteStore, StoreError, StoreResult};
 
     async fn store(dir: &tempfile::TempDir) -> SqliteStore {
         let url = format!("sqlite://{}", dir.path().join("w.db").display());
         SqliteStore::connect(&url, 4, Clock::system()).await.expect("opens")
     }
 
+    /// A scratch table `t`, and `parent`/`child` whose foreign key is checked only at COMMIT.
     async fn scratch(store: &SqliteStore) {
-        let mut tx = store.writer.begin().await.expect("lent");
-        sqlx::query("create table t (v text primary key)").execute(&mut *tx).await.expect("table");
-        tx.commit().await.expect("committed");
+        store
+            .writer
+            .run(|conn| {
+                conn.execute_batch(
+                    "create table t (v text primary key);
+                     create table parent (id integer primary key);
+                     create table child (p integer references parent (id) deferrable initially deferred);",
+                )?;
+                Ok(())
+            })
+            .await
+            .expect("tables");
     }
 
-    async fn insert(tx: &mut super::WriteTx, v: &str) -> sqlx::Result<()> {
-        sqlx::query("insert into t (v) values (?)").bind(v).execute(&mut **tx).await.map(|_| ())
+    fn insert(conn: &rusqlite::Connection, v: &str) -> StoreResult<()> {
+        conn.execute("insert into t (v) values (?)", [v])?;
+        Ok(())
     }
 
     async fn stored(store: &SqliteStore) -> Vec<String> {
         sqlx::query_scalar("select v from t order by v").fetch_all(&store.pool).await.expect("reads")
+    }
+
+    /// Three jobs in one group: `a` (which holds the writer until the two others are queued behind it, so they
+    /// join its group), then `b` and `c`, the jobs `middle` and `last` make. Returns the three results, once all
+    /// are answered.
+    async fn group_of_three<B, C>(store: &SqliteStore, middle: B, last: C) -> [StoreResult<()>; 3]
+    where
+        B: FnOnce(&rusqlite::Connection) -> StoreResult<()> + Send + 'static,
+        C: FnOnce(&rusqlite::Connection) -> StoreResult<()> + Send + 'static,
+    {
+        let (started, running) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let a = store.writer.run(move |conn| {
+            insert(conn, "a")?;
+            let _ = started.send(());
+            released.recv().map_err(|_| StoreError::Backend("never released".into()))?;
+            Ok(())
+        });
+        let b = store.writer.run(middle);
+        let c = store.writer.run(last);
+        tokio::pin!(a, b, c);
+        // Each first poll queues its job: a first, and b and c only once a runs (so they wait behind it).
+        assert!(futures_util::poll!(&mut a).is_pending());
+        running.await.expect("a runs");
+        assert!(futures_util::poll!(&mut b).is_pending() && futures_util::poll!(&mut c).is_pending());
+        assert!(stored(store).await.is_empty(), "nothing of the group is visible before its COMMIT");
+        release.send(()).expect("a waits");
+        let (a, b, c) = tokio::join!(a, b, c);
+        [a, b, c]
     }
 
     fn message(client_id: String) -> NewMessage {
@@ -403,40 +508,90 @@ mod tests {
         }
     }
 
-    /// Three callers in one group: the middle one fails (a unique violation, then its transaction is dropped). It
-    /// alone is rolled back; the other two are committed by the group's one COMMIT, and each one's `commit` returns
-    /// only after it.
+    /// Three callers in one group: the middle one fails (a unique violation). It alone is rolled back; the other
+    /// two are committed by the group's one COMMIT, and each one's `run` returns only after it.
     #[tokio::test]
     async fn a_failing_caller_in_a_group_is_rolled_back_alone() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = store(&dir).await;
         scratch(&store).await;
         let (groups, commits) = (store.writer.groups(), store.writer.commits());
-
-        let mut a = store.writer.begin().await.expect("a lent");
-        insert(&mut a, "a").await.expect("a inserts");
-        // b and c queue while a holds the connection.
-        let b = store.writer.begin();
-        let c = store.writer.begin();
-        tokio::pin!(b, c);
-        assert!(futures_util::poll!(&mut b).is_pending() && futures_util::poll!(&mut c).is_pending());
-        let a_commit = tokio::spawn(a.commit());
-
-        let mut b = b.await.expect("b lent, in a's group");
-        insert(&mut b, "b").await.expect("b inserts");
-        assert!(insert(&mut b, "a").await.is_err(), "a duplicate fails");
-        drop(b);
-
-        let mut c = c.await.expect("c lent, in the same group");
-        insert(&mut c, "c").await.expect("c inserts");
-        // Nothing of the group is visible to readers before its COMMIT.
-        assert!(stored(&store).await.is_empty(), "not committed yet");
-        c.commit().await.expect("c committed");
-        a_commit.await.expect("joins").expect("a committed");
-
+        let [a, b, c] = group_of_three(
+            &store,
+            |conn| {
+                insert(conn, "b")?;
+                insert(conn, "a")
+            },
+            |conn| insert(conn, "c"),
+        )
+        .await;
+        assert!(a.is_ok() && c.is_ok(), "a and c committed: {a:?} {c:?}");
+        assert!(b.is_err(), "a duplicate fails");
         assert_eq!(stored(&store).await, ["a", "c"], "a and c kept, b rolled back alone");
         assert_eq!(store.writer.groups() - groups, 1, "one COMMIT for the group");
         assert_eq!(store.writer.commits() - commits, 2);
+    }
+
+    /// A job that panics halfway is caught: its caller gets an error, its work is rolled back (also what it wrote
+    /// before the panic), the rest of its group is committed, and the writer thread goes on serving.
+    #[tokio::test]
+    async fn a_panicking_job_is_rolled_back_alone_and_the_writer_survives() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(&dir).await;
+        scratch(&store).await;
+        let [a, b, c] = group_of_three(
+            &store,
+            |conn| {
+                insert(conn, "b")?;
+                panic!("a bug in a write");
+            },
+            |conn| insert(conn, "c"),
+        )
+        .await;
+        assert!(a.is_ok() && c.is_ok(), "a and c committed: {a:?} {c:?}");
+        assert!(matches!(b, Err(StoreError::Backend(_))), "the panicking caller gets an error: {b:?}");
+        assert_eq!(stored(&store).await, ["a", "c"]);
+
+        // The first job of a group panics: nothing of it stays, and the next job still runs.
+        let first = store
+            .writer
+            .run(|conn| -> StoreResult<()> {
+                insert(conn, "d")?;
+                panic!("again");
+            })
+            .await;
+        assert!(first.is_err());
+        store.writer.run(|conn| insert(conn, "e")).await.expect("the writer still writes");
+        assert_eq!(stored(&store).await, ["a", "c", "e"]);
+    }
+
+    /// When the group's COMMIT fails (here a foreign key checked only at COMMIT, broken by the middle caller),
+    /// every caller of the group gets the error, nothing of the group is on disk, and the writer is clean after.
+    #[tokio::test]
+    async fn a_failing_commit_fails_every_caller_of_the_group() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(&dir).await;
+        scratch(&store).await;
+        let (groups, commits) = (store.writer.groups(), store.writer.commits());
+        let [a, b, c] = group_of_three(
+            &store,
+            |conn| {
+                conn.execute("insert into child (p) values (1)", [])?;
+                Ok(())
+            },
+            |conn| insert(conn, "c"),
+        )
+        .await;
+        for (name, result) in [("a", a), ("b", b), ("c", c)] {
+            assert!(result.is_err(), "{name} was told it committed: {result:?}");
+        }
+        assert!(stored(&store).await.is_empty(), "nothing of the failed group is on disk");
+        let children: i64 =
+            sqlx::query_scalar("select count(*) from child").fetch_one(&store.pool).await.expect("reads");
+        assert_eq!(children, 0);
+        assert_eq!((store.writer.groups() - groups, store.writer.commits() - commits), (0, 0));
+        store.writer.run(|conn| insert(conn, "after")).await.expect("the next write starts clean");
+        assert_eq!(stored(&store).await, ["after"]);
     }
 
     /// A first caller that fails leaves nothing behind, and the next caller starts a clean transaction.
@@ -445,13 +600,37 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = store(&dir).await;
         scratch(&store).await;
-        let mut a = store.writer.begin().await.expect("lent");
-        insert(&mut a, "gone").await.expect("inserts");
-        drop(a);
-        let mut b = store.writer.begin().await.expect("lent");
-        insert(&mut b, "kept").await.expect("inserts");
-        b.commit().await.expect("committed");
+        let failed = store
+            .writer
+            .run(|conn| {
+                insert(conn, "gone")?;
+                Err::<(), _>(StoreError::Conflict("no".into()))
+            })
+            .await;
+        assert!(matches!(failed, Err(StoreError::Conflict(_))), "the caller gets its own error: {failed:?}");
+        store.writer.run(|conn| insert(conn, "kept")).await.expect("committed");
         assert_eq!(stored(&store).await, ["kept"]);
+    }
+
+    /// `close` lets the queued writes finish; writes after it fail instead of hanging.
+    #[tokio::test]
+    async fn close_drains_the_queue_then_refuses() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(&dir).await;
+        scratch(&store).await;
+        let queued: Vec<_> = (0..20).map(|n| store.writer.run(move |conn| insert(conn, &format!("q{n:02}")))).collect();
+        let all = futures_util::future::join_all(queued);
+        tokio::pin!(all);
+        // The first poll queues all twenty, then close queues behind them.
+        let early = futures_util::poll!(&mut all);
+        store.writer.close().await;
+        let results = match early {
+            std::task::Poll::Ready(results) => results,
+            std::task::Poll::Pending => all.await,
+        };
+        assert!(results.iter().all(Result::is_ok), "every write queued before close lands");
+        assert_eq!(stored(&store).await.len(), 20);
+        assert!(store.writer.run(|conn| insert(conn, "late")).await.is_err());
     }
 
     /// 400 concurrent posts into 10 conversations: every one commits, sequence numbers stay unique and gap-free,
@@ -507,9 +686,46 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the writer never waited for the held lock");
             tokio::task::yield_now().await;
         }
+        assert!(!writer.is_finished(), "the write went ahead while another process held the lock");
         sqlx::query("commit").execute(&mut other).await.expect("lock released");
         other.close().await.expect("closes");
         assert!(matches!(writer.await.expect("joins").expect("lands"), AppendOutcome::Created { seq: 41, .. }));
+    }
+
+    /// COMMITs do not checkpoint (the write connection's own threshold is far above SQLite's 1,000 pages); the
+    /// checkpoint thread copies the WAL into the database file. 3 MB of WAL (about 750 pages, under SQLite's
+    /// default threshold too) reaches the database file only through that thread.
+    #[tokio::test]
+    async fn the_checkpoint_thread_copies_the_wal_into_the_database_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(&dir).await;
+        let threshold: i64 = store
+            .writer
+            .run(|conn| {
+                conn.execute_batch("create table blobs (b blob)")?;
+                Ok(conn.query_row("pragma wal_autocheckpoint", [], |r| r.get(0))?)
+            })
+            .await
+            .expect("reads the pragma");
+        assert_eq!(threshold, i64::from(super::SELF_CHECKPOINT_PAGES));
+        let db = dir.path().join("w.db");
+        let size = || std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        for _ in 0..30 {
+            store
+                .writer
+                .run(|conn| {
+                    conn.execute("insert into blobs (b) values (randomblob(100000))", [])?;
+                    Ok(())
+                })
+                .await
+                .expect("written");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while size() < before + 3_000_000 {
+            assert!(std::time::Instant::now() < deadline, "the WAL never reached the database file");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
