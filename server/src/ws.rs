@@ -253,8 +253,10 @@ async fn on_inbound<C: Connection>(
     msg: Result<C::Client, String>,
 ) -> Result<(), axum::Error> {
     match msg {
+        // Boxed: a handler's future (store queries and all) lives only while it runs, instead of widening every
+        // idle socket's task to the largest handler's size.
         Ok(msg) => match conn.admit(Some(&msg)) {
-            Ok(()) => conn.on_client(sink, msg).await,
+            Ok(()) => Box::pin(conn.on_client(sink, msg)).await,
             Err(refusal) => send_json(sink, &refusal).await,
         },
         Err(why) => {
@@ -318,7 +320,8 @@ async fn serve<C: Connection>(
                 }
                 Some(msg) => {
                     let msg: Arc<HubMsg> = msg;
-                    if conn.on_hub(sink, &msg).await.is_err() {
+                    // Boxed like `on_client` (see `on_inbound`).
+                    if Box::pin(conn.on_hub(sink, &msg)).await.is_err() {
                         break;
                     }
                 }
