@@ -46,8 +46,8 @@ pub mod close {
 
 /// Bytes tungstenite allocates up front to read each socket and keeps for the socket's life (its default is 128 KiB,
 /// paid by every idle socket; 4 KiB was still a third of an idle socket's memory). Chat frames are small; a bigger
-/// frame (up to `limits.max_frame_bytes`) is reserved whole once its header is read, then read 512 bytes per call.
-pub const READ_BUFFER_BYTES: usize = 512;
+/// frame (up to `limits.max_frame_bytes`) is reserved whole once its header is read, then read 1 KiB per call.
+pub const READ_BUFFER_BYTES: usize = 1024;
 /// Bytes tungstenite collects before it writes to the socket. Every frame we send is flushed at once, so this only
 /// caps what the buffer keeps allocated after a burst (its default is 128 KiB).
 pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
