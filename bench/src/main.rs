@@ -46,6 +46,10 @@ enum Cmd {
         /// Smaller loads and shorter runs (a smoke test of the harness; figures not comparable).
         #[arg(long)]
         quick: bool,
+        /// Run Parley alone in scenarios a, c and d (no relay or Socket.IO beside it): for before/after comparisons
+        /// of two Parley binaries.
+        #[arg(long)]
+        no_baselines: bool,
         /// The release `parley` binary.
         #[arg(long)]
         parley: PathBuf,
@@ -166,6 +170,8 @@ struct Plan {
     sqlite_seconds: f64,
     webhook_clients: usize,
     widget_runs: usize,
+    /// Whether scenarios a, c and d run the baselines beside Parley.
+    baselines: bool,
 }
 
 impl Plan {
@@ -185,6 +191,7 @@ impl Plan {
                 sqlite_seconds: 3.0,
                 webhook_clients: 16,
                 widget_runs: 3,
+                baselines: true,
             }
         } else {
             Self {
@@ -199,8 +206,14 @@ impl Plan {
                 sqlite_seconds: 10.0,
                 webhook_clients: 64,
                 widget_runs: 7,
+                baselines: true,
             }
         }
+    }
+
+    /// The targets of a socket scenario: `kinds`, or Parley alone without baselines.
+    fn targets(&self, kinds: &[Kind]) -> Vec<Kind> {
+        kinds.iter().copied().filter(|k| self.baselines || *k == Kind::Parley).collect()
     }
 }
 
@@ -215,7 +228,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::json!({"messages": outcome.messages, "seconds": outcome.elapsed.as_secs_f64()}));
             Ok(())
         }
-        Cmd::Run { scenarios, quick, parley, node_dir, site, widget_dir, out, note, command } => {
+        Cmd::Run { scenarios, quick, no_baselines, parley, node_dir, site, widget_dir, out, note, command } => {
             let pinned = sys::cores() >= 2;
             // Targets run in their own temporary folders.
             let parley = std::fs::canonicalize(&parley).with_context(|| format!("no {}", parley.display()))?;
@@ -225,7 +238,8 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("bench: could not pin the generator to core 1");
             }
             let nofile = sys::raise_nofile(1 << 20);
-            let plan = Plan::new(quick, nofile);
+            let mut plan = Plan::new(quick, nofile);
+            plan.baselines = !no_baselines;
             let wanted: Vec<String> = if scenarios.is_empty() {
                 ["chat", "delivery", "idle", "storm", "webhook", "widget"].map(String::from).to_vec()
             } else {
@@ -394,7 +408,7 @@ async fn chat(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Resu
 async fn delivery(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut relay_p = None;
-    for kind in [Kind::Relay, Kind::Node { persist: false }, Kind::Parley] {
+    for kind in plan.targets(&[Kind::Relay, Kind::Node { persist: false }, Kind::Parley]) {
         let target = target::start(kind, bins).await?;
         let o = scenarios::delivery::run(
             &target.endpoint,
@@ -424,7 +438,7 @@ async fn delivery(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::
 async fn idle(report: &mut Report, bins: &Binaries, plan: &Plan, nofile: u64) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut relay_per = None;
-    for kind in [Kind::Relay, Kind::Node { persist: false }, Kind::Parley] {
+    for kind in plan.targets(&[Kind::Relay, Kind::Node { persist: false }, Kind::Parley]) {
         let target = target::start(kind, bins).await?;
         let o = scenarios::idle::run(&target.endpoint, target.pid(), plan.idle).await?;
         if kind == Kind::Relay {
@@ -459,7 +473,7 @@ async fn storm(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Res
     for &count in &plan.storms {
         for jitter in [Duration::ZERO, Duration::from_millis(500)] {
             let mut relay_all = None;
-            for kind in [Kind::Relay, Kind::Parley] {
+            for kind in plan.targets(&[Kind::Relay, Kind::Parley]) {
                 let target = target::start(kind, bins).await?;
                 let o = scenarios::storm::run(&target.endpoint, target.pid(), count, jitter).await?;
                 if kind == Kind::Relay {

@@ -4,8 +4,12 @@
 //! [`HubReceiver`]: a mailbox that keeps only the *latest* pending message per conversation and kind (a newer
 //! inbox row replaces an unsent one, a newer event stands for the ones before it), so a busy client that reads
 //! steadily never falls behind however fast conversations change; its pending work is bounded by the number of
-//! conversations, not the number of changes. Only a mailbox with more distinct pending items than its capacity is
-//! closed (the socket closes and the client resumes from its last sequence number, so nothing is lost).
+//! conversations, not the number of changes. Only a visitor mailbox with more distinct pending items than its
+//! capacity is closed (the socket closes and the client resumes from its last sequence number, so nothing is lost).
+//! An agent's mailbox has no such cap: an agent sees every conversation of its workspace, so a fixed cap smaller than
+//! the number of conversations changing at once (10,000 active ones against a `queue` of 256) closed healthy agents
+//! that were a few milliseconds behind. Coalescing already bounds it by the conversations that exist (times the few
+//! kinds of item); an agent that stops reading is dropped by the write and pong deadlines (`ws::serve`) instead.
 //! Registrations are removed by a `Drop` guard, so no early return or panic in a connection task can leave a dead
 //! entry behind. Delivery order and completeness are not the hub's job: connections fill gaps from the store (see
 //! `ws::Relay`), so a coalesced, missed or reordered event costs a query, not a message.
@@ -224,7 +228,7 @@ impl Drop for Registration {
 }
 
 impl Hub {
-    /// A hub whose connections may each have up to `queue` distinct messages pending.
+    /// A hub whose visitor connections may each have up to `queue` distinct messages pending.
     pub fn new(queue: usize) -> Self {
         Self { queue: queue.max(1), ..Self::default() }
     }
@@ -244,9 +248,9 @@ impl Hub {
         (registration, HubReceiver { mailbox })
     }
 
-    /// Registers an agent connection.
+    /// Registers an agent connection. Its mailbox is bounded by coalescing alone (see the module header).
     pub fn join_agent(&self) -> (Registration, HubReceiver) {
-        let mailbox = Mailbox::new(self.queue);
+        let mailbox = Mailbox::new(usize::MAX);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().agents.insert(id, Arc::clone(&mailbox));
         (Registration { hub: self.clone(), id, contact_id: None }, HubReceiver { mailbox })
@@ -262,6 +266,11 @@ impl Hub {
     pub fn connection_counts(&self) -> (usize, usize) {
         let inner = self.lock();
         (inner.visitors.values().map(HashMap::len).sum(), inner.agents.len())
+    }
+
+    /// Whether any agent connection is live here (no one to tell about inbox rows otherwise).
+    pub fn has_agents(&self) -> bool {
+        !self.lock().agents.is_empty()
     }
 
     /// The contacts with a live visitor connection here.
@@ -352,15 +361,46 @@ mod tests {
         HubMsg::Summary(serde_json::from_value(row).expect("a summary"))
     }
 
+    fn event_in(conversation: &str, contact: &str, seq: u64) -> HubMsg {
+        HubMsg::Event {
+            conversation_id: conversation.into(),
+            contact_id: contact.into(),
+            event: Event { seq, at: 0, kind: EventKind::Read { by: Party::Agent, up_to_seq: 0 } },
+        }
+    }
+
     #[test]
-    fn a_mailbox_with_too_many_distinct_pending_messages_closes_instead_of_blocking() {
+    fn a_visitor_mailbox_with_too_many_distinct_pending_messages_closes_instead_of_blocking() {
         let hub = Hub::new(2);
-        let (_reg, mut rx) = hub.join_agent();
-        hub.publish(summary("c1", 1));
-        hub.publish(summary("c2", 1));
-        hub.publish(summary("c3", 1));
+        let (_reg, mut rx) = hub.join_visitor("a");
+        hub.publish(event_in("c1", "a", 1));
+        hub.publish(event_in("c2", "a", 1));
+        hub.publish(event_in("c3", "a", 1));
         // The third distinct message closed the mailbox: the receiver sees the end, the socket task then closes.
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_agent_mailbox_holds_every_changed_conversation_however_small_the_queue() {
+        const CONVERSATIONS: u64 = 10_000;
+        let hub = Hub::new(2);
+        let (_reg, mut rx) = hub.join_agent();
+        // Every conversation changes twice before the agent reads anything (it was busy for a moment).
+        for round in 1..=2 {
+            for c in 0..CONVERSATIONS {
+                hub.publish(event_in(&format!("c{c}"), &format!("v{c}"), round));
+                hub.publish(summary(&format!("c{c}"), round));
+            }
+        }
+        let (mut events, mut summaries) = (0, 0);
+        while let Some(msg) = rx.try_recv().expect("a busy agent is not dropped") {
+            match &*msg {
+                HubMsg::Event { event, .. } if event.seq == 2 => events += 1,
+                HubMsg::Summary(s) if s.last_seq == 2 => summaries += 1,
+                other => panic!("only the latest item of each conversation is pending, got {other:?}"),
+            }
+        }
+        assert_eq!((events, summaries), (CONVERSATIONS, CONVERSATIONS));
     }
 
     #[test]

@@ -451,6 +451,10 @@ impl Conversations {
 
     /// Publishes a conversation's inbox row to this node's agents only (another node changed it and said so).
     pub async fn publish_summary_here(&self, conversation_id: &str) -> Result<(), ServiceError> {
+        // No agent here, no query: an agent that joins after this reads its inbox afresh (it registers first).
+        if !self.hub.has_agents() {
+            return Ok(());
+        }
         if let Some(summary) = self.summary(conversation_id).await? {
             self.hub.publish(HubMsg::Summary(summary));
         }

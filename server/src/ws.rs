@@ -44,9 +44,10 @@ pub mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
 }
 
-/// Bytes tungstenite allocates up front to read each socket (its default is 128 KiB, paid by every idle socket).
-/// Chat frames are small; a bigger frame (up to `limits.max_frame_bytes`) grows the buffer as it arrives.
-pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes tungstenite allocates up front to read each socket and keeps for the socket's life (its default is 128 KiB,
+/// paid by every idle socket; 4 KiB was still a third of an idle socket's memory). Chat frames are small; a bigger
+/// frame (up to `limits.max_frame_bytes`) is reserved whole once its header is read, then read 1 KiB per call.
+pub const READ_BUFFER_BYTES: usize = 1024;
 /// Bytes tungstenite collects before it writes to the socket. Every frame we send is flushed at once, so this only
 /// caps what the buffer keeps allocated after a burst (its default is 128 KiB).
 pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
@@ -253,8 +254,10 @@ async fn on_inbound<C: Connection>(
     msg: Result<C::Client, String>,
 ) -> Result<(), axum::Error> {
     match msg {
+        // Boxed: a handler's future (store queries and all) lives only while it runs, instead of widening every
+        // idle socket's task to the largest handler's size.
         Ok(msg) => match conn.admit(Some(&msg)) {
-            Ok(()) => conn.on_client(sink, msg).await,
+            Ok(()) => Box::pin(conn.on_client(sink, msg)).await,
             Err(refusal) => send_json(sink, &refusal).await,
         },
         Err(why) => {
@@ -318,7 +321,8 @@ async fn serve<C: Connection>(
                 }
                 Some(msg) => {
                     let msg: Arc<HubMsg> = msg;
-                    if conn.on_hub(sink, &msg).await.is_err() {
+                    // Boxed like `on_client` (see `on_inbound`).
+                    if Box::pin(conn.on_hub(sink, &msg)).await.is_err() {
                         break;
                     }
                 }

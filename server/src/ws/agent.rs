@@ -18,7 +18,7 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
 use axum::response::Response;
-use protocol::console::{AgentInfo, ClientMsg, ServerMsg};
+use protocol::console::{AgentInfo, ClientMsg, ConversationSummary, ServerMsg};
 use protocol::{ErrorCode, Party};
 
 use super::flood::TypingGate;
@@ -57,6 +57,9 @@ struct Session {
     workspace_id: String,
     /// Which conversations are the workspace's (a conversation never changes workspace), as far as looked up.
     visible: HashMap<String, bool>,
+    /// Which sites (by key) are the workspace's (a site never changes workspace; a conversation's workspace is its
+    /// site's): an inbox row is placed by its site key, with no lookup per conversation.
+    visible_sites: HashMap<String, bool>,
     /// Digest of the session token this socket was opened with.
     token_hash: Vec<u8>,
     /// Opened conversations and how far each has been sent.
@@ -92,6 +95,31 @@ impl Session {
             self.typing.clear();
         }
         self.typing.entry(conversation_id.to_string()).or_default().pass(typing)
+    }
+
+    /// Whether an inbox row belongs to the agent's workspace, by its site (`false` when the database cannot say).
+    async fn sees_summary(&mut self, summary: &ConversationSummary) -> bool {
+        let visible = match self.visible_sites.get(&summary.site_key) {
+            Some(visible) => *visible,
+            None => match self.state.store.site_by_key(&summary.site_key).await {
+                Ok(site) => {
+                    let visible = site.is_some_and(|site| site.workspace_id == self.workspace_id);
+                    if self.visible_sites.len() >= VISIBLE_CACHE {
+                        self.visible_sites.clear();
+                    }
+                    self.visible_sites.insert(summary.site_key.clone(), visible);
+                    visible
+                }
+                Err(e) => {
+                    tracing::warn!(error = ?e, "cannot look up a site's workspace");
+                    return false;
+                }
+            },
+        };
+        if !self.visible.contains_key(&summary.id) && self.visible.len() < VISIBLE_CACHE {
+            self.visible.insert(summary.id.clone(), visible);
+        }
+        visible
     }
 
     /// Whether the conversation belongs to the agent's workspace (`false` for an unknown one, or when the database
@@ -157,6 +185,7 @@ async fn run(state: AppState, agent: AgentInfo, workspace_id: String, token_hash
         agent,
         workspace_id,
         visible: HashMap::new(),
+        visible_sites: HashMap::new(),
         token_hash,
         open: HashMap::new(),
         typing: HashMap::new(),
@@ -322,7 +351,7 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
 
 async fn handle_hub(session: &mut Session, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error> {
     match msg {
-        HubMsg::Summary(summary) if session.sees(&summary.id).await => {
+        HubMsg::Summary(summary) if session.sees_summary(summary).await => {
             send_json(sink, &ServerMsg::Summary { conversation: summary.clone() }).await
         }
         HubMsg::Summary(_) => Ok(()),

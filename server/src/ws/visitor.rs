@@ -37,7 +37,7 @@ use crate::identity::{self, Verified};
 use crate::services::{PostInput, Poster, ServiceError};
 use crate::state::AppState;
 use crate::store;
-use crate::store::models::{ContactContext, Conversation, Site};
+use crate::store::models::{Contact, ContactContext, Conversation, Site};
 use crate::{auth, client_ip};
 
 #[derive(Deserialize)]
@@ -174,8 +174,9 @@ async fn run(
     }
     let (token, last_seq, context, claimed) = hello;
     let ctx = contact_context(context, user_agent);
-    let resolved = match resolve_contact(&state, &site, cookie, token, &ctx).await {
-        Ok(anonymous) => resolve_identity(&state, &site, anonymous, claimed, &ctx).await,
+    // The hello's queries run in boxed futures: the socket's task keeps only what it needs while idle.
+    let resolved = match Box::pin(resolve_contact(&state, &site, cookie, token, &ctx)).await {
+        Ok(anonymous) => Box::pin(resolve_identity(&state, &site, anonymous, claimed, &ctx)).await,
         Err(e) => Err(e),
     };
     let (visitor, speaker) = match resolved {
@@ -194,8 +195,11 @@ async fn run(
             return;
         }
     }
+    let liveness = Liveness::new(&state.settings.limits);
+    let shutdown = state.shutdown.clone();
+    // The session holds the only copy of the state from here on (an idle socket keeps one, not two).
     let mut session = Session {
-        state: state.clone(),
+        state,
         site,
         contact_id: visitor.contact_id,
         contact_stored: visitor.stored,
@@ -211,22 +215,24 @@ async fn run(
     // A token from the cookie stays out of reach of scripts: the frame is told none, only its fingerprint.
     let sid = visitor_session::sid(&visitor.token);
     let token = if visitor.from_cookie { String::new() } else { visitor.token };
-    let welcome = match welcome(&mut session, token, sid, last_seq).await {
+    let welcome = match Box::pin(welcome(&mut session, token, sid, last_seq)).await {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = ?e, "visitor welcome failed");
             return send_close(&mut sink, close::TRY_AGAIN_LATER, "try again").await;
         }
     };
-    if send_json(&mut sink, &welcome).await.is_err() {
+    let sent = send_json(&mut sink, &welcome).await;
+    // The history it carried is not kept for the socket's lifetime.
+    drop(welcome);
+    if sent.is_err() {
         return;
     }
-    announce_presence(&session, true).await;
+    Box::pin(announce_presence(&session, true)).await;
 
-    let liveness = Liveness::new(&state.settings.limits);
-    serve(&mut session, &mut sink, &mut stream, &mut hub_rx, state.shutdown.clone(), liveness).await;
+    serve(&mut session, &mut sink, &mut stream, &mut hub_rx, shutdown, liveness).await;
     drop(registration);
-    announce_presence(&session, false).await;
+    Box::pin(announce_presence(&session, false)).await;
 }
 
 /// Who a socket speaks for.
@@ -256,7 +262,7 @@ async fn resolve_contact(
         let Some(token) = token else { continue };
         let token_hash = auth::token_hash(&token);
         if let Some(contact) = state.store.contact_by_token(&site.id, &token_hash).await? {
-            state.store.update_contact_context(&contact.id, ctx).await?;
+            update_context(state, &contact, ctx).await?;
             return Ok(Visitor { token, from_cookie, token_hash, contact_id: contact.id, stored: true });
         }
         // A token some other site's contact holds cannot name a contact here.
@@ -271,6 +277,25 @@ async fn resolve_contact(
     });
     let contact_id = store::web_contact_id(&site.id, &token_hash);
     Ok(Visitor { token, from_cookie, token_hash, contact_id, stored: false })
+}
+
+/// Records where a known contact is now, if the browser said anything new (most reconnects say nothing new: no
+/// write transaction for them).
+async fn update_context(state: &AppState, contact: &Contact, ctx: &ContactContext) -> Result<(), ServiceError> {
+    // What `update_contact_context` changes: each field the browser sent that differs from the stored one.
+    fn differs<T: PartialEq>(sent: &Option<T>, stored: &Option<T>) -> bool {
+        sent.as_ref().is_some_and(|sent| Some(sent) != stored.as_ref())
+    }
+    let changed = differs(&ctx.page_url, &contact.page_url)
+        || differs(&ctx.referrer, &contact.referrer)
+        || differs(&ctx.user_agent, &contact.user_agent)
+        || differs(&ctx.timezone, &contact.timezone)
+        || differs(&ctx.utc_offset_minutes, &contact.utc_offset_minutes)
+        || differs(&ctx.language, &contact.language);
+    if changed {
+        state.store.update_contact_context(&contact.id, ctx).await?;
+    }
+    Ok(())
 }
 
 /// Whom a socket speaks for once the `hello`'s identity is checked.
@@ -304,8 +329,8 @@ async fn resolve_identity(
             visitor.contact_id = store::web_contact_id(&site.id, &visitor.token_hash);
             visitor.stored = match state.store.contact_by_token(&site.id, &visitor.token_hash).await? {
                 Some(contact) => {
+                    update_context(state, &contact, ctx).await?;
                     visitor.contact_id = contact.id;
-                    state.store.update_contact_context(&visitor.contact_id, ctx).await?;
                     state.store.record_identity(&visitor.contact_id, &who).await?;
                     true
                 }

@@ -293,3 +293,37 @@ async fn the_listener_queues_a_storm_of_2000_connections_without_dropping_any() 
     assert_eq!(queued.len(), STORM, "connections the listen queue dropped");
     drop(listener);
 }
+
+#[tokio::test]
+async fn an_agent_stays_connected_when_more_conversations_change_at_once_than_the_connection_queue() {
+    const CONVERSATIONS: usize = 20;
+    let app = spawn_app_with(|s| s.limits.connection_queue = 4).await;
+    let mut visitors = Vec::new();
+    for i in 0..CONVERSATIONS {
+        let (mut visitor, _) = app.visitor(None, 0).await;
+        crate::helpers::send_acked(&mut visitor, &format!("c-{i}"), &format!("hello {i}")).await;
+        visitors.push(visitor);
+    }
+    let (mut agent, inbox) = app.agent().await;
+    assert!(matches!(inbox, console::ServerMsg::Inbox { conversations, .. } if conversations.len() == CONVERSATIONS));
+    let mut summaries = Vec::new();
+    for row in app.store.summaries().await.expect("summaries") {
+        summaries.push(app.state.conversations.summary(&row.id).await.expect("summary").expect("a row"));
+    }
+    // Every conversation changes before the agent's socket task runs again (nothing awaits in between): the
+    // agent's mailbox holds more distinct rows than `connection_queue`, as with 10,000 active conversations.
+    for summary in summaries {
+        app.state.hub.publish(parley::hub::HubMsg::Summary(summary));
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < CONVERSATIONS {
+        match agent.recv::<console::ServerMsg>().await {
+            console::ServerMsg::Summary { conversation } => {
+                seen.insert(conversation.id);
+            }
+            other => panic!("expected the changed rows, got {other:?}"),
+        }
+    }
+    agent.send(&console::ClientMsg::Ping).await;
+    agent.recv_until(|m: console::ServerMsg| matches!(m, console::ServerMsg::Pong).then_some(())).await;
+}

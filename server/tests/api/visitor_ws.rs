@@ -355,3 +355,20 @@ async fn a_visitor_flooding_messages_is_slowed_down_and_nothing_is_lost() {
         assert!(app.store.message_by_client_id(&conversation_id, id).await.expect("query").is_none());
     }
 }
+
+#[tokio::test]
+async fn a_returning_visitor_whose_whereabouts_did_not_change_resumes_without_a_write() {
+    let app = spawn_app().await;
+    let (mut ws, welcome) = app.visitor(None, 0).await;
+    let token = token_of(&welcome);
+    let seq = crate::helpers::send_acked(&mut ws, "c-1", "hello").await;
+    drop(ws);
+    // Another writer holds SQLite's write lock: a hello that needed a write would wait for it.
+    let blocker = app.hold_write_lock().await;
+    let resumed = tokio::time::timeout(std::time::Duration::from_secs(3), app.visitor(Some(&token), seq)).await;
+    blocker.release().await;
+    match resumed.expect("the welcome does not wait for the write lock") {
+        (_, ServerMsg::Welcome { last_seq, reset: false, .. }) => assert_eq!(last_seq, seq),
+        (_, other) => panic!("expected a welcome, got {other:?}"),
+    }
+}
