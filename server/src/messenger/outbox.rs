@@ -104,23 +104,18 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
                     break;
                 }
             }
-            Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                // Every send finished by now, so that one lease takes all their places.
-                for joined in std::iter::once(joined).chain(std::iter::from_fn(|| in_flight.try_join_next_with_id())) {
-                    match joined {
-                        Ok((id, outcome)) => {
-                            busy.remove(&id);
-                            if outcome == Outcome::PauseAll {
-                                paused_until = clock.now_ms() + TOKEN_PAUSE_MS;
-                            }
-                        }
-                        Err(e) => {
-                            busy.remove(&e.id());
-                            panicked = Some(e.to_string());
-                        }
+            Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => match joined {
+                Ok((id, outcome)) => {
+                    busy.remove(&id);
+                    if outcome == Outcome::PauseAll {
+                        paused_until = clock.now_ms() + TOKEN_PAUSE_MS;
                     }
                 }
-            }
+                Err(e) => {
+                    busy.remove(&e.id());
+                    panicked = Some(e.to_string());
+                }
+            },
             _ = messenger.conversations.outbox_wake().notified() => {}
             // A test moved the clock: what was due later may be due now.
             () = clock.advanced() => {}
