@@ -2,17 +2,19 @@
 //! release server and installs the Node peer first).
 //!
 //! - `run [SCENARIO…] [--quick]`: the scenarios (`chat` b, `delivery` c, `idle` a, `storm` d; default all, in that
-//!   order, then `webhook` e and `widget`; `pg` and `nodes` g, which need PostgreSQL's server programs, only when
+//!   order, then `webhook` e, `outbox` f and `widget`; `pg` and `nodes` g, which need PostgreSQL's server programs, only when
 //!   named), each
 //!   against Parley and its baselines, every target a fresh process pinned to core 0 while the generator pins itself
 //!   to core 1; prints Markdown and writes it to `--out`. `widget` needs `--site` (the built widget) and
 //!   `--widget-dir` (`bench/widget`, its npm packages installed).
 //! - `relay --addr ADDR`: the bare tokio-tungstenite relay baseline (started by `run`).
+//! - `sandbox --addr ADDR --callback URL`: the Messenger sandbox for scenario `outbox` f (started by `run`).
 //! - `sqlite --per-commit N --seconds S`: the raw SQLite baseline, one line of JSON (started by `run`, pinned).
 
 mod client;
 mod relay;
 mod report;
+mod sandbox;
 mod scenarios;
 mod sqlite;
 mod sys;
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
 
 use report::{Report, Row};
 use scenarios::chat::ChatOutcome;
@@ -41,7 +44,8 @@ struct Cli {
 enum Cmd {
     /// Run scenarios against Parley and the baselines.
     Run {
-        /// Scenarios to run: chat, delivery, idle, storm, webhook (default: all).
+        /// Scenarios to run: chat, delivery, idle, storm, webhook, outbox, widget, pg, nodes (default: all but pg
+        /// and nodes).
         scenarios: Vec<String>,
         /// Smaller loads and shorter runs (a smoke test of the harness; figures not comparable).
         #[arg(long)]
@@ -76,6 +80,13 @@ enum Cmd {
     Relay {
         #[arg(long)]
         addr: std::net::SocketAddr,
+    },
+    /// The Messenger sandbox, its webhooks going to `callback` (scenario `outbox`).
+    Sandbox {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        callback: String,
     },
     /// The raw SQLite baseline; prints `{"messages":…,"seconds":…}`.
     Sqlite {
@@ -169,9 +180,20 @@ struct Plan {
     storms: Vec<usize>,
     sqlite_seconds: f64,
     webhook_clients: usize,
+    outbox: OutboxPlan,
     widget_runs: usize,
     /// Whether scenarios a, c and d run the baselines beside Parley.
     baselines: bool,
+}
+
+/// Scenario f's loads.
+struct OutboxPlan {
+    customers: usize,
+    /// Replies per customer at saturation.
+    per_customer: usize,
+    rates: Vec<f64>,
+    /// Extra latency the sandbox adds to every Send API call in the last phase, ms.
+    latency_ms: u64,
 }
 
 impl Plan {
@@ -190,6 +212,7 @@ impl Plan {
                 storms: vec![1000],
                 sqlite_seconds: 3.0,
                 webhook_clients: 16,
+                outbox: OutboxPlan { customers: 50, per_customer: 10, rates: vec![100.0], latency_ms: 100 },
                 widget_runs: 3,
                 baselines: true,
             }
@@ -205,6 +228,12 @@ impl Plan {
                 storms: vec![5000.min(cap), 15_000.min(cap)],
                 sqlite_seconds: 10.0,
                 webhook_clients: 64,
+                outbox: OutboxPlan {
+                    customers: 200,
+                    per_customer: 20,
+                    rates: vec![100.0, 300.0, 1000.0],
+                    latency_ms: 100,
+                },
                 widget_runs: 7,
                 baselines: true,
             }
@@ -222,6 +251,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Cmd::Relay { addr } => runtime.block_on(async { relay::serve(relay::bind(addr).await?).await }),
+        Cmd::Sandbox { addr, callback } => runtime.block_on(sandbox::serve(addr, callback)),
         Cmd::Sqlite { per_commit, seconds, contacts } => {
             let dir = tempfile::tempdir()?;
             let outcome = sqlite::run(dir.path(), contacts, per_commit, Duration::from_secs_f64(seconds))?;
@@ -241,7 +271,7 @@ fn main() -> anyhow::Result<()> {
             let mut plan = Plan::new(quick, nofile);
             plan.baselines = !no_baselines;
             let wanted: Vec<String> = if scenarios.is_empty() {
-                ["chat", "delivery", "idle", "storm", "webhook", "widget"].map(String::from).to_vec()
+                ["chat", "delivery", "idle", "storm", "webhook", "outbox", "widget"].map(String::from).to_vec()
             } else {
                 scenarios
             };
@@ -256,6 +286,7 @@ fn main() -> anyhow::Result<()> {
                         "idle" | "a" => idle(&mut report, &bins, &plan, nofile).await?,
                         "storm" | "d" => storm(&mut report, &bins, &plan).await?,
                         "webhook" | "e" => webhook(&mut report, &bins, &plan).await?,
+                        "outbox" | "f" => outbox(&mut report, &bins, &plan).await?,
                         "pg" => pg(&mut report, &plan).await?,
                         "nodes" | "g" => nodes(&mut report, &bins, &plan).await?,
                         "widget" => {
@@ -265,7 +296,7 @@ fn main() -> anyhow::Result<()> {
                         }
                         other => {
                             anyhow::bail!(
-                                "unknown scenario {other} (chat, delivery, idle, storm, webhook, widget, pg, nodes)"
+                                "unknown scenario {other} (chat, delivery, idle, storm, webhook, outbox, widget, pg, nodes)"
                             )
                         }
                     }
@@ -519,6 +550,77 @@ async fn webhook(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::R
     ];
     latency_rows(&mut rows, name, "ack", percentiles(&o.latency), None, "");
     report.section("e. Signed webhook intake", rows);
+    Ok(())
+}
+
+/// Scenario f (see `scenarios::outbox`): agent replies to Messenger customers delivered at the sandbox per second,
+/// beside the same Send API calls made straight to the sandbox.
+async fn outbox(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Result<()> {
+    use scenarios::outbox as f;
+    let p = &plan.outbox;
+    let (target, sandbox) = target::start_parley_on_sandbox(bins, &[]).await?;
+    let mut setup = f::set_up(&target.endpoint, target.pid(), sandbox.base_url(), sandbox.pid(), p.customers).await?;
+    let name = "Parley (Messenger on, sandbox)";
+    let total = p.customers * p.per_customer;
+    let mut rows = Vec::new();
+    let phase_rows = |rows: &mut Vec<Row>, label: &str, o: &f::Phase, base: Option<(f64, &str)>| {
+        let validity = if o.valid() { "" } else { "⚠ INVALID (lost or doubled): " };
+        let note = format!(
+            "{validity}{} replies, delivered {}, lost {}, doubled {}, out of order per customer {}; sandbox CPU {:.0} %",
+            o.replies, o.delivered, o.lost, o.doubled, o.out_of_order, o.sandbox_cpu
+        );
+        let r = row(name, &format!("replies delivered/s, {label}"), o.per_second, "/s").with(o.measured).note(note);
+        rows.push(match base {
+            Some((b, n)) => r.vs(Some(b), n),
+            None => r,
+        });
+        latency_rows(rows, name, &format!("queued → delivered, {label}:"), percentiles(&o.latency), None, "");
+    };
+    // Parley's default `messenger.max_in_flight` (the binary before it was a setting: 8).
+    let in_flight = 32;
+    let baseline_rows = |rows: &mut Vec<Row>, label: &str, b: &(f64, Histogram<u64>, u64), k: usize| {
+        let note = format!("{} calls answered 200; {k} in flight", b.2);
+        rows.push(
+            row("plain keep-alive client → sandbox", &format!("Send API calls/s, {label}"), b.0, "/s").note(note),
+        );
+        let [p50, p99, p999] = percentiles(&b.1);
+        rows.push(
+            row("plain keep-alive client → sandbox", &format!("call latency p50 / p99 / p99.9, {label}"), p50, "ms")
+                .note(format!("p99 {p99:.2} ms, p99.9 {p999:.2} ms")),
+        );
+    };
+    let base_k = f::baseline(&setup, "base", total, in_flight).await?;
+    let base_n = f::baseline(&setup, "basen", total, p.customers).await?;
+    baseline_rows(&mut rows, &format!("{in_flight} in flight"), &base_k, in_flight);
+    baseline_rows(&mut rows, &format!("{} in flight (one per customer)", p.customers), &base_n, p.customers);
+    let saturation = f::phase(&mut setup, "sat", total, None).await?;
+    let label = format!("saturation ({} customers × {} replies)", p.customers, p.per_customer);
+    phase_rows(&mut rows, &label, &saturation, Some((base_k.0, "plain client, same in-flight limit")));
+    rows.push(
+        row(name, "replies delivered/s vs one call in flight per customer", saturation.per_second, "/s")
+            .vs(Some(base_n.0), "plain client, one per customer"),
+    );
+    for (i, rate) in p.rates.iter().enumerate() {
+        let replies = (rate * plan.seconds.as_secs_f64()) as usize;
+        let o = f::phase(&mut setup, &format!("rate{i}"), replies, Some(*rate)).await?;
+        phase_rows(&mut rows, &format!("{rate} offered/s"), &o, None);
+    }
+    // Concurrency: every Send API call now takes longer.
+    f::set_latency(&setup, p.latency_ms).await?;
+    let slow_total = p.customers * 2;
+    let slow_k = f::baseline(&setup, "slowbase", slow_total, in_flight).await?;
+    let slow_n = f::baseline(&setup, "slowbasen", slow_total, p.customers).await?;
+    let slow_label = format!("sandbox +{} ms per call", p.latency_ms);
+    baseline_rows(&mut rows, &format!("{slow_label}, {in_flight} in flight"), &slow_k, in_flight);
+    baseline_rows(&mut rows, &format!("{slow_label}, {} in flight", p.customers), &slow_n, p.customers);
+    let slow = f::phase(&mut setup, "slow", slow_total, None).await?;
+    let label = format!("saturation, {slow_label} ({} customers × 2 replies)", p.customers);
+    phase_rows(&mut rows, &label, &slow, Some((slow_n.0, "plain client, one per customer")));
+    f::set_latency(&setup, 0).await?;
+    drop(setup);
+    drop(target);
+    drop(sandbox);
+    report.section("f. Outbox sends to the Messenger sandbox (agent replies → Send API)", rows);
     Ok(())
 }
 

@@ -297,3 +297,90 @@ pub async fn start_parley_nodes(bins: &Binaries, database: &str, count: usize) -
     }
     Ok(nodes)
 }
+
+/// The Messenger sandbox as its own process (`parley-bench sandbox`, on the generator's core: it plays Meta's side,
+/// as the generator plays the people's); killed when dropped.
+pub struct SandboxProcess {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl SandboxProcess {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for SandboxProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parley's Messenger settings for scenario f: the sandbox's app and Page, the Graph API at the sandbox.
+fn sandbox_messenger_env(dir: &Path, sandbox: &str) -> Vec<(String, String)> {
+    let c = crate::sandbox::config(None, None);
+    [
+        ("ENABLED", "true".to_string()),
+        ("APP_ID", c.app_id),
+        ("PAGE_ID", c.page_id),
+        ("PAGE_USERNAME", c.page_username),
+        ("PAGE_TOKEN", c.page_token),
+        ("APP_SECRET", c.app_secret),
+        ("VERIFY_TOKEN", c.verify_token),
+        ("SITE_KEY", SITE_KEY.to_string()),
+        ("GRAPH_URL", sandbox.to_string()),
+        ("M_ME_URL", format!("{sandbox}/m.me")),
+        ("SPOOL_DIR", dir.join("spool").display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("PARLEY_MESSENGER__{k}"), v))
+    .collect()
+}
+
+/// Waits until something listens on `addr` (60 s at most).
+async fn wait_port(addr: SocketAddr, child: &mut Child, label: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!("{label} exited at start: {status}");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{label} did not start listening within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Scenario f's pair: the sandbox process, and Parley (Messenger on, the Graph API at the sandbox, its webhooks
+/// coming from the sandbox) with `extra` settings on top.
+pub async fn start_parley_on_sandbox(
+    bins: &Binaries,
+    extra: &[(String, String)],
+) -> anyhow::Result<(Target, SandboxProcess)> {
+    let dir = tempfile::tempdir()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let sandbox_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let exe = std::env::current_exe()?;
+    let callback = format!("http://{addr}/webhooks/messenger");
+    let mut child = Command::new(exe)
+        .args(["sandbox", "--addr", &sandbox_addr.to_string(), "--callback", &callback])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("parley-bench sandbox")?;
+    wait_port(sandbox_addr, &mut child, "the sandbox").await?;
+    let sandbox = SandboxProcess { addr: sandbox_addr, child };
+    let mut env = sandbox_messenger_env(dir.path(), &sandbox.base_url());
+    env.extend(extra.iter().cloned());
+    let child = start_parley_with(bins, dir.path(), addr, SITE_ORIGIN, env)?;
+    let mut target = Target { endpoint: Endpoint { addr, wire: Wire::Plain, agent_cookie: None }, child, _dir: dir };
+    wait_listening(&mut target, Kind::ParleyMessenger.label()).await?;
+    target.endpoint.agent_cookie = Some(crate::client::agent_cookie(addr).await?);
+    Ok((target, sandbox))
+}

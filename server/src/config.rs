@@ -446,6 +446,8 @@ pub struct MessengerSettings {
     /// (after a later one's) is still stored in timestamp order; every customer message waits this long. 0 turns
     /// the wait off (events are then sorted only among those that arrive together).
     pub reorder_window_ms: u64,
+    /// Send API calls the outbox makes at once (each to a different customer: one customer's sends stay in order).
+    pub max_in_flight: usize,
 }
 
 impl Default for MessengerSettings {
@@ -477,6 +479,7 @@ impl Default for MessengerSettings {
             attachment_timeout_secs: 60,
             max_delivery_attempts: 5,
             reorder_window_ms: 1000,
+            max_in_flight: crate::messenger::outbox::MAX_IN_FLIGHT,
         }
     }
 }
@@ -548,6 +551,10 @@ impl Settings {
             );
             anyhow::ensure!(m.reconcile_secs >= 1, "messenger.reconcile_secs must be at least 1");
             anyhow::ensure!(
+                (1..=MAX_SENDS_IN_FLIGHT).contains(&m.max_in_flight),
+                "messenger.max_in_flight must be from 1 to {MAX_SENDS_IN_FLIGHT}"
+            );
+            anyhow::ensure!(
                 m.reorder_window_ms <= MAX_REORDER_WINDOW_MS,
                 "messenger.reorder_window_ms must be at most {MAX_REORDER_WINDOW_MS} (every customer message waits \
                  this long)"
@@ -596,6 +603,9 @@ impl MessengerSettings {
         crate::messenger::pages::TokenKey::from_base64(text).map(Some).context("invalid messenger.token_key")
     }
 }
+
+/// The most `messenger.max_in_flight` accepted (each call holds a connection and a lease).
+pub const MAX_SENDS_IN_FLIGHT: usize = 1024;
 
 /// The longest `messenger.reorder_window_ms` accepted: a minute (every customer message waits the window).
 pub const MAX_REORDER_WINDOW_MS: u64 = 60_000;
@@ -910,6 +920,22 @@ mod tests {
             jail.set_env("PARLEY_MESSENGER__REORDER_WINDOW_MS", "3600000");
             let text = format!("{:#}", Settings::load(None).expect_err("refused"));
             assert!(text.contains("messenger.reorder_window_ms"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_outbox_concurrency_defaults_to_32_and_is_bounded() {
+        figment::Jail::expect_with(|jail| {
+            messenger_env(jail);
+            assert_eq!(Settings::load(None).expect("loads").messenger.max_in_flight, 32);
+            jail.set_env("PARLEY_MESSENGER__MAX_IN_FLIGHT", "1");
+            assert_eq!(Settings::load(None).expect("loads").messenger.max_in_flight, 1);
+            for refused in ["0", "1025"] {
+                jail.set_env("PARLEY_MESSENGER__MAX_IN_FLIGHT", refused);
+                let text = format!("{:#}", Settings::load(None).expect_err("refused"));
+                assert!(text.contains("messenger.max_in_flight"), "{text}");
+            }
             Ok(())
         });
     }

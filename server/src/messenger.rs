@@ -6,6 +6,7 @@ pub mod channel;
 pub mod fetch;
 pub mod graph_types;
 pub mod intake;
+pub mod landing;
 pub mod link;
 pub mod media;
 pub mod outbox;

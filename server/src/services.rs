@@ -554,8 +554,20 @@ impl MessengerRows<'_> {
         self.store.insert_webhook_delivery(body).await
     }
 
+    pub async fn insert_webhook_deliveries(&self, bodies: &[&[u8]]) -> StoreResult<()> {
+        self.store.insert_webhook_deliveries(bodies).await
+    }
+
     pub async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
         self.store.unprocessed_webhook_deliveries(limit).await
+    }
+
+    pub async fn unprocessed_webhook_deliveries_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        self.store.unprocessed_webhook_deliveries_after(after_id, limit).await
     }
 
     pub async fn mark_webhook_processed(&self, id: i64, error: Option<&str>) -> StoreResult<()> {

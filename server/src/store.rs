@@ -334,8 +334,16 @@ pub trait MessengerStore: Send + Sync {
     /// Stores a signed webhook delivery exactly as received.
     async fn insert_webhook_delivery(&self, body: &[u8]) -> StoreResult<i64>;
 
+    /// Stores several signed webhook deliveries exactly as received, in order, in one transaction (one commit):
+    /// all of them or none.
+    async fn insert_webhook_deliveries(&self, bodies: &[&[u8]]) -> StoreResult<()>;
+
     /// Deliveries waiting to be applied, oldest first (quarantined ones wait for an operator instead).
     async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>>;
+
+    /// [`MessengerStore::unprocessed_webhook_deliveries`] with an id above `after_id` only.
+    async fn unprocessed_webhook_deliveries_after(&self, after_id: i64, limit: i64)
+    -> StoreResult<Vec<(i64, Vec<u8>)>>;
 
     /// Counts a failed attempt to apply a delivery; at `max_attempts` it is quarantined. Returns whether it was.
     async fn webhook_delivery_failed(&self, id: i64, error: &str, max_attempts: u32) -> StoreResult<bool>;
@@ -546,6 +554,10 @@ pub fn outbox_metadata(row: &OutboxRow) -> String {
 
 /// Live (unused, unexpired) links a contact may hold; asking for more replaces the oldest.
 pub const MAX_LIVE_LINKS: i64 = 3;
+
+/// Webhook deliveries one `insert` statement of [`MessengerStore::insert_webhook_deliveries`] carries (two
+/// parameters each, well under SQLite's and PostgreSQL's parameter limits).
+pub const WEBHOOK_ROWS_PER_STATEMENT: usize = 500;
 
 /// What presenting a link from Messenger did.
 #[derive(Debug)]

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm|webhook|widget|pg|nodes]… [--quick]>"
+    "usage: cargo xtask <build [--release] | demo | test [--no-browser] | bench [chat|delivery|idle|storm|webhook|outbox|widget|pg|nodes]… [--quick]>"
 }
 
 fn run() -> anyhow::Result<()> {

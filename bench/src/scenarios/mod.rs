@@ -1,10 +1,11 @@
-//! The scenarios (`chat` b, `delivery` c, `idle` a, `storm` d, `webhook` e, `widget`, `pg`, `nodes` g) and what they share: connecting many visitors
+//! The scenarios (`chat` b, `delivery` c, `idle` a, `storm` d, `webhook` e, `outbox` f, `widget`, `pg`, `nodes` g) and what they share: connecting many visitors
 //! without flooding the listen queue, HDR histograms in microseconds, and the CPU and memory measured over a run.
 
 pub mod chat;
 pub mod delivery;
 pub mod idle;
 pub mod nodes;
+pub mod outbox;
 pub mod pg;
 pub mod storm;
 pub mod webhook;

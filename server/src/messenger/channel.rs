@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::fetch::{AllowList, Fetcher};
+use super::landing::Landing;
 use super::link;
 use super::pages::{ConfiguredPage, Page, TokenKey};
 use super::send_api::GraphClient;
@@ -34,6 +35,8 @@ pub struct Messenger {
     /// `messenger.page_id` + `messenger.page_token`, when configured.
     pub(super) configured_page: Option<ConfiguredPage>,
     pub spool: Spool,
+    /// Stores acked webhook deliveries in the database, batched.
+    pub landing: Landing,
     pub conversations: Conversations,
     /// Wakes the intake worker when a delivery was stored or spooled.
     pub intake_wake: Notify,
@@ -70,6 +73,7 @@ impl Messenger {
             token_key,
             configured_page,
             spool,
+            landing: Landing::start(conversations.clone())?,
             conversations,
             intake_wake: Notify::new(),
             fetcher,

@@ -51,6 +51,11 @@ pub use crate::sentences::CONSENT_QUESTION;
 /// New deliveries read from the database per round.
 const BATCH: usize = 200;
 
+/// Within one pass, every this many rounds the read covers every waiting delivery again (the rounds between read
+/// only the deliveries after the last one read). On PostgreSQL ids can commit out of order across nodes, so a
+/// cursor read may pass over a delivery committed late: a full read picks it up.
+const FULL_READ_EVERY: usize = 10;
+
 /// Aborts a task when dropped: the download queue lives exactly as long as the intake that started it.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -66,7 +71,8 @@ pub fn retry_delay(failures: u32) -> Duration {
 }
 
 /// Runs forever: waits for spooled deliveries, stores them, and applies their events as they become due. Keeps
-/// `late_events` (applied after the reorder window) and `held_events` (in the window now) in its health entry.
+/// `late_events` (applied after the reorder window), `held_events` (in the window now) and `deliveries_read`
+/// (delivery rows read from the database) in its health entry.
 pub async fn run(messenger: Arc<Messenger>, health: WorkerHealth) {
     let _media = AbortOnDrop(tokio::spawn(media::run(Arc::clone(&messenger))));
     let mut intake = Intake::new(Duration::from_millis(messenger.settings.reorder_window_ms));
@@ -75,6 +81,7 @@ pub async fn run(messenger: Arc<Messenger>, health: WorkerHealth) {
         let result = intake.pass(&messenger, Instant::now()).await;
         // Added, not set: the count survives a restart of the worker.
         health.add("late_events", std::mem::take(&mut intake.late_events));
+        health.add("deliveries_read", std::mem::take(&mut intake.deliveries_read));
         health.set("held_events", u64::try_from(intake.held.len()).unwrap_or(u64::MAX));
         let next_ripe = match result {
             Ok(next_ripe) => next_ripe,
@@ -126,11 +133,13 @@ struct Intake {
     /// Events applied after the reorder window (a message not stored before, so not a mere redelivery) since the
     /// count was last reported.
     late_events: u64,
+    /// Delivery rows read from the database since the count was last reported.
+    deliveries_read: u64,
 }
 
 impl Intake {
     fn new(window: Duration) -> Self {
-        Self { held: HoldBack::new(window), open: BTreeMap::new(), late_events: 0 }
+        Self { held: HoldBack::new(window), open: BTreeMap::new(), late_events: 0, deliveries_read: 0 }
     }
 
     /// One pass at `now`: stores spooled deliveries, holds the events of new ones, applies those that are due and
@@ -147,9 +156,14 @@ impl Intake {
             store.insert_webhook_delivery(&body).await?;
             tokio::fs::remove_file(&path).await?;
         }
-        loop {
+        // The first read of a pass (and every [`FULL_READ_EVERY`]th) reads every waiting delivery; the others only
+        // those after the last one read, so a backlog is not read again for every batch of new deliveries.
+        let mut after = None;
+        for round in 1.. {
             self.settle(messenger).await?;
-            let fresh = self.load(messenger, now).await?;
+            let cursor = after.filter(|_| round % FULL_READ_EVERY != 0);
+            let (fresh, last) = self.load(messenger, now, cursor).await?;
+            after = last.max(after);
             let mut due = self.held.take_due(now).into_iter();
             while let Some(event) = due.next() {
                 if let Err(e) = self.apply_due(messenger, &event).await {
@@ -160,22 +174,47 @@ impl Intake {
             }
             self.settle(messenger).await?;
             if fresh < BATCH {
-                return Ok(self.held.next_ripe());
+                break;
             }
         }
+        Ok(self.held.next_ripe())
     }
 
-    /// Reads the waiting deliveries; holds the events of those not seen before and returns how many those were.
-    /// Deliveries no longer waiting (quarantined) are forgotten.
-    async fn load(&mut self, messenger: &Messenger, now: Instant) -> anyhow::Result<usize> {
-        let limit = self.open.len() + BATCH;
-        let deliveries = messenger
-            .conversations
-            .messenger_rows()
-            .unprocessed_webhook_deliveries(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await?;
-        let waiting: HashSet<i64> = deliveries.iter().map(|(id, _)| *id).collect();
+    /// Reads the waiting deliveries (only those after `after`, when given); holds the events of those not seen
+    /// before and returns how many those were, and the last id read. After a full read, deliveries no longer
+    /// waiting (quarantined) are forgotten.
+    async fn load(
+        &mut self,
+        messenger: &Messenger,
+        now: Instant,
+        after: Option<i64>,
+    ) -> anyhow::Result<(usize, Option<i64>)> {
+        let rows = messenger.conversations.messenger_rows();
+        let limit = if after.is_some() { BATCH } else { self.open.len() + BATCH };
+        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        let deliveries = match after {
+            Some(after) => rows.unprocessed_webhook_deliveries_after(after, limit_sql).await?,
+            None => rows.unprocessed_webhook_deliveries(limit_sql).await?,
+        };
         let last = deliveries.last().map(|(id, _)| *id);
+        self.deliveries_read += u64::try_from(deliveries.len()).unwrap_or(u64::MAX);
+        if after.is_none() {
+            self.forget_gone(&deliveries, limit, last);
+        }
+        let mut fresh = 0;
+        for (id, body) in deliveries {
+            if self.open.contains_key(&id) {
+                continue;
+            }
+            fresh += 1;
+            self.hold_delivery(messenger, id, &body, now);
+        }
+        Ok((fresh, last))
+    }
+
+    /// Forgets the open deliveries a full read (of at most `limit` rows, the last `last`) no longer returned.
+    fn forget_gone(&mut self, deliveries: &[(i64, Vec<u8>)], limit: usize, last: Option<i64>) {
+        let waiting: HashSet<i64> = deliveries.iter().map(|(id, _)| *id).collect();
         let complete = deliveries.len() < limit;
         let gone: Vec<i64> = self
             .open
@@ -187,30 +226,26 @@ impl Intake {
             self.open.remove(&id);
             self.held.discard(|e| e.delivery == id);
         }
-        let mut fresh = 0;
-        for (id, body) in deliveries {
-            if self.open.contains_key(&id) {
-                continue;
-            }
-            fresh += 1;
-            let mut open = Open { left: 0, error: None };
-            match serde_json::from_slice::<Envelope>(&body) {
-                Ok(envelope) if envelope.object == "page" => {
-                    for entry in envelope.entry {
-                        for messaging in entry.messaging.into_iter().chain(entry.standby) {
-                            let (thread, key) = place(&messenger.settings, &entry.id, &messaging);
-                            let event = Event { delivery: id, page: entry.id.clone(), messaging };
-                            self.held.hold(thread, key, event, now);
-                            open.left += 1;
-                        }
+    }
+
+    /// Holds the events of delivery `id`, read for the first time.
+    fn hold_delivery(&mut self, messenger: &Messenger, id: i64, body: &[u8], now: Instant) {
+        let mut open = Open { left: 0, error: None };
+        match serde_json::from_slice::<Envelope>(body) {
+            Ok(envelope) if envelope.object == "page" => {
+                for entry in envelope.entry {
+                    for messaging in entry.messaging.into_iter().chain(entry.standby) {
+                        let (thread, key) = place(&messenger.settings, &entry.id, &messaging);
+                        let event = Event { delivery: id, page: entry.id.clone(), messaging };
+                        self.held.hold(thread, key, event, now);
+                        open.left += 1;
                     }
                 }
-                Ok(_) => {}
-                Err(e) => open.error = Some(format!("unreadable payload: {e}")),
             }
-            self.open.insert(id, open);
+            Ok(_) => {}
+            Err(e) => open.error = Some(format!("unreadable payload: {e}")),
         }
-        Ok(fresh)
+        self.open.insert(id, open);
     }
 
     /// Applies one released event, counting it against its delivery. A transient failure (or a panic) is counted

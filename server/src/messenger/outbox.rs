@@ -1,6 +1,6 @@
 //! The Send API outbox worker. Sends go out oldest first and one at a time per customer (Messenger shows them in
-//! the order received); customers are served side by side, up to [`MAX_IN_FLIGHT`] calls at once, longest waiting
-//! first, so one customer's backlog or outage never holds up another's. The worker sleeps until the earliest time a
+//! the order received); customers are served side by side, up to `messenger.max_in_flight` calls at once (default
+//! [`MAX_IN_FLIGHT`]), longest waiting first, so one customer's backlog or outage never holds up another's. The worker sleeps until the earliest time a
 //! customer's *head* send may go (a later send due behind a head in backoff does not wake it). Retryable failures
 //! back off exponentially with full jitter and are retried forever, so nothing is lost when the Graph API is down
 //! for hours; permanent ones are marked failed with plain words for agents. A revoked page token pauses everything
@@ -30,8 +30,8 @@ use crate::supervisor::{WorkerContext, WorkerHealth};
 /// Alert key for a broken page token.
 pub const TOKEN_ALERT: &str = "messenger_token";
 
-/// Graph calls in flight at once (each to a different customer).
-pub const MAX_IN_FLIGHT: usize = 8;
+/// The default of `messenger.max_in_flight`: Graph calls in flight at once (each to a different customer).
+pub const MAX_IN_FLIGHT: usize = 32;
 
 /// How long a revoked token pauses every send.
 const TOKEN_PAUSE_MS: i64 = 30_000;
@@ -57,6 +57,7 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
     let clock = messenger.conversations.clock().clone();
     let reconcile_ms = secs_ms(messenger.settings.reconcile_secs.max(1));
     let lease_ms = secs_ms(messenger.settings.timeout_secs.max(1)) + LEASE_MARGIN_MS;
+    let max_in_flight = messenger.settings.max_in_flight.max(1);
     let mut in_flight: JoinSet<Outcome> = JoinSet::new();
     let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut paused_until = 0_i64;
@@ -67,7 +68,7 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
         let wake_at = if now < paused_until {
             Some(paused_until)
         } else {
-            let free = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
+            let free = max_in_flight.saturating_sub(in_flight.len());
             let mut psids: Vec<String> = busy.values().cloned().collect();
             let claimed = if free == 0 {
                 Ok(Vec::new())

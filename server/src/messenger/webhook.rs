@@ -2,7 +2,8 @@
 //!
 //! POST checks the signature over the exact raw bytes before anything else; a bad or missing one gets 403 and
 //! nothing is stored. A good one is inserted raw into `webhook_deliveries` (committed, so on disk on either engine,
-//! and on PostgreSQL shared by every node) before Meta gets its 200, and the intake worker is woken to apply it.
+//! and on PostgreSQL shared by every node; batched with the deliveries arriving alongside it, see
+//! [`super::landing`]) before Meta gets its 200, and the intake worker is woken to apply it.
 //! Only when that insert fails or takes longer than [`DATABASE_WAIT`] (database unreachable, locked, disk full)
 //! does the delivery go to this node's durable spool instead (fsynced, still answered 200); the intake drains the
 //! spool into the database on every pass, so the node moves its own fallback there once the database is back. If
@@ -66,8 +67,7 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: By
         state.meters.webhook_delivery(WebhookOutcome::Refused);
         return StatusCode::FORBIDDEN.into_response();
     }
-    let rows = messenger.conversations.messenger_rows();
-    let stored = match tokio::time::timeout(DATABASE_WAIT, rows.insert_webhook_delivery(&body)).await {
+    let stored = match tokio::time::timeout(DATABASE_WAIT, messenger.landing.store(body.clone())).await {
         Ok(Ok(_)) => true,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot store a webhook delivery in the database; spooling it");

@@ -169,3 +169,41 @@ async fn with_the_database_and_the_spool_both_failing_nothing_is_acked_and_the_r
     assert_eq!(messages_saying(&events, "stored nowhere"), 1);
     assert!(statuses(&sandbox, 1).await.last().is_some_and(|s| *s == Some(200)));
 }
+
+/// Deliveries that arrive together land together: 300 signed deliveries posted at once are each acked from the
+/// database (the spool is broken, so a 200 can come from nowhere else), each stored once byte for byte, in far
+/// fewer transactions than deliveries (one per batch, see `messenger::landing`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deliveries_land_in_shared_transactions_each_acked_from_the_database() {
+    const DELIVERIES: usize = 300;
+    let MessengerApp { app, sandbox: _sandbox } = spawn_messenger_app(|_, _| {}).await;
+    break_spool(&app);
+    let page = app.state.settings.messenger.page_id.clone();
+    let landing = &app.state.messenger.as_ref().expect("Messenger on").landing;
+    let before = landing.batches();
+    let bodies: Vec<String> = (0..DELIVERIES)
+        .map(|n| format!(r#"{{"object":"page","entry":[{{"id":"{page}","time":{n},"messaging":[]}}]}}"#))
+        .collect();
+    let posts = bodies.iter().map(|body| {
+        let signature =
+            parley::messenger::signature::sign_sha256(b"sandbox-app-secret-0123456789abcdef", body.as_bytes());
+        app.http.post(app.url("/webhooks/messenger")).header("x-hub-signature-256", signature).body(body.clone()).send()
+    });
+    let answers = futures_util::future::join_all(posts).await;
+    assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|r| r.status() == 200)), "every delivery acked");
+    let mut conn = sqlx::SqliteConnection::connect(&app.db_url).await.expect("connect");
+    let mut stored: Vec<String> = sqlx::query_scalar::<_, Vec<u8>>("select body from webhook_deliveries")
+        .fetch_all(&mut conn)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|b| String::from_utf8(b).expect("text"))
+        .collect();
+    conn.close().await.expect("close");
+    stored.sort();
+    let mut sent = bodies.clone();
+    sent.sort();
+    assert_eq!(stored, sent, "every acked delivery is a row, once, byte for byte");
+    let batches = landing.batches() - before;
+    assert!(batches < DELIVERIES as u64 / 2, "{batches} transactions for {DELIVERIES} deliveries");
+}

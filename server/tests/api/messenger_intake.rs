@@ -546,3 +546,45 @@ async fn a_failure_between_a_delivery_key_and_its_state_loses_nothing() {
     })
     .await;
 }
+
+fn deliveries_read(app: &TestApp) -> u64 {
+    app.workers.snapshot().get("messenger_intake").and_then(|w| w.counters.get("deliveries_read").copied()).unwrap_or(0)
+}
+
+/// A backlog is read about once, not once for every batch of new deliveries behind it: 3,000 deliveries waiting
+/// at once (their events held in the reorder window, for a Page not connected here, so each applies cheaply) are
+/// all processed, having read at most 4 rows per delivery (reading the held ones again every round of 200 read
+/// about 9 per delivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_deliveries_is_not_read_again_for_every_batch() {
+    const DELIVERIES: usize = 3000;
+    let MessengerApp { app, sandbox: _sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let bodies: Vec<String> = (0..DELIVERIES)
+        .map(|n| {
+            format!(
+                r#"{{"object":"page","entry":[{{"id":"424242","time":{n},"messaging":[{{"sender":{{"id":"{}"}},
+                "recipient":{{"id":"424242"}},"timestamp":{},"message":{{"mid":"m_backlog_{n}","text":"t"}}}}]}}]}}"#,
+                7_000 + n % 50,
+                1_700_000_000_000_u64 + n as u64
+            )
+        })
+        .collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
+    let before = deliveries_read(&app);
+    app.store.insert_webhook_deliveries(&refs).await.expect("stored");
+    app.state.messenger.as_ref().expect("Messenger on").intake_wake.notify_one();
+    // Generous: 3,000 deliveries are marked processed one by one (in a debug build).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while app.query_i64("select count(*) from webhook_deliveries where processed_at is null").await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the backlog was not processed in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The count is reported after each pass.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while deliveries_read(&app) - before < DELIVERIES as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "the intake reported no reads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = deliveries_read(&app) - before;
+    assert!(read <= 4 * DELIVERIES as u64, "{read} rows read for {DELIVERIES} deliveries");
+}

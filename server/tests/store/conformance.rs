@@ -81,6 +81,7 @@ conformance!(
     outbox_is_leased_claimed_once_and_settled,
     outbox_claims_from_two_pools_are_disjoint,
     webhook_deliveries_are_quarantined_and_replayed,
+    webhook_deliveries_land_in_one_batch_in_order,
     attachments_are_stored_queued_and_claimed,
     unbinding_fails_pending_sends,
     workspaces_own_sites_agents_conversations_and_files,
@@ -550,6 +551,30 @@ async fn webhook_deliveries_are_quarantined_and_replayed(engine: Engine) {
     store.mark_webhook_processed(second, Some("ignored")).await.expect("processed");
     assert!(store.unprocessed_webhook_deliveries(10).await.expect("none").is_empty());
     assert_eq!(store.quarantined_delivery_count().await.expect("count"), 0);
+}
+
+/// A batch lands whole, in the order given, byte for byte, also across the statements it is split into; an empty
+/// batch stores nothing. Reading after a cursor returns only the later deliveries still waiting.
+async fn webhook_deliveries_land_in_one_batch_in_order(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    store.insert_webhook_deliveries(&[]).await.expect("an empty batch");
+    let bodies: Vec<Vec<u8>> = (0..1201_u32)
+        .map(|n| if n % 100 == 7 { vec![0xff, 0x00, (n % 256) as u8] } else { format!("{{\"n\":{n}}}").into_bytes() })
+        .collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    store.insert_webhook_deliveries(&refs).await.expect("a batch over three statements");
+    let waiting = store.unprocessed_webhook_deliveries(5000).await.expect("waiting");
+    let stored: Vec<Vec<u8>> = waiting.iter().map(|(_, body)| body.clone()).collect();
+    assert_eq!(stored, bodies, "every body, in order, once");
+    assert!(waiting.windows(2).all(|w| w[0].0 < w[1].0), "ids grow in the order given");
+    // Read from a cursor: only later ids, still waiting ones, at most `limit`.
+    store.mark_webhook_processed(waiting[600].0, None).await.expect("processed");
+    let after = store.unprocessed_webhook_deliveries_after(waiting[599].0, 5000).await.expect("after");
+    assert_eq!(after, waiting[601..].to_vec(), "after the cursor, the processed one left out");
+    let two = store.unprocessed_webhook_deliveries_after(waiting[599].0, 2).await.expect("limited");
+    assert_eq!(two, waiting[601..603].to_vec());
+    let last = waiting.last().map(|(id, _)| *id).unwrap_or_default();
+    assert!(store.unprocessed_webhook_deliveries_after(last, 10).await.expect("none after").is_empty());
 }
 
 async fn attachments_are_stored_queued_and_claimed(engine: Engine) {

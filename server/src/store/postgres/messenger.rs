@@ -9,7 +9,8 @@ use super::conversations::{CONTACT_COLUMNS, bump_seq, insert_event, seq_of};
 use crate::messenger::send_api::MessagingType;
 use crate::store::models::{Contact, LinkRow, OutboxRow, QuarantinedDelivery, RecentMessage};
 use crate::store::{
-    Accepted, ConversationStore, MAX_LIVE_LINKS, MessengerStore, OfferOutcome, StoreError, StoreResult, new_id,
+    Accepted, ConversationStore, MAX_LIVE_LINKS, MessengerStore, OfferOutcome, StoreError, StoreResult,
+    WEBHOOK_ROWS_PER_STATEMENT, new_id,
 };
 
 /// `o` is the oldest pending send of its PSID.
@@ -254,11 +255,41 @@ impl MessengerStore for PgStore {
             .await?)
     }
 
+    async fn insert_webhook_deliveries(&self, bodies: &[&[u8]]) -> StoreResult<()> {
+        let now = self.now();
+        let mut tx = self.pool.begin().await?;
+        for chunk in bodies.chunks(WEBHOOK_ROWS_PER_STATEMENT) {
+            let mut query =
+                sqlx::QueryBuilder::<sqlx::Postgres>::new("insert into webhook_deliveries (body, received_at) ");
+            query.push_values(chunk, |mut row, body| {
+                row.push_bind(*body).push_bind(now);
+            });
+            query.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
         Ok(sqlx::query_as(
             "select id, body from webhook_deliveries where processed_at is null and quarantined_at is null
              order by id limit $1",
         )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn unprocessed_webhook_deliveries_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        Ok(sqlx::query_as(
+            "select id, body from webhook_deliveries where processed_at is null and quarantined_at is null
+               and id > $1 order by id limit $2",
+        )
+        .bind(after_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
