@@ -555,8 +555,8 @@ pub fn outbox_metadata(row: &OutboxRow) -> String {
 /// Live (unused, unexpired) links a contact may hold; asking for more replaces the oldest.
 pub const MAX_LIVE_LINKS: i64 = 3;
 
-/// Webhook deliveries one `insert` statement of [`MessengerStore::insert_webhook_deliveries`] carries (two
-/// parameters each, well under SQLite's and PostgreSQL's parameter limits).
+/// Webhook deliveries one `insert` statement of [`MessengerStore::insert_webhook_deliveries`] carries on PostgreSQL
+/// (two parameters each, well under its parameter limit; SQLite's writer thread runs one cached statement per row).
 pub const WEBHOOK_ROWS_PER_STATEMENT: usize = 500;
 
 /// What presenting a link from Messenger did.

@@ -11,8 +11,7 @@ use super::{SqliteStore, exec, row, rows};
 use crate::messenger::send_api::MessagingType;
 use crate::store::models::{Contact, LinkRow, OutboxRow, QuarantinedDelivery, RecentMessage};
 use crate::store::{
-    Accepted, ConversationStore, MAX_LIVE_LINKS, MessengerStore, OfferOutcome, StoreError, StoreResult,
-    WEBHOOK_ROWS_PER_STATEMENT, new_id,
+    Accepted, ConversationStore, MAX_LIVE_LINKS, MessengerStore, OfferOutcome, StoreError, StoreResult, new_id,
 };
 
 /// `o` is the oldest pending send of its PSID.
@@ -254,18 +253,17 @@ impl MessengerStore for SqliteStore {
 
     async fn insert_webhook_deliveries(&self, bodies: &[&[u8]]) -> StoreResult<()> {
         let now = self.now();
-        let mut tx = self.writer.begin().await?;
-        // One statement per chunk (SQLite allows 32,766 parameters in one statement).
-        for chunk in bodies.chunks(WEBHOOK_ROWS_PER_STATEMENT) {
-            let mut query =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new("insert into webhook_deliveries (body, received_at) ");
-            query.push_values(chunk, |mut row, body| {
-                row.push_bind(*body).push_bind(now);
-            });
-            query.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let bodies: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
+        // One job, one cached statement run per body: on the writer thread each run costs microseconds, so a
+        // multi-row statement would buy nothing here.
+        self.writer
+            .run(move |conn| {
+                for body in &bodies {
+                    exec(conn, "insert into webhook_deliveries (body, received_at) values (?, ?)", params![body, now])?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
