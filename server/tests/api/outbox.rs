@@ -127,7 +127,9 @@ async fn an_outage_costs_a_few_calls_and_every_message_then_goes_out_once_in_ord
     sandbox.push_send_fault(FaultRule::probability(SendFault::ServiceUnavailable, 1.0));
     agent_says(&mut agent, &conversation_id, "a-1", "one").await;
     agent_says(&mut agent, &conversation_id, "a-2", "two").await;
-    wait_for(|| async { (counter(&app, "graph_calls") >= 1).then_some(()) }).await;
+    // Counted where the call lands, not by the worker's own `graph_calls` (counted before the call is made): read
+    // in between, the first call would fall inside the window below.
+    wait_for(|| async { (sandbox.faults().send_calls >= 1).then_some(()) }).await;
     let (calls_before, iterations_before) = (sandbox.faults().send_calls, counter(&app, "iterations"));
     tokio::time::sleep(Duration::from_secs(4)).await;
     let calls = sandbox.faults().send_calls - calls_before;
