@@ -14,10 +14,14 @@
 //! runs until its stdin closes (Ctrl-D, or the parent ends), and stops everything it started (`--logs DIR` keeps
 //! the nodes' and nginx's logs).
 
+#[path = "../tests/support/db_check.rs"]
+mod db_check;
 #[path = "../tests/support/cluster.rs"]
 mod harness;
 #[path = "../tests/support/nginx.rs"]
 mod nginx;
+#[path = "../tests/support/process.rs"]
+mod process;
 
 use std::path::PathBuf;
 

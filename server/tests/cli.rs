@@ -6,7 +6,7 @@ mod parley_cli;
 
 use std::process::{Command, Output, Stdio};
 
-use parley_cli::{parley, text};
+use parley_cli::{parley, parley_env, text};
 
 #[test]
 fn migrate_site_create_site_list_and_agent_create_work_from_the_command_line() {
@@ -177,26 +177,6 @@ async fn db_copy_moves_an_installation_to_postgres_from_the_command_line() {
     let out = parley(&sqlite, &["db", "copy", "--from", missing.as_str(), "--to", postgres.as_str()], None);
     assert!(!out.status.success());
     assert!(text(&out).contains("no SQLite database"), "{}", text(&out));
-}
-
-/// Runs parley with extra variables, feeding `stdin` (the same process as [`parley`], with `vars` set).
-fn parley_env(db: &str, args: &[&str], vars: &[(&str, &str)], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
-        .args(args)
-        .env("PARLEY_DATABASE__URL", db)
-        .env("RUST_LOG", "warn")
-        .envs(vars.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("parley starts");
-    if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().expect("parley finishes")
 }
 
 #[test]

@@ -7,21 +7,17 @@
 mod process;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use parley::store::Store;
+use process::{ParleyProcess, Socket};
 use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
 use sqlx::Connection;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const WAIT: Duration = Duration::from_secs(60);
 const VISITORS: usize = 40;
@@ -29,61 +25,38 @@ const IN_FLIGHT: usize = 4;
 /// Acks to see before the kill (the posters keep going until it lands).
 const ACKED_BEFORE_KILL: usize = 600;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 struct Server {
-    dir: tempfile::TempDir,
-    port: u16,
+    _dir: tempfile::TempDir,
     db: String,
+    process: ParleyProcess,
 }
 
 impl Server {
     async fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let db = format!("sqlite://{}", dir.path().join("parley.db").display());
         let store = Store::connect(&db, 1).await.expect("store");
         store.create_site("shop", "Shop", &["http://shop.test".to_string()], "Hi").await.expect("site");
         store.close().await;
-        Self { dir, port, db }
-    }
-
-    fn start(&self) -> Child {
-        let log = File::options().create(true).append(true).open(self.dir.path().join("parley.log")).expect("log");
-        Command::new(env!("CARGO_BIN_EXE_parley"))
-            .arg("serve")
-            .env("PARLEY_HTTP__BIND", format!("127.0.0.1:{}", self.port))
-            .env("PARLEY_DATABASE__URL", &self.db)
-            .env("PARLEY_ASSETS__DIR", self.dir.path().join("site"))
-            .env("RUST_LOG", "warn")
+        let env = [
+            ("PARLEY_DATABASE__URL", db.clone()),
+            ("PARLEY_ASSETS__DIR", dir.path().join("site").display().to_string()),
+            ("RUST_LOG", "warn".into()),
             // The flood limits would slow these posters down (with a refusal the widget re-sends later).
-            .env("PARLEY_LIMITS__VISITOR_MESSAGE_BURST", "1000000")
-            .env("PARLEY_LIMITS__VISITOR_MESSAGES_PER_MINUTE", "1000000")
-            .env("PARLEY_LIMITS__IP_FRAME_BURST", "1000000")
-            .env("PARLEY_LIMITS__IP_FRAMES_PER_MINUTE", "1000000")
-            .env("PARLEY_LIMITS__IP_HELLOS_PER_MINUTE", "1000000")
-            .env("PARLEY_LIMITS__MAX_SOCKETS_PER_IP", "1000")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("parley starts")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("parley.log")).unwrap_or_default()
-    }
-
-    async fn wait_healthy(&self, child: &mut Child) {
-        process::wait_healthy(child, self.port, WAIT, || self.log()).await;
+            ("PARLEY_LIMITS__VISITOR_MESSAGE_BURST", "1000000".into()),
+            ("PARLEY_LIMITS__VISITOR_MESSAGES_PER_MINUTE", "1000000".into()),
+            ("PARLEY_LIMITS__IP_FRAME_BURST", "1000000".into()),
+            ("PARLEY_LIMITS__IP_FRAMES_PER_MINUTE", "1000000".into()),
+            ("PARLEY_LIMITS__IP_HELLOS_PER_MINUTE", "1000000".into()),
+            ("PARLEY_LIMITS__MAX_SOCKETS_PER_IP", "1000".into()),
+        ];
+        let process = ParleyProcess::serve(env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), dir.path());
+        Self { _dir: dir, db, process }
     }
 
     /// A visitor socket after its `Welcome`; returns the socket and the token to resume with.
     async fn visitor(&self, token: Option<String>) -> (Socket, String) {
-        let origin = format!("http://127.0.0.1:{}", self.port);
-        let mut request =
-            format!("ws://127.0.0.1:{}/ws/visitor?site=shop", self.port).into_client_request().expect("request");
-        request.headers_mut().insert("origin", HeaderValue::from_str(&origin).expect("header"));
-        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("visitor connects");
+        let mut socket = process::visitor_socket(self.process.port(), "shop").await;
         let hello = ClientMsg::Hello {
             protocol: protocol::PROTOCOL_VERSION,
             token,
@@ -163,9 +136,8 @@ async fn stored(db: &str) -> HashMap<String, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_visitors_pipeline_posts_loses_no_acked_message_and_doubles_none() {
-    let server = Server::new().await;
-    let mut child = server.start();
-    server.wait_healthy(&mut child).await;
+    let mut server = Server::new().await;
+    server.process.start().await;
 
     let acked_total = Arc::new(Mutex::new(0usize));
     let mut visitors = Vec::new();
@@ -178,11 +150,10 @@ async fn sigkill_while_visitors_pipeline_posts_loses_no_acked_message_and_double
     }
     let deadline = Instant::now() + WAIT;
     while *acked_total.lock().expect("lock") < ACKED_BEFORE_KILL {
-        assert!(Instant::now() < deadline, "too few acks before the kill:\n{}", server.log());
+        assert!(Instant::now() < deadline, "too few acks before the kill:\n{}", server.process.log());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), Signal::SIGKILL).expect("killed");
-    child.wait().expect("exits");
+    server.process.kill();
     for task in tasks {
         task.await.expect("poster ends with the socket");
     }
@@ -206,8 +177,7 @@ async fn sigkill_while_visitors_pipeline_posts_loses_no_acked_message_and_double
     );
 
     // Restart; each visitor resumes and re-sends everything it sent. Each gets one ack per message.
-    let mut child = server.start();
-    server.wait_healthy(&mut child).await;
+    server.process.start().await;
     for (token, posted) in &visitors {
         let (mut socket, _) = server.visitor(Some(token.clone())).await;
         let sent = posted.lock().expect("lock").sent.clone();
@@ -234,6 +204,6 @@ async fn sigkill_while_visitors_pipeline_posts_loses_no_acked_message_and_double
     let on_disk = stored(&server.db).await;
     assert_eq!(on_disk.len(), sent, "every sent message stored after the re-sends");
     assert!(on_disk.values().all(|&n| n == 1), "a message is stored twice");
-    kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), Signal::SIGTERM).expect("stopped");
-    child.wait().expect("exits");
+    server.process.signal(Signal::SIGTERM);
+    server.process.wait_exit(WAIT).await;
 }

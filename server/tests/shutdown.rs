@@ -7,40 +7,32 @@
 #[path = "support/process.rs"]
 mod process;
 
-use std::fs::File;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use messenger_sandbox::{FaultRule, NewUser, RetryPolicy, Sandbox, SandboxConfig, SendFault};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use parley::store::Store;
+use process::ParleyProcess;
 use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const WAIT: Duration = Duration::from_secs(30);
 const RECAP: &str = "Here's where we left off";
 
 struct Env {
-    dir: tempfile::TempDir,
-    port: u16,
+    _dir: tempfile::TempDir,
     db: String,
     sandbox: Sandbox,
     vars: Vec<(String, String)>,
-}
-
-/// A free port for the server (the sandbox needs its callback URL before the server starts).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    process: ParleyProcess,
 }
 
 async fn setup(grace_secs: u64, reconcile_secs: u64) -> Env {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
+    // The sandbox needs the server's callback URL before the server starts.
+    let port = process::free_port();
     let config = SandboxConfig {
         callback_url: Some(format!("http://127.0.0.1:{port}/webhooks/messenger")),
         verify_on_launch: false,
@@ -50,7 +42,6 @@ async fn setup(grace_secs: u64, reconcile_secs: u64) -> Env {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let vars: Vec<(String, String)> = [
-        ("PARLEY_HTTP__BIND", format!("127.0.0.1:{port}")),
         ("PARLEY_HTTP__SHUTDOWN_GRACE_SECS", grace_secs.to_string()),
         ("PARLEY_DATABASE__URL", format!("sqlite://{}", dir.path().join("parley.db").display())),
         ("PARLEY_ASSETS__DIR", dir.path().join("site").display().to_string()),
@@ -66,6 +57,7 @@ async fn setup(grace_secs: u64, reconcile_secs: u64) -> Env {
         ("PARLEY_MESSENGER__SPOOL_DIR", dir.path().join("spool").display().to_string()),
         ("PARLEY_MESSENGER__TIMEOUT_SECS", "5".into()),
         ("PARLEY_MESSENGER__RECONCILE_SECS", reconcile_secs.to_string()),
+        ("RUST_LOG", "info".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -78,38 +70,16 @@ async fn setup(grace_secs: u64, reconcile_secs: u64) -> Env {
     let store = Store::connect(&db, 1).await.expect("store");
     store.create_site("shop", "Shop", &["http://shop.test".to_string()], "Hi").await.expect("site");
     store.close().await;
-    Env { dir, port, db, sandbox, vars }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let process =
+        ParleyProcess::new("serve", addr, env!("CARGO_BIN_EXE_parley"), &["serve".into()], vars.clone(), dir.path());
+    Env { _dir: dir, db, sandbox, vars, process }
 }
 
 impl Env {
-    fn start(&self) -> Child {
-        let log = File::options().create(true).append(true).open(self.dir.path().join("parley.log")).expect("log");
-        Command::new(env!("CARGO_BIN_EXE_parley"))
-            .arg("serve")
-            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("parley starts")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("parley.log")).unwrap_or_default()
-    }
-
-    async fn wait_healthy(&self, child: &mut Child) {
-        process::wait_healthy(child, self.port, WAIT, || self.log()).await;
-    }
-
     /// A visitor who wrote and asked for a Messenger link; returns the socket and the ref.
     async fn visitor_with_link(&self) -> (Ws, String) {
-        let origin = format!("http://127.0.0.1:{}", self.port);
-        let mut request =
-            format!("ws://127.0.0.1:{}/ws/visitor?site=shop", self.port).into_client_request().expect("request");
-        request.headers_mut().insert("origin", HeaderValue::from_str(&origin).expect("header"));
-        let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("visitor connects");
-        let mut ws = Ws(socket);
+        let mut ws = Ws(process::visitor_socket(self.process.port(), "shop").await);
         ws.send(&ClientMsg::Hello {
             protocol: protocol::PROTOCOL_VERSION,
             token: None,
@@ -175,22 +145,7 @@ impl Env {
     }
 }
 
-fn signal(child: &Child, signal: Signal) {
-    kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), signal).expect("signal sent");
-}
-
-async fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("status") {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "parley did not exit within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct Ws(tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>);
+struct Ws(process::Socket);
 
 impl Ws {
     async fn send(&mut self, msg: &ClientMsg) {
@@ -234,43 +189,41 @@ impl Ws {
 
 #[tokio::test]
 async fn sigterm_refuses_new_connections_tells_sockets_to_reconnect_and_finishes_the_send_in_flight() {
-    let env = setup(10, 30).await;
-    let mut child = env.start();
-    env.wait_healthy(&mut child).await;
+    let mut env = setup(10, 30).await;
+    env.process.start().await;
     let (mut visitor, reference) = env.visitor_with_link().await;
     env.recap_in_flight(&reference, 3000).await;
 
     let stopped_at = Instant::now();
-    signal(&child, Signal::SIGTERM);
+    env.process.signal(Signal::SIGTERM);
     assert_eq!(visitor.close_code().await, Some(1001), "the socket is told to reconnect");
     // The listener is closed at once, while the send is still in flight.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", env.port)).is_ok() {
+    while std::net::TcpStream::connect(("127.0.0.1", env.process.port())).is_ok() {
         assert!(Instant::now() < deadline, "new connections are still accepted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(child.try_wait().expect("status").is_none(), "refused only because parley had already exited");
+    assert!(env.process.is_running(), "refused only because parley had already exited");
 
-    let status = wait_exit(&mut child, Duration::from_secs(12)).await;
+    let status = env.process.wait_exit(Duration::from_secs(12)).await;
     let took = stopped_at.elapsed();
-    assert!(status.success(), "{status}:\n{}", env.log());
+    assert!(status.success(), "{status}:\n{}", env.process.log());
     assert!(took < Duration::from_secs(10), "took {took:?}, over the 10 s grace period");
     // The call in flight (3 s at the sandbox) completed and was recorded: once, and settled.
     assert!(took >= Duration::from_millis(2000), "exited after {took:?}: the send in flight was cut off");
     let recaps = env.recaps();
     assert_eq!(recaps.len(), 1, "{recaps:?}");
-    assert_eq!(env.recap_row().await, Some(("sent".to_string(), Some(recaps[0].clone()))), "{}", env.log());
+    assert_eq!(env.recap_row().await, Some(("sent".to_string(), Some(recaps[0].clone()))), "{}", env.process.log());
 }
 
 #[tokio::test]
 async fn after_sigkill_during_a_send_the_restarted_server_reconciles_it_by_its_echo_instead_of_resending() {
-    let env = setup(10, 5).await;
-    let mut child = env.start();
-    env.wait_healthy(&mut child).await;
+    let mut env = setup(10, 5).await;
+    env.process.start().await;
     let (_visitor, reference) = env.visitor_with_link().await;
     env.recap_in_flight(&reference, 1500).await;
-    signal(&child, Signal::SIGKILL);
-    wait_exit(&mut child, Duration::from_secs(5)).await;
+    env.process.signal(Signal::SIGKILL);
+    env.process.wait_exit(Duration::from_secs(5)).await;
     // The sandbox delivers the recap anyway; its echo cannot reach the dead server and is retried.
     env.sandbox
         .wait_until(WAIT, |s| {
@@ -280,22 +233,21 @@ async fn after_sigkill_during_a_send_the_restarted_server_reconciles_it_by_its_e
         .expect("delivered");
     assert_eq!(env.recap_row().await.map(|(status, _)| status).as_deref(), Some("pending"));
 
-    let mut child = env.start();
-    env.wait_healthy(&mut child).await;
+    env.process.start().await;
     let deadline = Instant::now() + WAIT;
     let row = loop {
         match env.recap_row().await {
             Some((status, id)) if status == "sent" => break id,
             _ => {}
         }
-        assert!(Instant::now() < deadline, "the recap was never settled:\n{}", env.log());
+        assert!(Instant::now() < deadline, "the recap was never settled:\n{}", env.process.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let recaps = env.recaps();
     assert_eq!(recaps.len(), 1, "sent again after the crash: {recaps:?}");
     assert_eq!(row.as_ref(), recaps.first(), "settled by the echo of the first send");
-    signal(&child, Signal::SIGTERM);
-    assert!(wait_exit(&mut child, Duration::from_secs(12)).await.success());
+    env.process.signal(Signal::SIGTERM);
+    assert!(env.process.wait_exit(Duration::from_secs(12)).await.success());
 }
 
 /// Customer messages acked while they wait in the reorder window (a later one's webhook first) are in the database
@@ -304,9 +256,8 @@ async fn after_sigkill_during_a_send_the_restarted_server_reconciles_it_by_its_e
 async fn after_sigkill_during_the_reorder_window_the_restarted_server_stores_the_held_messages_once_in_order() {
     let mut env = setup(10, 5).await;
     // Long enough that the kill surely comes while both messages are held.
-    env.vars.push(("PARLEY_MESSENGER__REORDER_WINDOW_MS".into(), "30000".into()));
-    let mut child = env.start();
-    env.wait_healthy(&mut child).await;
+    env.process.set_env("PARLEY_MESSENGER__REORDER_WINDOW_MS", "30000");
+    env.process.start().await;
     let var = |key: &str| env.vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).expect("set");
     let (page, secret) = (var("PARLEY_MESSENGER__PAGE_ID"), var("PARLEY_MESSENGER__APP_SECRET"));
     let psid = "7200000000000001";
@@ -319,7 +270,7 @@ async fn after_sigkill_during_the_reorder_window_the_restarted_server_stores_the
             "message": {"mid": mid, "text": text}}]}]})
         .to_string();
         let response = http
-            .post(format!("http://127.0.0.1:{}/webhooks/messenger", env.port))
+            .post(format!("http://127.0.0.1:{}/webhooks/messenger", env.process.port()))
             .header(
                 "x-hub-signature-256",
                 parley::messenger::signature::sign_sha256(secret.as_bytes(), body.as_bytes()),
@@ -348,28 +299,31 @@ async fn after_sigkill_during_the_reorder_window_the_restarted_server_stores_the
     // The intake has both deliveries in the database and holds their messages.
     let deadline = Instant::now() + WAIT;
     while store.unprocessed_webhook_deliveries(10).await.expect("count").len() < 2 {
-        assert!(Instant::now() < deadline, "the deliveries never reached the database:\n{}", env.log());
+        assert!(Instant::now() < deadline, "the deliveries never reached the database:\n{}", env.process.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    signal(&child, Signal::SIGKILL);
-    wait_exit(&mut child, Duration::from_secs(5)).await;
+    env.process.signal(Signal::SIGKILL);
+    env.process.wait_exit(Duration::from_secs(5)).await;
     assert!(stored().await.is_empty(), "stored before the window was over");
     assert_eq!(store.unprocessed_webhook_deliveries(10).await.expect("query").len(), 2, "both still waiting");
 
-    env.vars.push(("PARLEY_MESSENGER__REORDER_WINDOW_MS".into(), "500".into()));
-    let mut child = env.start();
-    env.wait_healthy(&mut child).await;
+    env.process.set_env("PARLEY_MESSENGER__REORDER_WINDOW_MS", "500");
+    env.process.start().await;
     let deadline = Instant::now() + WAIT;
     loop {
         let waiting = store.unprocessed_webhook_deliveries(10).await.expect("query").len();
         if waiting == 0 && stored().await.len() == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "the held messages were not stored after the restart:\n{}", env.log());
+        assert!(
+            Instant::now() < deadline,
+            "the held messages were not stored after the restart:\n{}",
+            env.process.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stored().await, ["A", "B"]);
-    signal(&child, Signal::SIGTERM);
-    assert!(wait_exit(&mut child, Duration::from_secs(12)).await.success());
+    env.process.signal(Signal::SIGTERM);
+    assert!(env.process.wait_exit(Duration::from_secs(12)).await.success());
     store.close().await;
 }

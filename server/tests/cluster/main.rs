@@ -10,6 +10,8 @@
 #[allow(dead_code)]
 #[path = "../faults/client.rs"]
 mod client;
+#[path = "../support/db_check.rs"]
+mod db_check;
 #[path = "../support/cluster.rs"]
 mod harness;
 mod live;
@@ -17,6 +19,8 @@ mod live;
 mod nginx;
 mod outbox;
 mod postgres_restart;
+#[path = "../support/process.rs"]
+mod process;
 mod sequence;
 mod sigkill;
 mod ws;

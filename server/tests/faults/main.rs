@@ -5,8 +5,12 @@
 
 mod client;
 mod database;
+#[path = "../support/db_check.rs"]
+mod db_check;
 mod harness;
 #[path = "../support/parley_cli.rs"]
 mod parley_cli;
+#[path = "../support/process.rs"]
+mod process;
 mod proxy;
 mod sigkill;

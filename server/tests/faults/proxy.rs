@@ -93,8 +93,8 @@ async fn through_latency_cuts_resets_and_blackholes_every_message_arrives_once_i
     let sent: Vec<String> = (0..visitor.sent).map(|n| visitor.message(n).0).collect();
     let applied: Vec<String> = visitor.seen.iter().map(|(_, id)| id.clone()).collect();
     assert_eq!(applied, sent, "the visitor's log holds every message once, in order");
-    let report = check_database(&server.db_path).await;
-    assert_eq!(report.integrity, "ok");
+    let report = check_database(&server.db_url()).await;
+    assert_eq!(report.integrity.as_deref(), Some("ok"));
     assert_eq!(report.doubled, 0);
     let conversation = report.messages.values().next().expect("one conversation");
     let mut stored: Vec<(u64, String)> = conversation.iter().map(|(id, (seq, _))| (*seq, id.clone())).collect();

@@ -44,7 +44,7 @@ async fn sigkill_mid_stream_loses_and_doubles_nothing_that_was_acked_or_sent() {
         server.kill();
         let acked = ledger.snapshot();
         // Nothing that was acked may be missing while the server is down: it was on disk when acked.
-        let on_disk = stored_seqs(&check_database(&server.db_path).await.messages);
+        let on_disk = stored_seqs(&check_database(&server.db_url()).await.messages);
         for (client_id, seq) in &acked {
             assert_eq!(on_disk.get(client_id), Some(seq), "acked {client_id} is not on disk after SIGKILL {kill}");
         }
@@ -61,8 +61,8 @@ async fn sigkill_mid_stream_loses_and_doubles_nothing_that_was_acked_or_sent() {
     }
     resent += agent_task.await.expect("agent finished");
 
-    let report = check_database(&server.db_path).await;
-    assert_eq!(report.integrity, "ok");
+    let report = check_database(&server.db_url()).await;
+    assert_eq!(report.integrity.as_deref(), Some("ok"));
     let stored = stored_seqs(&report.messages);
     let acks = ledger.snapshot();
     for (client_id, seq) in &acks {

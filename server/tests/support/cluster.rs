@@ -11,46 +11,22 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use sqlx::{Connection, Row};
 
 use crate::nginx;
+use crate::process::ParleyProcess;
 
 /// The site every cluster test's visitors write to.
 pub const SITE_KEY: &str = "shop";
 pub const AGENT_EMAIL: &str = "alex@example.com";
 pub const AGENT_PASSWORD: &str = "correct horse battery";
 
-/// How long a condition may take before a test gives up.
-pub const WAIT: Duration = Duration::from_secs(30);
-
-/// Polls `check` until it returns `Some`, panicking with `what` after `within`.
-pub async fn wait_within<T>(within: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// [`wait_within`] [`WAIT`].
-pub async fn wait_for<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
-    wait_within(WAIT, what, check).await
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
+// The cluster tests and the example each use a part of these.
+#[allow(unused_imports)]
+pub use crate::db_check::check_database;
+#[allow(unused_imports)]
+pub use crate::process::{WAIT, free_port, wait_for, wait_within};
 
 // ---------------------------------------------------------------------------------------------------------------
 // PostgreSQL
@@ -96,69 +72,6 @@ pub async fn seed_site_and_agent(url: &str) -> String {
     format!("parley_session={session}")
 }
 
-/// What the database holds once the dust has settled.
-pub struct DbReport {
-    /// Per conversation: client id → (seq, body) of every message.
-    pub messages: BTreeMap<String, HashMap<String, (u64, String)>>,
-    /// Messages stored more than once (a client id or a body twice in one conversation).
-    pub doubled: usize,
-    pub total_messages: usize,
-}
-
-impl DbReport {
-    /// Client id → stored seq over every conversation (client ids are unique across a test).
-    pub fn seqs_by_client_id(&self) -> HashMap<String, u64> {
-        let mut out = HashMap::new();
-        for conversation in self.messages.values() {
-            for (client_id, (seq, _)) in conversation {
-                assert!(out.insert(client_id.clone(), *seq).is_none(), "{client_id} stored in two conversations");
-            }
-        }
-        out
-    }
-}
-
-/// Reads every conversation back and checks its event log is numbered 1..=last_seq without gaps or repeats, in
-/// agreement with `conversations.last_seq`; counts messages whose client id or body is stored twice.
-pub async fn check_database(url: &str) -> DbReport {
-    let mut db = sqlx::PgConnection::connect(url).await.expect("the test opens the database");
-    let conversations =
-        sqlx::query("select id, last_seq from conversations").fetch_all(&mut db).await.expect("conversations");
-    let mut report = DbReport { messages: BTreeMap::new(), doubled: 0, total_messages: 0 };
-    for row in conversations {
-        let id: String = row.get("id");
-        let last_seq: i64 = row.get("last_seq");
-        let seqs: Vec<i64> = sqlx::query_scalar("select seq from events where conversation_id = $1 order by seq")
-            .bind(&id)
-            .fetch_all(&mut db)
-            .await
-            .expect("events");
-        assert_eq!(seqs, (1..=last_seq).collect::<Vec<_>>(), "conversation {id}: event log not 1..=last_seq");
-        let rows = sqlx::query("select client_id, seq, body from messages where conversation_id = $1")
-            .bind(&id)
-            .fetch_all(&mut db)
-            .await
-            .expect("messages");
-        let mut by_client = HashMap::new();
-        let mut bodies = HashMap::<String, usize>::new();
-        for m in rows {
-            let body: String = m.get("body");
-            *bodies.entry(body.clone()).or_default() += 1;
-            let seq: i64 = m.get("seq");
-            let client_id: Option<String> = m.get("client_id");
-            let key = client_id.unwrap_or_else(|| format!("(no client id) seq {seq}"));
-            if by_client.insert(key, (u64::try_from(seq).expect("seq"), body)).is_some() {
-                report.doubled += 1;
-            }
-            report.total_messages += 1;
-        }
-        report.doubled += bodies.values().map(|n| n - 1).sum::<usize>();
-        report.messages.insert(id, by_client);
-    }
-    db.close().await.expect("close");
-    report
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Nodes
 
@@ -178,110 +91,9 @@ impl NodeSpec {
     }
 }
 
-/// One `parley` process on its own port (kept across restarts), logging to its own files.
-pub struct Node {
-    /// `A`, `B`, `C` …
-    pub name: String,
-    pub addr: SocketAddr,
-    spec: NodeSpec,
-    env: Vec<(String, String)>,
-    dir: PathBuf,
-    child: Option<Child>,
-    starts: u32,
-}
-
-impl Node {
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The node's process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Spawns the process (see [`Node::wait_ready`]).
-    pub fn spawn(&mut self) {
-        assert!(self.child.is_none(), "node {} is already running", self.name);
-        self.starts += 1;
-        let log = std::fs::File::create(self.log_path(self.starts)).expect("log file");
-        // setpriv (util-linux, always on Debian) makes the node die with the thread that started it, even when the
-        // test process itself is SIGKILLed and no Drop runs.
-        let mut command = Command::new("setpriv");
-        command
-            .args(["--pdeathsig", "KILL", "--"])
-            .arg(&self.spec.program)
-            .args(&self.spec.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(self.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        self.child = Some(command.spawn().unwrap_or_else(|e| panic!("{} starts: {e}", self.spec.program.display())));
-    }
-
-    /// Waits until `/readyz` answers 200 (database reachable, migrations applied, workers running).
-    pub async fn wait_ready(&mut self) {
-        let http = reqwest::Client::new();
-        let url = format!("{}/readyz", self.url());
-        let name = self.name.clone();
-        wait_for(&format!("node {name} to answer /readyz with 200"), async || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
-                panic!("node {} exited with {status}:\n{}", self.name, self.log());
-            }
-            let ok = http.get(&url).send().await.is_ok_and(|r| r.status().is_success());
-            ok.then_some(())
-        })
-        .await;
-    }
-
-    /// Spawns the node and waits until it is ready.
-    pub async fn start(&mut self) {
-        self.spawn();
-        self.wait_ready().await;
-    }
-
-    /// SIGKILLs the node (no shutdown code runs) and reaps it.
-    pub fn kill(&mut self) {
-        let mut child = self.child.take().unwrap_or_else(|| panic!("node {} is not running", self.name));
-        child.kill().expect("SIGKILL");
-        let status = child.wait().expect("reaped");
-        assert!(status.code().is_none(), "node {} was killed by a signal, not exited: {status}", self.name);
-    }
-
-    /// Whether the process is still the one started last (it has not exited).
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().expect("try_wait").is_none())
-    }
-
-    /// `GET /readyz`: the status and the JSON body, or `None` when the node does not answer.
-    pub async fn readyz(&self) -> Option<(u16, serde_json::Value)> {
-        let response = reqwest::get(format!("{}/readyz", self.url())).await.ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.json().await.ok()?))
-    }
-
-    /// Everything the node logged, over all its starts.
-    pub fn log(&self) -> String {
-        (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n--- restart ---\n")
-    }
-
-    fn log_path(&self, start: u32) -> PathBuf {
-        self.dir.join(format!("node-{}-{start}.log", self.name))
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+/// One node: a `parley` process on its own port (kept across restarts), logging to its own files, started to die
+/// with the thread that started it.
+pub type Node = ParleyProcess;
 
 // ---------------------------------------------------------------------------------------------------------------
 // The cluster
@@ -333,7 +145,6 @@ impl Cluster {
             let node_dir = dir.path().join(format!("node-{name}"));
             std::fs::create_dir_all(&node_dir).expect("node dir");
             let mut env: Vec<(String, String)> = [
-                ("PARLEY_HTTP__BIND", addr.to_string()),
                 ("PARLEY_HTTP__PUBLIC_URL", public.clone()),
                 // nginx connects from 127.0.0.1; its X-Forwarded-For names the client.
                 ("PARLEY_HTTP__TRUSTED_PROXIES", "127.0.0.1".into()),
@@ -355,7 +166,8 @@ impl Cluster {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
             env.extend(options.env.iter().cloned());
-            nodes.push(Node { name, addr, spec, env, dir: dir.path().to_path_buf(), child: None, starts: 0 });
+            env.extend(spec.env);
+            nodes.push(Node::new(&name, addr, spec.program, &spec.args, env, dir.path()).until_ready());
         }
         for node in &mut nodes {
             node.spawn();

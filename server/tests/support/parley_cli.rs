@@ -5,10 +5,16 @@ use std::process::{Command, Output, Stdio};
 
 /// Runs `parley ARGS` with `PARLEY_DATABASE__URL=db`, feeding `stdin` if given, and waits for it.
 pub fn parley(db: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    parley_env(db, args, &[], stdin)
+}
+
+/// [`parley`] with extra environment variables.
+pub fn parley_env(db: &str, args: &[&str], vars: &[(&str, &str)], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
         .args(args)
         .env("PARLEY_DATABASE__URL", db)
         .env("RUST_LOG", "warn")
+        .envs(vars.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
