@@ -106,6 +106,10 @@ async fn a_visitor_that_stops_reading_while_replies_pour_in_is_closed_by_the_wri
     let app = spawn_app_with(|s| {
         s.limits.ping_secs = 280;
         s.limits.write_timeout_secs = 1;
+        // The agent pipelines its replies (a batch in flight at once), so the kernel's buffers toward the deaf
+        // peer (megabytes on loopback) fill in a few commits, not one fsync per reply.
+        s.limits.agent_frame_burst = 100_000;
+        s.limits.agent_frames_per_minute = 1_000_000;
     })
     .await;
     let (mut deaf, deaf_addr) = raw_visitor(&app).await;
@@ -118,19 +122,27 @@ async fn a_visitor_that_stops_reading_while_replies_pour_in_is_closed_by_the_wri
     };
     let (mut agent, _) = app.agent().await;
     let body = "x".repeat(protocol::MAX_BODY_CHARS);
+    const BATCH: usize = 25;
     let start = Instant::now();
     let mut replies = 0;
     while server_holds(app.addr, deaf_addr) {
         assert!(start.elapsed() < Duration::from_secs(60), "still holding the socket after {replies} replies");
-        agent
-            .send(&console::ClientMsg::Send {
+        for n in replies..replies + BATCH {
+            let reply = console::ClientMsg::Send {
                 conversation_id: conversation_id.clone(),
-                client_id: format!("a-{replies}"),
+                client_id: format!("a-{n}"),
                 body: body.clone(),
+            };
+            agent.send(&reply).await;
+        }
+        let mut acked = 0;
+        agent
+            .recv_until(|m: console::ServerMsg| {
+                acked += usize::from(matches!(m, console::ServerMsg::Ack { .. }));
+                (acked == BATCH).then_some(())
             })
             .await;
-        agent.recv_until(|m: console::ServerMsg| matches!(m, console::ServerMsg::Ack { .. }).then_some(())).await;
-        replies += 1;
+        replies += BATCH;
     }
     eprintln!("the server let go of the non-reading socket after {replies} replies, {:?}", start.elapsed());
     // The agent is unaffected.
