@@ -16,6 +16,7 @@ pub mod copy;
 pub mod models;
 pub mod ops;
 pub mod postgres;
+mod reads;
 pub mod sqlite;
 mod sqlx_common;
 

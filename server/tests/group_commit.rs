@@ -50,7 +50,11 @@ impl Server {
             ("PARLEY_LIMITS__IP_HELLOS_PER_MINUTE", "1000000".into()),
             ("PARLEY_LIMITS__MAX_SOCKETS_PER_IP", "1000".into()),
         ];
-        let process = ParleyProcess::serve(env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), dir.path());
+        let process = ParleyProcess::serve(
+            env!("CARGO_BIN_EXE_parley"),
+            env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            dir.path(),
+        );
         Self { _dir: dir, db, process }
     }
 

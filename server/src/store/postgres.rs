@@ -73,6 +73,11 @@ impl PgStore {
     fn now(&self) -> i64 {
         self.clock.now_ms()
     }
+
+    /// The reads both engines share, on this store's read pool.
+    fn reads(&self) -> super::reads::Reads<'_, sqlx::Postgres> {
+        super::reads::Reads(&self.pool)
+    }
 }
 
 #[async_trait]

@@ -82,6 +82,11 @@ impl SqliteStore {
     fn now(&self) -> i64 {
         self.clock.now_ms()
     }
+
+    /// The reads both engines share, on this store's read pool.
+    fn reads(&self) -> super::reads::Reads<'_, sqlx::Sqlite> {
+        super::reads::Reads(&self.pool)
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -43,7 +43,11 @@ impl Server {
             ("PARLEY_LIMITS__VISITOR_MESSAGES_PER_MINUTE", "1000000".into()),
             ("RUST_LOG", "warn".into()),
         ];
-        let process = ParleyProcess::serve(env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), dir);
+        let process = ParleyProcess::serve(
+            env!("CARGO_BIN_EXE_parley"),
+            env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            dir,
+        );
         let server = Self { db_path: db_path.to_path_buf(), addr: process.addr, process };
         cli(&url, &["migrate"], None);
         cli(&url, &["site", "create", "--name", "Shop", "--key", SITE_KEY, "--origin", "http://shop.test:8080"], None);

@@ -84,11 +84,10 @@ impl ParleyProcess {
         }
     }
 
-    /// `parley serve` (this test crate's binary) on a free port of 127.0.0.1 with `env`, logging below `dir`.
-    pub fn serve(env: Vec<(String, String)>, dir: impl Into<PathBuf>) -> Self {
+    /// `program serve` (a test passes `env!("CARGO_BIN_EXE_parley")`) on a free port of 127.0.0.1 with `env`,
+    /// logging below `dir`.
+    pub fn serve(program: &str, env: Vec<(String, String)>, dir: impl Into<PathBuf>) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        // Set for integration tests only (not for the cluster example, which names its programs).
-        let program = option_env!("CARGO_BIN_EXE_parley").expect("cargo names the parley binary to a test");
         Self::new("serve", addr, program, &["serve".to_string()], env, dir)
     }
 

@@ -12,15 +12,7 @@ use crate::store::{IdentityStore, SiteIdentity, StoreResult};
 #[async_trait]
 impl IdentityStore for PgStore {
     async fn site_identity(&self, site_id: &str) -> StoreResult<SiteIdentity> {
-        let row: Option<(Option<String>, bool)> =
-            sqlx::query_as("select identity_secret, identity_required from sites where id = $1")
-                .bind(site_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map_or_else(SiteIdentity::default, |(secret, required)| SiteIdentity {
-            secret: secret.filter(|s| !s.is_empty()).map(IdentitySecret::from_stored),
-            required,
-        }))
+        self.reads().site_identity(site_id).await
     }
 
     async fn set_identity_secret(&self, site_key: &str, secret: Option<&IdentitySecret>) -> StoreResult<bool> {

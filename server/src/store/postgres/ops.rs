@@ -13,16 +13,11 @@ impl OpsStore for PgStore {
     }
 
     async fn outbox_backlog(&self) -> StoreResult<OutboxBacklog> {
-        let (pending, oldest_created_at): (i64, Option<i64>) =
-            sqlx::query_as("select count(*), min(created_at) from outbox where status = 'pending'")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(OutboxBacklog { pending, oldest_created_at })
+        self.reads().outbox_backlog().await
     }
 
     async fn missing_migrations(&self) -> StoreResult<Vec<i64>> {
-        let applied: Vec<i64> =
-            sqlx::query_scalar("select version from _sqlx_migrations where success").fetch_all(&self.pool).await?;
+        let applied = self.reads().applied_migrations().await?;
         Ok(missing(&sqlx::migrate!("./migrations/postgres"), &applied))
     }
 }

@@ -38,20 +38,11 @@ impl SiteStore for PgStore {
     }
 
     async fn site_by_key(&self, key: &str) -> StoreResult<Option<Site>> {
-        Ok(sqlx::query_as::<_, Site>(
-            "select id, key, name, allowed_origins, greeting, created_at, workspace_id from sites where key = $1",
-        )
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.reads().site_by_key(key).await
     }
 
     async fn sites(&self) -> StoreResult<Vec<Site>> {
-        Ok(sqlx::query_as::<_, Site>(
-            "select id, key, name, allowed_origins, greeting, created_at, workspace_id from sites order by created_at",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        self.reads().sites().await
     }
 
     async fn set_allowed_origins(&self, site_id: &str, origins: &[String]) -> StoreResult<()> {

@@ -86,14 +86,7 @@ impl AgentStore for SqliteStore {
     }
 
     async fn agent_for_session(&self, token_hash: &[u8]) -> StoreResult<Option<Agent>> {
-        Ok(sqlx::query_as::<_, Agent>(
-            "select a.id, a.email, a.name, a.password_hash, a.workspace_id from agent_sessions s join agents a on a.id = s.agent_id
-             where s.token_hash = ? and s.expires_at > ?",
-        )
-        .bind(token_hash)
-        .bind(self.now())
-        .fetch_optional(&self.pool)
-        .await?)
+        self.reads().agent_for_session(token_hash, self.now()).await
     }
 
     async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()> {

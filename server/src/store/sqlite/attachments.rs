@@ -34,17 +34,11 @@ impl AttachmentStore for SqliteStore {
     }
 
     async fn attachment(&self, id: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
-        Ok(sqlx::query_as("select content_type, bytes from attachments where id = ? and status = 'ready'")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.reads().attachment(id).await
     }
 
     async fn attachment_status(&self, id: &str) -> StoreResult<Option<(String, Option<String>)>> {
-        Ok(sqlx::query_as("select status, error from attachments where id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.reads().attachment_status(id).await
     }
 
     async fn queue_attachment(

@@ -8,9 +8,6 @@ use super::{SqliteStore, exec, on_unique};
 use crate::store::models::{PageRow, Workspace};
 use crate::store::{StoreError, StoreResult, WorkspaceStore, new_id};
 
-const PAGE_COLUMNS: &str =
-    "select p.page_id, p.workspace_id, p.site_id, p.username, p.token_nonce, p.token_ciphertext from messenger_pages p";
-
 #[async_trait]
 impl WorkspaceStore for SqliteStore {
     async fn create_workspace(&self, key: &str, name: &str) -> StoreResult<Workspace> {
@@ -30,55 +27,28 @@ impl WorkspaceStore for SqliteStore {
     }
 
     async fn workspace_by_key(&self, key: &str) -> StoreResult<Option<Workspace>> {
-        Ok(sqlx::query_as::<_, Workspace>("select id, key, name from workspaces where key = ?")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.reads().workspace_by_key(key).await
     }
 
     async fn workspaces(&self) -> StoreResult<Vec<Workspace>> {
-        Ok(sqlx::query_as::<_, Workspace>("select id, key, name from workspaces order by created_at, id")
-            .fetch_all(&self.pool)
-            .await?)
+        self.reads().workspaces().await
     }
 
     async fn site_workspace(&self, site_id: &str) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar("select workspace_id from sites where id = ?")
-            .bind(site_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.reads().site_workspace(site_id).await
     }
 
     async fn conversation_workspace(&self, conversation_id: &str) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "select s.workspace_id from conversations c join sites s on s.id = c.site_id where c.id = ?",
-        )
-        .bind(conversation_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.reads().conversation_workspace(conversation_id).await
     }
 
     async fn attachment_workspace(&self, attachment_id: &str) -> StoreResult<Option<String>> {
-        let found: Option<Option<String>> = sqlx::query_scalar(
-            "select coalesce(a.workspace_id,
-                (select s.workspace_id from conversations c join sites s on s.id = c.site_id
-                 where c.id = a.conversation_id),
-                (select s.workspace_id from contacts k join sites s on s.id = k.site_id where k.avatar_id = a.id
-                 limit 1))
-             from attachments a where a.id = ?",
-        )
-        .bind(attachment_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.flatten())
+        self.reads().attachment_workspace(attachment_id).await
     }
 
     async fn save_page(&self, page: &PageRow) -> StoreResult<()> {
         if let Some(site_id) = &page.site_id {
-            let owner: Option<String> = sqlx::query_scalar("select workspace_id from sites where id = ?")
-                .bind(site_id)
-                .fetch_optional(&self.pool)
-                .await?;
+            let owner = self.reads().site_workspace(site_id).await?;
             if owner.as_deref() != Some(page.workspace_id.as_str()) {
                 return Err(StoreError::NotFound);
             }
@@ -119,26 +89,14 @@ impl WorkspaceStore for SqliteStore {
     }
 
     async fn page(&self, page_id: &str) -> StoreResult<Option<PageRow>> {
-        Ok(sqlx::query_as::<_, PageRow>(&format!("{PAGE_COLUMNS} where p.page_id = ?"))
-            .bind(page_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.reads().page(page_id).await
     }
 
     async fn page_for_site(&self, site_id: &str) -> StoreResult<Option<PageRow>> {
-        Ok(sqlx::query_as::<_, PageRow>(&format!(
-            "{PAGE_COLUMNS} join sites s on s.id = ?
-             where p.site_id = s.id or (p.site_id is null and p.workspace_id = s.workspace_id)
-             order by p.site_id is null limit 1"
-        ))
-        .bind(site_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.reads().page_for_site(site_id).await
     }
 
     async fn pages(&self) -> StoreResult<Vec<PageRow>> {
-        Ok(sqlx::query_as::<_, PageRow>(&format!("{PAGE_COLUMNS} order by p.created_at, p.page_id"))
-            .fetch_all(&self.pool)
-            .await?)
+        self.reads().pages().await
     }
 }
