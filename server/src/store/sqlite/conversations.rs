@@ -13,41 +13,7 @@ use crate::messenger::policy::{Mirror, MirrorPolicy, Thread};
 use crate::store::models::{Contact, ContactContext, Conversation, SummaryRow};
 use crate::store::{AppendOutcome, ConversationStore, NewMessage, StoreError, StoreResult, new_id, web_contact_id};
 
-/// Columns of [`Contact`], in its field order.
-pub(super) const CONTACT_COLUMNS: &str =
-    "id, site_id, label, page_url, referrer, user_agent, timezone, utc_offset_minutes,
-    language, psid, display_name, avatar_id, messenger_last_action_at, messenger_last_message_at";
-
-const SUMMARY_SELECT: &str = "select c.id, c.contact_id, s.key as site_key, s.name as site_name, k.label, c.status,
-        c.last_message, c.last_activity_at, c.last_seq, c.visitor_read_seq,
-        c.unread_count as unread,
-        k.page_url, k.referrer, k.user_agent, k.timezone, k.utc_offset_minutes, k.language,
-        k.psid, k.display_name, k.avatar_id, k.messenger_last_action_at, k.messenger_last_message_at
-    from conversations c join sites s on s.id = c.site_id join contacts k on k.id = c.contact_id";
-
-pub(super) fn seq_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-pub(super) fn seq_param(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn conversation_from_row(row: (String, String, String, String, i64, i64, i64)) -> StoreResult<Conversation> {
-    let (id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq) = row;
-    Ok(Conversation {
-        status: ConversationStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
-        id,
-        site_id,
-        contact_id,
-        last_seq: seq_of(last_seq),
-        agent_read_seq: seq_of(agent_read_seq),
-        visitor_read_seq: seq_of(visitor_read_seq),
-    })
-}
-
-const CONVERSATION_COLUMNS: &str =
-    "select id, site_id, contact_id, status, last_seq, agent_read_seq, visitor_read_seq from conversations";
+pub(super) use crate::store::reads::{CONVERSATION_COLUMNS, SUMMARY_SELECT, conversation_from_row, seq_of, seq_param};
 
 #[async_trait]
 impl ConversationStore for SqliteStore {
@@ -104,13 +70,7 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn contact_by_token(&self, site_id: &str, token_hash: &[u8]) -> StoreResult<Option<Contact>> {
-        Ok(sqlx::query_as::<_, Contact>(&format!(
-            "select {CONTACT_COLUMNS} from contacts where web_token_hash = ? and site_id = ?"
-        ))
-        .bind(token_hash)
-        .bind(site_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.reads().contact_by_token(site_id, token_hash).await
     }
 
     async fn update_contact_context(&self, contact_id: &str, ctx: &ContactContext) -> StoreResult<()> {
@@ -144,10 +104,7 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn contact(&self, id: &str) -> StoreResult<Option<Contact>> {
-        Ok(sqlx::query_as::<_, Contact>(&format!("select {CONTACT_COLUMNS} from contacts where id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.reads().contact(id).await
     }
 
     async fn conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
@@ -157,34 +114,15 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn conversation_for_contact(&self, contact_id: &str) -> StoreResult<Option<Conversation>> {
-        let row = sqlx::query_as(&format!("{CONVERSATION_COLUMNS} where contact_id = ?"))
-            .bind(contact_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(conversation_from_row).transpose()
+        self.reads().conversation_for_contact(contact_id).await
     }
 
     async fn events_after(&self, conversation_id: &str, after_seq: u64) -> StoreResult<Vec<Event>> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("select payload from events where conversation_id = ? and seq > ? order by seq")
-                .bind(conversation_id)
-                .bind(seq_param(after_seq))
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter()
-            .map(|(payload,)| serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect()
+        self.reads().events_after(conversation_id, after_seq).await
     }
 
     async fn message_by_external_id(&self, external_id: &str) -> StoreResult<Option<(String, ChatMessage, u64)>> {
-        let row: Option<(String, String)> =
-            sqlx::query_as("select conversation_id, client_id from messages where external_id = ?")
-                .bind(external_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some((conversation_id, client_id)) = row else { return Ok(None) };
-        let found = self.message_by_client_id(&conversation_id, &client_id).await?;
-        Ok(found.map(|(message, seq)| (conversation_id, message, seq)))
+        self.reads().message_by_external_id(external_id).await
     }
 
     async fn message_by_client_id(
@@ -192,26 +130,7 @@ impl ConversationStore for SqliteStore {
         conversation_id: &str,
         client_id: &str,
     ) -> StoreResult<Option<(ChatMessage, u64)>> {
-        let seq: Option<i64> =
-            sqlx::query_scalar("select seq from messages where conversation_id = ? and client_id = ?")
-                .bind(conversation_id)
-                .bind(client_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(seq) = seq else { return Ok(None) };
-        let event: Option<(String,)> =
-            sqlx::query_as("select payload from events where conversation_id = ? and seq = ?")
-                .bind(conversation_id)
-                .bind(seq)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some((payload,)) = event else {
-            return Err(StoreError::Corrupt(format!("message seq {seq} has no event")));
-        };
-        match serde_json::from_str::<Event>(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?.kind {
-            EventKind::Message { message } => Ok(Some((message, seq_of(seq)))),
-            _ => Err(StoreError::Corrupt(format!("event {seq} is not a message"))),
-        }
+        self.reads().message_by_client_id(conversation_id, client_id).await
     }
 
     async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use rusqlite::{Connection, params};
 
-use super::conversations::{CONTACT_COLUMNS, bump_seq, insert_event, seq_of};
+use super::conversations::{bump_seq, insert_event, seq_of};
 use super::{SqliteStore, exec, row, rows};
 use crate::messenger::send_api::MessagingType;
 use crate::store::models::{Contact, LinkRow, OutboxRow, QuarantinedDelivery, RecentMessage};
@@ -29,10 +29,7 @@ fn outbox_eligible_at(reconcile: &str) -> String {
 #[async_trait]
 impl MessengerStore for SqliteStore {
     async fn contact_by_psid(&self, psid: &str) -> StoreResult<Option<Contact>> {
-        Ok(sqlx::query_as::<_, Contact>(&format!("select {CONTACT_COLUMNS} from contacts where psid = ?"))
-            .bind(psid)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.reads().contact_by_psid(psid).await
     }
 
     async fn create_messenger_contact(&self, site_id: &str, psid: &str, label: &str) -> StoreResult<Contact> {
@@ -133,23 +130,11 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn pending_offer(&self, nonce: &str, psid: &str) -> StoreResult<Option<LinkRow>> {
-        Ok(sqlx::query_as::<_, LinkRow>(
-            "select nonce, contact_id, code, expires_at from messenger_links
-             where nonce = ? and psid = ? and used_at is null and offer_expires_at > ?",
-        )
-        .bind(nonce)
-        .bind(psid)
-        .bind(self.now())
-        .fetch_optional(&self.pool)
-        .await?)
+        self.reads().pending_offer(nonce, psid, self.now()).await
     }
 
     async fn link_answered(&self, nonce: &str, psid: &str) -> StoreResult<Option<bool>> {
-        Ok(sqlx::query_scalar("select used_at is not null from messenger_links where nonce = ? and psid = ?")
-            .bind(nonce)
-            .bind(psid)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.reads().link_answered(nonce, psid).await
     }
 
     async fn accept_link(
@@ -267,13 +252,8 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
-        Ok(sqlx::query_as(
-            "select id, body from webhook_deliveries where processed_at is null and quarantined_at is null
-             order by id limit ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        // Ids start at 1.
+        self.reads().unprocessed_webhook_deliveries_after(0, limit).await
     }
 
     async fn unprocessed_webhook_deliveries_after(
@@ -281,14 +261,7 @@ impl MessengerStore for SqliteStore {
         after_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<(i64, Vec<u8>)>> {
-        Ok(sqlx::query_as(
-            "select id, body from webhook_deliveries where processed_at is null and quarantined_at is null
-               and id > ? order by id limit ?",
-        )
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        self.reads().unprocessed_webhook_deliveries_after(after_id, limit).await
     }
 
     async fn webhook_delivery_failed(&self, id: i64, error: &str, max_attempts: u32) -> StoreResult<bool> {
@@ -310,20 +283,11 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn quarantined_deliveries(&self) -> StoreResult<Vec<QuarantinedDelivery>> {
-        Ok(sqlx::query_as::<_, QuarantinedDelivery>(
-            "select id, received_at, attempts, error from webhook_deliveries
-             where quarantined_at is not null and processed_at is null order by id",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        self.reads().quarantined_deliveries().await
     }
 
     async fn quarantined_delivery_count(&self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
-            "select count(*) from webhook_deliveries where quarantined_at is not null and processed_at is null",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+        self.reads().quarantined_delivery_count().await
     }
 
     async fn replay_quarantined(&self, id: Option<i64>) -> StoreResult<u64> {
@@ -430,24 +394,11 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn sent_mids_until(&self, psid: &str, watermark: i64) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "select external_id from outbox where psid = ? and status = 'sent' and external_id is not null
-                and updated_at <= ? order by id",
-        )
-        .bind(psid)
-        .bind(watermark.saturating_add(60_000))
-        .fetch_all(&self.pool)
-        .await?)
+        self.reads().sent_mids_until(psid, watermark).await
     }
 
     async fn outbox_for_message(&self, metadata: &str) -> StoreResult<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "select id from outbox where status = 'pending'
-                and (message_id = ?1 or (message_id is null and 'outbox-' || id = ?1))",
-        )
-        .bind(metadata)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.reads().outbox_for_message(metadata).await
     }
 
     async fn messenger_delivered(&self, mids: &[String]) -> StoreResult<Vec<(String, Event)>> {
@@ -484,30 +435,14 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn messenger_read(&self, contact_id: &str, watermark: i64) -> StoreResult<Option<(String, Event)>> {
-        let row: Option<(String, Option<i64>)> = sqlx::query_as(
-            "select c.id, (select max(m.seq) from messages m join outbox o on o.message_id = m.id
-                 where m.conversation_id = c.id and o.status = 'sent' and o.updated_at <= ?)
-             from conversations c where c.contact_id = ?",
-        )
-        .bind(watermark.saturating_add(60_000))
-        .bind(contact_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some((conversation_id, Some(seq))) = row else { return Ok(None) };
+        let Some((conversation_id, Some(seq))) = self.reads().messenger_read_up_to(contact_id, watermark).await? else {
+            return Ok(None);
+        };
         Ok(self.mark_read(&conversation_id, Party::Visitor, seq_of(seq)).await?.map(|event| (conversation_id, event)))
     }
 
     async fn recent_messages(&self, conversation_id: &str, limit: i64) -> StoreResult<Vec<RecentMessage>> {
-        let mut rows: Vec<RecentMessage> = sqlx::query_as(
-            "select author_role, author_name, body
-             from messages where conversation_id = ? and author_role <> 'system' order by seq desc limit ?",
-        )
-        .bind(conversation_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.reverse();
-        Ok(rows)
+        self.reads().recent_messages(conversation_id, limit).await
     }
 
     async fn oldest_site_id(&self) -> StoreResult<Option<String>> {
