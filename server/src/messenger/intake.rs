@@ -22,7 +22,7 @@
 //! Messenger reaches the web conversation before "Yes"; "No" or no answer within the link lifetime binds nothing.
 //! Attachments are queued for [`super::media`] and downloaded off this path.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,11 +135,20 @@ struct Intake {
     late_events: u64,
     /// Delivery rows read from the database since the count was last reported.
     deliveries_read: u64,
+    /// The Pages looked up this round (by page id), so a round of events for one Page reads it once; emptied at
+    /// the start of every round, so a Page connected or removed meanwhile counts from the next round.
+    pages: HashMap<String, Option<Page>>,
 }
 
 impl Intake {
     fn new(window: Duration) -> Self {
-        Self { held: HoldBack::new(window), open: BTreeMap::new(), late_events: 0, deliveries_read: 0 }
+        Self {
+            held: HoldBack::new(window),
+            open: BTreeMap::new(),
+            late_events: 0,
+            deliveries_read: 0,
+            pages: HashMap::new(),
+        }
     }
 
     /// One pass at `now`: stores spooled deliveries, holds the events of new ones, applies those that are due and
@@ -164,6 +173,7 @@ impl Intake {
             let cursor = after.filter(|_| round % FULL_READ_EVERY != 0);
             let (fresh, last) = self.load(messenger, now, cursor).await?;
             after = last.max(after);
+            self.pages.clear();
             let mut due = self.held.take_due(now).into_iter();
             while let Some(event) = due.next() {
                 if let Err(e) = self.apply_due(messenger, &event).await {
@@ -252,9 +262,18 @@ impl Intake {
     /// as a failed attempt at the delivery and returned.
     async fn apply_due(&mut self, messenger: &Messenger, due: &Due<Event>) -> anyhow::Result<()> {
         let Event { delivery, page, messaging } = &due.item;
+        let pages = &mut self.pages;
         let attempt = async {
             let late = due.late && is_new_message(messenger, messaging).await?;
-            apply(messenger, page, messaging).await.map(|()| late)
+            let found = match pages.get(page) {
+                Some(found) => found.clone(),
+                None => {
+                    let found = messenger.page(page).await?;
+                    pages.insert(page.clone(), found.clone());
+                    found
+                }
+            };
+            apply(messenger, found, page, messaging).await.map(|()| late)
         };
         // A panic is a bug, but it must not take the intake down with it: it counts as a failed attempt.
         let error = match AssertUnwindSafe(attempt).catch_unwind().await {
@@ -296,12 +315,12 @@ impl Intake {
         Ok(())
     }
 
-    /// Marks the deliveries whose events are all applied as processed.
+    /// Marks the deliveries whose events are all applied as processed, all in one transaction.
     async fn settle(&mut self, messenger: &Messenger) -> anyhow::Result<()> {
-        let done: Vec<i64> = self.open.iter().filter(|(_, open)| open.left == 0).map(|(id, _)| *id).collect();
-        for id in done {
-            let error = self.open.get(&id).and_then(|open| open.error.clone());
-            messenger.conversations.messenger_rows().mark_webhook_processed(id, error.as_deref()).await?;
+        let done: Vec<(i64, Option<String>)> =
+            self.open.iter().filter(|(_, open)| open.left == 0).map(|(id, open)| (*id, open.error.clone())).collect();
+        messenger.conversations.messenger_rows().mark_webhooks_processed(&done).await?;
+        for (id, _) in done {
             self.open.remove(&id);
         }
         Ok(())
@@ -353,18 +372,28 @@ async fn failed(messenger: &Messenger, delivery: i64, why: &str) -> anyhow::Erro
     anyhow::anyhow!("applying webhook delivery {delivery} failed: {why}")
 }
 
-async fn apply(messenger: &Messenger, page_id: &str, event: &Messaging) -> Result<(), ServiceError> {
+/// Applies one event for `page` (the Page `page_id` names, `None` when it is not connected here).
+async fn apply(
+    messenger: &Messenger,
+    page: Option<Page>,
+    page_id: &str,
+    event: &Messaging,
+) -> Result<(), ServiceError> {
     // Routed by the Page the event is for: its workspace and site. An unknown Page's event is dropped (the raw
     // delivery stays in `webhook_deliveries`); the page id is public, the log carries nothing else of it.
-    let Some(page) = messenger.page(page_id).await? else {
+    let Some(page) = page else {
         tracing::info!(page = %page_id, "ignoring an event for a Page that is not connected here");
         return Ok(());
     };
     let page = &page;
     let store = messenger.conversations.messenger_rows();
     let customer = if event.message.as_ref().is_some_and(|m| m.is_echo) { &event.recipient } else { &event.sender };
-    if let Some(psid) = customer.as_ref().map(|p| p.id.as_str()).filter(|p| !p.is_empty())
-        && let Some(contact) = store.contact_by_psid(psid).await?
+    // The customer's contact, read once: the steps below that need it take this one.
+    let known = match customer.as_ref().map(|p| p.id.as_str()).filter(|p| !p.is_empty()) {
+        Some(psid) => store.contact_by_psid(psid).await?,
+        None => None,
+    };
+    if let Some(contact) = &known
         && store.site_workspace(&contact.site_id).await?.as_deref() != Some(page.workspace_id.as_str())
     {
         tracing::warn!(page = %page_id, "ignoring an event of a customer who belongs to another workspace's Page");
@@ -406,8 +435,9 @@ async fn apply(messenger: &Messenger, page_id: &str, event: &Messaging) -> Resul
                 OfferOutcome::Unavailable => {}
             }
         }
-        // Until they say yes, what they write stays in a conversation of their own.
-        let contact = match store.contact_by_psid(&psid).await? {
+        // Until they say yes, what they write stays in a conversation of their own. (Offering a link changes no
+        // contact, so the one read above still holds.)
+        let contact = match known {
             Some(c) => c,
             None => new_messenger_contact(messenger, page, &psid).await?,
         };
@@ -440,7 +470,7 @@ async fn apply(messenger: &Messenger, page_id: &str, event: &Messaging) -> Resul
     }
 
     if let Some(read) = &event.read
-        && let Some(contact) = store.contact_by_psid(&psid).await?
+        && let Some(contact) = &known
     {
         messenger.conversations.messenger_read(&contact.id, read.watermark).await?;
     }
@@ -462,9 +492,10 @@ async fn apply_echo(
             && let Some(outbox_id) = store.outbox_for_message(message_id).await?
         {
             messenger.conversations.outbox_sent(outbox_id, &mid).await?;
+            // The echo settled the head of this customer's queue: the next send may go now. (An echo of a send
+            // already settled changed nothing, so it wakes no one: the worker heard of that send's answer.)
+            messenger.conversations.outbox_wake().notify_one();
         }
-        // The echo may have settled the head of this customer's queue: the next send may go now.
-        messenger.conversations.outbox_wake().notify_one();
         return Ok(());
     }
     if store.message_by_external_id(&mid).await?.is_some() {
