@@ -574,6 +574,10 @@ impl MessengerRows<'_> {
         self.store.mark_webhook_processed(id, error).await
     }
 
+    pub async fn mark_webhooks_processed(&self, done: &[(i64, Option<String>)]) -> StoreResult<()> {
+        self.store.mark_webhooks_processed(done).await
+    }
+
     pub async fn webhook_delivery_failed(&self, id: i64, error: &str, max_attempts: u32) -> StoreResult<bool> {
         self.store.webhook_delivery_failed(id, error, max_attempts).await
     }

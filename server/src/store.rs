@@ -409,6 +409,10 @@ pub trait MessengerStore: Send + Sync {
 
     /// Sites ordered by age (the oldest is the default home of Messenger-first conversations).
     async fn oldest_site_id(&self) -> StoreResult<Option<String>>;
+
+    /// [`MessengerStore::mark_webhook_processed`] for several deliveries (each with why an event of it was not
+    /// applied, if one was not) in one transaction (one commit): all of them or none.
+    async fn mark_webhooks_processed(&self, done: &[(i64, Option<String>)]) -> StoreResult<()>;
 }
 
 /// Uploaded and downloaded files.

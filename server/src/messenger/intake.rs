@@ -22,7 +22,7 @@
 //! Messenger reaches the web conversation before "Yes"; "No" or no answer within the link lifetime binds nothing.
 //! Attachments are queued for [`super::media`] and downloaded off this path.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +50,9 @@ pub use crate::sentences::CONSENT_QUESTION;
 
 /// New deliveries read from the database per round.
 const BATCH: usize = 200;
+
+/// The most released events applied at once (each of a different customer), so their writes share a commit.
+const WAVE: usize = 32;
 
 /// Within one pass, every this many rounds the read covers every waiting delivery again (the rounds between read
 /// only the deliveries after the last one read). On PostgreSQL ids can commit out of order across nodes, so a
@@ -135,11 +138,20 @@ struct Intake {
     late_events: u64,
     /// Delivery rows read from the database since the count was last reported.
     deliveries_read: u64,
+    /// The Pages looked up this round (by page id), so a round of events for one Page reads it once; emptied at
+    /// the start of every round, so a Page connected or removed meanwhile counts from the next round.
+    pages: HashMap<String, Option<Page>>,
 }
 
 impl Intake {
     fn new(window: Duration) -> Self {
-        Self { held: HoldBack::new(window), open: BTreeMap::new(), late_events: 0, deliveries_read: 0 }
+        Self {
+            held: HoldBack::new(window),
+            open: BTreeMap::new(),
+            late_events: 0,
+            deliveries_read: 0,
+            pages: HashMap::new(),
+        }
     }
 
     /// One pass at `now`: stores spooled deliveries, holds the events of new ones, applies those that are due and
@@ -164,14 +176,9 @@ impl Intake {
             let cursor = after.filter(|_| round % FULL_READ_EVERY != 0);
             let (fresh, last) = self.load(messenger, now, cursor).await?;
             after = last.max(after);
-            let mut due = self.held.take_due(now).into_iter();
-            while let Some(event) = due.next() {
-                if let Err(e) = self.apply_due(messenger, &event).await {
-                    // Not applied: it and the ones after it wait for the next pass, in the same order.
-                    self.held.put_back(std::iter::once(event).chain(due).collect(), now);
-                    return Err(e);
-                }
-            }
+            self.pages.clear();
+            let due = self.held.take_due(now);
+            self.apply_released(messenger, due, now).await?;
             self.settle(messenger).await?;
             if fresh < BATCH {
                 break;
@@ -248,16 +255,70 @@ impl Intake {
         self.open.insert(id, open);
     }
 
-    /// Applies one released event, counting it against its delivery. A transient failure (or a panic) is counted
-    /// as a failed attempt at the delivery and returned.
-    async fn apply_due(&mut self, messenger: &Messenger, due: &Due<Event>) -> anyhow::Result<()> {
-        let Event { delivery, page, messaging } = &due.item;
-        let attempt = async {
-            let late = due.late && is_new_message(messenger, messaging).await?;
-            apply(messenger, page, messaging).await.map(|()| late)
-        };
+    /// Applies released events in their order, in waves (see [`waves`]): the events of one wave belong to
+    /// different customers and apply at once, so their writes share one commit; each customer's events still apply
+    /// one after another in order, and an event of no customer applies alone between waves. After a wave with a
+    /// failure the failed events and every event after the wave wait for the next pass, in the same order.
+    async fn apply_released(
+        &mut self,
+        messenger: &Messenger,
+        due: Vec<Due<Event>>,
+        now: Instant,
+    ) -> anyhow::Result<()> {
+        let threads: Vec<Option<&str>> = due.iter().map(Due::thread).collect();
+        let sizes: Vec<usize> = waves(&threads, WAVE).map(|wave| wave.len()).collect();
+        let mut rest = due.into_iter();
+        for size in sizes {
+            let wave: Vec<Due<Event>> = rest.by_ref().take(size).collect();
+            let mut pages = Vec::with_capacity(wave.len());
+            let mut lookup = Ok(());
+            for due in &wave {
+                match self.page(messenger, &due.item.page).await {
+                    Ok(page) => pages.push(page),
+                    Err(e) => {
+                        lookup = Err(e);
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = lookup {
+                self.held.put_back(wave.into_iter().chain(rest).collect(), now);
+                return Err(e.into());
+            }
+            let attempts = wave.iter().zip(pages).map(|(due, page)| attempt(messenger, page, due));
+            let outcomes = futures_util::future::join_all(attempts).await;
+            let (mut undone, mut first_error) = (Vec::new(), None);
+            for (due, outcome) in wave.into_iter().zip(outcomes) {
+                if let Err(e) = self.record(messenger, &due, outcome).await {
+                    first_error.get_or_insert(e);
+                    undone.push(due);
+                }
+            }
+            if let Some(e) = first_error {
+                // Not applied: they and the ones after them wait for the next pass, in the same order.
+                self.held.put_back(undone.into_iter().chain(rest).collect(), now);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The Page `page_id` names (`None`: not connected here), read once per round.
+    async fn page(&mut self, messenger: &Messenger, page_id: &str) -> Result<Option<Page>, ServiceError> {
+        if let Some(found) = self.pages.get(page_id) {
+            return Ok(found.clone());
+        }
+        let found = messenger.page(page_id).await?;
+        self.pages.insert(page_id.to_string(), found.clone());
+        Ok(found)
+    }
+
+    /// Counts one applied event against its delivery. A transient failure (or a panic) is counted as a failed
+    /// attempt at the delivery and returned.
+    async fn record(&mut self, messenger: &Messenger, due: &Due<Event>, outcome: Attempt) -> anyhow::Result<()> {
+        let delivery = &due.item.delivery;
         // A panic is a bug, but it must not take the intake down with it: it counts as a failed attempt.
-        let error = match AssertUnwindSafe(attempt).catch_unwind().await {
+        let error = match outcome {
             Ok(Ok(late)) => {
                 if late {
                     self.late_events += 1;
@@ -296,16 +357,54 @@ impl Intake {
         Ok(())
     }
 
-    /// Marks the deliveries whose events are all applied as processed.
+    /// Marks the deliveries whose events are all applied as processed, all in one transaction.
     async fn settle(&mut self, messenger: &Messenger) -> anyhow::Result<()> {
-        let done: Vec<i64> = self.open.iter().filter(|(_, open)| open.left == 0).map(|(id, _)| *id).collect();
-        for id in done {
-            let error = self.open.get(&id).and_then(|open| open.error.clone());
-            messenger.conversations.messenger_rows().mark_webhook_processed(id, error.as_deref()).await?;
+        let done: Vec<(i64, Option<String>)> =
+            self.open.iter().filter(|(_, open)| open.left == 0).map(|(id, open)| (*id, open.error.clone())).collect();
+        messenger.conversations.messenger_rows().mark_webhooks_processed(&done).await?;
+        for (id, _) in done {
             self.open.remove(&id);
         }
         Ok(())
     }
+}
+
+/// What applying one event came to: whether it was a late new message, or why not applied, or the panic.
+type Attempt = Result<Result<bool, ServiceError>, Box<dyn std::any::Any + Send>>;
+
+/// Applies one released event for `page` (the Page it names, looked up).
+async fn attempt(messenger: &Messenger, page: Option<Page>, due: &Due<Event>) -> Attempt {
+    let Event { page: page_id, messaging, .. } = &due.item;
+    let work = async {
+        let late = due.late && is_new_message(messenger, messaging).await?;
+        apply(messenger, page, page_id, messaging).await.map(|()| late)
+    };
+    AssertUnwindSafe(work).catch_unwind().await
+}
+
+/// Splits events (given by their threads, in order) into consecutive waves of at most `max`: a wave is either one
+/// event of no thread, or events of distinct threads. So no thread has two events in one wave, and events of no
+/// thread keep their place between the others.
+fn waves<'a>(threads: &'a [Option<&'a str>], max: usize) -> impl Iterator<Item = &'a [Option<&'a str>]> + 'a {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= threads.len() {
+            return None;
+        }
+        let mut end = start + 1;
+        if threads[start].is_some() {
+            let mut seen: HashSet<&str> = threads[start].into_iter().collect();
+            while end < threads.len() && end - start < max.max(1) {
+                match threads[end] {
+                    Some(thread) if seen.insert(thread) => end += 1,
+                    _ => break,
+                }
+            }
+        }
+        let wave = &threads[start..end];
+        start = end;
+        Some(wave)
+    })
 }
 
 /// Where an event waits: the customer's thread (their PSID) for what becomes part of their conversation or
@@ -353,18 +452,28 @@ async fn failed(messenger: &Messenger, delivery: i64, why: &str) -> anyhow::Erro
     anyhow::anyhow!("applying webhook delivery {delivery} failed: {why}")
 }
 
-async fn apply(messenger: &Messenger, page_id: &str, event: &Messaging) -> Result<(), ServiceError> {
+/// Applies one event for `page` (the Page `page_id` names, `None` when it is not connected here).
+async fn apply(
+    messenger: &Messenger,
+    page: Option<Page>,
+    page_id: &str,
+    event: &Messaging,
+) -> Result<(), ServiceError> {
     // Routed by the Page the event is for: its workspace and site. An unknown Page's event is dropped (the raw
     // delivery stays in `webhook_deliveries`); the page id is public, the log carries nothing else of it.
-    let Some(page) = messenger.page(page_id).await? else {
+    let Some(page) = page else {
         tracing::info!(page = %page_id, "ignoring an event for a Page that is not connected here");
         return Ok(());
     };
     let page = &page;
     let store = messenger.conversations.messenger_rows();
     let customer = if event.message.as_ref().is_some_and(|m| m.is_echo) { &event.recipient } else { &event.sender };
-    if let Some(psid) = customer.as_ref().map(|p| p.id.as_str()).filter(|p| !p.is_empty())
-        && let Some(contact) = store.contact_by_psid(psid).await?
+    // The customer's contact, read once: the steps below that need it take this one.
+    let known = match customer.as_ref().map(|p| p.id.as_str()).filter(|p| !p.is_empty()) {
+        Some(psid) => store.contact_by_psid(psid).await?,
+        None => None,
+    };
+    if let Some(contact) = &known
         && store.site_workspace(&contact.site_id).await?.as_deref() != Some(page.workspace_id.as_str())
     {
         tracing::warn!(page = %page_id, "ignoring an event of a customer who belongs to another workspace's Page");
@@ -406,8 +515,9 @@ async fn apply(messenger: &Messenger, page_id: &str, event: &Messaging) -> Resul
                 OfferOutcome::Unavailable => {}
             }
         }
-        // Until they say yes, what they write stays in a conversation of their own.
-        let contact = match store.contact_by_psid(&psid).await? {
+        // Until they say yes, what they write stays in a conversation of their own. (Offering a link changes no
+        // contact, so the one read above still holds.)
+        let contact = match known {
             Some(c) => c,
             None => new_messenger_contact(messenger, page, &psid).await?,
         };
@@ -440,7 +550,7 @@ async fn apply(messenger: &Messenger, page_id: &str, event: &Messaging) -> Resul
     }
 
     if let Some(read) = &event.read
-        && let Some(contact) = store.contact_by_psid(&psid).await?
+        && let Some(contact) = &known
     {
         messenger.conversations.messenger_read(&contact.id, read.watermark).await?;
     }
@@ -462,9 +572,10 @@ async fn apply_echo(
             && let Some(outbox_id) = store.outbox_for_message(message_id).await?
         {
             messenger.conversations.outbox_sent(outbox_id, &mid).await?;
+            // The echo settled the head of this customer's queue: the next send may go now. (An echo of a send
+            // already settled changed nothing, so it wakes no one: the worker heard of that send's answer.)
+            messenger.conversations.outbox_wake().notify_one();
         }
-        // The echo may have settled the head of this customer's queue: the next send may go now.
-        messenger.conversations.outbox_wake().notify_one();
         return Ok(());
     }
     if store.message_by_external_id(&mid).await?.is_some() {
@@ -855,6 +966,24 @@ mod tests {
         assert_eq!(contact_label("12345678"), "Messenger 5678");
         assert_eq!(contact_label("é"), "Messenger é");
         assert_eq!(contact_label(""), "Messenger ");
+    }
+
+    #[test]
+    fn waves_hold_distinct_customers_and_keep_unthreaded_events_in_place() {
+        let (a, b, c) = (Some("a"), Some("b"), Some("c"));
+        let threads = [a, b, a, None, None, c, b, c, a, b];
+        let got: Vec<Vec<Option<&str>>> = waves(&threads, 32).map(<[_]>::to_vec).collect();
+        assert_eq!(got, vec![vec![a, b], vec![a], vec![None], vec![None], vec![c, b], vec![c, a, b]]);
+        let capped: Vec<usize> = waves_of(&[a, b, c, Some("d"), Some("e")], 2);
+        assert_eq!(capped, vec![2, 2, 1]);
+        assert!(super::waves(&[], 32).next().is_none());
+        // Every event lands in exactly one wave, in order.
+        let flat: Vec<Option<&str>> = super::waves(&threads, 3).flatten().copied().collect();
+        assert_eq!(flat, threads.to_vec());
+    }
+
+    fn waves_of(threads: &[Option<&str>], max: usize) -> Vec<usize> {
+        waves(threads, max).map(<[_]>::len).collect()
     }
 
     #[test]

@@ -83,7 +83,13 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
                         let task = in_flight.spawn(deliver(Arc::clone(&messenger), row, health.clone()));
                         busy.insert(task.id(), psid);
                     }
-                    store.next_outbox_eligible(reconcile_ms, &psids).await
+                    if in_flight.len() >= max_in_flight {
+                        // Every slot is taken: nothing can be leased before a call finishes, which wakes the loop
+                        // anyway, so when the next row is due does not matter yet.
+                        Ok(None)
+                    } else {
+                        store.next_outbox_eligible(reconcile_ms, &psids).await
+                    }
                 }
                 Err(e) => Err(e),
             };

@@ -64,6 +64,13 @@ pub struct Due<E> {
     before: Option<Key>,
 }
 
+impl<E> Due<E> {
+    /// The customer whose thread it waited in (`None`: an event that may apply at once).
+    pub fn thread(&self) -> Option<&str> {
+        self.thread.as_deref()
+    }
+}
+
 pub struct HoldBack<E> {
     window: Duration,
     threads: HashMap<String, Thread<E>>,

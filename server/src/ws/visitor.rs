@@ -376,6 +376,12 @@ async fn announce_presence(session: &Session, joined: bool) {
     if !session.contact_stored {
         return;
     }
+    // A stopping node announces no leave socket by socket: the database may be closing under it (and the leave
+    // would only log a closed pool). Its presence goes all at once instead (`Nodes::stop`), and the agents, told to
+    // reconnect too, read their inbox afresh.
+    if !joined && *session.state.shutdown.borrow() {
+        return;
+    }
     let conversation_id = session.conversation.as_ref().map(|c| c.id.as_str());
     session.state.conversations.visitor_presence(&session.contact_id, conversation_id, joined).await;
 }

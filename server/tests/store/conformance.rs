@@ -82,6 +82,7 @@ conformance!(
     outbox_claims_from_two_pools_are_disjoint,
     webhook_deliveries_are_quarantined_and_replayed,
     webhook_deliveries_land_in_one_batch_in_order,
+    webhook_deliveries_are_marked_processed_in_one_batch,
     attachments_are_stored_queued_and_claimed,
     unbinding_fails_pending_sends,
     workspaces_own_sites_agents_conversations_and_files,
@@ -575,6 +576,38 @@ async fn webhook_deliveries_land_in_one_batch_in_order(engine: Engine) {
     assert_eq!(two, waiting[601..603].to_vec());
     let last = waiting.last().map(|(id, _)| *id).unwrap_or_default();
     assert!(store.unprocessed_webhook_deliveries_after(last, 10).await.expect("none after").is_empty());
+}
+
+/// Marking several deliveries processed at once marks exactly those (each with its own reason, or none) and
+/// leaves the others waiting; an empty batch changes nothing.
+async fn webhook_deliveries_are_marked_processed_in_one_batch(engine: Engine) {
+    let (db, store, _clock) = fresh(engine).await;
+    let bodies: Vec<Vec<u8>> = (0..5_u32).map(|n| format!("{{\"n\":{n}}}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    store.insert_webhook_deliveries(&refs).await.expect("stored");
+    let ids: Vec<i64> =
+        store.unprocessed_webhook_deliveries(10).await.expect("waiting").iter().map(|(id, _)| *id).collect();
+    store.mark_webhooks_processed(&[]).await.expect("an empty batch");
+    assert_eq!(store.unprocessed_webhook_deliveries(10).await.expect("waiting").len(), 5);
+    store
+        .mark_webhooks_processed(&[(ids[0], None), (ids[2], Some("unreadable payload".into())), (ids[4], None)])
+        .await
+        .expect("processed");
+    let waiting: Vec<i64> =
+        store.unprocessed_webhook_deliveries(10).await.expect("waiting").iter().map(|(id, _)| *id).collect();
+    assert_eq!(waiting, vec![ids[1], ids[3]], "exactly the others still wait");
+    let sql = "select id, error from webhook_deliveries where processed_at is not null order by id";
+    let marked: Vec<(i64, Option<String>)> = match engine {
+        Engine::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.expect("read connection");
+            sqlx::query_as(sql).fetch_all(&pool).await.expect("read")
+        }
+        Engine::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.expect("read connection");
+            sqlx::query_as(sql).fetch_all(&pool).await.expect("read")
+        }
+    };
+    assert_eq!(marked, vec![(ids[0], None), (ids[2], Some("unreadable payload".into())), (ids[4], None)]);
 }
 
 async fn attachments_are_stored_queued_and_claimed(engine: Engine) {

@@ -426,6 +426,25 @@ impl MessengerStore for PgStore {
     async fn oldest_site_id(&self) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar("select id from sites order by created_at limit 1").fetch_optional(&self.pool).await?)
     }
+
+    async fn mark_webhooks_processed(&self, done: &[(i64, Option<String>)]) -> StoreResult<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = done.iter().map(|(id, _)| *id).collect();
+        let errors: Vec<Option<String>> = done.iter().map(|(_, error)| error.clone()).collect();
+        // One statement (so one transaction) for the whole batch.
+        sqlx::query(
+            "update webhook_deliveries w set processed_at = $1, error = d.error
+             from unnest($2::bigint[], $3::text[]) as d(id, error) where w.id = d.id",
+        )
+        .bind(self.now())
+        .bind(ids)
+        .bind(errors)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
 
 impl PgStore {

@@ -448,6 +448,26 @@ impl MessengerStore for SqliteStore {
     async fn oldest_site_id(&self) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar("select id from sites order by created_at limit 1").fetch_optional(&self.pool).await?)
     }
+
+    async fn mark_webhooks_processed(&self, done: &[(i64, Option<String>)]) -> StoreResult<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let (now, done) = (self.now(), done.to_vec());
+        // One job: the statement is cached, each run costs microseconds on the writer thread.
+        self.writer
+            .run(move |conn| {
+                for (id, error) in &done {
+                    exec(
+                        conn,
+                        "update webhook_deliveries set processed_at = ?, error = ? where id = ?",
+                        params![now, error, id],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+    }
 }
 
 impl SqliteStore {
