@@ -87,10 +87,15 @@ impl ConversationStore for SqliteStore {
                         ctx.language,
                         now
                     ],
+                )?;
+                // Read back in the same job (the writer has the row at hand): no read through the pool after it.
+                row(
+                    conn,
+                    &format!("select {CONTACT_COLUMNS} from contacts where web_token_hash = ? and site_id = ?"),
+                    params![hash, site],
+                    contact_row,
                 )
             })
-            .await?;
-        self.contact_by_token(site_id, token_hash)
             .await?
             .ok_or_else(|| StoreError::Conflict("a contact of another site with this token".into()))
     }
@@ -332,6 +337,26 @@ impl SqliteStore {
             other => other,
         }
     }
+}
+
+/// A [`Contact`] from a row of [`CONTACT_COLUMNS`] on the write connection.
+fn contact_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Contact> {
+    Ok(Contact {
+        id: r.get(0)?,
+        site_id: r.get(1)?,
+        label: r.get(2)?,
+        page_url: r.get(3)?,
+        referrer: r.get(4)?,
+        user_agent: r.get(5)?,
+        timezone: r.get(6)?,
+        utc_offset_minutes: r.get(7)?,
+        language: r.get(8)?,
+        psid: r.get(9)?,
+        display_name: r.get(10)?,
+        avatar_id: r.get(11)?,
+        messenger_last_action_at: r.get(12)?,
+        messenger_last_message_at: r.get(13)?,
+    })
 }
 
 /// A conversation's inbox row, read on the write connection (inside the transaction that just changed it).
