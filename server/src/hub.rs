@@ -13,10 +13,17 @@
 //! Registrations are removed by a `Drop` guard, so no early return or panic in a connection task can leave a dead
 //! entry behind. Delivery order and completeness are not the hub's job: connections fill gaps from the store (see
 //! `ws::Relay`), so a coalesced, missed or reordered event costs a query, not a message.
+//!
+//! Inbox rows are the exception: a row is the whole state, nothing fills in behind it, and rows of one conversation
+//! can be published out of order (those of one commit group are read in the writer and published by each caller's
+//! task as it wakes). So the hub forwards a conversation's row only if its `last_seq` is at least that of the last
+//! row it forwarded for that conversation (remembered for [`SUMMARY_MEMORY`] at least), and a pending row gives way
+//! only to one as new: an older row never overwrites a newer one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use protocol::Event;
 use protocol::console::ConversationSummary;
@@ -76,11 +83,15 @@ impl HubMsg {
     }
 
     /// Whether `self`, pending, should give way to `newer`. An event gives way only to a later one: the relay
-    /// fills whatever lies between from the store.
+    /// fills whatever lies between from the store. An inbox row gives way to one at least as far into the log (the
+    /// same `last_seq` with a change outside the log, such as presence, is newer).
     fn superseded_by(&self, newer: &HubMsg) -> bool {
-        match (self.log_seq(), newer.log_seq()) {
-            (Some(old), Some(new)) => new > old,
-            _ => true,
+        match (self, newer) {
+            (Self::Summary(old), Self::Summary(new)) => new.last_seq >= old.last_seq,
+            _ => match (self.log_seq(), newer.log_seq()) {
+                (Some(old), Some(new)) => new > old,
+                _ => true,
+            },
         }
     }
 }
@@ -183,6 +194,38 @@ impl HubReceiver {
     }
 }
 
+/// How long the hub remembers the `last_seq` of the last inbox row it forwarded per conversation (at least this,
+/// at most twice this): far longer than a row can take from its transaction to the hub.
+pub const SUMMARY_MEMORY: Duration = Duration::from_secs(60);
+
+/// The `last_seq` of the last inbox row forwarded per conversation, in two generations: a conversation's entry
+/// lives from [`SUMMARY_MEMORY`] to twice that after its last row, so the map holds only recently changed ones.
+#[derive(Default)]
+struct SummarySeqs {
+    current: HashMap<String, u64>,
+    previous: HashMap<String, u64>,
+    /// When `current` started (unset until the first row).
+    since: Option<Instant>,
+}
+
+impl SummarySeqs {
+    /// Whether a row of `conversation_id` at `last_seq` may be forwarded (no newer one was), remembering it if so.
+    fn admit(&mut self, conversation_id: &str, last_seq: u64, now: Instant) -> bool {
+        let age = self.since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        if self.since.is_none() || age >= SUMMARY_MEMORY {
+            self.previous = if age >= SUMMARY_MEMORY * 2 { HashMap::new() } else { std::mem::take(&mut self.current) };
+            self.current.clear();
+            self.since = Some(now);
+        }
+        let known = self.current.get(conversation_id).or_else(|| self.previous.get(conversation_id));
+        if known.is_some_and(|&seq| last_seq < seq) {
+            return false;
+        }
+        self.current.insert(conversation_id.to_string(), last_seq);
+        true
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     /// contact id → visitor connections of that contact.
@@ -191,6 +234,8 @@ struct Inner {
     agents: HashMap<u64, Arc<Mailbox>>,
     /// Alerts in force, by key.
     alerts: HashMap<String, String>,
+    /// The newest inbox row forwarded per conversation (see the module header).
+    summary_seqs: SummarySeqs,
 }
 
 /// The registry of live connections. Cheap to clone.
@@ -306,6 +351,12 @@ impl Hub {
     pub fn publish(&self, msg: HubMsg) {
         let msg = Arc::new(msg);
         let mut inner = self.lock();
+        if let HubMsg::Summary(row) = &*msg
+            && !inner.summary_seqs.admit(&row.id, row.last_seq, Instant::now())
+        {
+            // A newer row of this conversation went out already.
+            return;
+        }
         let contact = match &*msg {
             HubMsg::Event { contact_id, .. } | HubMsg::Behind { contact_id, .. } => Some(contact_id.clone()),
             HubMsg::Typing { contact_id, from_visitor: false, .. } => Some(contact_id.clone()),
@@ -420,6 +471,51 @@ mod tests {
         assert!(matches!(next(&mut agent), Some(HubMsg::Event { event, .. }) if event.seq == 1000));
         assert!(matches!(next(&mut agent), Some(HubMsg::Summary(s)) if s.last_seq == 1000));
         assert!(next(&mut agent).is_none());
+    }
+
+    /// Rows of one commit group reach the hub in any order (each caller publishes its own as its task wakes): an
+    /// older row neither replaces a newer pending one nor follows it once it was taken.
+    #[test]
+    fn an_older_inbox_row_never_replaces_or_follows_a_newer_one() {
+        let hub = Hub::new(4);
+        let (_g, mut agent) = hub.join_agent();
+        let next = |rx: &mut HubReceiver| match rx.try_recv().expect("open").as_deref() {
+            Some(HubMsg::Summary(s)) => Some((s.id.clone(), s.last_seq)),
+            Some(other) => panic!("only rows were published, got {other:?}"),
+            None => None,
+        };
+        hub.publish(summary("c", 7));
+        hub.publish(summary("c", 6));
+        assert_eq!(next(&mut agent), Some(("c".into(), 7)), "the older row replaced the newer pending one");
+        assert_eq!(next(&mut agent), None);
+        hub.publish(summary("c", 5));
+        assert_eq!(next(&mut agent), None, "an older row followed the newer one");
+        // The same seq (a change outside the log, e.g. presence) and later ones go out; other conversations too.
+        hub.publish(summary("c", 7));
+        assert_eq!(next(&mut agent), Some(("c".into(), 7)));
+        hub.publish(summary("d", 1));
+        hub.publish(summary("c", 8));
+        assert_eq!(next(&mut agent), Some(("d".into(), 1)));
+        assert_eq!(next(&mut agent), Some(("c".into(), 8)));
+        assert_eq!(next(&mut agent), None);
+    }
+
+    /// The hub remembers a conversation's last row for at least [`SUMMARY_MEMORY`] and forgets it after twice that,
+    /// so what it keeps is bounded by the conversations that changed lately.
+    #[test]
+    fn the_newest_row_per_conversation_is_remembered_for_a_while_then_forgotten() {
+        let mut seqs = SummarySeqs::default();
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        assert!(seqs.admit("c", 5, t0));
+        assert!(!seqs.admit("c", 4, at(59)));
+        assert!(seqs.admit("x", 1, at(61)), "another conversation");
+        assert!(!seqs.admit("c", 4, at(62)), "forgotten right after the first rotation");
+        assert!(seqs.admit("y", 1, at(122)));
+        assert_eq!(seqs.current.len() + seqs.previous.len(), 2, "c is forgotten, x and y are kept");
+        assert!(seqs.admit("c", 4, at(123)), "an old entry is gone");
+        assert!(seqs.admit("z", 1, at(400)));
+        assert_eq!(seqs.current.len() + seqs.previous.len(), 1, "a long pause forgets everything before it");
     }
 
     #[test]

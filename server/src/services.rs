@@ -210,7 +210,14 @@ impl Conversations {
             messenger_action_at: input.messenger_action_at,
             mirror,
         };
-        match self.store.append_message(input.contact_id, input.site_id, msg).await? {
+        // With an agent here, the writer reads the new inbox row in the message's own transaction (no query after
+        // the commit); without one, no one is told of rows, so none is read.
+        let (outcome, row) = if self.hub.has_agents() {
+            self.store.append_message_summarized(input.contact_id, input.site_id, msg).await?
+        } else {
+            (self.store.append_message(input.contact_id, input.site_id, msg).await?, None)
+        };
+        match outcome {
             AppendOutcome::Duplicate { conversation_id, message, seq } => {
                 // The original may have been committed by a node that died before announcing it (the client sends
                 // again because it never got the ack): announce it again, here and to the other nodes. Sockets
@@ -220,7 +227,11 @@ impl Conversations {
             }
             AppendOutcome::Created { conversation_id, message, seq, events } => {
                 self.meters.message_posted(channel, author_kind, received.elapsed());
-                self.fan_out(&conversation_id, input.contact_id, events).await?;
+                self.publish_committed(&conversation_id, input.contact_id, events);
+                match row {
+                    Some(row) => self.publish_row(row).await,
+                    None => self.publish_summary(&conversation_id).await?,
+                }
                 if mirror.is_some() {
                     self.outbox_wake.notify_one();
                 }
@@ -409,6 +420,12 @@ impl Conversations {
     }
 
     async fn fan_out(&self, conversation_id: &str, contact_id: &str, events: Vec<Event>) -> Result<(), ServiceError> {
+        self.publish_committed(conversation_id, contact_id, events);
+        self.publish_summary(conversation_id).await
+    }
+
+    /// Publishes committed events (here and, by a nudge, on the other nodes), without the inbox row.
+    fn publish_committed(&self, conversation_id: &str, contact_id: &str, events: Vec<Event>) {
         for event in events {
             let committed_at = event.at;
             self.nodes.announce(Nudge::Event {
@@ -425,7 +442,6 @@ impl Conversations {
             let lag_ms = u64::try_from(self.clock.now_ms().saturating_sub(committed_at)).unwrap_or(0);
             self.meters.fanned_out(Duration::from_millis(lag_ms));
         }
-        self.publish_summary(conversation_id).await
     }
 
     /// Publishes committed events of a conversation.
@@ -447,6 +463,13 @@ impl Conversations {
     pub async fn publish_summary(&self, conversation_id: &str) -> Result<(), ServiceError> {
         self.nodes.announce(Nudge::Summary { conversation_id: conversation_id.to_string() });
         self.publish_summary_here(conversation_id).await
+    }
+
+    /// Publishes an inbox row read in the transaction that changed it, here and, by a nudge, on the other nodes.
+    async fn publish_row(&self, row: SummaryRow) {
+        self.nodes.announce(Nudge::Summary { conversation_id: row.id.clone() });
+        let elsewhere = self.online_elsewhere(std::slice::from_ref(&row)).await;
+        self.hub.publish(HubMsg::Summary(self.to_summary(row, &elsewhere)));
     }
 
     /// Publishes a conversation's inbox row to this node's agents only (another node changed it and said so).

@@ -256,6 +256,25 @@ pub trait ConversationStore: Send + Sync {
     /// A visitor message in a resolved conversation reopens it.
     async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome>;
 
+    /// [`Self::append_message`], and for a new message also the conversation's inbox row as its commit left it
+    /// (`None` for a duplicate). An engine may read the row in the message's own transaction (SQLite does: its
+    /// writer has the connection and the data, so no second query through the read pool after the commit); this
+    /// default reads it after the commit. Rows of concurrent appends may reach the caller in any order: the hub
+    /// keeps the one with the highest `last_seq`.
+    async fn append_message_summarized(
+        &self,
+        contact_id: &str,
+        site_id: &str,
+        msg: NewMessage,
+    ) -> StoreResult<(AppendOutcome, Option<SummaryRow>)> {
+        let outcome = self.append_message(contact_id, site_id, msg).await?;
+        let row = match &outcome {
+            AppendOutcome::Created { conversation_id, .. } => self.summary(conversation_id).await?,
+            AppendOutcome::Duplicate { .. } => None,
+        };
+        Ok((outcome, row))
+    }
+
     /// Moves a read cursor forward (never back, never past the conversation's last message: read receipts are
     /// events themselves, and a cursor clamped to the whole log would move again with every receipt). Returns the
     /// new event, if the cursor moved.

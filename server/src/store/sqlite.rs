@@ -65,8 +65,11 @@ impl SqliteStore {
         migrations.close().await;
         migrated.context("database migration failed")?;
         let writer = writer::Writer::start(options.get_filename()).context("cannot open the SQLite database")?;
+        // No ping before each acquire (sqlx's default): a connection to a local file cannot go stale, and the ping
+        // was a round trip to the connection's thread before every read.
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
+            .test_before_acquire(false)
             .connect_with(options.pragma("query_only", "true"))
             .await
             .context("cannot open the SQLite database")?;

@@ -75,6 +75,7 @@ conformance!(
     agents_and_sessions,
     contacts_are_inserted_or_got,
     appends_dedupe_by_client_id_and_read_back,
+    an_append_returns_the_inbox_row_its_commit_left,
     read_cursors_and_status,
     seq_is_gap_free_under_concurrent_appends_from_two_pools,
     links_are_offered_accepted_refused_and_expire,
@@ -303,6 +304,40 @@ async fn appends_dedupe_by_client_id_and_read_back(engine: Engine) {
     assert_eq!(store.summaries().await.expect("summaries").len(), 1);
     let recent = store.recent_messages(&conversation_id, 2).await.expect("recent");
     assert_eq!(recent.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), vec!["race", "from messenger"]);
+}
+
+/// `append_message_summarized` returns, with a new message, the conversation's inbox row exactly as the commit left
+/// it (the row a read after it returns), and no row for a duplicate; a reopening message's row is open again.
+async fn an_append_returns_the_inbox_row_its_commit_left(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    let (site_id, contact_id) = site_and_contact(&store, b"t").await;
+    for (n, client_id) in ["s1", "s2"].into_iter().enumerate() {
+        let (outcome, row) = store
+            .append_message_summarized(&contact_id, &site_id, visitor(client_id, client_id))
+            .await
+            .expect("append");
+        let (conversation_id, seq, _) = created(outcome);
+        let row = row.expect("a new message comes with its row");
+        let read = store.summary(&conversation_id).await.expect("summary").expect("exists");
+        assert_eq!(format!("{row:?}"), format!("{read:?}"), "the returned row is the stored one");
+        assert_eq!((row.id.as_str(), row.contact_id.as_str()), (conversation_id.as_str(), contact_id.as_str()));
+        assert_eq!(
+            (row.last_seq, row.unread, row.last_message.as_deref()),
+            (seq as i64, n as i64 + 1, Some(client_id))
+        );
+    }
+    let (outcome, row) =
+        store.append_message_summarized(&contact_id, &site_id, visitor("s1", "again")).await.expect("duplicate");
+    assert!(matches!(outcome, AppendOutcome::Duplicate { seq: 1, .. }));
+    assert!(row.is_none(), "a duplicate changed nothing, so it has no row");
+
+    let conversation = store.conversation_for_contact(&contact_id).await.expect("reads").expect("exists");
+    store.set_status(&conversation.id, ConversationStatus::Resolved, None).await.expect("resolved");
+    let (outcome, row) =
+        store.append_message_summarized(&contact_id, &site_id, visitor("s3", "back")).await.expect("reopens");
+    let (_, seq, events) = created(outcome);
+    let row = row.expect("row");
+    assert_eq!((row.status.as_str(), row.last_seq), ("open", (seq + 1) as i64), "the row after the reopen: {events:?}");
 }
 
 async fn read_cursors_and_status(engine: Engine) {

@@ -53,10 +53,15 @@ impl ConversationStore for SqliteStore {
                         ctx.language,
                         now
                     ],
+                )?;
+                // Read back in the same job (the writer has the row at hand): no read through the pool after it.
+                row(
+                    conn,
+                    &format!("select {CONTACT_COLUMNS} from contacts where web_token_hash = ? and site_id = ?"),
+                    params![hash, site],
+                    contact_row,
                 )
             })
-            .await?;
-        self.contact_by_token(site_id, token_hash)
             .await?
             .ok_or_else(|| StoreError::Conflict("a contact of another site with this token".into()))
     }
@@ -134,27 +139,16 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn append_message(&self, contact_id: &str, site_id: &str, msg: NewMessage) -> StoreResult<AppendOutcome> {
-        // No look-up first: a repeated client id (or channel id) fails the insert on its unique index, which rolls
-        // the whole attempt back, and is answered below. New messages, the common case, save two reads.
-        let (external_id, client_id) = (msg.external_id.clone(), msg.client_id.clone());
-        let (now, contact, site) = (self.now(), contact_id.to_owned(), site_id.to_owned());
-        match self.writer.run(move |conn| append_message_in(conn, &contact, &site, msg, now)).await {
-            Err(StoreError::Conflict(_)) => {
-                // A repeat, or lost a race with the same client id (or channel id): report the original. It may be
-                // in this very group, not committed yet: an empty write returns once the group is on disk.
-                self.writer.settle().await?;
-                if let Some(external_id) = &external_id
-                    && let Some((conversation_id, message, seq)) = self.message_by_external_id(external_id).await?
-                {
-                    return Ok(AppendOutcome::Duplicate { conversation_id, message, seq });
-                }
-                let conversation = self.conversation_for_contact(contact_id).await?.ok_or(StoreError::NotFound)?;
-                let (message, seq) =
-                    self.message_by_client_id(&conversation.id, &client_id).await?.ok_or(StoreError::NotFound)?;
-                Ok(AppendOutcome::Duplicate { conversation_id: conversation.id, message, seq })
-            }
-            other => other,
-        }
+        Ok(self.append(contact_id, site_id, msg, false).await?.0)
+    }
+
+    async fn append_message_summarized(
+        &self,
+        contact_id: &str,
+        site_id: &str,
+        msg: NewMessage,
+    ) -> StoreResult<(AppendOutcome, Option<SummaryRow>)> {
+        self.append(contact_id, site_id, msg, true).await
     }
 
     async fn mark_read(&self, conversation_id: &str, by: Party, up_to_seq: u64) -> StoreResult<Option<Event>> {
@@ -217,6 +211,101 @@ impl ConversationStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await?)
     }
+}
+
+impl SqliteStore {
+    /// Appends a message; with `summarize`, the writer also reads the conversation's inbox row in the message's own
+    /// transaction (it has the connection and the pages at hand: no read through the pool after the commit).
+    async fn append(
+        &self,
+        contact_id: &str,
+        site_id: &str,
+        msg: NewMessage,
+        summarize: bool,
+    ) -> StoreResult<(AppendOutcome, Option<SummaryRow>)> {
+        // No look-up first: a repeated client id (or channel id) fails the insert on its unique index, which rolls
+        // the whole attempt back, and is answered below. New messages, the common case, save two reads.
+        let (external_id, client_id) = (msg.external_id.clone(), msg.client_id.clone());
+        let (now, contact, site) = (self.now(), contact_id.to_owned(), site_id.to_owned());
+        let appended = self
+            .writer
+            .run(move |conn| {
+                let outcome = append_message_in(conn, &contact, &site, msg, now)?;
+                let row = match (&outcome, summarize) {
+                    (AppendOutcome::Created { conversation_id, .. }, true) => summary_in(conn, conversation_id)?,
+                    _ => None,
+                };
+                Ok((outcome, row))
+            })
+            .await;
+        match appended {
+            Err(StoreError::Conflict(_)) => {
+                // A repeat, or lost a race with the same client id (or channel id): report the original. It may be
+                // in this very group, not committed yet: an empty write returns once the group is on disk.
+                self.writer.settle().await?;
+                if let Some(external_id) = &external_id
+                    && let Some((conversation_id, message, seq)) = self.message_by_external_id(external_id).await?
+                {
+                    return Ok((AppendOutcome::Duplicate { conversation_id, message, seq }, None));
+                }
+                let conversation = self.conversation_for_contact(contact_id).await?.ok_or(StoreError::NotFound)?;
+                let (message, seq) =
+                    self.message_by_client_id(&conversation.id, &client_id).await?.ok_or(StoreError::NotFound)?;
+                Ok((AppendOutcome::Duplicate { conversation_id: conversation.id, message, seq }, None))
+            }
+            other => other,
+        }
+    }
+}
+
+/// A [`Contact`] from a row of [`CONTACT_COLUMNS`] on the write connection.
+fn contact_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Contact> {
+    Ok(Contact {
+        id: r.get(0)?,
+        site_id: r.get(1)?,
+        label: r.get(2)?,
+        page_url: r.get(3)?,
+        referrer: r.get(4)?,
+        user_agent: r.get(5)?,
+        timezone: r.get(6)?,
+        utc_offset_minutes: r.get(7)?,
+        language: r.get(8)?,
+        psid: r.get(9)?,
+        display_name: r.get(10)?,
+        avatar_id: r.get(11)?,
+        messenger_last_action_at: r.get(12)?,
+        messenger_last_message_at: r.get(13)?,
+    })
+}
+
+/// A conversation's inbox row, read on the write connection (inside the transaction that just changed it).
+fn summary_in(conn: &Connection, conversation_id: &str) -> StoreResult<Option<SummaryRow>> {
+    row(conn, &format!("{SUMMARY_SELECT} where c.id = ?"), params![conversation_id], |r| {
+        Ok(SummaryRow {
+            id: r.get("id")?,
+            contact_id: r.get("contact_id")?,
+            site_key: r.get("site_key")?,
+            site_name: r.get("site_name")?,
+            label: r.get("label")?,
+            status: r.get("status")?,
+            last_message: r.get("last_message")?,
+            last_activity_at: r.get("last_activity_at")?,
+            unread: r.get("unread")?,
+            last_seq: r.get("last_seq")?,
+            visitor_read_seq: r.get("visitor_read_seq")?,
+            page_url: r.get("page_url")?,
+            referrer: r.get("referrer")?,
+            user_agent: r.get("user_agent")?,
+            timezone: r.get("timezone")?,
+            utc_offset_minutes: r.get("utc_offset_minutes")?,
+            language: r.get("language")?,
+            psid: r.get("psid")?,
+            display_name: r.get("display_name")?,
+            avatar_id: r.get("avatar_id")?,
+            messenger_last_action_at: r.get("messenger_last_action_at")?,
+            messenger_last_message_at: r.get("messenger_last_message_at")?,
+        })
+    })
 }
 
 /// Appends a message (creating the conversation on the first one), as one job of the writer: the caller's whole
