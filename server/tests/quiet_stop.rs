@@ -5,14 +5,12 @@
 #[path = "support/process.rs"]
 mod process;
 
-use std::fs::File;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use parley::store::Store;
+use process::{ParleyProcess, Socket};
 use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,12 +21,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Visitors connected when the stop comes: enough that their leaves queue for the database while it closes.
 const VISITORS: usize = 300;
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 async fn connect(url: String, origin: &str, cookie: Option<&str>) -> Socket {
     let mut request = url.into_client_request().expect("request");
@@ -67,7 +59,6 @@ async fn visitor(port: u16, n: usize) -> Socket {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_with_visitors_and_an_agent_connected_logs_no_failed_presence() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
     let db = format!("sqlite://{}", dir.path().join("parley.db").display());
     let store = Store::connect(&db, 1).await.expect("store");
     store.create_site("shop", "Shop", &["http://shop.test".to_string()], "Hi").await.expect("site");
@@ -77,25 +68,20 @@ async fn a_graceful_stop_with_visitors_and_an_agent_connected_logs_no_failed_pre
     store.create_session(&parley::auth::token_hash(&token), &agent.id, expires).await.expect("session");
     store.close().await;
 
-    let log_path = dir.path().join("parley.log");
-    let log = File::options().create(true).append(true).open(&log_path).expect("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
-        .arg("serve")
-        .env("PARLEY_HTTP__BIND", format!("127.0.0.1:{port}"))
-        .env("PARLEY_DATABASE__URL", &db)
-        .env("PARLEY_ASSETS__DIR", dir.path().join("site"))
-        .env("RUST_LOG", "info")
+    let env = [
+        ("PARLEY_DATABASE__URL", db.clone()),
+        ("PARLEY_ASSETS__DIR", dir.path().join("site").display().to_string()),
+        ("RUST_LOG", "info".into()),
         // Every visitor comes from 127.0.0.1: the per-address flood limits out of the way.
-        .env("PARLEY_LIMITS__MAX_SOCKETS_PER_IP", "100000")
-        .env("PARLEY_LIMITS__IP_HELLOS_PER_MINUTE", "100000")
-        .env("PARLEY_LIMITS__IP_FRAME_BURST", "100000")
-        .env("PARLEY_LIMITS__IP_FRAMES_PER_MINUTE", "100000")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("parley starts");
-    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    process::wait_healthy(&mut child, port, WAIT, read_log).await;
+        ("PARLEY_LIMITS__MAX_SOCKETS_PER_IP", "100000".into()),
+        ("PARLEY_LIMITS__IP_HELLOS_PER_MINUTE", "100000".into()),
+        ("PARLEY_LIMITS__IP_FRAME_BURST", "100000".into()),
+        ("PARLEY_LIMITS__IP_FRAMES_PER_MINUTE", "100000".into()),
+    ];
+    let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut server = ParleyProcess::serve(env!("CARGO_BIN_EXE_parley"), env, dir.path());
+    server.start().await;
+    let port = server.port();
 
     let origin = format!("http://127.0.0.1:{port}");
     let cookie = format!("parley_session={token}");
@@ -109,13 +95,12 @@ async fn a_graceful_stop_with_visitors_and_an_agent_connected_logs_no_failed_pre
         .map(|mut ws| tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
         .collect();
 
-    kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), Signal::SIGTERM).expect("SIGTERM sent");
-    let exited = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait())).await;
-    let status = exited.expect("parley exits in time").expect("join").expect("exit status");
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(WAIT).await;
     for reader in readers {
         reader.abort();
     }
-    let log = read_log();
+    let log = server.log();
     assert!(status.success(), "exit {status:?}:\n{log}");
     assert!(!log.contains("could not publish presence"), "a presence announcement failed during the stop:\n{log}");
     assert!(!log.contains("closed pool") && !log.contains("PoolClosed"), "the pool closed under a task:\n{log}");

@@ -13,7 +13,9 @@ use crate::messenger::policy::{Mirror, MirrorPolicy, Thread};
 use crate::store::models::{Contact, ContactContext, Conversation, SummaryRow};
 use crate::store::{AppendOutcome, ConversationStore, NewMessage, StoreError, StoreResult, new_id, web_contact_id};
 
-pub(super) use crate::store::reads::{CONVERSATION_COLUMNS, SUMMARY_SELECT, conversation_from_row, seq_of, seq_param};
+pub(super) use crate::store::reads::{
+    CONTACT_COLUMNS, CONVERSATION_COLUMNS, SUMMARY_SELECT, conversation_from_row, seq_of, seq_param,
+};
 
 #[async_trait]
 impl ConversationStore for SqliteStore {
