@@ -67,6 +67,9 @@ impl SqliteStore {
         let writer = writer::Writer::start(options.get_filename()).context("cannot open the SQLite database")?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
+            // No ping before each query: a local file's connection does not go stale, and on SQLite the ping is a
+            // round trip to the connection's thread, as costly as a small read (a resuming visitor makes five).
+            .test_before_acquire(false)
             .connect_with(options.pragma("query_only", "true"))
             .await
             .context("cannot open the SQLite database")?;
