@@ -443,6 +443,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Every socket is a file descriptor: take all the system allows (README, Deployment).
+    match crate::accept::raise_open_file_limit() {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let listener = crate::startup::bind_listener(settings.http.bind)
         .with_context(|| format!("cannot listen on {}", settings.http.bind))?;
     let app = Application::build(settings, listener).await?;

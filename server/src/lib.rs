@@ -1,6 +1,7 @@
 //! Parley's server library. `main.rs` only parses the command line and calls [`cli::run`]; tests build the app
 //! with [`startup::Application`] on a listener bound to port 0.
 
+pub mod accept;
 pub mod assets;
 pub mod auth;
 pub mod cli;

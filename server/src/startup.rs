@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::accept::Acceptor;
 use crate::assets::Assets;
 use crate::config::Settings;
 use crate::console::Backend;
@@ -140,8 +141,9 @@ impl Application {
             // Tell sockets and workers to finish so the graceful shutdown below can end.
             let _ = shutdown_tx.send(true);
         };
-        // Chat frames are small and latency matters: no Nagle delay.
-        let listener = listener.tap_io(|tcp| {
+        // Connections are accepted on a thread of their own (see `accept`). Chat frames are small and latency
+        // matters: no Nagle delay.
+        let listener = Acceptor::spawn(listener).context("cannot start the accept thread")?.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }

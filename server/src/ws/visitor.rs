@@ -75,6 +75,12 @@ fn clip(value: Option<String>, max: usize) -> Option<String> {
     value.filter(|v| !v.is_empty()).map(|v| v.chars().take(max).collect())
 }
 
+/// Whether the browser told nothing about itself (most reconnects, and clients other than browsers).
+fn said_nothing(ctx: &ContactContext) -> bool {
+    let ContactContext { page_url, referrer, user_agent, timezone, utc_offset_minutes, language } = ctx;
+    [page_url, referrer, user_agent, timezone, language].iter().all(|v| v.is_none()) && utc_offset_minutes.is_none()
+}
+
 fn contact_context(ctx: VisitorContext, user_agent: Option<String>) -> ContactContext {
     ContactContext {
         page_url: clip(ctx.page_url, 2048),
@@ -88,21 +94,24 @@ fn contact_context(ctx: VisitorContext, user_agent: Option<String>) -> ContactCo
 
 struct Session {
     state: AppState,
-    site: Site,
+    /// The site's id (all the session needs of the site: an idle socket keeps no copy of its row).
+    site_id: String,
     /// The contact this socket speaks for; it exists once `contact_stored` (see [`Session::ensure_contact`]).
     contact_id: String,
     contact_stored: bool,
-    /// SHA-256 of the visitor token and what the browser said, to create the contact on the first write.
+    /// SHA-256 of the visitor token and what the browser said (`None`: nothing), to create the contact on the first
+    /// write; both are let go once the contact exists.
     token_hash: Vec<u8>,
-    context: ContactContext,
+    context: Option<Box<ContactContext>>,
     conversation: Option<Conversation>,
     relay: Relay,
     /// Where the socket comes from (flood limits count per visitor and per address).
     peer: Peer,
     /// Repeated frames that would repeat work.
     gates: Gates,
-    /// The verified customer this socket speaks for, if the host page identified them.
-    identified: Option<Verified>,
+    /// The verified customer this socket speaks for, if the host page identified them (boxed: most sockets have
+    /// none).
+    identified: Option<Box<Verified>>,
     /// The site requires identity and this socket has none: it may read nothing and write nothing.
     refused: bool,
 }
@@ -133,8 +142,9 @@ impl Session {
             Some(who) => who.name.clone().unwrap_or_else(|| "Customer".to_string()),
             None => format!("Visitor {}", &auth::new_token()[..4].to_ascii_uppercase()),
         };
-        let contact =
-            self.state.store.contact_for_token(&self.site.id, &self.token_hash, &label, &self.context).await?;
+        let none = ContactContext::default();
+        let context = self.context.as_deref().unwrap_or(&none);
+        let contact = self.state.store.contact_for_token(&self.site_id, &self.token_hash, &label, context).await?;
         if contact.id != self.contact_id {
             tracing::warn!("a web contact's id is not the one derived from its token");
             self.contact_id = contact.id;
@@ -143,6 +153,8 @@ impl Session {
             self.state.store.record_identity(&self.contact_id, who).await?;
         }
         self.contact_stored = true;
+        self.token_hash = Vec::new();
+        self.context = None;
         // From now on this socket's contact can have a conversation: the other nodes count it as online.
         self.state.conversations.nodes().visitor_joined(&self.contact_id).await;
         Ok(())
@@ -198,18 +210,20 @@ async fn run(
     let liveness = Liveness::new(&state.settings.limits);
     let shutdown = state.shutdown.clone();
     // The session holds the only copy of the state from here on (an idle socket keeps one, not two).
+    let stored = visitor.stored;
     let mut session = Session {
         state,
-        site,
+        // The rest of the row goes now, not when the socket closes.
+        site_id: site_id_of(site),
         contact_id: visitor.contact_id,
-        contact_stored: visitor.stored,
-        token_hash: visitor.token_hash,
-        context: ctx,
+        contact_stored: stored,
+        token_hash: if stored { Vec::new() } else { visitor.token_hash },
+        context: (!stored && !said_nothing(&ctx)).then(|| Box::new(ctx)),
         conversation: None,
         relay: Relay::default(),
         peer,
         gates: Gates::default(),
-        identified: speaker.identified,
+        identified: speaker.identified.map(Box::new),
         refused: speaker.refused,
     };
     // A token from the cookie stays out of reach of scripts: the frame is told none, only its fingerprint.
@@ -233,6 +247,11 @@ async fn run(
     serve(&mut session, &mut sink, &mut stream, &mut hub_rx, shutdown, liveness).await;
     drop(registration);
     Box::pin(announce_presence(&session, false)).await;
+}
+
+/// The site's id; the rest of its row is dropped.
+fn site_id_of(site: Site) -> String {
+    site.id
 }
 
 /// Who a socket speaks for.
@@ -459,7 +478,7 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
             let result = session
                 .state
                 .conversations
-                .post(PostInput::new(&session.contact_id, &session.site.id, Poster::Visitor, &client_id, &body))
+                .post(PostInput::new(&session.contact_id, &session.site_id, Poster::Visitor, &client_id, &body))
                 .await;
             let reply = match result {
                 Ok(posted) => {

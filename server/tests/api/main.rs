@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod accept;
 mod agent_ws;
 mod db_copy;
 mod floods;
