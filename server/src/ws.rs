@@ -95,6 +95,14 @@ impl Liveness {
             write_timeout: Duration::from_secs(limits.write_timeout_secs.max(1)),
         }
     }
+
+    /// How long after the socket opens its first ping goes out: a random point in the second half of the first
+    /// period. Sockets that opened together (a reconnect storm, a deploy) would otherwise ping, and be answered, in
+    /// the same instant every period from then on, a burst that delays everything else the server does.
+    pub fn first_ping(&self) -> Duration {
+        let half = self.ping_every / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
 }
 
 /// Per-conversation delivery cursor of one socket.
@@ -281,9 +289,8 @@ async fn serve<C: Connection>(
     mut shutdown: watch::Receiver<bool>,
     liveness: Liveness,
 ) {
-    let mut ping = tokio::time::interval(liveness.ping_every);
+    let mut ping = tokio::time::interval_at(Instant::now() + liveness.first_ping(), liveness.ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.reset();
     // When the oldest unanswered ping went out.
     let mut unanswered: Option<Instant> = None;
     let ended = conn.ended();
@@ -358,4 +365,20 @@ async fn send_json<T: Serialize>(sink: &mut Sink, msg: &T) -> Result<(), axum::E
 /// Sends a close frame (errors ignored: the peer may already be gone).
 async fn send_close(sink: &mut Sink, code: u16, reason: &str) {
     let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_pings_spread_over_the_second_half_of_the_period() {
+        let secs = Duration::from_secs;
+        let liveness = Liveness { ping_every: secs(20), pong_timeout: secs(10), write_timeout: secs(10) };
+        let firsts: Vec<Duration> = (0..500).map(|_| liveness.first_ping()).collect();
+        assert!(firsts.iter().all(|d| (secs(10)..=secs(20)).contains(d)), "within the second half: {firsts:?}");
+        let (min, max) = (firsts.iter().min().expect("some"), firsts.iter().max().expect("some"));
+        // 500 uniform draws over 10 s span less than 8 s with a chance of about 1e-45.
+        assert!(*max - *min > secs(8), "spread from {min:?} to {max:?} only");
+    }
 }
