@@ -14,27 +14,15 @@ use process::{ParleyProcess, Socket};
 use protocol::widget::{ClientMsg, ServerMsg, VisitorContext};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Visitors connected when the stop comes: enough that their leaves queue for the database while it closes.
 const VISITORS: usize = 300;
 
-async fn connect(url: String, origin: &str, cookie: Option<&str>) -> Socket {
-    let mut request = url.into_client_request().expect("request");
-    request.headers_mut().insert("origin", HeaderValue::from_str(origin).expect("header"));
-    if let Some(cookie) = cookie {
-        request.headers_mut().insert("cookie", HeaderValue::from_str(cookie).expect("header"));
-    }
-    tokio_tungstenite::connect_async(request).await.expect("connects").0
-}
-
 /// A visitor who wrote once (so it has a stored contact and a conversation), its socket left open.
 async fn visitor(port: u16, n: usize) -> Socket {
-    let origin = format!("http://127.0.0.1:{port}");
-    let mut ws = connect(format!("ws://127.0.0.1:{port}/ws/visitor?site=shop"), &origin, None).await;
+    let mut ws = process::visitor_socket(port, "shop").await;
     let hello = ClientMsg::Hello {
         protocol: protocol::PROTOCOL_VERSION,
         token: None,
@@ -83,9 +71,8 @@ async fn a_graceful_stop_with_visitors_and_an_agent_connected_logs_no_failed_pre
     server.start().await;
     let port = server.port();
 
-    let origin = format!("http://127.0.0.1:{port}");
     let cookie = format!("parley_session={token}");
-    let mut agent = connect(format!("ws://127.0.0.1:{port}/ws/agent"), &origin, Some(&cookie)).await;
+    let mut agent = process::agent_socket(port, &cookie).await;
     let inbox = tokio::time::timeout(WAIT, agent.next()).await.expect("the inbox in time");
     assert!(matches!(inbox, Some(Ok(Message::Text(_)))), "the agent is signed in: {inbox:?}");
     let visitors = futures_util::future::join_all((0..VISITORS).map(|n| visitor(port, n))).await;

@@ -9,24 +9,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::harness::{SITE_KEY, WAIT};
 
-pub type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens `ws://{host}{path}` with `Origin: origin` (the public URL) and the agent's cookie when given.
-pub async fn open(host: &str, path: &str, origin: &str, cookie: Option<&str>) -> Socket {
-    let mut request = format!("ws://{host}{path}").into_client_request().expect("request");
-    request.headers_mut().insert("origin", HeaderValue::from_str(origin).expect("origin"));
-    if let Some(cookie) = cookie {
-        request.headers_mut().insert("cookie", HeaderValue::from_str(cookie).expect("cookie"));
-    }
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap_or_else(|e| panic!("ws to {host}: {e}"));
-    socket
-}
+pub use crate::process::Socket;
+use crate::process::open_socket;
 
 pub async fn send<T: Serialize>(ws: &mut Socket, msg: &T) {
     ws.send(Message::Text(serde_json::to_string(msg).expect("json").into())).await.expect("send");
@@ -58,7 +45,7 @@ pub async fn recv_until<T: DeserializeOwned, R>(
 
 /// A new visitor on `host` (a node or nginx): hello, then the welcome.
 pub async fn visitor(host: &str, origin: &str) -> Socket {
-    let mut ws = open(host, &format!("/ws/visitor?site={SITE_KEY}"), origin, None).await;
+    let mut ws = open_socket(host, &format!("/ws/visitor?site={SITE_KEY}"), origin, None).await;
     let hello = protocol::widget::ClientMsg::Hello {
         protocol: protocol::PROTOCOL_VERSION,
         token: None,
@@ -76,7 +63,7 @@ pub async fn visitor(host: &str, origin: &str) -> Socket {
 
 /// The signed-in agent on `host`, once its inbox arrived.
 pub async fn agent(host: &str, origin: &str, cookie: &str) -> Socket {
-    let mut ws = open(host, "/ws/agent", origin, Some(cookie)).await;
+    let mut ws = open_socket(host, "/ws/agent", origin, Some(cookie)).await;
     recv_until(&mut ws, WAIT, "the inbox", |m: protocol::console::ServerMsg| {
         matches!(m, protocol::console::ServerMsg::Inbox { .. }).then_some(())
     })

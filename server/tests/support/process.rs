@@ -1,6 +1,6 @@
 //! Test support for `parley` started as a real process (`serve`, or the demo binary): spawning it on its own port
 //! with its log in files of its own (one per start), waiting by condition until it answers, SIGKILL and signals,
-//! waiting for it to exit, and a visitor socket to it. Shared by the fault tests, the cluster harness (and its
+//! waiting for it to exit, and visitor and agent sockets to it. Shared by the fault tests, the cluster harness (and its
 //! example), the group-commit test and the shutdown test, so each starts and stops processes the same way.
 
 #![allow(dead_code)]
@@ -215,11 +215,25 @@ impl Drop for ParleyProcess {
 
 pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Opens `ws://{host}{path}` with `Origin: origin` and, for an agent, its session cookie.
+pub async fn open_socket(host: &str, path: &str, origin: &str, cookie: Option<&str>) -> Socket {
+    let mut request = format!("ws://{host}{path}").into_client_request().expect("request");
+    request.headers_mut().insert("origin", HeaderValue::from_str(origin).expect("origin"));
+    if let Some(cookie) = cookie {
+        request.headers_mut().insert("cookie", HeaderValue::from_str(cookie).expect("cookie"));
+    }
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap_or_else(|e| panic!("ws to {host}: {e}"));
+    socket
+}
+
 /// A visitor socket to `site` on the server at `port`, from the server's own origin (no `Hello` sent yet).
 pub async fn visitor_socket(port: u16, site: &str) -> Socket {
-    let origin = format!("http://127.0.0.1:{port}");
-    let mut request = format!("ws://127.0.0.1:{port}/ws/visitor?site={site}").into_client_request().expect("request");
-    request.headers_mut().insert("origin", HeaderValue::from_str(&origin).expect("header"));
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("visitor connects");
-    socket
+    let host = format!("127.0.0.1:{port}");
+    open_socket(&host, &format!("/ws/visitor?site={site}"), &format!("http://{host}"), None).await
+}
+
+/// An agent socket on the server at `port` with the session `cookie`, from the server's own origin.
+pub async fn agent_socket(port: u16, cookie: &str) -> Socket {
+    let host = format!("127.0.0.1:{port}");
+    open_socket(&host, "/ws/agent", &format!("http://{host}"), Some(cookie)).await
 }

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use protocol::{Author, Channel, ChatMessage, ConversationStatus, DeliveryState, Event, EventKind, Party};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ToSql, params, params_from_iter};
 
 use super::{SqliteStore, exec, on_unique, row};
 use crate::messenger::policy::{Mirror, MirrorPolicy, Thread};
@@ -38,23 +38,11 @@ impl ConversationStore for SqliteStore {
             .run(move |conn| {
                 exec(
                     conn,
-                    "insert into contacts (id, site_id, web_token_hash, label, page_url, referrer, user_agent, timezone,
-                        utc_offset_minutes, language, created_at, updated_at)
+                    "insert into contacts (page_url, referrer, user_agent, timezone, utc_offset_minutes, language, id,
+                        site_id, web_token_hash, label, created_at, updated_at)
                      values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
                      on conflict do nothing",
-                    params![
-                        id,
-                        site,
-                        hash,
-                        label,
-                        ctx.page_url,
-                        ctx.referrer,
-                        ctx.user_agent,
-                        ctx.timezone,
-                        ctx.utc_offset_minutes,
-                        ctx.language,
-                        now
-                    ],
+                    with_context(&ctx, [&id as &dyn ToSql, &site, &hash, &label, &now]),
                 )?;
                 // Read back in the same job (the writer has the row at hand): no read through the pool after it.
                 row(
@@ -94,16 +82,7 @@ impl ConversationStore for SqliteStore {
                         or user_agent is not coalesce(?3, user_agent) or timezone is not coalesce(?4, timezone)
                         or utc_offset_minutes is not coalesce(?5, utc_offset_minutes)
                         or language is not coalesce(?6, language))",
-                    params![
-                        ctx.page_url,
-                        ctx.referrer,
-                        ctx.user_agent,
-                        ctx.timezone,
-                        ctx.utc_offset_minutes,
-                        ctx.language,
-                        now,
-                        contact_id
-                    ],
+                    with_context(&ctx, [&now as &dyn ToSql, &contact_id]),
                 )
             })
             .await?;
@@ -258,6 +237,14 @@ impl SqliteStore {
             other => other,
         }
     }
+}
+
+/// A contact's six context columns as the parameters ?1 … ?6 (the order both statements that write them number
+/// them), followed by `rest` as ?7 ….
+fn with_context<'a, const N: usize>(ctx: &'a ContactContext, rest: [&'a dyn ToSql; N]) -> impl rusqlite::Params + 'a {
+    let context: [&'a dyn ToSql; 6] =
+        [&ctx.page_url, &ctx.referrer, &ctx.user_agent, &ctx.timezone, &ctx.utc_offset_minutes, &ctx.language];
+    params_from_iter(context.into_iter().chain(rest))
 }
 
 /// A [`Contact`] from a row of [`CONTACT_COLUMNS`] on the write connection.

@@ -444,6 +444,19 @@ mod tests {
         SqliteStore::connect(&url, 4, Clock::system()).await.expect("opens")
     }
 
+    /// A store in a temporary directory (kept alive by the first half) with the [`scratch`] tables.
+    async fn scratch_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(&dir).await;
+        scratch(&store).await;
+        (dir, store)
+    }
+
+    /// The writer's counters of COMMITs (groups) and of committed jobs, to take differences of.
+    fn counters(store: &SqliteStore) -> (u64, u64) {
+        (store.writer.groups(), store.writer.commits())
+    }
+
     /// A scratch table `t`, and `parent`/`child` whose foreign key is checked only at COMMIT.
     async fn scratch(store: &SqliteStore) {
         store
@@ -516,10 +529,8 @@ mod tests {
     /// two are committed by the group's one COMMIT, and each one's `run` returns only after it.
     #[tokio::test]
     async fn a_failing_caller_in_a_group_is_rolled_back_alone() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = store(&dir).await;
-        scratch(&store).await;
-        let (groups, commits) = (store.writer.groups(), store.writer.commits());
+        let (_dir, store) = scratch_store().await;
+        let (groups, commits) = counters(&store);
         let [a, b, c] = group_of_three(
             &store,
             |conn| {
@@ -532,17 +543,15 @@ mod tests {
         assert!(a.is_ok() && c.is_ok(), "a and c committed: {a:?} {c:?}");
         assert!(b.is_err(), "a duplicate fails");
         assert_eq!(stored(&store).await, ["a", "c"], "a and c kept, b rolled back alone");
-        assert_eq!(store.writer.groups() - groups, 1, "one COMMIT for the group");
-        assert_eq!(store.writer.commits() - commits, 2);
+        let (groups_after, commits_after) = counters(&store);
+        assert_eq!((groups_after - groups, commits_after - commits), (1, 2), "one COMMIT for the group's two writes");
     }
 
     /// A job that panics halfway is caught: its caller gets an error, its work is rolled back (also what it wrote
     /// before the panic), the rest of its group is committed, and the writer thread goes on serving.
     #[tokio::test]
     async fn a_panicking_job_is_rolled_back_alone_and_the_writer_survives() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = store(&dir).await;
-        scratch(&store).await;
+        let (_dir, store) = scratch_store().await;
         let [a, b, c] = group_of_three(
             &store,
             |conn| {
@@ -573,10 +582,8 @@ mod tests {
     /// every caller of the group gets the error, nothing of the group is on disk, and the writer is clean after.
     #[tokio::test]
     async fn a_failing_commit_fails_every_caller_of_the_group() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = store(&dir).await;
-        scratch(&store).await;
-        let (groups, commits) = (store.writer.groups(), store.writer.commits());
+        let (_dir, store) = scratch_store().await;
+        let (groups, commits) = counters(&store);
         let [a, b, c] = group_of_three(
             &store,
             |conn| {
@@ -593,7 +600,8 @@ mod tests {
         let children: i64 =
             sqlx::query_scalar("select count(*) from child").fetch_one(&store.pool).await.expect("reads");
         assert_eq!(children, 0);
-        assert_eq!((store.writer.groups() - groups, store.writer.commits() - commits), (0, 0));
+        let (groups_after, commits_after) = counters(&store);
+        assert_eq!((groups_after - groups, commits_after - commits), (0, 0));
         store.writer.run(|conn| insert(conn, "after")).await.expect("the next write starts clean");
         assert_eq!(stored(&store).await, ["after"]);
     }
@@ -601,9 +609,7 @@ mod tests {
     /// A first caller that fails leaves nothing behind, and the next caller starts a clean transaction.
     #[tokio::test]
     async fn a_failing_first_caller_leaves_the_writer_clean() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = store(&dir).await;
-        scratch(&store).await;
+        let (_dir, store) = scratch_store().await;
         let failed = store
             .writer
             .run(|conn| {
@@ -619,9 +625,7 @@ mod tests {
     /// `close` lets the queued writes finish; writes after it fail instead of hanging.
     #[tokio::test]
     async fn close_drains_the_queue_then_refuses() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = store(&dir).await;
-        scratch(&store).await;
+        let (_dir, store) = scratch_store().await;
         let queued: Vec<_> = (0..20).map(|n| store.writer.run(move |conn| insert(conn, &format!("q{n:02}")))).collect();
         let all = futures_util::future::join_all(queued);
         tokio::pin!(all);
@@ -651,7 +655,7 @@ mod tests {
             let contact = store.contact_for_token(&site.id, &[i; 32], "V", &ContactContext::default()).await;
             contacts.push(contact.expect("contact").id);
         }
-        let (groups, commits) = (store.writer.groups(), store.writer.commits());
+        let (groups, commits) = counters(&store);
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..400 {
             let (store, site_id, contact_id) = (Arc::clone(&store), site.id.clone(), contacts[n % 10].clone());
@@ -671,7 +675,8 @@ mod tests {
             seq.sort_unstable();
             assert_eq!(seq, (1..=40).collect::<Vec<u64>>(), "gap-free and unique");
         }
-        let (posts, commit_statements) = (store.writer.commits() - commits, store.writer.groups() - groups);
+        let (groups_after, commits_after) = counters(&store);
+        let (posts, commit_statements) = (commits_after - commits, groups_after - groups);
         println!("400 concurrent posts: {commit_statements} COMMITs");
         assert_eq!(posts, 400);
         assert!(commit_statements < posts, "grouped: {commit_statements} COMMITs for {posts} posts");
