@@ -118,6 +118,9 @@ pub async fn drain(messenger: &Messenger) -> anyhow::Result<()> {
 struct Event {
     delivery: i64,
     page: String,
+    /// The customer (PSID) it concerns, also when it waits in no thread (a receipt, our own echo): no wave holds
+    /// two events of one customer (see [`waves`]).
+    customer: Option<String>,
     messaging: Messaging,
 }
 
@@ -243,7 +246,8 @@ impl Intake {
                 for entry in envelope.entry {
                     for messaging in entry.messaging.into_iter().chain(entry.standby) {
                         let (thread, key) = place(&messenger.settings, &entry.id, &messaging);
-                        let event = Event { delivery: id, page: entry.id.clone(), messaging };
+                        let customer = customer_of(&messaging);
+                        let event = Event { delivery: id, page: entry.id.clone(), customer, messaging };
                         self.held.hold(thread, key, event, now);
                         open.left += 1;
                     }
@@ -257,15 +261,16 @@ impl Intake {
 
     /// Applies released events in their order, in waves (see [`waves`]): the events of one wave belong to
     /// different customers and apply at once, so their writes share one commit; each customer's events still apply
-    /// one after another in order, and an event of no customer applies alone between waves. After a wave with a
-    /// failure the failed events and every event after the wave wait for the next pass, in the same order.
+    /// one after another in order (receipts and our own echoes too: they wait in no thread, but a wave holds one
+    /// event per customer), and an event of no customer applies alone between waves. After a wave with a failure
+    /// the failed events and every event after the wave wait for the next pass, in the same order.
     async fn apply_released(
         &mut self,
         messenger: &Messenger,
         due: Vec<Due<Event>>,
         now: Instant,
     ) -> anyhow::Result<()> {
-        let threads: Vec<Option<&str>> = due.iter().map(Due::thread).collect();
+        let threads: Vec<Option<&str>> = due.iter().map(|d| d.item.customer.as_deref()).collect();
         let sizes: Vec<usize> = waves(&threads, WAVE).map(|wave| wave.len()).collect();
         let mut rest = due.into_iter();
         for size in sizes {
@@ -428,6 +433,13 @@ fn place(settings: &MessengerSettings, _page: &str, event: &Messaging) -> (Optio
         None => None,
     };
     (party.map(|p| p.id.clone()).filter(|psid| !psid.is_empty()), key)
+}
+
+/// The customer an event concerns: the recipient of an echo (the Page wrote to them), else the sender.
+fn customer_of(event: &Messaging) -> Option<String> {
+    let echo = event.message.as_ref().is_some_and(|m| m.is_echo);
+    let party = if echo { event.recipient.as_ref() } else { event.sender.as_ref() };
+    party.map(|p| p.id.clone()).filter(|psid| !psid.is_empty())
 }
 
 /// Whether `event` is a message not stored yet (a late redelivery of a stored one is not late, just a duplicate).

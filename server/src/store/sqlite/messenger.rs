@@ -240,9 +240,10 @@ impl MessengerStore for SqliteStore {
         let now = self.now();
         let bodies: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
         // One job, one cached statement run per body: on the writer thread each run costs microseconds, so a
-        // multi-row statement would buy nothing here.
+        // multi-row statement would buy nothing here. In the writer's priority lane: Meta waits for this commit (the
+        // webhook's 200), so it goes before the intake's queued writes instead of behind them.
         self.writer
-            .run(move |conn| {
+            .run_first(move |conn| {
                 for body in &bodies {
                     exec(conn, "insert into webhook_deliveries (body, received_at) values (?, ?)", params![body, now])?;
                 }
