@@ -54,10 +54,20 @@ const BATCH: usize = 200;
 /// The most released events applied at once (each of a different customer), so their writes share a commit.
 const WAVE: usize = 32;
 
-/// Within one pass, every this many rounds the read covers every waiting delivery again (the rounds between read
-/// only the deliveries after the last one read). On PostgreSQL ids can commit out of order across nodes, so a
-/// cursor read may pass over a delivery committed late: a full read picks it up.
+/// Every this many rounds, and in the first round of a pass at least [`FULL_READ_AFTER`] after the last full read,
+/// the read covers every waiting delivery again (the rounds between read only the deliveries after the last one
+/// read). On PostgreSQL ids can commit out of order across nodes, so a cursor read may pass over a delivery
+/// committed late: a full read picks it up (and a delivery replayed from quarantine).
 const FULL_READ_EVERY: usize = 10;
+
+/// See [`FULL_READ_EVERY`].
+const FULL_READ_AFTER: Duration = Duration::from_secs(1);
+
+/// The most deliveries read and not yet applied that the intake holds: a pass reads no more once it holds this
+/// many. With a backlog (deliveries arriving faster than they apply) it would otherwise read all of it into memory
+/// and read it again in every full read (the cost of each growing with the backlog, on the thread that answers
+/// webhooks). Above what applies within a reorder window at full speed (about 4,000 a second here).
+const MAX_OPEN: usize = 5_000;
 
 /// Aborts a task when dropped: the download queue lives exactly as long as the intake that started it.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -144,6 +154,10 @@ struct Intake {
     /// The Pages looked up this round (by page id), so a round of events for one Page reads it once; emptied at
     /// the start of every round, so a Page connected or removed meanwhile counts from the next round.
     pages: HashMap<String, Option<Page>>,
+    /// The last delivery id read, across passes.
+    cursor: Option<i64>,
+    /// When the last full read ran, and the rounds since.
+    full_read: Option<(Instant, usize)>,
 }
 
 impl Intake {
@@ -154,6 +168,16 @@ impl Intake {
             late_events: 0,
             deliveries_read: 0,
             pages: HashMap::new(),
+            cursor: None,
+            full_read: None,
+        }
+    }
+
+    /// Whether this round (the first of its pass: `first`) reads every waiting delivery (see [`FULL_READ_EVERY`]).
+    fn full_read_due(&self, now: Instant, first: bool) -> bool {
+        match self.full_read {
+            None => true,
+            Some((at, rounds)) => rounds + 1 >= FULL_READ_EVERY || (first && now.duration_since(at) >= FULL_READ_AFTER),
         }
     }
 
@@ -171,19 +195,26 @@ impl Intake {
             store.insert_webhook_delivery(&body).await?;
             tokio::fs::remove_file(&path).await?;
         }
-        // The first read of a pass (and every [`FULL_READ_EVERY`]th) reads every waiting delivery; the others only
-        // those after the last one read, so a backlog is not read again for every batch of new deliveries.
-        let mut after = None;
+        // A full read now and then (see [`FULL_READ_EVERY`]); the other reads only those after the last one read, so
+        // a backlog is not read again for every batch of new deliveries. No more reads once [`MAX_OPEN`] are held.
         for round in 1.. {
             self.settle(messenger).await?;
-            let cursor = after.filter(|_| round % FULL_READ_EVERY != 0);
-            let (fresh, last) = self.load(messenger, now, cursor).await?;
-            after = last.max(after);
+            let mut fresh = 0;
+            if self.open.len() < MAX_OPEN {
+                let full = self.full_read_due(now, round == 1);
+                let last;
+                (fresh, last) = self.load(messenger, now, if full { None } else { self.cursor }).await?;
+                self.cursor = last.max(self.cursor);
+                self.full_read = match self.full_read {
+                    Some((at, rounds)) if !full => Some((at, rounds + 1)),
+                    _ => Some((now, 0)),
+                };
+            }
             self.pages.clear();
             let due = self.held.take_due(now);
             self.apply_released(messenger, due, now).await?;
             self.settle(messenger).await?;
-            if fresh < BATCH {
+            if fresh < BATCH || self.open.len() >= MAX_OPEN {
                 break;
             }
         }
@@ -992,6 +1023,32 @@ mod tests {
         // Every event lands in exactly one wave, in order.
         let flat: Vec<Option<&str>> = super::waves(&threads, 3).flatten().copied().collect();
         assert_eq!(flat, threads.to_vec());
+    }
+
+    /// Delivery and read receipts and our own echoes wait in no thread, but each concerns one customer: those of
+    /// different customers share a wave (their writes one commit) instead of applying one by one, and two of one
+    /// customer still never share one.
+    #[test]
+    fn receipts_and_our_echoes_of_different_customers_share_a_wave() {
+        let settings = MessengerSettings { app_id: "our-app".into(), ..MessengerSettings::default() };
+        let event = |value: serde_json::Value| -> Messaging { serde_json::from_value(value).expect("an event") };
+        let events = [
+            event(serde_json::json!({"sender": {"id": "a"}, "recipient": {"id": "page"}, "timestamp": 1,
+                "delivery": {"mids": ["m1"], "watermark": 1}})),
+            event(serde_json::json!({"sender": {"id": "b"}, "recipient": {"id": "page"}, "timestamp": 2,
+                "delivery": {"mids": ["m2"], "watermark": 2}})),
+            event(serde_json::json!({"sender": {"id": "page"}, "recipient": {"id": "c"}, "timestamp": 3,
+                "message": {"mid": "m3", "is_echo": true, "app_id": "our-app", "text": "hi"}})),
+            event(serde_json::json!({"sender": {"id": "a"}, "recipient": {"id": "page"}, "timestamp": 4,
+                "read": {"watermark": 4}})),
+        ];
+        for e in &events {
+            assert_eq!(place(&settings, "page", e).0, None, "applies at once, in no thread");
+        }
+        let customers: Vec<Option<String>> = events.iter().map(customer_of).collect();
+        assert_eq!(customers, [Some("a"), Some("b"), Some("c"), Some("a")].map(|c| c.map(String::from)));
+        let keys: Vec<Option<&str>> = customers.iter().map(Option::as_deref).collect();
+        assert_eq!(waves_of(&keys, WAVE), vec![3, 1]);
     }
 
     fn waves_of(threads: &[Option<&str>], max: usize) -> Vec<usize> {
