@@ -54,10 +54,11 @@ const BATCH: usize = 200;
 /// The most released events applied at once (each of a different customer), so their writes share a commit.
 const WAVE: usize = 32;
 
-/// Every this many rounds, and in the first round of a pass at least [`FULL_READ_AFTER`] after the last full read,
-/// the read covers every waiting delivery again (the rounds between read only the deliveries after the last one
-/// read). On PostgreSQL ids can commit out of order across nodes, so a cursor read may pass over a delivery
-/// committed late: a full read picks it up (and a delivery replayed from quarantine).
+/// Every this many rounds, and in the first round of a pass (with more than [`BATCH`] deliveries held, only at
+/// least [`FULL_READ_AFTER`] after the last full read: a full read reads again every delivery held), the read covers
+/// every waiting delivery again (the rounds between read only the deliveries after the last one read). On
+/// PostgreSQL ids can commit out of order across nodes, so a cursor read may pass over a delivery committed late: a
+/// full read picks it up (and a delivery replayed from quarantine).
 const FULL_READ_EVERY: usize = 10;
 
 /// See [`FULL_READ_EVERY`].
@@ -177,7 +178,10 @@ impl Intake {
     fn full_read_due(&self, now: Instant, first: bool) -> bool {
         match self.full_read {
             None => true,
-            Some((at, rounds)) => rounds + 1 >= FULL_READ_EVERY || (first && now.duration_since(at) >= FULL_READ_AFTER),
+            Some((at, rounds)) => {
+                rounds + 1 >= FULL_READ_EVERY
+                    || (first && (self.open.len() <= BATCH || now.duration_since(at) >= FULL_READ_AFTER))
+            }
         }
     }
 
