@@ -521,7 +521,7 @@ async fn apply(
         None => None,
     };
     if let Some(contact) = &known
-        && store.site_workspace(&contact.site_id).await?.as_deref() != Some(page.workspace_id.as_str())
+        && messenger.site_workspace(&contact.site_id).await?.as_deref() != Some(page.workspace_id.as_str())
     {
         tracing::warn!(page = %page_id, "ignoring an event of a customer who belongs to another workspace's Page");
         return Ok(());
@@ -790,7 +790,7 @@ async fn answer_offer(
     };
     // A link binds only within one workspace: a web conversation of another workspace's site stays where it is.
     let owner = match store.contact(&offer.contact_id).await? {
-        Some(contact) => store.site_workspace(&contact.site_id).await?,
+        Some(contact) => messenger.site_workspace(&contact.site_id).await?,
         None => None,
     };
     if owner.as_deref() != Some(page.workspace_id.as_str()) {
