@@ -28,9 +28,10 @@
 //!
 //! Priority lane: a caller whose answer someone outside is waiting on (a webhook's 200, see
 //! [`Writer::run_first`]) goes before every other job waiting, and a group that holds such a job commits as soon
-//! as no other priority job waits, instead of first taking the jobs queued behind (up to [`MAX_GROUP`] of them).
-//! So its wait is the job running now, its own work and one `COMMIT`, however long the queue of background writes
-//! (the Messenger intake's waves). Starvation-free both ways: each lane is FIFO, and after [`MAX_PASSED`] priority
+//! as no other priority job waits and at most [`MAX_AFTER_FIRST`] other jobs joined after it, instead of taking
+//! every job queued behind (up to [`MAX_GROUP`] of them). So its wait is the job running now, its own work, a few
+//! short jobs and one `COMMIT`, however long the queue of background writes (the Messenger intake's waves); the few
+//! jobs keep groups from shrinking to one `COMMIT` per priority job when those come often. Starvation-free both ways: each lane is FIFO, and after [`MAX_PASSED`] priority
 //! jobs in a row taken while other jobs waited, the oldest of those goes next.
 
 use std::collections::VecDeque;
@@ -63,6 +64,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Prepared statements kept per connection (every write statement of the store, with room to spare).
 const STATEMENT_CACHE: usize = 128;
+
+/// Jobs a group takes after its first priority job before it commits (see the module doc).
+pub const MAX_AFTER_FIRST: usize = 32;
 
 /// Priority jobs taken in a row while other jobs wait, before the oldest of those goes (see the module doc).
 pub const MAX_PASSED: usize = 16;
@@ -379,7 +383,8 @@ fn abandon(conn: &Connection) -> Left {
 }
 
 /// Runs one group: `first` (`true`: of the priority lane), then each job already queued (each in a savepoint), then
-/// commits them all; a group holding a priority job commits once no other priority job waits. Returns how the
+/// commits them all; a group holding a priority job commits once no other priority job waits and
+/// [`MAX_AFTER_FIRST`] jobs joined after it. Returns how the
 /// connection was left and a request taken from the queue that the group did not serve.
 fn group(
     conn: &Connection,
@@ -392,6 +397,7 @@ fn group(
         return (abandon(conn), None);
     }
     let mut kept: Vec<Answer> = Vec::new();
+    let mut after_first = 0;
     let mut job = first;
     let mut pending = None;
     loop {
@@ -431,7 +437,10 @@ fn group(
             finish(kept, &Err(format!("the group's transaction failed: {e}")));
             return (left, None);
         }
-        if kept.len() >= MAX_GROUP || (urgent && !rx.first_waiting()) {
+        if urgent {
+            after_first += 1;
+        }
+        if kept.len() >= MAX_GROUP || (urgent && after_first > MAX_AFTER_FIRST && !rx.first_waiting()) {
             break;
         }
         match rx.try_next() {
