@@ -47,6 +47,31 @@ pub struct Messenger {
     link_key: [u8; 32],
     /// Last `typing_on` per PSID, to send it at most every few seconds.
     typing_sent: Mutex<HashMap<String, Instant>>,
+    /// Facts that never change once they exist, read once: each site's workspace, each conversation's site.
+    site_workspaces: Mutex<HashMap<String, String>>,
+    conversation_sites: Mutex<HashMap<String, String>>,
+}
+
+/// The most entries a cache of [`Messenger`] holds before it starts again empty.
+const CACHE_ENTRIES: usize = 10_000;
+
+/// `key`'s value in `cache`, else `read`'s, kept in `cache` when there is one.
+async fn cached<F>(cache: &Mutex<HashMap<String, String>>, key: &str, read: F) -> Result<Option<String>, ServiceError>
+where
+    F: std::future::Future<Output = Result<Option<String>, ServiceError>>,
+{
+    if let Some(found) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+        return Ok(Some(found.clone()));
+    }
+    let found = read.await?;
+    if let Some(value) = &found {
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key.to_string(), value.clone());
+    }
+    Ok(found)
 }
 
 impl Messenger {
@@ -80,6 +105,8 @@ impl Messenger {
             media_wake: Notify::new(),
             link_key,
             typing_sent: Mutex::new(HashMap::new()),
+            site_workspaces: Mutex::new(HashMap::new()),
+            conversation_sites: Mutex::new(HashMap::new()),
         });
         let actions: std::sync::Weak<dyn SenderActions> = Arc::downgrade(&messenger) as std::sync::Weak<Messenger>;
         messenger.conversations.attach_sender_actions(actions);
@@ -88,6 +115,19 @@ impl Messenger {
 
     pub fn link_key(&self) -> &[u8] {
         &self.link_key
+    }
+
+    /// The workspace of a site (`None`: no such site), read once per site: a site never changes workspace.
+    pub async fn site_workspace(&self, site_id: &str) -> Result<Option<String>, ServiceError> {
+        let read = async { Ok(self.conversations.messenger_rows().site_workspace(site_id).await?) };
+        cached(&self.site_workspaces, site_id, read).await
+    }
+
+    /// The site of a conversation (`None`: no such conversation), read once per conversation: it never changes.
+    pub async fn conversation_site(&self, conversation_id: &str) -> Result<Option<String>, ServiceError> {
+        let rows = self.conversations.messenger_rows();
+        let read = async { Ok(rows.conversation(conversation_id).await?.map(|c| c.site_id)) };
+        cached(&self.conversation_sites, conversation_id, read).await
     }
 
     /// Mints a signed single-use link (and a fallback code) for a contact.

@@ -54,10 +54,21 @@ const BATCH: usize = 200;
 /// The most released events applied at once (each of a different customer), so their writes share a commit.
 const WAVE: usize = 32;
 
-/// Within one pass, every this many rounds the read covers every waiting delivery again (the rounds between read
-/// only the deliveries after the last one read). On PostgreSQL ids can commit out of order across nodes, so a
-/// cursor read may pass over a delivery committed late: a full read picks it up.
+/// Every this many rounds, and in the first round of a pass (with more than [`BATCH`] deliveries held, only at
+/// least [`FULL_READ_AFTER`] after the last full read: a full read reads again every delivery held), the read covers
+/// every waiting delivery again (the rounds between read only the deliveries after the last one read). On
+/// PostgreSQL ids can commit out of order across nodes, so a cursor read may pass over a delivery committed late: a
+/// full read picks it up (and a delivery replayed from quarantine).
 const FULL_READ_EVERY: usize = 10;
+
+/// See [`FULL_READ_EVERY`].
+const FULL_READ_AFTER: Duration = Duration::from_secs(1);
+
+/// The most deliveries read and not yet applied that the intake holds: a pass reads no more once it holds this
+/// many. With a backlog (deliveries arriving faster than they apply) it would otherwise read all of it into memory
+/// and read it again in every full read (the cost of each growing with the backlog, on the thread that answers
+/// webhooks). Above what applies within a reorder window at full speed (about 4,000 a second here).
+const MAX_OPEN: usize = 5_000;
 
 /// Aborts a task when dropped: the download queue lives exactly as long as the intake that started it.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -118,6 +129,9 @@ pub async fn drain(messenger: &Messenger) -> anyhow::Result<()> {
 struct Event {
     delivery: i64,
     page: String,
+    /// The customer (PSID) it concerns, also when it waits in no thread (a receipt, our own echo): no wave holds
+    /// two events of one customer (see [`waves`]).
+    customer: Option<String>,
     messaging: Messaging,
 }
 
@@ -141,6 +155,10 @@ struct Intake {
     /// The Pages looked up this round (by page id), so a round of events for one Page reads it once; emptied at
     /// the start of every round, so a Page connected or removed meanwhile counts from the next round.
     pages: HashMap<String, Option<Page>>,
+    /// The last delivery id read, across passes.
+    cursor: Option<i64>,
+    /// When the last full read ran, and the rounds since.
+    full_read: Option<(Instant, usize)>,
 }
 
 impl Intake {
@@ -151,6 +169,19 @@ impl Intake {
             late_events: 0,
             deliveries_read: 0,
             pages: HashMap::new(),
+            cursor: None,
+            full_read: None,
+        }
+    }
+
+    /// Whether this round (the first of its pass: `first`) reads every waiting delivery (see [`FULL_READ_EVERY`]).
+    fn full_read_due(&self, now: Instant, first: bool) -> bool {
+        match self.full_read {
+            None => true,
+            Some((at, rounds)) => {
+                rounds + 1 >= FULL_READ_EVERY
+                    || (first && (self.open.len() <= BATCH || now.duration_since(at) >= FULL_READ_AFTER))
+            }
         }
     }
 
@@ -168,19 +199,26 @@ impl Intake {
             store.insert_webhook_delivery(&body).await?;
             tokio::fs::remove_file(&path).await?;
         }
-        // The first read of a pass (and every [`FULL_READ_EVERY`]th) reads every waiting delivery; the others only
-        // those after the last one read, so a backlog is not read again for every batch of new deliveries.
-        let mut after = None;
+        // A full read now and then (see [`FULL_READ_EVERY`]); the other reads only those after the last one read, so
+        // a backlog is not read again for every batch of new deliveries. No more reads once [`MAX_OPEN`] are held.
         for round in 1.. {
             self.settle(messenger).await?;
-            let cursor = after.filter(|_| round % FULL_READ_EVERY != 0);
-            let (fresh, last) = self.load(messenger, now, cursor).await?;
-            after = last.max(after);
+            let mut fresh = 0;
+            if self.open.len() < MAX_OPEN {
+                let full = self.full_read_due(now, round == 1);
+                let last;
+                (fresh, last) = self.load(messenger, now, if full { None } else { self.cursor }).await?;
+                self.cursor = last.max(self.cursor);
+                self.full_read = match self.full_read {
+                    Some((at, rounds)) if !full => Some((at, rounds + 1)),
+                    _ => Some((now, 0)),
+                };
+            }
             self.pages.clear();
             let due = self.held.take_due(now);
             self.apply_released(messenger, due, now).await?;
             self.settle(messenger).await?;
-            if fresh < BATCH {
+            if fresh < BATCH || self.open.len() >= MAX_OPEN {
                 break;
             }
         }
@@ -243,7 +281,8 @@ impl Intake {
                 for entry in envelope.entry {
                     for messaging in entry.messaging.into_iter().chain(entry.standby) {
                         let (thread, key) = place(&messenger.settings, &entry.id, &messaging);
-                        let event = Event { delivery: id, page: entry.id.clone(), messaging };
+                        let customer = customer_of(&messaging);
+                        let event = Event { delivery: id, page: entry.id.clone(), customer, messaging };
                         self.held.hold(thread, key, event, now);
                         open.left += 1;
                     }
@@ -257,15 +296,16 @@ impl Intake {
 
     /// Applies released events in their order, in waves (see [`waves`]): the events of one wave belong to
     /// different customers and apply at once, so their writes share one commit; each customer's events still apply
-    /// one after another in order, and an event of no customer applies alone between waves. After a wave with a
-    /// failure the failed events and every event after the wave wait for the next pass, in the same order.
+    /// one after another in order (receipts and our own echoes too: they wait in no thread, but a wave holds one
+    /// event per customer), and an event of no customer applies alone between waves. After a wave with a failure
+    /// the failed events and every event after the wave wait for the next pass, in the same order.
     async fn apply_released(
         &mut self,
         messenger: &Messenger,
         due: Vec<Due<Event>>,
         now: Instant,
     ) -> anyhow::Result<()> {
-        let threads: Vec<Option<&str>> = due.iter().map(Due::thread).collect();
+        let threads: Vec<Option<&str>> = due.iter().map(|d| d.item.customer.as_deref()).collect();
         let sizes: Vec<usize> = waves(&threads, WAVE).map(|wave| wave.len()).collect();
         let mut rest = due.into_iter();
         for size in sizes {
@@ -430,6 +470,13 @@ fn place(settings: &MessengerSettings, _page: &str, event: &Messaging) -> (Optio
     (party.map(|p| p.id.clone()).filter(|psid| !psid.is_empty()), key)
 }
 
+/// The customer an event concerns: the recipient of an echo (the Page wrote to them), else the sender.
+fn customer_of(event: &Messaging) -> Option<String> {
+    let echo = event.message.as_ref().is_some_and(|m| m.is_echo);
+    let party = if echo { event.recipient.as_ref() } else { event.sender.as_ref() };
+    party.map(|p| p.id.clone()).filter(|psid| !psid.is_empty())
+}
+
 /// Whether `event` is a message not stored yet (a late redelivery of a stored one is not late, just a duplicate).
 async fn is_new_message(messenger: &Messenger, event: &Messaging) -> Result<bool, ServiceError> {
     let Some(mid) = event.message.as_ref().and_then(|m| m.mid.as_deref()) else { return Ok(false) };
@@ -474,7 +521,7 @@ async fn apply(
         None => None,
     };
     if let Some(contact) = &known
-        && store.site_workspace(&contact.site_id).await?.as_deref() != Some(page.workspace_id.as_str())
+        && messenger.site_workspace(&contact.site_id).await?.as_deref() != Some(page.workspace_id.as_str())
     {
         tracing::warn!(page = %page_id, "ignoring an event of a customer who belongs to another workspace's Page");
         return Ok(());
@@ -743,7 +790,7 @@ async fn answer_offer(
     };
     // A link binds only within one workspace: a web conversation of another workspace's site stays where it is.
     let owner = match store.contact(&offer.contact_id).await? {
-        Some(contact) => store.site_workspace(&contact.site_id).await?,
+        Some(contact) => messenger.site_workspace(&contact.site_id).await?,
         None => None,
     };
     if owner.as_deref() != Some(page.workspace_id.as_str()) {
@@ -980,6 +1027,32 @@ mod tests {
         // Every event lands in exactly one wave, in order.
         let flat: Vec<Option<&str>> = super::waves(&threads, 3).flatten().copied().collect();
         assert_eq!(flat, threads.to_vec());
+    }
+
+    /// Delivery and read receipts and our own echoes wait in no thread, but each concerns one customer: those of
+    /// different customers share a wave (their writes one commit) instead of applying one by one, and two of one
+    /// customer still never share one.
+    #[test]
+    fn receipts_and_our_echoes_of_different_customers_share_a_wave() {
+        let settings = MessengerSettings { app_id: "our-app".into(), ..MessengerSettings::default() };
+        let event = |value: serde_json::Value| -> Messaging { serde_json::from_value(value).expect("an event") };
+        let events = [
+            event(serde_json::json!({"sender": {"id": "a"}, "recipient": {"id": "page"}, "timestamp": 1,
+                "delivery": {"mids": ["m1"], "watermark": 1}})),
+            event(serde_json::json!({"sender": {"id": "b"}, "recipient": {"id": "page"}, "timestamp": 2,
+                "delivery": {"mids": ["m2"], "watermark": 2}})),
+            event(serde_json::json!({"sender": {"id": "page"}, "recipient": {"id": "c"}, "timestamp": 3,
+                "message": {"mid": "m3", "is_echo": true, "app_id": "our-app", "text": "hi"}})),
+            event(serde_json::json!({"sender": {"id": "a"}, "recipient": {"id": "page"}, "timestamp": 4,
+                "read": {"watermark": 4}})),
+        ];
+        for e in &events {
+            assert_eq!(place(&settings, "page", e).0, None, "applies at once, in no thread");
+        }
+        let customers: Vec<Option<String>> = events.iter().map(customer_of).collect();
+        assert_eq!(customers, [Some("a"), Some("b"), Some("c"), Some("a")].map(|c| c.map(String::from)));
+        let keys: Vec<Option<&str>> = customers.iter().map(Option::as_deref).collect();
+        assert_eq!(waves_of(&keys, WAVE), vec![3, 1]);
     }
 
     fn waves_of(threads: &[Option<&str>], max: usize) -> Vec<usize> {

@@ -165,8 +165,8 @@ async fn send(messenger: &Messenger, row: &OutboxRow, health: &WorkerHealth) -> 
     let kind = MessagingType::from_stored(&row.messaging_type);
     let lease = row.lease_id.clone().unwrap_or_default();
     // Sent as the Page of the conversation's site, and its workspace's agents hear about that Page's token.
-    let page = match messenger.conversations.messenger_rows().conversation(&row.conversation_id).await? {
-        Some(conversation) => messenger.page_for_site(&conversation.site_id).await?,
+    let page = match messenger.conversation_site(&row.conversation_id).await? {
+        Some(site_id) => messenger.page_for_site(&site_id).await?,
         None => None,
     };
     let Some(page) = page else {

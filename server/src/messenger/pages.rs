@@ -199,7 +199,7 @@ impl Messenger {
         if let Some(row) = rows.page_for_site(site_id).await? {
             return Ok(self.ready(row));
         }
-        match (&self.configured_page, rows.site_workspace(site_id).await?) {
+        match (&self.configured_page, self.site_workspace(site_id).await?) {
             (Some(configured), Some(workspace)) if workspace == DEFAULT_WORKSPACE => {
                 Ok(self.configured(&configured.page_id, &workspace))
             }

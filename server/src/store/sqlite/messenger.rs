@@ -240,9 +240,10 @@ impl MessengerStore for SqliteStore {
         let now = self.now();
         let bodies: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
         // One job, one cached statement run per body: on the writer thread each run costs microseconds, so a
-        // multi-row statement would buy nothing here.
+        // multi-row statement would buy nothing here. In the writer's priority lane: Meta waits for this commit (the
+        // webhook's 200), so it goes before the intake's queued writes instead of behind them.
         self.writer
-            .run(move |conn| {
+            .run_first(move |conn| {
                 for body in &bodies {
                     exec(conn, "insert into webhook_deliveries (body, received_at) values (?, ?)", params![body, now])?;
                 }
@@ -402,21 +403,25 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn messenger_delivered(&self, mids: &[String]) -> StoreResult<Vec<(String, Event)>> {
-        let mut out = Vec::new();
-        for mid in mids {
-            let row: Option<(String, String)> =
-                sqlx::query_as("select conversation_id, id from messages where external_id = ?")
-                    .bind(mid)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            let Some((conversation_id, message_id)) = row else { continue };
-            let now = self.now();
-            let key = format!("delivered:{mid}");
-            let logged = self
-                .writer
-                .run(move |conn| {
-                    if !mark_applied_in(conn, &key, now)? {
-                        return Ok(None);
+        if mids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (now, mids) = (self.now(), mids.to_vec());
+        // One job for the whole receipt, the messages looked up on the write connection itself: no read of the pool
+        // and no writer round trip per mid.
+        self.writer
+            .run(move |conn| {
+                let mut out = Vec::new();
+                for mid in &mids {
+                    let found: Option<(String, String)> = row(
+                        conn,
+                        "select conversation_id, id from messages where external_id = ?",
+                        params![mid],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    let Some((conversation_id, message_id)) = found else { continue };
+                    if !mark_applied_in(conn, &format!("delivered:{mid}"), now)? {
+                        continue;
                     }
                     let seq = bump_seq(conn, &conversation_id, now)?;
                     let kind = EventKind::Delivery {
@@ -426,12 +431,11 @@ impl MessengerStore for SqliteStore {
                         detail: None,
                     };
                     let event = insert_event(conn, &conversation_id, seq, now, kind)?;
-                    Ok(Some((conversation_id, event)))
-                })
-                .await?;
-            out.extend(logged);
-        }
-        Ok(out)
+                    out.push((conversation_id, event));
+                }
+                Ok(out)
+            })
+            .await
     }
 
     async fn messenger_read(&self, contact_id: &str, watermark: i64) -> StoreResult<Option<(String, Event)>> {

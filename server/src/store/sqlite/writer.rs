@@ -25,7 +25,16 @@
 //! waits. So the write connection checkpoints itself only as a safety net ([`SELF_CHECKPOINT_PAGES`]); after each
 //! group a second thread with its own connection runs a `PASSIVE` checkpoint, which takes no write lock and runs
 //! beside the writer's next groups.
+//!
+//! Priority lane: a caller whose answer someone outside is waiting on (a webhook's 200, see
+//! [`Writer::run_first`]) goes before every other job waiting, and a group that holds such a job commits as soon
+//! as no other priority job waits and at most [`MAX_AFTER_FIRST`] other jobs joined after it, instead of taking
+//! every job queued behind (up to [`MAX_GROUP`] of them). So its wait is the job running now, its own work, a few
+//! short jobs and one `COMMIT`, however long the queue of background writes (the Messenger intake's waves); the few
+//! jobs keep groups from shrinking to one `COMMIT` per priority job when those come often. Starvation-free both ways: each lane is FIFO, and after [`MAX_PASSED`] priority
+//! jobs in a row taken while other jobs waited, the oldest of those goes next.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +64,12 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Prepared statements kept per connection (every write statement of the store, with room to spare).
 const STATEMENT_CACHE: usize = 128;
+
+/// Jobs a group takes after its first priority job before it commits (see the module doc).
+pub const MAX_AFTER_FIRST: usize = 32;
+
+/// Priority jobs taken in a row while other jobs wait, before the oldest of those goes (see the module doc).
+pub const MAX_PASSED: usize = 16;
 
 /// What the writer tells a kept caller once its group's `COMMIT` has run.
 type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -108,6 +123,8 @@ where
 
 enum Request {
     Job(Box<dyn Job>),
+    /// A job of the priority lane ([`Writer::run_first`]).
+    First(Box<dyn Job>),
     /// Finish what is queued, close the connection, then answer.
     Close(oneshot::Sender<()>),
 }
@@ -138,6 +155,7 @@ impl Writer {
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || checkpointer(&checkpoints, &wakes))?;
+        let rx = Lanes::new(rx);
         let thread = Thread { path: path.to_path_buf(), conn: Some(conn), rx, stats: Arc::clone(&stats), checkpoint };
         std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || thread.serve())?;
         Ok(Self { requests, stats })
@@ -150,8 +168,26 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        self.call(Request::Job, work).await
+    }
+
+    /// [`Writer::run`] in the priority lane: `work` goes before every job not of that lane waiting, and its group
+    /// commits without taking the jobs queued behind. For a write someone outside waits on (a webhook's ack).
+    pub async fn run_first<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.call(Request::First, work).await
+    }
+
+    async fn call<T, F>(&self, lane: fn(Box<dyn Job>) -> Request, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Job(Box::new(Call { work, reply }))).map_err(|_| stopped())?;
+        self.requests.send(lane(Box::new(Call { work, reply }))).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -273,7 +309,7 @@ enum Left {
 struct Thread {
     path: PathBuf,
     conn: Option<Connection>,
-    rx: mpsc::UnboundedReceiver<Request>,
+    rx: Lanes,
     stats: Arc<WriterStats>,
     /// Wakes the checkpoint thread (a full channel means it is already due to run).
     checkpoint: std::sync::mpsc::SyncSender<()>,
@@ -283,13 +319,14 @@ impl Thread {
     fn serve(mut self) {
         let mut pending: Option<Request> = None;
         loop {
-            let request = match pending.take().or_else(|| self.rx.blocking_recv()) {
+            let request = match pending.take().or_else(|| self.rx.blocking_next()) {
                 Some(request) => request,
                 None => return,
             };
+            let urgent = matches!(request, Request::First(_));
             match request {
                 Request::Close(done) => return self.close(done),
-                Request::Job(first) => {
+                Request::Job(first) | Request::First(first) => {
                     let conn = match self.conn.take() {
                         Some(conn) => conn,
                         None => match open(&self.path) {
@@ -301,7 +338,7 @@ impl Thread {
                         },
                     };
                     let left;
-                    (left, pending) = group(&conn, first, &mut self.rx, &self.stats);
+                    (left, pending) = group(&conn, (first, urgent), &mut self.rx, &self.stats);
                     let _ = self.checkpoint.try_send(());
                     match left {
                         Left::Clean => self.conn = Some(conn),
@@ -318,14 +355,14 @@ impl Thread {
         {
             tracing::warn!(error = %e, "closing the write connection");
         }
-        self.rx.close();
+        self.rx.rx.close();
         let _ = done.send(());
-        while let Some(request) = self.rx.blocking_recv() {
+        while let Some(request) = self.rx.blocking_next() {
             match request {
                 Request::Close(done) => {
                     let _ = done.send(());
                 }
-                Request::Job(job) => job.fail(stopped()),
+                Request::Job(job) | Request::First(job) => job.fail(stopped()),
             }
         }
     }
@@ -345,12 +382,14 @@ fn abandon(conn: &Connection) -> Left {
     }
 }
 
-/// Runs one group: `first`, then each job already queued (each in a savepoint), then commits them all. Returns how
-/// the connection was left and a request taken from the queue that the group did not serve.
+/// Runs one group: `first` (`true`: of the priority lane), then each job already queued (each in a savepoint), then
+/// commits them all; a group holding a priority job commits once no other priority job waits and
+/// [`MAX_AFTER_FIRST`] jobs joined after it. Returns how the
+/// connection was left and a request taken from the queue that the group did not serve.
 fn group(
     conn: &Connection,
-    first: Box<dyn Job>,
-    rx: &mut mpsc::UnboundedReceiver<Request>,
+    (first, mut urgent): (Box<dyn Job>, bool),
+    rx: &mut Lanes,
     stats: &WriterStats,
 ) -> (Left, Option<Request>) {
     if let Err(e) = exec_waiting(conn, "begin immediate", stats) {
@@ -358,6 +397,7 @@ fn group(
         return (abandon(conn), None);
     }
     let mut kept: Vec<Answer> = Vec::new();
+    let mut after_first = 0;
     let mut job = first;
     let mut pending = None;
     loop {
@@ -397,16 +437,20 @@ fn group(
             finish(kept, &Err(format!("the group's transaction failed: {e}")));
             return (left, None);
         }
-        if kept.len() >= MAX_GROUP {
+        if urgent {
+            after_first += 1;
+        }
+        if kept.len() >= MAX_GROUP || (urgent && after_first > MAX_AFTER_FIRST && !rx.first_waiting()) {
             break;
         }
-        match rx.try_recv() {
-            Ok(Request::Job(next)) => job = next,
-            Ok(other) => {
+        match rx.try_next() {
+            Some(Request::Job(next)) => job = next,
+            Some(Request::First(next)) => (job, urgent) = (next, true),
+            Some(other) => {
                 pending = Some(other);
                 break;
             }
-            Err(_) => break,
+            None => break,
         }
     }
     match exec_waiting(conn, "commit", stats) {
@@ -423,6 +467,68 @@ fn group(
         }
     }
 }
+
+/// The writer's queue: requests in arrival order, and beside them the priority lane ([`Writer::run_first`]).
+struct Lanes {
+    rx: mpsc::UnboundedReceiver<Request>,
+    first: VecDeque<Box<dyn Job>>,
+    rest: VecDeque<Request>,
+    /// Priority jobs taken in a row while `rest` was not empty.
+    passed: usize,
+}
+
+impl Lanes {
+    fn new(rx: mpsc::UnboundedReceiver<Request>) -> Self {
+        Self { rx, first: VecDeque::new(), rest: VecDeque::new(), passed: 0 }
+    }
+
+    fn sort(&mut self, request: Request) {
+        match request {
+            Request::First(job) => self.first.push_back(job),
+            other => self.rest.push_back(other),
+        }
+    }
+
+    /// Sorts everything sent so far into the two lanes.
+    fn take_sent(&mut self) {
+        while let Ok(request) = self.rx.try_recv() {
+            self.sort(request);
+        }
+    }
+
+    /// The next request, if any waits: the oldest priority job, unless [`MAX_PASSED`] of them in a row went before
+    /// the others waiting.
+    fn try_next(&mut self) -> Option<Request> {
+        self.take_sent();
+        if !self.first.is_empty() && (self.rest.is_empty() || self.passed < MAX_PASSED) {
+            if !self.rest.is_empty() {
+                self.passed += 1;
+            }
+            return self.first.pop_front().map(Request::First);
+        }
+        self.passed = 0;
+        self.rest.pop_front()
+    }
+
+    /// The next request, waiting for one; `None` once every sender is gone and nothing waits.
+    fn blocking_next(&mut self) -> Option<Request> {
+        if let Some(request) = self.try_next() {
+            return Some(request);
+        }
+        let request = self.rx.blocking_recv()?;
+        self.sort(request);
+        self.try_next()
+    }
+
+    /// Whether a priority job waits.
+    fn first_waiting(&mut self) -> bool {
+        self.take_sent();
+        !self.first.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod lane_tests;
 
 #[cfg(test)]
 mod tests {
