@@ -153,9 +153,18 @@ impl Relay {
 
 /// The writing half of a socket. Every write has a deadline: a peer that stops reading fills its TCP window, the
 /// write stalls, and the socket is given up instead of holding its queue for minutes.
+///
+/// Inside [`serve`] frames are batched: what one wake-up of the socket's task produces (a message's ack and the
+/// message's own event, which its post put in this socket's mailbox; several hub messages ready at once) is
+/// queued and written with one flush, one `write` and one TCP segment instead of one per frame. Outside it (the
+/// hello, the welcome) every frame is flushed at once.
 pub struct Sink {
     inner: SplitSink<WebSocket, Message>,
     write_timeout: Duration,
+    /// Frames are queued until [`Sink::flush`] (set by [`serve`] while it handles a wake-up).
+    batching: bool,
+    /// Frames were queued since the last flush.
+    queued: bool,
 }
 
 type Stream = SplitStream<WebSocket>;
@@ -166,18 +175,37 @@ type Stream = SplitStream<WebSocket>;
 struct WriteTimedOut;
 
 impl Sink {
+    /// Sends a frame: queued while batching (written by the next [`Sink::flush`]), else written at once.
     async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
-        match tokio::time::timeout(self.write_timeout, self.inner.send(msg)).await {
-            Ok(result) => result,
-            Err(_) => Err(axum::Error::new(WriteTimedOut)),
+        if self.batching {
+            self.queued = true;
+            return deadline(self.write_timeout, self.inner.feed(msg)).await;
         }
+        deadline(self.write_timeout, self.inner.send(msg)).await
+    }
+
+    /// Ends batching and writes what was queued.
+    async fn flush(&mut self) -> Result<(), axum::Error> {
+        self.batching = false;
+        if !std::mem::take(&mut self.queued) {
+            return Ok(());
+        }
+        deadline(self.write_timeout, self.inner.flush()).await
+    }
+}
+
+/// A write that must finish within `limit`.
+async fn deadline(limit: Duration, write: impl Future<Output = Result<(), axum::Error>>) -> Result<(), axum::Error> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(result) => result,
+        Err(_) => Err(axum::Error::new(WriteTimedOut)),
     }
 }
 
 /// Splits an upgraded socket; writes get `limits.write_timeout_secs`.
 pub fn split(socket: WebSocket, limits: &LimitSettings) -> (Sink, Stream) {
     let (inner, stream) = socket.split();
-    (Sink { inner, write_timeout: Liveness::new(limits).write_timeout }, stream)
+    (Sink { inner, write_timeout: Liveness::new(limits).write_timeout, batching: false, queued: false }, stream)
 }
 
 /// What the client sent, as far as the session is concerned.
@@ -296,6 +324,8 @@ async fn serve<C: Connection>(
     let ended = conn.ended();
     tokio::pin!(ended);
     loop {
+        // What this wake-up sends is written by one flush below (see `Sink`).
+        sink.batching = true;
         let pong_due = async {
             match unanswered {
                 Some(sent) => tokio::time::sleep_until(sent + liveness.pong_timeout).await,
@@ -353,7 +383,28 @@ async fn serve<C: Connection>(
                 break;
             }
         }
+        if batch_ready(conn, sink, hub_rx).await.is_err() || sink.flush().await.is_err() {
+            break;
+        }
     }
+}
+
+/// Hub messages already waiting that one wake-up handles before its frames are written (bounds the batch).
+const BATCH_HUB_MESSAGES: usize = 32;
+
+/// Handles the hub messages that are already waiting (up to [`BATCH_HUB_MESSAGES`]), so their frames go out with
+/// the wake-up's own: after a post, the message's event is in the poster's mailbox before its ack is sent.
+async fn batch_ready<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    hub_rx: &mut HubReceiver,
+) -> Result<(), axum::Error> {
+    for _ in 0..BATCH_HUB_MESSAGES {
+        // A closed mailbox is left to the next `recv` (which closes the socket).
+        let Ok(Some(msg)) = hub_rx.try_recv() else { break };
+        Box::pin(conn.on_hub(sink, &msg)).await?;
+    }
+    Ok(())
 }
 
 /// Sends one JSON frame.
@@ -362,8 +413,9 @@ async fn send_json<T: Serialize>(sink: &mut Sink, msg: &T) -> Result<(), axum::E
     sink.send(Message::Text(text.into())).await
 }
 
-/// Sends a close frame (errors ignored: the peer may already be gone).
+/// Sends a close frame, after anything queued (errors ignored: the peer may already be gone).
 async fn send_close(sink: &mut Sink, code: u16, reason: &str) {
+    sink.batching = false;
     let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
 }
 
