@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use protocol::Event;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -272,6 +272,14 @@ trait Connection {
     fn admit(&mut self, msg: Option<&Self::Client>) -> Result<(), Self::Server>;
     /// Answers a client frame; an error ends the connection.
     async fn on_client(&mut self, sink: &mut Sink, msg: Self::Client) -> Result<(), axum::Error>;
+    /// Answers client frames that arrived together (all admitted), in order; one by one unless the connection
+    /// does better (a visitor's pipelined sends are posted together).
+    async fn on_clients(&mut self, sink: &mut Sink, msgs: Vec<Self::Client>) -> Result<(), axum::Error> {
+        for msg in msgs {
+            Box::pin(self.on_client(sink, msg)).await?;
+        }
+        Ok(())
+    }
     /// Forwards a hub message; an error ends the connection.
     async fn on_hub(&mut self, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error>;
     /// The frame telling the client its frame could not be read.
@@ -301,6 +309,49 @@ async fn on_inbound<C: Connection>(
             send_json(sink, &reply).await
         }
     }
+}
+
+/// Client frames one wake-up reads and handles together at most (a client pipelining its sends).
+const BATCH_FRAMES: usize = 16;
+
+/// Handles the client frame `first` together with the client frames already read behind it (up to
+/// [`BATCH_FRAMES`], without waiting for more): each passes flood control in order, and the admitted ones go to the
+/// connection together ([`Connection::on_clients`]; a refusal is answered in its place). Returns what ended the
+/// batch when it was not a client frame (a pong, an unreadable frame, the end), for the caller to handle.
+async fn on_frames<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    first: C::Client,
+) -> Result<Option<Inbound<C::Client>>, axum::Error> {
+    let mut frames = vec![first];
+    let mut after = None;
+    while frames.len() < BATCH_FRAMES {
+        match read_inbound::<C::Client>(stream).now_or_never() {
+            Some(Inbound::Frame(msg)) => frames.push(msg),
+            Some(other) => {
+                after = Some(other);
+                break;
+            }
+            None => break,
+        }
+    }
+    let mut admitted = Vec::with_capacity(frames.len());
+    for msg in frames {
+        match conn.admit(Some(&msg)) {
+            Ok(()) => admitted.push(msg),
+            Err(refusal) => {
+                if !admitted.is_empty() {
+                    conn.on_clients(sink, std::mem::take(&mut admitted)).await?;
+                }
+                send_json(sink, &refusal).await?;
+            }
+        }
+    }
+    if !admitted.is_empty() {
+        conn.on_clients(sink, admitted).await?;
+    }
+    Ok(after)
 }
 
 /// Runs a socket until it ends: client frames, hub messages, pings every `limits.ping_secs`, and shutdown (1001).
@@ -334,20 +385,34 @@ async fn serve<C: Connection>(
         };
         tokio::select! {
             inbound = read_inbound::<C::Client>(stream) => {
-                let result = match inbound {
-                    Inbound::End => break,
-                    Inbound::Pong => {
-                        unanswered = None;
-                        Ok(())
-                    }
-                    Inbound::Fatal(code, why) => {
-                        send_close(sink, code, why).await;
-                        break;
-                    }
-                    Inbound::Frame(msg) => on_inbound(conn, sink, Ok(msg)).await,
-                    Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
-                };
-                if result.is_err() {
+                // A client frame takes the frames already read behind it along (`on_frames`); what ended that
+                // batch (a pong, an unreadable frame, the end) is handled next.
+                let mut next = Some(inbound);
+                let mut stop = false;
+                while let Some(inbound) = next.take() {
+                    let result = match inbound {
+                        Inbound::End => {
+                            stop = true;
+                            Ok(())
+                        }
+                        Inbound::Pong => {
+                            unanswered = None;
+                            Ok(())
+                        }
+                        Inbound::Fatal(code, why) => {
+                            send_close(sink, code, why).await;
+                            stop = true;
+                            Ok(())
+                        }
+                        // Boxed like `on_client` (see `on_inbound`).
+                        Inbound::Frame(msg) => Box::pin(on_frames(conn, sink, stream, msg)).await.map(|after| {
+                            next = after;
+                        }),
+                        Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
+                    };
+                    stop |= result.is_err();
+                }
+                if stop {
                     break;
                 }
             },
