@@ -385,34 +385,8 @@ async fn serve<C: Connection>(
         };
         tokio::select! {
             inbound = read_inbound::<C::Client>(stream) => {
-                // A client frame takes the frames already read behind it along (`on_frames`); what ended that
-                // batch (a pong, an unreadable frame, the end) is handled next.
-                let mut next = Some(inbound);
-                let mut stop = false;
-                while let Some(inbound) = next.take() {
-                    let result = match inbound {
-                        Inbound::End => {
-                            stop = true;
-                            Ok(())
-                        }
-                        Inbound::Pong => {
-                            unanswered = None;
-                            Ok(())
-                        }
-                        Inbound::Fatal(code, why) => {
-                            send_close(sink, code, why).await;
-                            stop = true;
-                            Ok(())
-                        }
-                        // Boxed like `on_client` (see `on_inbound`).
-                        Inbound::Frame(msg) => Box::pin(on_frames(conn, sink, stream, msg)).await.map(|after| {
-                            next = after;
-                        }),
-                        Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
-                    };
-                    stop |= result.is_err();
-                }
-                if stop {
+                // Boxed, like the handlers (see `on_inbound`): an idle socket's task keeps only the select's size.
+                if Box::pin(on_read(conn, sink, stream, inbound, &mut unanswered)).await {
                     break;
                 }
             },
@@ -448,10 +422,51 @@ async fn serve<C: Connection>(
                 break;
             }
         }
-        if batch_ready(conn, sink, hub_rx).await.is_err() || sink.flush().await.is_err() {
+        if Box::pin(end_wake_up(conn, sink, hub_rx)).await.is_err() {
             break;
         }
     }
+}
+
+/// Handles what the client sent: a client frame takes the frames already read behind it along (`on_frames`), and
+/// what ended that batch (a pong, an unreadable frame, the end) is handled next. `true` when the socket must end.
+async fn on_read<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    inbound: Inbound<C::Client>,
+    unanswered: &mut Option<Instant>,
+) -> bool {
+    let mut next = Some(inbound);
+    while let Some(inbound) = next.take() {
+        let result = match inbound {
+            Inbound::End => return true,
+            Inbound::Pong => {
+                *unanswered = None;
+                Ok(())
+            }
+            Inbound::Fatal(code, why) => {
+                send_close(sink, code, why).await;
+                return true;
+            }
+            Inbound::Frame(msg) => on_frames(conn, sink, stream, msg).await.map(|after| next = after),
+            Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
+        };
+        if result.is_err() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Ends a wake-up: the hub messages already waiting, then one flush of everything it queued.
+async fn end_wake_up<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    hub_rx: &mut HubReceiver,
+) -> Result<(), axum::Error> {
+    batch_ready(conn, sink, hub_rx).await?;
+    sink.flush().await
 }
 
 /// Hub messages already waiting that one wake-up handles before its frames are written (bounds the batch).
