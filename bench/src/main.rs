@@ -50,8 +50,8 @@ enum Cmd {
         /// Smaller loads and shorter runs (a smoke test of the harness; figures not comparable).
         #[arg(long)]
         quick: bool,
-        /// Run Parley alone in scenarios a, c and d (no relay or Socket.IO beside it): for before/after comparisons
-        /// of two Parley binaries.
+        /// Run Parley alone in scenarios a, b, c and d (no relay, Socket.IO or raw SQLite beside it): for
+        /// before/after comparisons of two Parley binaries.
         #[arg(long)]
         no_baselines: bool,
         /// The release `parley` binary.
@@ -182,7 +182,7 @@ struct Plan {
     webhook_clients: usize,
     outbox: OutboxPlan,
     widget_runs: usize,
-    /// Whether scenarios a, c and d run the baselines beside Parley.
+    /// Whether scenarios a, b, c and d run the baselines beside Parley.
     baselines: bool,
 }
 
@@ -384,15 +384,21 @@ const CHAT_TARGETS: [Kind; 4] =
     [Kind::Parley, Kind::Relay, Kind::Node { persist: false }, Kind::Node { persist: true }];
 
 async fn chat(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Result<()> {
-    let raw1 = raw_sqlite(bins, 1, plan.sqlite_seconds)?;
-    let raw100 = raw_sqlite(bins, 100, plan.sqlite_seconds)?;
-    let mut rows = vec![
-        row("raw SQLite, Parley's transaction, 1 msg/commit", "msg/s", raw1, "msg/s"),
-        row("raw SQLite, Parley's transaction, 100 msg/commit", "msg/s", raw100, "msg/s"),
-    ];
+    // Without baselines (a before/after pair of Parley binaries): Parley alone, no raw SQLite runs.
+    let (raw1, mut rows) = if plan.baselines {
+        let raw1 = raw_sqlite(bins, 1, plan.sqlite_seconds)?;
+        let raw100 = raw_sqlite(bins, 100, plan.sqlite_seconds)?;
+        let rows = vec![
+            row("raw SQLite, Parley's transaction, 1 msg/commit", "msg/s", raw1, "msg/s"),
+            row("raw SQLite, Parley's transaction, 100 msg/commit", "msg/s", raw100, "msg/s"),
+        ];
+        (Some(raw1), rows)
+    } else {
+        (None, Vec::new())
+    };
     let label = format!("saturation ({} visitors × {} in flight)", plan.chat_visitors, plan.in_flight);
     let mut saturation = Vec::new();
-    for kind in CHAT_TARGETS {
+    for kind in plan.targets(&CHAT_TARGETS) {
         saturation.push((kind, chat_once(kind, bins, plan, None).await?));
     }
     let find = |k: Kind| saturation.iter().find(|(kind, _)| *kind == k).map(|(_, o)| o);
@@ -408,8 +414,8 @@ async fn chat(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Resu
         let name = kind.label();
         let tput = row(name, &format!("acked msg/s, {label}"), o.throughput(), "msg/s").with(o.measured).note(note);
         let tput = match kind {
-            Kind::Parley => tput.vs(Some(raw1), "raw SQLite 1/commit"),
-            Kind::Node { persist: true } => tput.vs(Some(raw1), "raw SQLite 1/commit"),
+            Kind::Parley => tput.vs(raw1, "raw SQLite 1/commit"),
+            Kind::Node { persist: true } => tput.vs(raw1, "raw SQLite 1/commit"),
             _ => tput,
         };
         rows.push(tput);
@@ -423,7 +429,7 @@ async fn chat(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Resu
         latency_rows(&mut rows, name, "ack", percentiles(&o.latency), rp, "relay");
     }
     for rate in &plan.rates {
-        for kind in [Kind::Parley, Kind::Node { persist: true }] {
+        for kind in plan.targets(&[Kind::Parley, Kind::Node { persist: true }]) {
             let o = chat_once(kind, bins, plan, Some(*rate)).await?;
             let note = format!("unacked {}, errors {}, dropped {}", o.unacked, o.errors, o.dropped);
             let name = kind.label();

@@ -41,6 +41,9 @@ pub struct Posted {
     pub conversation_id: String,
     pub message: ChatMessage,
     pub seq: u64,
+    /// The events the post committed, in order (none for a repeat): a socket that posts several messages at once
+    /// sends them itself, in order, instead of reading them back (the hub keeps only a conversation's latest).
+    pub events: Vec<Event>,
 }
 
 /// Who is posting.
@@ -223,11 +226,11 @@ impl Conversations {
                 // again because it never got the ack): announce it again, here and to the other nodes. Sockets
                 // that have it already lose nothing (a nudge at or below their last seq reads nothing).
                 self.announce_again(&conversation_id, input.contact_id, seq).await;
-                Ok(Posted { conversation_id, message, seq })
+                Ok(Posted { conversation_id, message, seq, events: Vec::new() })
             }
             AppendOutcome::Created { conversation_id, message, seq, events } => {
                 self.meters.message_posted(channel, author_kind, received.elapsed());
-                self.publish_committed(&conversation_id, input.contact_id, events);
+                self.publish_committed(&conversation_id, input.contact_id, events.clone());
                 match row {
                     Some(row) => self.publish_row(row).await,
                     None => self.publish_summary(&conversation_id).await?,
@@ -235,7 +238,7 @@ impl Conversations {
                 if mirror.is_some() {
                     self.outbox_wake.notify_one();
                 }
-                Ok(Posted { conversation_id, message, seq })
+                Ok(Posted { conversation_id, message, seq, events })
             }
         }
     }

@@ -77,6 +77,12 @@ pub trait Backend:
     fn bus(&self) -> Option<Arc<dyn bus::Bus>> {
         None
     }
+
+    /// Whether writes commit in the order they were started (the first poll of their futures): then a caller may
+    /// start several writes at once and still have them land in that order. `false` unless the engine says so.
+    fn writes_in_order(&self) -> bool {
+        false
+    }
 }
 
 /// Handle to the database; cheap to clone. Derefs to the [`Backend`], so `store.append_message(…)` calls the

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use protocol::Event;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -153,9 +153,18 @@ impl Relay {
 
 /// The writing half of a socket. Every write has a deadline: a peer that stops reading fills its TCP window, the
 /// write stalls, and the socket is given up instead of holding its queue for minutes.
+///
+/// Inside [`serve`] frames are batched: what one wake-up of the socket's task produces (a message's ack and the
+/// message's own event, which its post put in this socket's mailbox; several hub messages ready at once) is
+/// queued and written with one flush, one `write` and one TCP segment instead of one per frame. Outside it (the
+/// hello, the welcome) every frame is flushed at once.
 pub struct Sink {
     inner: SplitSink<WebSocket, Message>,
     write_timeout: Duration,
+    /// Frames are queued until [`Sink::flush`] (set by [`serve`] while it handles a wake-up).
+    batching: bool,
+    /// Frames were queued since the last flush.
+    queued: bool,
 }
 
 type Stream = SplitStream<WebSocket>;
@@ -166,18 +175,37 @@ type Stream = SplitStream<WebSocket>;
 struct WriteTimedOut;
 
 impl Sink {
+    /// Sends a frame: queued while batching (written by the next [`Sink::flush`]), else written at once.
     async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
-        match tokio::time::timeout(self.write_timeout, self.inner.send(msg)).await {
-            Ok(result) => result,
-            Err(_) => Err(axum::Error::new(WriteTimedOut)),
+        if self.batching {
+            self.queued = true;
+            return deadline(self.write_timeout, self.inner.feed(msg)).await;
         }
+        deadline(self.write_timeout, self.inner.send(msg)).await
+    }
+
+    /// Ends batching and writes what was queued.
+    async fn flush(&mut self) -> Result<(), axum::Error> {
+        self.batching = false;
+        if !std::mem::take(&mut self.queued) {
+            return Ok(());
+        }
+        deadline(self.write_timeout, self.inner.flush()).await
+    }
+}
+
+/// A write that must finish within `limit`.
+async fn deadline(limit: Duration, write: impl Future<Output = Result<(), axum::Error>>) -> Result<(), axum::Error> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(result) => result,
+        Err(_) => Err(axum::Error::new(WriteTimedOut)),
     }
 }
 
 /// Splits an upgraded socket; writes get `limits.write_timeout_secs`.
 pub fn split(socket: WebSocket, limits: &LimitSettings) -> (Sink, Stream) {
     let (inner, stream) = socket.split();
-    (Sink { inner, write_timeout: Liveness::new(limits).write_timeout }, stream)
+    (Sink { inner, write_timeout: Liveness::new(limits).write_timeout, batching: false, queued: false }, stream)
 }
 
 /// What the client sent, as far as the session is concerned.
@@ -244,6 +272,14 @@ trait Connection {
     fn admit(&mut self, msg: Option<&Self::Client>) -> Result<(), Self::Server>;
     /// Answers a client frame; an error ends the connection.
     async fn on_client(&mut self, sink: &mut Sink, msg: Self::Client) -> Result<(), axum::Error>;
+    /// Answers client frames that arrived together (all admitted), in order; one by one unless the connection
+    /// does better (a visitor's pipelined sends are posted together).
+    async fn on_clients(&mut self, sink: &mut Sink, msgs: Vec<Self::Client>) -> Result<(), axum::Error> {
+        for msg in msgs {
+            Box::pin(self.on_client(sink, msg)).await?;
+        }
+        Ok(())
+    }
     /// Forwards a hub message; an error ends the connection.
     async fn on_hub(&mut self, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error>;
     /// The frame telling the client its frame could not be read.
@@ -275,6 +311,49 @@ async fn on_inbound<C: Connection>(
     }
 }
 
+/// Client frames one wake-up reads and handles together at most (a client pipelining its sends).
+const BATCH_FRAMES: usize = 16;
+
+/// Handles the client frame `first` together with the client frames already read behind it (up to
+/// [`BATCH_FRAMES`], without waiting for more): each passes flood control in order, and the admitted ones go to the
+/// connection together ([`Connection::on_clients`]; a refusal is answered in its place). Returns what ended the
+/// batch when it was not a client frame (a pong, an unreadable frame, the end), for the caller to handle.
+async fn on_frames<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    first: C::Client,
+) -> Result<Option<Inbound<C::Client>>, axum::Error> {
+    let mut frames = vec![first];
+    let mut after = None;
+    while frames.len() < BATCH_FRAMES {
+        match read_inbound::<C::Client>(stream).now_or_never() {
+            Some(Inbound::Frame(msg)) => frames.push(msg),
+            Some(other) => {
+                after = Some(other);
+                break;
+            }
+            None => break,
+        }
+    }
+    let mut admitted = Vec::with_capacity(frames.len());
+    for msg in frames {
+        match conn.admit(Some(&msg)) {
+            Ok(()) => admitted.push(msg),
+            Err(refusal) => {
+                if !admitted.is_empty() {
+                    conn.on_clients(sink, std::mem::take(&mut admitted)).await?;
+                }
+                send_json(sink, &refusal).await?;
+            }
+        }
+    }
+    if !admitted.is_empty() {
+        conn.on_clients(sink, admitted).await?;
+    }
+    Ok(after)
+}
+
 /// Runs a socket until it ends: client frames, hub messages, pings every `limits.ping_secs`, and shutdown (1001).
 ///
 /// Liveness: a ping unanswered for `limits.pong_timeout_secs` closes the socket (1013), and so does a write that
@@ -296,6 +375,8 @@ async fn serve<C: Connection>(
     let ended = conn.ended();
     tokio::pin!(ended);
     loop {
+        // What this wake-up sends is written by one flush below (see `Sink`).
+        sink.batching = true;
         let pong_due = async {
             match unanswered {
                 Some(sent) => tokio::time::sleep_until(sent + liveness.pong_timeout).await,
@@ -304,20 +385,8 @@ async fn serve<C: Connection>(
         };
         tokio::select! {
             inbound = read_inbound::<C::Client>(stream) => {
-                let result = match inbound {
-                    Inbound::End => break,
-                    Inbound::Pong => {
-                        unanswered = None;
-                        Ok(())
-                    }
-                    Inbound::Fatal(code, why) => {
-                        send_close(sink, code, why).await;
-                        break;
-                    }
-                    Inbound::Frame(msg) => on_inbound(conn, sink, Ok(msg)).await,
-                    Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
-                };
-                if result.is_err() {
+                // Boxed, like the handlers (see `on_inbound`): an idle socket's task keeps only the select's size.
+                if Box::pin(on_read(conn, sink, stream, inbound, &mut unanswered)).await {
                     break;
                 }
             },
@@ -353,7 +422,69 @@ async fn serve<C: Connection>(
                 break;
             }
         }
+        if Box::pin(end_wake_up(conn, sink, hub_rx)).await.is_err() {
+            break;
+        }
     }
+}
+
+/// Handles what the client sent: a client frame takes the frames already read behind it along (`on_frames`), and
+/// what ended that batch (a pong, an unreadable frame, the end) is handled next. `true` when the socket must end.
+async fn on_read<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    inbound: Inbound<C::Client>,
+    unanswered: &mut Option<Instant>,
+) -> bool {
+    let mut next = Some(inbound);
+    while let Some(inbound) = next.take() {
+        let result = match inbound {
+            Inbound::End => return true,
+            Inbound::Pong => {
+                *unanswered = None;
+                Ok(())
+            }
+            Inbound::Fatal(code, why) => {
+                send_close(sink, code, why).await;
+                return true;
+            }
+            Inbound::Frame(msg) => on_frames(conn, sink, stream, msg).await.map(|after| next = after),
+            Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
+        };
+        if result.is_err() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Ends a wake-up: the hub messages already waiting, then one flush of everything it queued.
+async fn end_wake_up<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    hub_rx: &mut HubReceiver,
+) -> Result<(), axum::Error> {
+    batch_ready(conn, sink, hub_rx).await?;
+    sink.flush().await
+}
+
+/// Hub messages already waiting that one wake-up handles before its frames are written (bounds the batch).
+const BATCH_HUB_MESSAGES: usize = 32;
+
+/// Handles the hub messages that are already waiting (up to [`BATCH_HUB_MESSAGES`]), so their frames go out with
+/// the wake-up's own: after a post, the message's event is in the poster's mailbox before its ack is sent.
+async fn batch_ready<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    hub_rx: &mut HubReceiver,
+) -> Result<(), axum::Error> {
+    for _ in 0..BATCH_HUB_MESSAGES {
+        // A closed mailbox is left to the next `recv` (which closes the socket).
+        let Ok(Some(msg)) = hub_rx.try_recv() else { break };
+        Box::pin(conn.on_hub(sink, &msg)).await?;
+    }
+    Ok(())
 }
 
 /// Sends one JSON frame.
@@ -362,8 +493,9 @@ async fn send_json<T: Serialize>(sink: &mut Sink, msg: &T) -> Result<(), axum::E
     sink.send(Message::Text(text.into())).await
 }
 
-/// Sends a close frame (errors ignored: the peer may already be gone).
+/// Sends a close frame, after anything queued (errors ignored: the peer may already be gone).
 async fn send_close(sink: &mut Sink, code: u16, reason: &str) {
+    sink.batching = false;
     let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
 }
 

@@ -148,4 +148,9 @@ impl Backend for SqliteStore {
         self.writer.close().await;
         self.pool.close().await;
     }
+
+    /// Every write is a job the one writer runs in the order it was queued, on the write's first poll.
+    fn writes_in_order(&self) -> bool {
+        true
+    }
 }

@@ -34,7 +34,7 @@ use crate::error::ApiError;
 use crate::http::visitor_session;
 use crate::hub::HubMsg;
 use crate::identity::{self, Verified};
-use crate::services::{PostInput, Poster, ServiceError};
+use crate::services::{PostInput, Posted, Poster, ServiceError};
 use crate::state::AppState;
 use crate::store;
 use crate::store::models::{Contact, ContactContext, Conversation, Site};
@@ -452,6 +452,28 @@ impl Connection for Session {
         handle_client(self, sink, msg).await
     }
 
+    async fn on_clients(&mut self, sink: &mut Sink, msgs: Vec<ClientMsg>) -> Result<(), axum::Error> {
+        // Several sends at once are posted together where the store commits writes in the order they start.
+        let together = msgs.len() > 1
+            && !self.refused
+            && self.state.store.writes_in_order()
+            && msgs.iter().all(|m| matches!(m, ClientMsg::Send { .. }));
+        if !together {
+            for msg in msgs {
+                Box::pin(self.on_client(sink, msg)).await?;
+            }
+            return Ok(());
+        }
+        let sends = msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                ClientMsg::Send { client_id, body } => Some((client_id, body)),
+                _ => None,
+            })
+            .collect();
+        post_all(self, sink, sends).await
+    }
+
     async fn on_hub(&mut self, sink: &mut Sink, msg: &HubMsg) -> Result<(), axum::Error> {
         handle_hub(self, sink, msg).await
     }
@@ -459,6 +481,70 @@ impl Connection for Session {
     fn bad_frame(&self, why: &str) -> ServerMsg {
         error_frame(ErrorCode::BadFrame, why, None)
     }
+}
+
+/// The answer to a send: its ack, or why it was not stored.
+fn post_reply(client_id: String, result: Result<Posted, ServiceError>) -> ServerMsg {
+    match result {
+        Ok(posted) => ServerMsg::Ack { client_id, message_id: posted.message.id, seq: posted.seq },
+        Err(ServiceError::Invalid(why)) => error_frame(ErrorCode::InvalidInput, why, Some(client_id)),
+        Err(e) => {
+            tracing::error!(error = ?e, "visitor message not stored");
+            error_frame(ErrorCode::Internal, "message not stored; it will be re-sent", Some(client_id))
+        }
+    }
+}
+
+/// Sends that arrived together (a client pipelining them), posted together: their writes are queued back to back
+/// (`join_all` first polls them in order, and the writer commits in queue order), so they usually share one
+/// commit and the pages of this conversation it writes, where one by one each waited for the commit of the one
+/// before. Acks go out in order, then the posts' own events (which the hub coalesced into the last one).
+async fn post_all(session: &mut Session, sink: &mut Sink, sends: Vec<(String, String)>) -> Result<(), axum::Error> {
+    // Input that will be refused creates nothing.
+    let valid = sends.iter().any(|(client_id, body)| {
+        protocol::validate_client_id(client_id).is_ok() && protocol::validate_body(body).is_ok()
+    });
+    if valid && let Err(e) = session.ensure_contact().await {
+        tracing::error!(error = ?e, "visitor contact not stored");
+        for (client_id, _) in sends {
+            let why = "message not stored; it will be re-sent";
+            send_json(sink, &error_frame(ErrorCode::Internal, why, Some(client_id))).await?;
+        }
+        return Ok(());
+    }
+    let (conversations, contact_id, site_id) = (&session.state.conversations, &session.contact_id, &session.site_id);
+    let results = futures_util::future::join_all(sends.iter().map(|(client_id, body)| {
+        conversations.post(PostInput::new(contact_id, site_id, Poster::Visitor, client_id, body))
+    }))
+    .await;
+    let mut events = Vec::new();
+    let mut replies = Vec::with_capacity(sends.len());
+    for ((client_id, _), mut result) in sends.into_iter().zip(results) {
+        if let Ok(posted) = &mut result {
+            events.append(&mut posted.events);
+        }
+        replies.push(post_reply(client_id, result));
+    }
+    if !events.is_empty() {
+        let _ = session.conversation().await;
+    }
+    for reply in &replies {
+        send_json(sink, reply).await?;
+    }
+    let Some(conversation_id) = session.conversation.as_ref().map(|c| c.id.clone()) else { return Ok(()) };
+    events.sort_by_key(|e| e.seq);
+    for event in events {
+        // Only the next one in the log: past a gap (another tab's or an agent's event between them), the hub's
+        // message brings the rest.
+        if event.seq != session.relay.last_sent() + 1 {
+            break;
+        }
+        let next = session.relay.next(&session.state.store, &conversation_id, &event).await.unwrap_or_default();
+        for event in next {
+            send_json(sink, &ServerMsg::Event { event }).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -> Result<(), axum::Error> {
@@ -480,18 +566,10 @@ async fn handle_client(session: &mut Session, sink: &mut Sink, msg: ClientMsg) -
                 .conversations
                 .post(PostInput::new(&session.contact_id, &session.site_id, Poster::Visitor, &client_id, &body))
                 .await;
-            let reply = match result {
-                Ok(posted) => {
-                    let _ = session.conversation().await;
-                    ServerMsg::Ack { client_id, message_id: posted.message.id, seq: posted.seq }
-                }
-                Err(ServiceError::Invalid(why)) => error_frame(ErrorCode::InvalidInput, why, Some(client_id)),
-                Err(e) => {
-                    tracing::error!(error = ?e, "visitor message not stored");
-                    error_frame(ErrorCode::Internal, "message not stored; it will be re-sent", Some(client_id))
-                }
-            };
-            send_json(sink, &reply).await
+            if result.is_ok() {
+                let _ = session.conversation().await;
+            }
+            send_json(sink, &post_reply(client_id, result)).await
         }
         ClientMsg::Typing { typing } => {
             // Agents hear about changes (and a periodic refresh), not about every frame.

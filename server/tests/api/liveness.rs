@@ -339,3 +339,51 @@ async fn an_agent_stays_connected_when_more_conversations_change_at_once_than_th
     agent.send(&console::ClientMsg::Ping).await;
     agent.recv_until(|m: console::ServerMsg| matches!(m, console::ServerMsg::Pong).then_some(())).await;
 }
+
+/// Sends a visitor writes back to back, read by the server together, are posted together (batches of the socket,
+/// their writes queued back to back): every one is acked once, in order, with consecutive seqs; the socket gets
+/// every message's event once, in seq order (the batch's own events, which the hub coalesced into the last one,
+/// with no gap and no repeat); each is stored once.
+#[tokio::test]
+async fn sends_pipelined_in_one_write_are_acked_in_order_and_each_event_arrives_once_in_order() {
+    const SENDS: usize = 40;
+    let app = spawn_app_with(unthrottled).await;
+    let (mut raw, _) = raw_visitor(&app).await;
+    // Every send fed before one flush: one TCP write, so the server reads them together.
+    for i in 0..SENDS {
+        raw.feed(text(&ClientMsg::Send { client_id: format!("p-{i}"), body: format!("pipelined {i}") }))
+            .await
+            .expect("fed");
+    }
+    raw.flush().await.expect("written");
+    let (mut acks, mut events) = (Vec::new(), Vec::new());
+    let read_all = async {
+        while acks.len() < SENDS || events.len() < SENDS {
+            match raw.next().await {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str(t.as_str()).expect("a server frame") {
+                    ServerMsg::Ack { client_id, seq, .. } => acks.push((client_id, seq)),
+                    ServerMsg::Event { event } => events.push(event),
+                    ServerMsg::Error { message, .. } => panic!("refused: {message}"),
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+                other => panic!("ended after {} acks: {other:?}", acks.len()),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_all).await.expect("every ack and event within 30 s");
+    let expected: Vec<(String, u64)> = (0..SENDS).map(|i| (format!("p-{i}"), 1 + i as u64)).collect();
+    assert_eq!(acks, expected, "acks once each, in order, consecutive seqs");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=SENDS as u64).collect::<Vec<_>>(), "every event once, in seq order");
+    for (i, event) in events.iter().enumerate() {
+        assert!(
+            matches!(&event.kind, protocol::EventKind::Message { message } if message.client_id == format!("p-{i}")),
+            "event {i} is message p-{i}: {event:?}"
+        );
+    }
+    let summaries = app.store.summaries().await.expect("summaries");
+    assert_eq!(summaries.len(), 1);
+    let stored = app.store.events_after(&summaries[0].id, 0).await.expect("events");
+    assert_eq!(stored.len(), SENDS, "each send stored once");
+}

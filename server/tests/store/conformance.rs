@@ -75,6 +75,7 @@ conformance!(
     agents_and_sessions,
     contacts_are_inserted_or_got,
     appends_dedupe_by_client_id_and_read_back,
+    appends_started_together_commit_in_the_order_they_started_where_the_engine_says_so,
     an_append_returns_the_inbox_row_its_commit_left,
     read_cursors_and_status,
     seq_is_gap_free_under_concurrent_appends_from_two_pools,
@@ -251,6 +252,28 @@ async fn contacts_are_inserted_or_got(engine: Engine) {
     let who = Verified { id: "cust-7".into(), name: Some("Grace".into()), email: Some("g@example.com".into()) };
     store.record_identity(&id, &who).await.expect("identity");
     assert_eq!(store.contact(&id).await.expect("contact").expect("exists").label, "Grace");
+}
+
+/// Several appends started at once (a visitor's pipelined sends, `join_all`) each land once, gap-free; where the
+/// engine promises `writes_in_order` (SQLite's one writer), in the order they started, which the visitor socket
+/// relies on to post a client's pipelined sends together.
+async fn appends_started_together_commit_in_the_order_they_started_where_the_engine_says_so(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    let (site_id, contact_id) = site_and_contact(&store, b"t").await;
+    created(store.append_message(&contact_id, &site_id, visitor("c0", "first")).await.expect("append"));
+    let client_ids: Vec<String> = (1..=20).map(|i| format!("c{i}")).collect();
+    let outcomes = futures_util::future::join_all(
+        client_ids.iter().map(|c| store.append_message(&contact_id, &site_id, visitor(c, "together"))),
+    )
+    .await;
+    let seqs: Vec<u64> = outcomes.into_iter().map(|o| created(o.expect("append")).1).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (2..=21).collect::<Vec<u64>>(), "each once, gap-free");
+    assert_eq!(store.writes_in_order(), matches!(engine, Engine::Sqlite));
+    if store.writes_in_order() {
+        assert_eq!(seqs, sorted, "committed in the order they started");
+    }
 }
 
 async fn appends_dedupe_by_client_id_and_read_back(engine: Engine) {
