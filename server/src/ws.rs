@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod flood;
+pub mod site_cache;
 pub mod visitor;
 
 use std::net::IpAddr;

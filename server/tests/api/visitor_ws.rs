@@ -372,3 +372,28 @@ async fn a_returning_visitor_whose_whereabouts_did_not_change_resumes_without_a_
         (_, other) => panic!("expected a welcome, got {other:?}"),
     }
 }
+
+/// Upgrades reuse a site's row for at most `SITE_TTL` (a storm of one site's visitors reads it once): an origin
+/// removed from the site (here through the store, as the CLI does from another process) is refused within it.
+#[tokio::test]
+async fn an_origin_removed_from_the_site_is_refused_within_the_site_cache_ttl() {
+    use parley::ws::site_cache::SITE_TTL;
+    let app = spawn_app().await;
+    assert!(app.visitor_socket(Some(HOST_ORIGIN)).await.is_ok(), "allowed, and the row is now cached");
+    let site = app.store.site_by_key(crate::helpers::SITE_KEY).await.expect("query").expect("site");
+    app.store.set_allowed_origins(&site.id, &[]).await.expect("origins");
+    let removed_at = std::time::Instant::now();
+    let deadline = removed_at + SITE_TTL + std::time::Duration::from_secs(2);
+    loop {
+        match app.visitor_socket(Some(HOST_ORIGIN)).await {
+            Err(err) => {
+                assert_eq!(refused_status(err), 403);
+                break;
+            }
+            Ok(_) => assert!(std::time::Instant::now() < deadline, "still accepted {:?} after", removed_at.elapsed()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The server's own origin (the chat frame) is still accepted.
+    assert!(app.visitor_socket(Some(&app.origin())).await.is_ok());
+}
