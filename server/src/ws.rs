@@ -11,7 +11,7 @@ pub mod site_cache;
 pub mod visitor;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -155,30 +155,111 @@ impl Relay {
 /// The writing half of a socket. Every write has a deadline: a peer that stops reading fills its TCP window, the
 /// write stalls, and the socket is given up instead of holding its queue for minutes.
 pub struct Sink {
-    inner: SplitSink<WebSocket, Message>,
+    writer: Writer,
     write_timeout: Duration,
 }
 
-type Stream = SplitStream<WebSocket>;
+type SinkHalf = SplitSink<WebSocket, Message>;
+
+/// Where a socket's writing half is.
+enum Writer {
+    /// With the socket's task.
+    Own(SinkHalf),
+    /// Lent while a client frame is handled (see [`handle_watching`]): the reading side empties the slot when the
+    /// peer goes away meanwhile.
+    Lent(Arc<Mutex<Slot>>),
+    /// Let go of: the peer is gone.
+    Gone,
+}
+
+/// A lent writing half.
+#[derive(Default)]
+enum Slot {
+    Here(SinkHalf),
+    /// A write has it.
+    #[default]
+    Writing,
+    /// The peer went away: the half is dropped (after the write that has it, if any).
+    Cut,
+}
+
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The reading half of a socket (`None` once let go of: the peer went away while a frame was handled).
+pub struct Stream(Option<SplitStream<WebSocket>>);
 
 /// The write deadline passed.
 #[derive(Debug, thiserror::Error)]
 #[error("the peer stopped reading (write timed out)")]
 struct WriteTimedOut;
 
+/// The socket was let go of (its peer went away).
+#[derive(Debug, thiserror::Error)]
+#[error("the peer is gone")]
+struct PeerGone;
+
+async fn timed_send(half: &mut SinkHalf, write_timeout: Duration, msg: Message) -> Result<(), axum::Error> {
+    match tokio::time::timeout(write_timeout, half.send(msg)).await {
+        Ok(result) => result,
+        Err(_) => Err(axum::Error::new(WriteTimedOut)),
+    }
+}
+
 impl Sink {
     async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
-        match tokio::time::timeout(self.write_timeout, self.inner.send(msg)).await {
-            Ok(result) => result,
-            Err(_) => Err(axum::Error::new(WriteTimedOut)),
+        let slot = match &mut self.writer {
+            Writer::Own(half) => return timed_send(half, self.write_timeout, msg).await,
+            Writer::Gone => return Err(axum::Error::new(PeerGone)),
+            Writer::Lent(slot) => Arc::clone(slot),
+        };
+        // (Taken in a statement of its own: the guard must be gone before the arm below locks again.)
+        let taken = std::mem::take(&mut *lock(&slot));
+        let mut half = match taken {
+            Slot::Here(half) => half,
+            _ => {
+                *lock(&slot) = Slot::Cut;
+                return Err(axum::Error::new(PeerGone));
+            }
+        };
+        let result = timed_send(&mut half, self.write_timeout, msg).await;
+        let mut guard = lock(&slot);
+        if matches!(*guard, Slot::Writing) {
+            *guard = Slot::Here(half);
+        }
+        result
+    }
+
+    /// Lends the writing half to a slot the reading side can empty; `None` if it is not here.
+    fn lend(&mut self) -> Option<Arc<Mutex<Slot>>> {
+        match std::mem::replace(&mut self.writer, Writer::Gone) {
+            Writer::Own(half) => {
+                let slot = Arc::new(Mutex::new(Slot::Here(half)));
+                self.writer = Writer::Lent(Arc::clone(&slot));
+                Some(slot)
+            }
+            other => {
+                self.writer = other;
+                None
+            }
+        }
+    }
+
+    /// Takes a lent half back (it is gone if the reading side let go of it).
+    fn take_back(&mut self) {
+        let Writer::Lent(slot) = std::mem::replace(&mut self.writer, Writer::Gone) else { return };
+        let taken = std::mem::replace(&mut *lock(&slot), Slot::Cut);
+        if let Slot::Here(half) = taken {
+            self.writer = Writer::Own(half);
         }
     }
 }
 
 /// Splits an upgraded socket; writes get `limits.write_timeout_secs`.
 pub fn split(socket: WebSocket, limits: &LimitSettings) -> (Sink, Stream) {
-    let (inner, stream) = socket.split();
-    (Sink { inner, write_timeout: Liveness::new(limits).write_timeout }, stream)
+    let (half, stream) = socket.split();
+    (Sink { writer: Writer::Own(half), write_timeout: Liveness::new(limits).write_timeout }, Stream(Some(stream)))
 }
 
 /// What the client sent, as far as the session is concerned.
@@ -199,6 +280,8 @@ fn read_error(err: &axum::Error) -> Option<(u16, &'static str)> {
     match std::error::Error::source(err).and_then(|e| e.downcast_ref::<tungstenite::Error>())? {
         tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, FRAME_TOO_BIG)),
         tungstenite::Error::Utf8(_) => Some((close::INVALID_PAYLOAD, "text frames must be UTF-8")),
+        // The peer closed its end without a close frame (a cut, a tab closed): it is gone, not broken.
+        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
         tungstenite::Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "broken WebSocket frame")),
         _ => None,
     }
@@ -206,6 +289,7 @@ fn read_error(err: &axum::Error) -> Option<(u16, &'static str)> {
 
 /// Reads the next client frame (pings skipped: the socket answers them itself).
 async fn read_inbound<T: DeserializeOwned>(stream: &mut Stream) -> Inbound<T> {
+    let Some(stream) = stream.0.as_mut() else { return Inbound::End };
     loop {
         return match stream.next().await {
             None | Some(Ok(Message::Close(_))) => Inbound::End,
@@ -276,6 +360,50 @@ async fn on_inbound<C: Connection>(
     }
 }
 
+/// The frame read ahead while the last one was handled, else the next one from the socket. (Cancel safe: a frame
+/// read ahead is taken only by the poll that returns it.)
+async fn next_inbound<T: DeserializeOwned>(stream: &mut Stream, ahead: &mut Option<Inbound<T>>) -> Inbound<T> {
+    match ahead.take() {
+        Some(inbound) => inbound,
+        None => read_inbound(stream).await,
+    }
+}
+
+/// Handles one client frame while still reading the socket. A frame that arrives meanwhile waits in `ahead` for
+/// the next turn. If the peer goes away meanwhile (cut while its last message commits, as every socket of a
+/// reconnect storm is), both halves of the socket are let go at once, so its descriptor is free for the socket
+/// that reconnects, and the frame's work still finishes (the message is stored; its ack has no one to go to).
+async fn handle_watching<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    ahead: &mut Option<Inbound<C::Client>>,
+    msg: C::Client,
+) -> Result<(), axum::Error> {
+    let slot = sink.lend();
+    let result = {
+        let handling = on_inbound(conn, sink, Ok(msg));
+        tokio::pin!(handling);
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut handling => break result,
+                next = read_inbound::<C::Client>(stream), if ahead.is_none() && stream.0.is_some() => match next {
+                    Inbound::End => {
+                        stream.0 = None;
+                        if let Some(slot) = &slot {
+                            *lock(slot) = Slot::Cut;
+                        }
+                    }
+                    other => *ahead = Some(other),
+                },
+            }
+        }
+    };
+    sink.take_back();
+    result
+}
+
 /// Runs a socket until it ends: client frames, hub messages, pings every `limits.ping_secs`, and shutdown (1001).
 ///
 /// Liveness: a ping unanswered for `limits.pong_timeout_secs` closes the socket (1013), and so does a write that
@@ -296,6 +424,7 @@ async fn serve<C: Connection>(
     let mut unanswered: Option<Instant> = None;
     let ended = conn.ended();
     tokio::pin!(ended);
+    let mut ahead: Option<Inbound<C::Client>> = None;
     loop {
         let pong_due = async {
             match unanswered {
@@ -304,7 +433,7 @@ async fn serve<C: Connection>(
             }
         };
         tokio::select! {
-            inbound = read_inbound::<C::Client>(stream) => {
+            inbound = next_inbound::<C::Client>(stream, &mut ahead) => {
                 let result = match inbound {
                     Inbound::End => break,
                     Inbound::Pong => {
@@ -315,7 +444,7 @@ async fn serve<C: Connection>(
                         send_close(sink, code, why).await;
                         break;
                     }
-                    Inbound::Frame(msg) => on_inbound(conn, sink, Ok(msg)).await,
+                    Inbound::Frame(msg) => handle_watching(conn, sink, stream, &mut ahead, msg).await,
                     Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
                 };
                 if result.is_err() {

@@ -22,10 +22,13 @@ pub const SITE_TTL: Duration = Duration::from_secs(1);
 /// Sites kept at most; past it, expired rows go first, then all of them.
 pub const MAX_SITES: usize = 4096;
 
-/// Site rows by key, each with when it was read (cheap to clone: shared).
+/// A site row and when it was read.
+type Entry = (Instant, Arc<Site>);
+
+/// Site rows by key (cheap to clone: shared).
 #[derive(Clone, Default)]
 pub struct SiteCache {
-    rows: Arc<Mutex<HashMap<String, (Instant, Arc<Site>)>>>,
+    rows: Arc<Mutex<HashMap<String, Entry>>>,
 }
 
 impl SiteCache {
