@@ -362,9 +362,9 @@ async fn on_inbound<C: Connection>(
 
 /// The frame read ahead while the last one was handled, else the next one from the socket. (Cancel safe: a frame
 /// read ahead is taken only by the poll that returns it.)
-async fn next_inbound<T: DeserializeOwned>(stream: &mut Stream, ahead: &mut Option<Inbound<T>>) -> Inbound<T> {
+async fn next_inbound<T: DeserializeOwned>(stream: &mut Stream, ahead: &mut Option<Box<Inbound<T>>>) -> Inbound<T> {
     match ahead.take() {
-        Some(inbound) => inbound,
+        Some(inbound) => *inbound,
         None => read_inbound(stream).await,
     }
 }
@@ -377,7 +377,7 @@ async fn handle_watching<C: Connection>(
     conn: &mut C,
     sink: &mut Sink,
     stream: &mut Stream,
-    ahead: &mut Option<Inbound<C::Client>>,
+    ahead: &mut Option<Box<Inbound<C::Client>>>,
     msg: C::Client,
 ) -> Result<(), axum::Error> {
     let slot = sink.lend();
@@ -395,7 +395,7 @@ async fn handle_watching<C: Connection>(
                             *lock(slot) = Slot::Cut;
                         }
                     }
-                    other => *ahead = Some(other),
+                    other => *ahead = Some(Box::new(other)),
                 },
             }
         }
@@ -424,7 +424,8 @@ async fn serve<C: Connection>(
     let mut unanswered: Option<Instant> = None;
     let ended = conn.ended();
     tokio::pin!(ended);
-    let mut ahead: Option<Inbound<C::Client>> = None;
+    // Boxed: an idle socket's task keeps a pointer, not room for the largest client frame.
+    let mut ahead: Option<Box<Inbound<C::Client>>> = None;
     loop {
         let pong_due = async {
             match unanswered {
@@ -444,7 +445,8 @@ async fn serve<C: Connection>(
                         send_close(sink, code, why).await;
                         break;
                     }
-                    Inbound::Frame(msg) => handle_watching(conn, sink, stream, &mut ahead, msg).await,
+                    // Boxed like `on_client` (see `on_inbound`).
+                    Inbound::Frame(msg) => Box::pin(handle_watching(conn, sink, stream, &mut ahead, msg)).await,
                     Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
                 };
                 if result.is_err() {
