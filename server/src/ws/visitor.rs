@@ -117,8 +117,8 @@ struct Session {
     /// The site requires identity and this socket has none: it may read nothing and write nothing.
     refused: bool,
     /// The conversation and log read with the contact (`hello`'s one trip to the store), until `welcome` uses
-    /// them.
-    prefetched: Option<Prefetched>,
+    /// them (boxed: an idle socket keeps a pointer's worth of room for them, not the whole row).
+    prefetched: Option<Box<Prefetched>>,
 }
 
 /// What [`ConversationStore::visitor_resume`](crate::store::ConversationStore::visitor_resume) read beside the
@@ -246,7 +246,7 @@ async fn run(
         gates: Gates::default(),
         identified: speaker.identified.map(Box::new),
         refused: speaker.refused,
-        prefetched: visitor.prefetched,
+        prefetched: visitor.prefetched.map(Box::new),
     };
     // A token from the cookie stays out of reach of scripts: the frame is told none, only its fingerprint.
     let sid = visitor_session::sid(&visitor.token);
@@ -417,7 +417,7 @@ async fn resolve_identity(
 
 async fn welcome(session: &mut Session, token: String, sid: String, last_seq: u64) -> Result<ServerMsg, ServiceError> {
     // Read with the contact (a resume), else now.
-    let prefetched = session.prefetched.take();
+    let prefetched = session.prefetched.take().map(|read| *read);
     let conversation = match &prefetched {
         Some(read) => {
             session.conversation = read.conversation.clone();
