@@ -38,6 +38,7 @@ use crate::state::AppState;
 use crate::store::Store;
 use crate::supervisor::{Backoff, Workers};
 use crate::ws::flood::FloodControl;
+use crate::ws::site_cache::SiteCache;
 use crate::{console, error, http, messenger, ws};
 
 /// A built, not yet running, server.
@@ -103,6 +104,7 @@ impl Application {
             workers: Workers::new(),
             signin,
             meters,
+            sites: SiteCache::default(),
         };
         let router = build_router(state.clone());
         Ok(Self { listener, router, state, shutdown_tx })

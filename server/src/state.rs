@@ -17,6 +17,7 @@ use crate::signin::SignInGuard;
 use crate::store::Store;
 use crate::supervisor::Workers;
 use crate::ws::flood::FloodControl;
+use crate::ws::site_cache::SiteCache;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -42,6 +43,8 @@ pub struct AppState {
     pub signin: Arc<SignInGuard>,
     /// Prometheus meters behind `/metrics`.
     pub meters: Arc<Meters>,
+    /// Site rows visitor upgrades check, each at most a second old.
+    pub sites: SiteCache,
 }
 
 impl FromRef<AppState> for LeptosOptions {

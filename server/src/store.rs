@@ -301,6 +301,25 @@ pub trait ConversationStore: Send + Sync {
     async fn workspace_summaries(&self, workspace_id: &str) -> StoreResult<Vec<SummaryRow>>;
 
     async fn summary(&self, conversation_id: &str) -> StoreResult<Option<SummaryRow>>;
+
+    /// Everything a visitor socket's `hello` reads to resume, in one trip to the read pool: the site's identity
+    /// settings, the contact holding `token_hash` on the site, its conversation, and the log after `after_seq` (the
+    /// whole log when `after_seq` is ahead of it: see [`VisitorResume::reset`]). One pooled connection, two
+    /// statements (the row, then the log), instead of four reads each taking a connection of its own.
+    async fn visitor_resume(&self, site_id: &str, token_hash: &[u8], after_seq: u64) -> StoreResult<VisitorResume>;
+}
+
+/// What [`ConversationStore::visitor_resume`] read.
+#[derive(Clone, Debug, Default)]
+pub struct VisitorResume {
+    pub identity: SiteIdentity,
+    pub contact: Option<Contact>,
+    pub conversation: Option<Conversation>,
+    /// The log after the resume's `after_seq` (after 0 when `reset`).
+    pub events: Vec<Event>,
+    /// The client claimed a `seq` beyond the conversation's log (it holds someone else's history): `events` is the
+    /// whole log.
+    pub reset: bool,
 }
 
 /// Messenger state: PSID identities, link tokens, raw webhook deliveries, the send outbox and its delivery states.

@@ -7,10 +7,11 @@
 
 pub mod agent;
 pub mod flood;
+pub mod site_cache;
 pub mod visitor;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -159,7 +160,7 @@ impl Relay {
 /// queued and written with one flush, one `write` and one TCP segment instead of one per frame. Outside it (the
 /// hello, the welcome) every frame is flushed at once.
 pub struct Sink {
-    inner: SplitSink<WebSocket, Message>,
+    writer: Writer,
     write_timeout: Duration,
     /// Frames are queued until [`Sink::flush`] (set by [`serve`] while it handles a wake-up).
     batching: bool,
@@ -167,21 +168,75 @@ pub struct Sink {
     queued: bool,
 }
 
-type Stream = SplitStream<WebSocket>;
+type SinkHalf = SplitSink<WebSocket, Message>;
+
+/// Where a socket's writing half is.
+enum Writer {
+    /// With the socket's task.
+    Own(SinkHalf),
+    /// Lent while a client frame is handled (see [`handle_watching`]): the reading side empties the slot when the
+    /// peer goes away meanwhile.
+    Lent(Arc<Mutex<Slot>>),
+    /// Let go of: the peer is gone.
+    Gone,
+}
+
+/// A lent writing half.
+#[derive(Default)]
+enum Slot {
+    Here(SinkHalf),
+    /// A write has it.
+    #[default]
+    Writing,
+    /// The peer went away: the half is dropped (after the write that has it, if any).
+    Cut,
+}
+
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The reading half of a socket (`None` once let go of: the peer went away while a frame was handled).
+pub struct Stream(Option<SplitStream<WebSocket>>);
 
 /// The write deadline passed.
 #[derive(Debug, thiserror::Error)]
 #[error("the peer stopped reading (write timed out)")]
 struct WriteTimedOut;
 
+/// The socket was let go of (its peer went away).
+#[derive(Debug, thiserror::Error)]
+#[error("the peer is gone")]
+struct PeerGone;
+
+/// One write to a socket's writing half.
+enum Write {
+    /// Written and flushed at once.
+    Send(Message),
+    /// Queued for the next flush.
+    Feed(Message),
+    /// What was queued.
+    Flush,
+}
+
+/// Does `write` on `half` within `limit`.
+async fn timed(half: &mut SinkHalf, limit: Duration, write: Write) -> Result<(), axum::Error> {
+    let done = match write {
+        Write::Send(msg) => tokio::time::timeout(limit, half.send(msg)).await,
+        Write::Feed(msg) => tokio::time::timeout(limit, half.feed(msg)).await,
+        Write::Flush => tokio::time::timeout(limit, half.flush()).await,
+    };
+    done.unwrap_or_else(|_| Err(axum::Error::new(WriteTimedOut)))
+}
+
 impl Sink {
     /// Sends a frame: queued while batching (written by the next [`Sink::flush`]), else written at once.
     async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
         if self.batching {
             self.queued = true;
-            return deadline(self.write_timeout, self.inner.feed(msg)).await;
+            return self.write(Write::Feed(msg)).await;
         }
-        deadline(self.write_timeout, self.inner.send(msg)).await
+        self.write(Write::Send(msg)).await
     }
 
     /// Ends batching and writes what was queued.
@@ -190,22 +245,63 @@ impl Sink {
         if !std::mem::take(&mut self.queued) {
             return Ok(());
         }
-        deadline(self.write_timeout, self.inner.flush()).await
+        self.write(Write::Flush).await
     }
-}
 
-/// A write that must finish within `limit`.
-async fn deadline(limit: Duration, write: impl Future<Output = Result<(), axum::Error>>) -> Result<(), axum::Error> {
-    match tokio::time::timeout(limit, write).await {
-        Ok(result) => result,
-        Err(_) => Err(axum::Error::new(WriteTimedOut)),
+    /// Does `write` on the writing half, wherever it is (with the task, or lent while a frame is handled).
+    async fn write(&mut self, write: Write) -> Result<(), axum::Error> {
+        let slot = match &mut self.writer {
+            Writer::Own(half) => return timed(half, self.write_timeout, write).await,
+            Writer::Gone => return Err(axum::Error::new(PeerGone)),
+            Writer::Lent(slot) => Arc::clone(slot),
+        };
+        // (Taken in a statement of its own: the guard must be gone before the arm below locks again.)
+        let taken = std::mem::take(&mut *lock(&slot));
+        let mut half = match taken {
+            Slot::Here(half) => half,
+            _ => {
+                *lock(&slot) = Slot::Cut;
+                return Err(axum::Error::new(PeerGone));
+            }
+        };
+        let result = timed(&mut half, self.write_timeout, write).await;
+        let mut guard = lock(&slot);
+        if matches!(*guard, Slot::Writing) {
+            *guard = Slot::Here(half);
+        }
+        result
+    }
+
+    /// Lends the writing half to a slot the reading side can empty; `None` if it is not here.
+    fn lend(&mut self) -> Option<Arc<Mutex<Slot>>> {
+        match std::mem::replace(&mut self.writer, Writer::Gone) {
+            Writer::Own(half) => {
+                let slot = Arc::new(Mutex::new(Slot::Here(half)));
+                self.writer = Writer::Lent(Arc::clone(&slot));
+                Some(slot)
+            }
+            other => {
+                self.writer = other;
+                None
+            }
+        }
+    }
+
+    /// Takes a lent half back (it is gone if the reading side let go of it).
+    fn take_back(&mut self) {
+        let Writer::Lent(slot) = std::mem::replace(&mut self.writer, Writer::Gone) else { return };
+        let taken = std::mem::replace(&mut *lock(&slot), Slot::Cut);
+        if let Slot::Here(half) = taken {
+            self.writer = Writer::Own(half);
+        }
     }
 }
 
 /// Splits an upgraded socket; writes get `limits.write_timeout_secs`.
 pub fn split(socket: WebSocket, limits: &LimitSettings) -> (Sink, Stream) {
-    let (inner, stream) = socket.split();
-    (Sink { inner, write_timeout: Liveness::new(limits).write_timeout, batching: false, queued: false }, stream)
+    let (half, stream) = socket.split();
+    let write_timeout = Liveness::new(limits).write_timeout;
+    (Sink { writer: Writer::Own(half), write_timeout, batching: false, queued: false }, Stream(Some(stream)))
 }
 
 /// What the client sent, as far as the session is concerned.
@@ -226,6 +322,8 @@ fn read_error(err: &axum::Error) -> Option<(u16, &'static str)> {
     match std::error::Error::source(err).and_then(|e| e.downcast_ref::<tungstenite::Error>())? {
         tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, FRAME_TOO_BIG)),
         tungstenite::Error::Utf8(_) => Some((close::INVALID_PAYLOAD, "text frames must be UTF-8")),
+        // The peer closed its end without a close frame (a cut, a tab closed): it is gone, not broken.
+        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
         tungstenite::Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "broken WebSocket frame")),
         _ => None,
     }
@@ -233,6 +331,7 @@ fn read_error(err: &axum::Error) -> Option<(u16, &'static str)> {
 
 /// Reads the next client frame (pings skipped: the socket answers them itself).
 async fn read_inbound<T: DeserializeOwned>(stream: &mut Stream) -> Inbound<T> {
+    let Some(stream) = stream.0.as_mut() else { return Inbound::End };
     loop {
         return match stream.next().await {
             None | Some(Ok(Message::Close(_))) => Inbound::End,
@@ -314,20 +413,31 @@ async fn on_inbound<C: Connection>(
 /// Client frames one wake-up reads and handles together at most (a client pipelining its sends).
 const BATCH_FRAMES: usize = 16;
 
+/// The frame read ahead while the last ones were handled, else the next one from the socket. (Cancel safe: a frame
+/// read ahead is taken only by the poll that returns it.)
+async fn next_inbound<T: DeserializeOwned>(stream: &mut Stream, ahead: &mut Option<Box<Inbound<T>>>) -> Inbound<T> {
+    match ahead.take() {
+        Some(inbound) => *inbound,
+        None => read_inbound(stream).await,
+    }
+}
+
 /// Handles the client frame `first` together with the client frames already read behind it (up to
 /// [`BATCH_FRAMES`], without waiting for more): each passes flood control in order, and the admitted ones go to the
-/// connection together ([`Connection::on_clients`]; a refusal is answered in its place). Returns what ended the
-/// batch when it was not a client frame (a pong, an unreadable frame, the end), for the caller to handle.
+/// connection together ([`Connection::on_clients`], watched: see [`handle_watching`]; a refusal is answered in its
+/// place). Returns what ended the batch when it was not a client frame (a pong, an unreadable frame, the end), for
+/// the caller to handle.
 async fn on_frames<C: Connection>(
     conn: &mut C,
     sink: &mut Sink,
     stream: &mut Stream,
+    ahead: &mut Option<Box<Inbound<C::Client>>>,
     first: C::Client,
 ) -> Result<Option<Inbound<C::Client>>, axum::Error> {
     let mut frames = vec![first];
     let mut after = None;
     while frames.len() < BATCH_FRAMES {
-        match read_inbound::<C::Client>(stream).now_or_never() {
+        match next_inbound::<C::Client>(stream, ahead).now_or_never() {
             Some(Inbound::Frame(msg)) => frames.push(msg),
             Some(other) => {
                 after = Some(other);
@@ -342,16 +452,51 @@ async fn on_frames<C: Connection>(
             Ok(()) => admitted.push(msg),
             Err(refusal) => {
                 if !admitted.is_empty() {
-                    conn.on_clients(sink, std::mem::take(&mut admitted)).await?;
+                    handle_watching(conn, sink, stream, ahead, std::mem::take(&mut admitted)).await?;
                 }
                 send_json(sink, &refusal).await?;
             }
         }
     }
     if !admitted.is_empty() {
-        conn.on_clients(sink, admitted).await?;
+        handle_watching(conn, sink, stream, ahead, admitted).await?;
     }
     Ok(after)
+}
+
+/// Handles admitted client frames while still reading the socket. A frame that arrives meanwhile waits in `ahead`
+/// for the next turn. If the peer goes away meanwhile (cut while its last message commits, as every socket of a
+/// reconnect storm is), both halves of the socket are let go at once, so its descriptor is free for the socket
+/// that reconnects, and the frames' work still finishes (the message is stored; its ack has no one to go to).
+async fn handle_watching<C: Connection>(
+    conn: &mut C,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    ahead: &mut Option<Box<Inbound<C::Client>>>,
+    msgs: Vec<C::Client>,
+) -> Result<(), axum::Error> {
+    let slot = sink.lend();
+    let result = {
+        let handling = conn.on_clients(sink, msgs);
+        tokio::pin!(handling);
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut handling => break result,
+                next = read_inbound::<C::Client>(stream), if ahead.is_none() && stream.0.is_some() => match next {
+                    Inbound::End => {
+                        stream.0 = None;
+                        if let Some(slot) = &slot {
+                            *lock(slot) = Slot::Cut;
+                        }
+                    }
+                    other => *ahead = Some(Box::new(other)),
+                },
+            }
+        }
+    };
+    sink.take_back();
+    result
 }
 
 /// Runs a socket until it ends: client frames, hub messages, pings every `limits.ping_secs`, and shutdown (1001).
@@ -374,6 +519,8 @@ async fn serve<C: Connection>(
     let mut unanswered: Option<Instant> = None;
     let ended = conn.ended();
     tokio::pin!(ended);
+    // Boxed: an idle socket's task keeps a pointer, not room for the largest client frame.
+    let mut ahead: Option<Box<Inbound<C::Client>>> = None;
     loop {
         // What this wake-up sends is written by one flush below (see `Sink`).
         sink.batching = true;
@@ -384,9 +531,9 @@ async fn serve<C: Connection>(
             }
         };
         tokio::select! {
-            inbound = read_inbound::<C::Client>(stream) => {
+            inbound = next_inbound::<C::Client>(stream, &mut ahead) => {
                 // Boxed, like the handlers (see `on_inbound`): an idle socket's task keeps only the select's size.
-                if Box::pin(on_read(conn, sink, stream, inbound, &mut unanswered)).await {
+                if Box::pin(on_read(conn, sink, stream, &mut ahead, inbound, &mut unanswered)).await {
                     break;
                 }
             },
@@ -434,6 +581,7 @@ async fn on_read<C: Connection>(
     conn: &mut C,
     sink: &mut Sink,
     stream: &mut Stream,
+    ahead: &mut Option<Box<Inbound<C::Client>>>,
     inbound: Inbound<C::Client>,
     unanswered: &mut Option<Instant>,
 ) -> bool {
@@ -449,7 +597,7 @@ async fn on_read<C: Connection>(
                 send_close(sink, code, why).await;
                 return true;
             }
-            Inbound::Frame(msg) => on_frames(conn, sink, stream, msg).await.map(|after| next = after),
+            Inbound::Frame(msg) => on_frames(conn, sink, stream, ahead, msg).await.map(|after| next = after),
             Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
         };
         if result.is_err() {

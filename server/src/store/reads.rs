@@ -61,6 +61,24 @@ fn event_from_payload(payload: &str) -> StoreResult<Event> {
     serde_json::from_str(payload).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// A visitor's resume row ([`crate::store::VisitorResume`]): the site's identity settings, the contact of a token
+/// on it (its columns under their own names, as [`Contact`] reads them) and the contact's conversation.
+const RESUME_SELECT: &str = "select s.identity_secret as site_identity_secret,
+        s.identity_required as site_identity_required,
+        k.id, k.site_id, k.label, k.page_url, k.referrer, k.user_agent, k.timezone, k.utc_offset_minutes,
+        k.language, k.psid, k.display_name, k.avatar_id, k.messenger_last_action_at, k.messenger_last_message_at,
+        c.id as conversation_id, c.site_id as conversation_site_id, c.status as conversation_status, c.last_seq as conversation_last_seq,
+        c.agent_read_seq as conversation_agent_read_seq, c.visitor_read_seq as conversation_visitor_read_seq
+    from sites s left join contacts k on k.web_token_hash = $2 and k.site_id = s.id
+        left join conversations c on c.contact_id = k.id
+    where s.id = $1";
+
+const EVENTS_AFTER: &str = "select payload from events where conversation_id = $1 and seq > $2 order by seq";
+
+fn site_identity_of(secret: Option<String>, required: bool) -> SiteIdentity {
+    SiteIdentity { secret: secret.filter(|s| !s.is_empty()).map(IdentitySecret::from_stored), required }
+}
+
 const SITE_COLUMNS: &str = "select id, key, name, allowed_origins, greeting, created_at, workspace_id from sites";
 const PAGE_COLUMNS: &str =
     "select p.page_id, p.workspace_id, p.site_id, p.username, p.token_nonce, p.token_ciphertext from messenger_pages p";
@@ -106,13 +124,53 @@ macro_rules! shared_reads {
             }
 
             pub(crate) async fn events_after(&self, conversation_id: &str, after_seq: u64) -> StoreResult<Vec<Event>> {
-                let rows: Vec<(String,)> =
-                    sqlx::query_as("select payload from events where conversation_id = $1 and seq > $2 order by seq")
-                        .bind(conversation_id)
-                        .bind(seq_param(after_seq))
-                        .fetch_all(self.0)
-                        .await?;
+                let rows: Vec<(String,)> = sqlx::query_as(EVENTS_AFTER)
+                    .bind(conversation_id)
+                    .bind(seq_param(after_seq))
+                    .fetch_all(self.0)
+                    .await?;
                 rows.iter().map(|(payload,)| event_from_payload(payload)).collect()
+            }
+
+            /// See [`crate::store::ConversationStore::visitor_resume`]: the row, then the log, on one connection.
+            pub(crate) async fn visitor_resume(
+                &self,
+                site_id: &str,
+                token_hash: &[u8],
+                after_seq: u64,
+            ) -> StoreResult<crate::store::VisitorResume> {
+                use sqlx::Row as _;
+                let mut conn = self.0.acquire().await?;
+                let row = sqlx::query(RESUME_SELECT).bind(site_id).bind(token_hash).fetch_optional(&mut *conn).await?;
+                let mut resume = crate::store::VisitorResume::default();
+                let Some(row) = row else { return Ok(resume) };
+                resume.identity = site_identity_of(row.try_get("site_identity_secret")?, row.try_get("site_identity_required")?);
+                if row.try_get::<Option<String>, _>("id")?.is_none() {
+                    return Ok(resume);
+                }
+                resume.contact = Some(<Contact as sqlx::FromRow<_>>::from_row(&row)?);
+                let Some(conversation_id) = row.try_get::<Option<String>, _>("conversation_id")? else {
+                    return Ok(resume);
+                };
+                let conversation = conversation_from_row((
+                    conversation_id,
+                    row.try_get("conversation_site_id")?,
+                    row.try_get("id")?,
+                    row.try_get("conversation_status")?,
+                    row.try_get("conversation_last_seq")?,
+                    row.try_get("conversation_agent_read_seq")?,
+                    row.try_get("conversation_visitor_read_seq")?,
+                ))?;
+                resume.reset = after_seq > conversation.last_seq;
+                let from = if resume.reset { 0 } else { after_seq };
+                let rows: Vec<(String,)> = sqlx::query_as(EVENTS_AFTER)
+                    .bind(&conversation.id)
+                    .bind(seq_param(from))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                resume.events = rows.iter().map(|(payload,)| event_from_payload(payload)).collect::<StoreResult<_>>()?;
+                resume.conversation = Some(conversation);
+                Ok(resume)
             }
 
             pub(crate) async fn message_by_external_id(
@@ -286,10 +344,7 @@ macro_rules! shared_reads {
                         .bind(site_id)
                         .fetch_optional(self.0)
                         .await?;
-                Ok(row.map_or_else(SiteIdentity::default, |(secret, required)| SiteIdentity {
-                    secret: secret.filter(|s| !s.is_empty()).map(IdentitySecret::from_stored),
-                    required,
-                }))
+                Ok(row.map_or_else(SiteIdentity::default, |(secret, required)| site_identity_of(secret, required)))
             }
 
             /// The agent of an unexpired session (`now`: epoch ms from the backend's clock).

@@ -17,6 +17,7 @@
 //! empty `welcome`, no live events, and `identity_required` errors for `send` and `messenger_link`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
@@ -38,6 +39,7 @@ use crate::services::{PostInput, Posted, Poster, ServiceError};
 use crate::state::AppState;
 use crate::store;
 use crate::store::models::{Contact, ContactContext, Conversation, Site};
+use crate::store::{SiteIdentity, VisitorResume};
 use crate::{auth, client_ip};
 
 #[derive(Deserialize)]
@@ -54,7 +56,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let site = state.store.site_by_key(&query.site).await?.ok_or(ApiError::NotFound("site"))?;
+    let site = state.sites.by_key(&state.store, &query.site).await?.ok_or(ApiError::NotFound("site"))?;
     let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
     if origin != &*state.public_origin && !site.allowed_origins().iter().any(|o| o == origin) {
         return Err(ApiError::ForbiddenOrigin);
@@ -114,6 +116,23 @@ struct Session {
     identified: Option<Box<Verified>>,
     /// The site requires identity and this socket has none: it may read nothing and write nothing.
     refused: bool,
+    /// The conversation and log read with the contact (`hello`'s one trip to the store), until `welcome` uses
+    /// them (boxed: an idle socket keeps a pointer's worth of room for them, not the whole row).
+    prefetched: Option<Box<Prefetched>>,
+}
+
+/// What [`ConversationStore::visitor_resume`](crate::store::ConversationStore::visitor_resume) read beside the
+/// contact, for its `welcome`.
+struct Prefetched {
+    conversation: Option<Conversation>,
+    events: Vec<protocol::Event>,
+    reset: bool,
+}
+
+impl From<VisitorResume> for Prefetched {
+    fn from(read: VisitorResume) -> Self {
+        Self { conversation: read.conversation, events: read.events, reset: read.reset }
+    }
 }
 
 /// Per-socket memory that turns repeated `typing` and `read` frames into no work.
@@ -163,7 +182,7 @@ impl Session {
 
 async fn run(
     state: AppState,
-    site: Site,
+    site: Arc<Site>,
     cookie: Option<String>,
     user_agent: Option<String>,
     socket: WebSocket,
@@ -187,8 +206,10 @@ async fn run(
     let (token, last_seq, context, claimed) = hello;
     let ctx = contact_context(context, user_agent);
     // The hello's queries run in boxed futures: the socket's task keeps only what it needs while idle.
-    let resolved = match Box::pin(resolve_contact(&state, &site, cookie, token, &ctx)).await {
-        Ok(anonymous) => Box::pin(resolve_identity(&state, &site, anonymous, claimed, &ctx)).await,
+    let resolved = match Box::pin(resolve_contact(&state, &site, cookie, token, &ctx, last_seq)).await {
+        Ok((anonymous, settings)) => {
+            Box::pin(resolve_identity(&state, &site, anonymous, settings, claimed, &ctx)).await
+        }
         Err(e) => Err(e),
     };
     let (visitor, speaker) = match resolved {
@@ -225,6 +246,7 @@ async fn run(
         gates: Gates::default(),
         identified: speaker.identified.map(Box::new),
         refused: speaker.refused,
+        prefetched: visitor.prefetched.map(Box::new),
     };
     // A token from the cookie stays out of reach of scripts: the frame is told none, only its fingerprint.
     let sid = visitor_session::sid(&visitor.token);
@@ -245,13 +267,16 @@ async fn run(
     Box::pin(announce_presence(&session, true)).await;
 
     serve(&mut session, &mut sink, &mut stream, &mut hub_rx, shutdown, liveness).await;
+    // The socket's descriptor goes back now, not after the leave is announced (in a storm, thousands of cut
+    // sockets would otherwise hold theirs while the new connections run out).
+    drop((sink, stream));
     drop(registration);
     Box::pin(announce_presence(&session, false)).await;
 }
 
-/// The site's id; the rest of its row is dropped.
-fn site_id_of(site: Site) -> String {
-    site.id
+/// The site's id; the socket lets go of its row.
+fn site_id_of(site: Arc<Site>) -> String {
+    Arc::try_unwrap(site).map_or_else(|shared| shared.id.clone(), |site| site.id)
 }
 
 /// Who a socket speaks for.
@@ -264,25 +289,41 @@ struct Visitor {
     contact_id: String,
     /// Whether the contact exists already.
     stored: bool,
+    /// Its conversation and log, when they were read with it.
+    prefetched: Option<Prefetched>,
 }
 
 /// Picks the token (the cookie's, else `hello`'s, preferring one that already has a contact; else a new one) and
-/// finds its contact. Writes nothing, except the whereabouts of a known contact when they changed.
+/// finds its contact, and reads the site's identity settings. The first token's read also brings its contact's
+/// conversation and the log after `last_seq` (a resume takes one trip to the store). Writes nothing, except the
+/// whereabouts of a known contact when they changed.
 async fn resolve_contact(
     state: &AppState,
     site: &Site,
     cookie: Option<String>,
     hello_token: Option<String>,
     ctx: &ContactContext,
-) -> Result<Visitor, ServiceError> {
+    last_seq: u64,
+) -> Result<(Visitor, SiteIdentity), ServiceError> {
     let hello_token = hello_token.filter(|t| visitor_session::valid_token(t));
     let mut unused = None;
+    let mut settings = None;
     for (token, from_cookie) in [(cookie, true), (hello_token, false)] {
         let Some(token) = token else { continue };
         let token_hash = auth::token_hash(&token);
-        if let Some(contact) = state.store.contact_by_token(&site.id, &token_hash).await? {
+        let found = match &settings {
+            None => {
+                let read = state.store.visitor_resume(&site.id, &token_hash, last_seq).await?;
+                settings = Some(read.identity.clone());
+                read.contact.clone().map(|contact| (contact, Some(Prefetched::from(read))))
+            }
+            Some(_) => state.store.contact_by_token(&site.id, &token_hash).await?.map(|contact| (contact, None)),
+        };
+        if let Some((contact, prefetched)) = found {
             update_context(state, &contact, ctx).await?;
-            return Ok(Visitor { token, from_cookie, token_hash, contact_id: contact.id, stored: true });
+            let settings = settings.unwrap_or_default();
+            let visitor = Visitor { token, from_cookie, token_hash, contact_id: contact.id, stored: true, prefetched };
+            return Ok((visitor, settings));
         }
         // A token some other site's contact holds cannot name a contact here.
         if unused.is_none() && !state.store.web_token_taken(&token_hash).await? {
@@ -295,7 +336,11 @@ async fn resolve_contact(
         (token, false, hash)
     });
     let contact_id = store::web_contact_id(&site.id, &token_hash);
-    Ok(Visitor { token, from_cookie, token_hash, contact_id, stored: false })
+    let settings = match settings {
+        Some(settings) => settings,
+        None => state.store.site_identity(&site.id).await?,
+    };
+    Ok((Visitor { token, from_cookie, token_hash, contact_id, stored: false, prefetched: None }, settings))
 }
 
 /// Records where a known contact is now, if the browser said anything new (most reconnects say nothing new: no
@@ -335,15 +380,17 @@ async fn resolve_identity(
     state: &AppState,
     site: &Site,
     mut visitor: Visitor,
+    settings: SiteIdentity,
     claimed: Option<protocol::widget::Identity>,
     ctx: &ContactContext,
 ) -> Result<(Visitor, Speaker), ServiceError> {
-    let settings = state.store.site_identity(&site.id).await?;
     let claimed_any = claimed.is_some();
     let verified = claimed.and_then(|claim| identity::verify(settings.secret.as_ref(), claim));
     let mut speaker = Speaker { identity_refused: claimed_any && verified.is_none(), ..Speaker::default() };
     match verified {
         Some(who) => {
+            // Another contact: what was read with the anonymous one is not its.
+            visitor.prefetched = None;
             visitor.token_hash = store::identity_key(&site.id, &who.id);
             visitor.contact_id = store::web_contact_id(&site.id, &visitor.token_hash);
             visitor.stored = match state.store.contact_by_token(&site.id, &visitor.token_hash).await? {
@@ -358,6 +405,7 @@ async fn resolve_identity(
             speaker.identified = Some(who);
         }
         None if settings.required => {
+            visitor.prefetched = None;
             visitor.contact_id = store::new_id();
             visitor.stored = false;
             speaker.refused = true;
@@ -368,7 +416,16 @@ async fn resolve_identity(
 }
 
 async fn welcome(session: &mut Session, token: String, sid: String, last_seq: u64) -> Result<ServerMsg, ServiceError> {
-    let Some(conversation) = session.conversation().await? else {
+    // Read with the contact (a resume), else now.
+    let prefetched = session.prefetched.take().map(|read| *read);
+    let conversation = match &prefetched {
+        Some(read) => {
+            session.conversation = read.conversation.clone();
+            read.conversation.clone()
+        }
+        None => session.conversation().await?,
+    };
+    let Some(conversation) = conversation else {
         return Ok(ServerMsg::Welcome {
             token,
             events: Vec::new(),
@@ -379,9 +436,14 @@ async fn welcome(session: &mut Session, token: String, sid: String, last_seq: u6
         });
     };
     // A client ahead of the log holds someone else's history (e.g. a token it no longer has): start it over.
-    let reset = last_seq > conversation.last_seq;
+    let (events, reset) = match prefetched {
+        Some(read) => (read.events, read.reset),
+        None => {
+            let reset = last_seq > conversation.last_seq;
+            (session.state.store.events_after(&conversation.id, if reset { 0 } else { last_seq }).await?, reset)
+        }
+    };
     let from = if reset { 0 } else { last_seq };
-    let events = session.state.store.events_after(&conversation.id, from).await?;
     let sent_to = events.last().map_or(from, |e| e.seq);
     session.relay = Relay::starting_at(sent_to);
     let agent_read_seq = conversation.agent_read_seq;

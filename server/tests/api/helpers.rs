@@ -448,6 +448,24 @@ impl Ws {
         .expect("closed within 10 s")
     }
 
+    /// Sends a FIN, as a peer that went away does, but keeps reading: the frames the server still sends until it
+    /// ends the connection (panics unless it does within `within`).
+    pub async fn half_close(&mut self, within: Duration) -> Vec<Message> {
+        use tokio::io::AsyncWriteExt;
+        if let MaybeTlsStream::Plain(tcp) = self.inner.get_mut() {
+            tcp.shutdown().await.expect("shutdown");
+        }
+        let mut seen = Vec::new();
+        tokio::time::timeout(within, async {
+            while let Some(Ok(msg)) = self.inner.next().await {
+                seen.push(msg);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the server kept the connection open for {within:?} after the peer left"));
+        seen
+    }
+
     /// Drops the connection without a close handshake (like a network cut).
     pub fn cut(self) {
         drop(self.inner);

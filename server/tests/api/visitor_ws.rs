@@ -372,3 +372,68 @@ async fn a_returning_visitor_whose_whereabouts_did_not_change_resumes_without_a_
         (_, other) => panic!("expected a welcome, got {other:?}"),
     }
 }
+
+/// Upgrades reuse a site's row for at most `SITE_TTL` (a storm of one site's visitors reads it once): an origin
+/// removed from the site (here through the store, as the CLI does from another process) is refused within it.
+#[tokio::test]
+async fn an_origin_removed_from_the_site_is_refused_within_the_site_cache_ttl() {
+    use parley::ws::site_cache::SITE_TTL;
+    let app = spawn_app().await;
+    assert!(app.visitor_socket(Some(HOST_ORIGIN)).await.is_ok(), "allowed, and the row is now cached");
+    let site = app.store.site_by_key(crate::helpers::SITE_KEY).await.expect("query").expect("site");
+    app.store.set_allowed_origins(&site.id, &[]).await.expect("origins");
+    let removed_at = std::time::Instant::now();
+    let deadline = removed_at + SITE_TTL + std::time::Duration::from_secs(2);
+    loop {
+        match app.visitor_socket(Some(HOST_ORIGIN)).await {
+            Err(err) => {
+                assert_eq!(refused_status(err), 403);
+                break;
+            }
+            Ok(_) => assert!(std::time::Instant::now() < deadline, "still accepted {:?} after", removed_at.elapsed()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The server's own origin (the chat frame) is still accepted.
+    assert!(app.visitor_socket(Some(&app.origin())).await.is_ok());
+}
+
+/// A visitor cut while its last message waits to be committed (every socket of a reconnect storm) gives its
+/// connection back at once, not when the commit is done: in a storm the cut sockets' descriptors are what the
+/// reconnecting ones need. The message is still stored, once.
+#[tokio::test]
+async fn a_socket_cut_while_its_message_commits_is_let_go_at_once_and_the_message_is_kept() {
+    let app = spawn_app().await;
+    let (mut ws, welcome) = app.visitor(None, 0).await;
+    let token = token_of(&welcome);
+    crate::helpers::send_acked(&mut ws, "c-1", "before").await;
+    // The commit cannot happen while another writer holds SQLite's write lock.
+    let blocker = app.hold_write_lock().await;
+    ws.send(&send("c-2", "sent as the network dies")).await;
+    let seen = ws.half_close(std::time::Duration::from_secs(3)).await;
+    let acked = |m: &tokio_tungstenite::tungstenite::Message| {
+        let text = m.to_text().unwrap_or_default();
+        matches!(serde_json::from_str(text), Ok(ServerMsg::Ack { client_id, .. }) if client_id == "c-2")
+    };
+    assert!(!seen.iter().any(acked), "no ack can have come while the lock is held: {seen:?}");
+    blocker.release().await;
+    // The message is stored once the lock is free; a resume sees it exactly once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, welcome) = app.visitor(Some(&token), 0).await;
+        let ServerMsg::Welcome { events, .. } = welcome else { panic!("expected a welcome, got {welcome:?}") };
+        let sent = |id: &str| {
+            events
+                .iter()
+                .filter(|e| matches!(&e.kind, EventKind::Message { message } if message.client_id == id))
+                .count()
+        };
+        assert!(sent("c-2") <= 1, "stored twice");
+        if sent("c-2") == 1 {
+            assert_eq!(sent("c-1"), 1);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the message was not stored");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

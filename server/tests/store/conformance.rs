@@ -76,6 +76,7 @@ conformance!(
     contacts_are_inserted_or_got,
     appends_dedupe_by_client_id_and_read_back,
     appends_started_together_commit_in_the_order_they_started_where_the_engine_says_so,
+    a_visitor_resume_reads_contact_conversation_and_log_at_once,
     an_append_returns_the_inbox_row_its_commit_left,
     read_cursors_and_status,
     seq_is_gap_free_under_concurrent_appends_from_two_pools,
@@ -327,6 +328,67 @@ async fn appends_dedupe_by_client_id_and_read_back(engine: Engine) {
     assert_eq!(store.summaries().await.expect("summaries").len(), 1);
     let recent = store.recent_messages(&conversation_id, 2).await.expect("recent");
     assert_eq!(recent.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), vec!["race", "from messenger"]);
+}
+
+/// `visitor_resume` returns what the four single reads a `hello` used to make return: the site's identity settings
+/// (also when no contact holds the token), the token's contact on that site only, its conversation, and the log
+/// after the client's `seq` — the whole log, flagged `reset`, when the client claims a `seq` beyond it.
+async fn a_visitor_resume_reads_contact_conversation_and_log_at_once(engine: Engine) {
+    let (_db, store, _clock) = fresh(engine).await;
+    let nothing = store.visitor_resume("no-such-site", b"t", 0).await.expect("unknown site");
+    assert!(nothing.contact.is_none() && nothing.conversation.is_none() && nothing.events.is_empty());
+    assert!(nothing.identity.secret.is_none() && !nothing.identity.required);
+
+    let (site_id, contact_id) = site_and_contact(&store, b"t").await;
+    let other = store.create_site("k2", "Other", &[], "").await.expect("other site");
+    let secret = IdentitySecret::generate();
+    assert!(store.set_identity_secret("k1", Some(&secret)).await.expect("secret"));
+    assert!(store.set_identity_required("k1", true).await.expect("required"));
+
+    let stranger = store.visitor_resume(&site_id, b"someone else", 0).await.expect("unknown token");
+    assert!(stranger.contact.is_none() && stranger.conversation.is_none());
+    assert_eq!(stranger.identity.secret.as_ref().map(IdentitySecret::expose), Some(secret.expose()));
+    assert!(stranger.identity.required);
+    let elsewhere = store.visitor_resume(&other.id, b"t", 0).await.expect("other site");
+    assert!(elsewhere.contact.is_none(), "a token names a contact on its own site only");
+    assert!(!elsewhere.identity.required, "the other site's own settings");
+
+    let fresh_contact = store.visitor_resume(&site_id, b"t", 0).await.expect("no conversation yet");
+    assert_eq!(fresh_contact.contact.map(|c| c.id), Some(contact_id.clone()));
+    assert!(fresh_contact.conversation.is_none() && fresh_contact.events.is_empty() && !fresh_contact.reset);
+
+    let (conversation_id, _, _) =
+        created(store.append_message(&contact_id, &site_id, visitor("c1", "one")).await.expect("1"));
+    for (i, body) in ["two", "three"].iter().enumerate() {
+        created(store.append_message(&contact_id, &site_id, visitor(&format!("c{}", i + 2), body)).await.expect("n"));
+    }
+    store.mark_read(&conversation_id, Party::Agent, 2).await.expect("agent read");
+    let single = store.conversation_for_contact(&contact_id).await.expect("conversation").expect("exists");
+    let resumed = store.visitor_resume(&site_id, b"t", 2).await.expect("resume");
+    let contact = resumed.contact.expect("contact");
+    assert_eq!(
+        (contact.id.as_str(), contact.site_id.as_str(), contact.label.as_str()),
+        (&*contact_id, &*site_id, "Visitor 1")
+    );
+    let conversation = resumed.conversation.expect("conversation");
+    assert_eq!(
+        (conversation.id.as_str(), conversation.site_id.as_str(), conversation.contact_id.as_str()),
+        (single.id.as_str(), single.site_id.as_str(), single.contact_id.as_str())
+    );
+    assert_eq!(
+        (conversation.status, conversation.last_seq, conversation.agent_read_seq, conversation.visitor_read_seq),
+        (single.status, single.last_seq, single.agent_read_seq, single.visitor_read_seq)
+    );
+    assert_eq!(conversation.last_seq, 4, "three messages and the agent's read receipt");
+    let seqs = |events: &[Event]| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&resumed.events), vec![3, 4]);
+    assert_eq!(seqs(&resumed.events), seqs(&store.events_after(&conversation_id, 2).await.expect("log")));
+    assert!(!resumed.reset);
+    let caught_up = store.visitor_resume(&site_id, b"t", 4).await.expect("caught up");
+    assert!(caught_up.events.is_empty() && !caught_up.reset);
+    let ahead = store.visitor_resume(&site_id, b"t", 9).await.expect("ahead of the log");
+    assert!(ahead.reset, "a client ahead of the log is started over");
+    assert_eq!(seqs(&ahead.events), vec![1, 2, 3, 4]);
 }
 
 /// `append_message_summarized` returns, with a new message, the conversation's inbox row exactly as the commit left

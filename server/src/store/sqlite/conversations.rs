@@ -107,6 +107,15 @@ impl ConversationStore for SqliteStore {
         self.reads().events_after(conversation_id, after_seq).await
     }
 
+    async fn visitor_resume(
+        &self,
+        site_id: &str,
+        token_hash: &[u8],
+        after_seq: u64,
+    ) -> StoreResult<crate::store::VisitorResume> {
+        self.reads().visitor_resume(site_id, token_hash, after_seq).await
+    }
+
     async fn message_by_external_id(&self, external_id: &str) -> StoreResult<Option<(String, ChatMessage, u64)>> {
         self.reads().message_by_external_id(external_id).await
     }
