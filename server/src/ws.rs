@@ -375,6 +375,8 @@ trait Connection {
     /// does better (a visitor's pipelined sends are posted together).
     async fn on_clients(&mut self, sink: &mut Sink, msgs: Vec<Self::Client>) -> Result<(), axum::Error> {
         for msg in msgs {
+            // Boxed: a handler's future (store queries and all) lives only while it runs, instead of widening every
+            // idle socket's task to the largest handler's size.
             Box::pin(self.on_client(sink, msg)).await?;
         }
         Ok(())
@@ -390,24 +392,10 @@ trait Connection {
     }
 }
 
-/// Answers one client frame: refused by flood control, handled, or explained as unreadable.
-async fn on_inbound<C: Connection>(
-    conn: &mut C,
-    sink: &mut Sink,
-    msg: Result<C::Client, String>,
-) -> Result<(), axum::Error> {
-    match msg {
-        // Boxed: a handler's future (store queries and all) lives only while it runs, instead of widening every
-        // idle socket's task to the largest handler's size.
-        Ok(msg) => match conn.admit(Some(&msg)) {
-            Ok(()) => Box::pin(conn.on_client(sink, msg)).await,
-            Err(refusal) => send_json(sink, &refusal).await,
-        },
-        Err(why) => {
-            let reply = conn.admit(None).err().unwrap_or_else(|| conn.bad_frame(&why));
-            send_json(sink, &reply).await
-        }
-    }
+/// Answers a frame that could not be read as a client message: refused by flood control, or explained.
+async fn on_bad<C: Connection>(conn: &mut C, sink: &mut Sink, why: &str) -> Result<(), axum::Error> {
+    let reply = conn.admit(None).err().unwrap_or_else(|| conn.bad_frame(why));
+    send_json(sink, &reply).await
 }
 
 /// Client frames one wake-up reads and handles together at most (a client pipelining its sends).
@@ -532,7 +520,7 @@ async fn serve<C: Connection>(
         };
         tokio::select! {
             inbound = next_inbound::<C::Client>(stream, &mut ahead) => {
-                // Boxed, like the handlers (see `on_inbound`): an idle socket's task keeps only the select's size.
+                // Boxed like the handlers (`Connection::on_clients`): an idle task keeps only the select's size.
                 if Box::pin(on_read(conn, sink, stream, &mut ahead, inbound, &mut unanswered)).await {
                     break;
                 }
@@ -544,7 +532,7 @@ async fn serve<C: Connection>(
                 }
                 Some(msg) => {
                     let msg: Arc<HubMsg> = msg;
-                    // Boxed like `on_client` (see `on_inbound`).
+                    // Boxed like `on_client` (see `Connection::on_clients`).
                     if Box::pin(conn.on_hub(sink, &msg)).await.is_err() {
                         break;
                     }
@@ -598,7 +586,7 @@ async fn on_read<C: Connection>(
                 return true;
             }
             Inbound::Frame(msg) => on_frames(conn, sink, stream, ahead, msg).await.map(|after| next = after),
-            Inbound::Bad(why) => on_inbound(conn, sink, Err(why)).await,
+            Inbound::Bad(why) => on_bad(conn, sink, &why).await,
         };
         if result.is_err() {
             return true;
