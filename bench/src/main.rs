@@ -12,6 +12,7 @@
 //! - `sqlite --per-commit N --seconds S`: the raw SQLite baseline, one line of JSON (started by `run`, pinned).
 
 mod client;
+mod quiet;
 mod relay;
 mod report;
 mod sandbox;
@@ -22,6 +23,7 @@ mod target;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -75,6 +77,13 @@ enum Cmd {
         /// The command line to print as the reproducing command.
         #[arg(long, default_value = "cargo xtask bench")]
         command: String,
+        /// Only record the machine's state before each target: neither sync nor wait for it to settle (the
+        /// harness as it was, to show what settling changes).
+        #[arg(long)]
+        no_settle: bool,
+        /// Where to write a CSV trace of the machine's state, sampled every 250 ms through the run (replaced).
+        #[arg(long)]
+        trace: Option<PathBuf>,
     },
     /// The bare relay baseline.
     Relay {
@@ -258,12 +267,30 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::json!({"messages": outcome.messages, "seconds": outcome.elapsed.as_secs_f64()}));
             Ok(())
         }
-        Cmd::Run { scenarios, quick, no_baselines, parley, node_dir, site, widget_dir, out, note, command } => {
+        Cmd::Run {
+            scenarios,
+            quick,
+            no_baselines,
+            parley,
+            node_dir,
+            site,
+            widget_dir,
+            out,
+            note,
+            command,
+            no_settle,
+            trace,
+        } => {
             let pinned = sys::cores() >= 2;
             // Targets run in their own temporary folders.
             let parley = std::fs::canonicalize(&parley).with_context(|| format!("no {}", parley.display()))?;
             let node_dir = std::fs::canonicalize(&node_dir).with_context(|| format!("no {}", node_dir.display()))?;
-            let bins = Binaries { parley, node_dir, server_core: pinned.then_some(0) };
+            let limits = quiet::Limits { wait: !no_settle, ..quiet::Limits::default() };
+            let quiet = quiet::Quiet::new(limits);
+            let bins = Binaries { parley, node_dir, server_core: pinned.then_some(0), quiet: Arc::clone(&quiet) };
+            if let Some(trace) = &trace {
+                let _ = std::fs::remove_file(trace);
+            }
             if pinned && !sys::pin_self(1) {
                 eprintln!("bench: could not pin the generator to core 1");
             }
@@ -276,10 +303,15 @@ fn main() -> anyhow::Result<()> {
                 scenarios
             };
             let mut report = Report::default();
-            let header = report::header(&command, pinned, note.as_deref());
+            let mut header = report::header(&command, pinned, note.as_deref());
+            header.push_str(&settle_line(&limits));
             runtime.block_on(async {
                 for scenario in &wanted {
                     eprintln!("bench: scenario {scenario}");
+                    let start = quiet.settle(&format!("scenario {scenario}")).await;
+                    let sampler =
+                        quiet::Sampler::start(Arc::clone(&quiet), SAMPLE_EVERY, trace.clone(), scenario.clone());
+                    let mark = report.mark();
                     match scenario.as_str() {
                         "chat" | "b" => chat(&mut report, &bins, &plan).await?,
                         "delivery" | "c" => delivery(&mut report, &bins, &plan).await?,
@@ -300,6 +332,11 @@ fn main() -> anyhow::Result<()> {
                             )
                         }
                     }
+                    let during = sampler.finish();
+                    let targets = quiet.take();
+                    // The first settle logged is the scenario's own (above).
+                    let targets = targets.get(1..).unwrap_or_default();
+                    report.annotate_since(mark, &quiet::scenario_notes(&start, targets, &during));
                 }
                 anyhow::Ok(())
             })?;
@@ -315,6 +352,28 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// How often the machine's state is sampled through a scenario.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// The header's line on what the harness waits for before each scenario and target.
+fn settle_line(limits: &quiet::Limits) -> String {
+    if !limits.wait {
+        return "- settling: off (`--no-settle`): the machine's state is only recorded before each target\n"
+            .to_string();
+    }
+    format!(
+        "- settling: before each scenario and each target, the previous target's processes have exited (waited \
+         for), its folder is removed, `syncfs`, then until {} consecutive {} ms windows show Dirty + Writeback ≤ {} \
+         MiB and the disk busy ≤ {:.0} % ({} s at most; TIME_WAIT recorded, not waited for: fresh ports, spread \
+         source addresses)\n",
+        limits.quiet_windows,
+        limits.window.as_millis(),
+        limits.max_unwritten_kb / 1024,
+        100.0 * limits.max_disk_busy,
+        limits.timeout.as_secs()
+    )
 }
 
 fn row(target: &str, figure: &str, value: f64, unit: &'static str) -> Row {
@@ -386,7 +445,9 @@ const CHAT_TARGETS: [Kind; 4] =
 async fn chat(report: &mut Report, bins: &Binaries, plan: &Plan) -> anyhow::Result<()> {
     // Without baselines (a before/after pair of Parley binaries): Parley alone, no raw SQLite runs.
     let (raw1, mut rows) = if plan.baselines {
+        bins.quiet.settle("raw SQLite 1/commit").await;
         let raw1 = raw_sqlite(bins, 1, plan.sqlite_seconds)?;
+        bins.quiet.settle("raw SQLite 100/commit").await;
         let raw100 = raw_sqlite(bins, 100, plan.sqlite_seconds)?;
         let rows = vec![
             row("raw SQLite, Parley's transaction, 1 msg/commit", "msg/s", raw1, "msg/s"),

@@ -26,6 +26,15 @@ pub struct Report {
     pub sections: Vec<(String, Vec<Row>)>,
     /// Sections with a table of their own (title, Markdown), printed after the others.
     pub tables: Vec<(String, String)>,
+    /// Lines printed under a section's title (the machine's state through its scenario), by title.
+    pub notes: Vec<(String, Vec<String>)>,
+}
+
+/// Where the report stood before a scenario ran (see [`Report::annotate_since`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    sections: usize,
+    tables: usize,
 }
 
 fn fmt_value(v: f64, unit: &str) -> String {
@@ -54,11 +63,42 @@ impl Report {
         self.tables.push((title.to_string(), markdown));
     }
 
+    pub fn mark(&self) -> Mark {
+        Mark { sections: self.sections.len(), tables: self.tables.len() }
+    }
+
+    /// `lines` under the title of every section added since `mark` (one scenario's).
+    pub fn annotate_since(&mut self, mark: Mark, lines: &[String]) {
+        let titles: Vec<String> = self.sections[mark.sections.min(self.sections.len())..]
+            .iter()
+            .map(|(t, _)| t.clone())
+            .chain(self.tables[mark.tables.min(self.tables.len())..].iter().map(|(t, _)| t.clone()))
+            .collect();
+        for title in titles {
+            self.notes.push((title, lines.to_vec()));
+        }
+    }
+
+    /// The notes of a section as a Markdown list (empty when it has none).
+    fn notes_of(&self, title: &str) -> String {
+        let mut out = String::new();
+        for (_, lines) in self.notes.iter().filter(|(t, _)| t == title) {
+            for line in lines {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out
+    }
+
     pub fn markdown(&self, header: &str) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{header}");
         for (title, rows) in &self.sections {
             let _ = writeln!(out, "\n### {title}\n");
+            out.push_str(&self.notes_of(title));
             let _ = writeln!(
                 out,
                 "| target | figure | value | vs baseline | server CPU | server RSS | generator CPU | note |"
@@ -89,7 +129,7 @@ impl Report {
             }
         }
         for (title, markdown) in &self.tables {
-            let _ = write!(out, "\n### {title}\n\n{markdown}");
+            let _ = write!(out, "\n### {title}\n\n{}{markdown}", self.notes_of(title));
         }
         out
     }
@@ -143,4 +183,23 @@ pub fn header(command: &str, pinned: bool, shared_note: Option<&str>) -> String 
         rusqlite::version()
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_go_under_the_sections_of_their_scenario_only() {
+        let mut report = Report::default();
+        report.section("b. Chat", Vec::new());
+        let mark = report.mark();
+        report.section("c. Delivery", Vec::new());
+        report.table("g. Nodes", "| a |\n|---|\n".to_string());
+        report.annotate_since(mark, &["machine at start: load 0.10".to_string()]);
+        let md = report.markdown("## Run");
+        assert!(md.contains("### b. Chat\n\n| target"), "{md}");
+        assert!(md.contains("### c. Delivery\n\n- machine at start: load 0.10\n\n| target"), "{md}");
+        assert!(md.contains("### g. Nodes\n\n- machine at start: load 0.10\n\n| a |"), "{md}");
+    }
 }

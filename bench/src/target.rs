@@ -85,6 +85,8 @@ pub struct Binaries {
     pub node_dir: PathBuf,
     /// The core servers are pinned to (`None`: not pinned, on a one-core machine).
     pub server_core: Option<usize>,
+    /// Settles the machine before each target starts (see `quiet`).
+    pub quiet: std::sync::Arc<crate::quiet::Quiet>,
 }
 
 /// A running target; killed when dropped.
@@ -229,6 +231,7 @@ async fn wait_listening(target: &mut Target, label: &str) -> anyhow::Result<()> 
 
 /// Starts a target and waits until it accepts connections.
 pub async fn start(kind: Kind, bins: &Binaries) -> anyhow::Result<Target> {
+    bins.quiet.settle(kind.label()).await;
     let dir = tempfile::tempdir()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let (child, wire) = match kind {
@@ -259,6 +262,7 @@ pub async fn start(kind: Kind, bins: &Binaries) -> anyhow::Result<Target> {
 /// Parley serving the built widget (`site`, as `cargo xtask build` lays it out) to a host page on `page_origin`
 /// (scenario `widget`); the same settings as every other Parley target.
 pub async fn start_for_widget(bins: &Binaries, site: &Path, page_origin: &str) -> anyhow::Result<Target> {
+    bins.quiet.settle("Parley (widget)").await;
     let dir = tempfile::tempdir()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let env = vec![("PARLEY_ASSETS__DIR".to_string(), site.display().to_string())];
@@ -277,6 +281,8 @@ pub fn free_local_port() -> anyhow::Result<u16> {
 /// port and folder, all on the server core; each endpoint carries the same agent session (sessions live in the
 /// database, so one sign-in holds on every node).
 pub async fn start_parley_nodes(bins: &Binaries, database: &str, count: usize) -> anyhow::Result<Vec<Target>> {
+    // The PostgreSQL cluster stays up beside the nodes.
+    bins.quiet.settle_beside_running(&format!("{count} Parley node(s)")).await;
     let mut nodes = Vec::with_capacity(count);
     for i in 0..count {
         let dir = tempfile::tempdir()?;
@@ -362,6 +368,7 @@ pub async fn start_parley_on_sandbox(
     bins: &Binaries,
     extra: &[(String, String)],
 ) -> anyhow::Result<(Target, SandboxProcess)> {
+    bins.quiet.settle("the sandbox and Parley (Messenger on)").await;
     let dir = tempfile::tempdir()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let sandbox_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));

@@ -119,6 +119,8 @@ fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
             .arg(root.join("bench/widget"))
             .arg("--out")
             .arg(&out)
+            .arg("--trace")
+            .arg(build::target_dir(root).join("bench/trace.csv"))
             .arg("--command")
             .arg(command.trim_end()),
     )

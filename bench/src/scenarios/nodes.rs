@@ -65,11 +65,12 @@ pub async fn run(bins: &Binaries, loads: &Loads) -> anyhow::Result<Outcome> {
         runs.push(measure(&nodes, count, "PostgreSQL", loads).await?);
     }
     conn.close().await?;
+    // The SQLite node runs without PostgreSQL beside it (and its start settles with no cluster process left).
+    drop(cluster);
     eprintln!("bench: nodes: 1 node on SQLite");
     let sqlite = target::start(Kind::Parley, bins).await?;
     runs.push(measure(std::slice::from_ref(&sqlite), 1, "SQLite", loads).await?);
     drop(sqlite);
-    drop(cluster);
     let server = format!("PostgreSQL {version}, fsync=on, synchronous_commit=on, full_page_writes=on");
     Ok(Outcome { server, runs })
 }
