@@ -285,7 +285,11 @@ fn main() -> anyhow::Result<()> {
             // Targets run in their own temporary folders.
             let parley = std::fs::canonicalize(&parley).with_context(|| format!("no {}", parley.display()))?;
             let node_dir = std::fs::canonicalize(&node_dir).with_context(|| format!("no {}", node_dir.display()))?;
-            let limits = quiet::Limits { wait: !no_settle, ..quiet::Limits::default() };
+            let mut limits = quiet::Limits { wait: !no_settle, ..quiet::Limits::default() };
+            if quick {
+                // A smoke test: its figures are not compared, so a busy machine need not hold it up long.
+                limits.timeout = Duration::from_secs(5);
+            }
             let quiet = quiet::Quiet::new(limits);
             let bins = Binaries { parley, node_dir, server_core: pinned.then_some(0), quiet: Arc::clone(&quiet) };
             if let Some(trace) = &trace {

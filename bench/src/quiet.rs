@@ -404,9 +404,7 @@ impl Quiet {
                 // The kind of reason: its words before the figure.
                 let kind: String =
                     r.split(|c: char| c.is_ascii_digit()).next().unwrap_or(&r).trim().trim_end_matches(':').to_string();
-                if !waited_for.iter().any(|k: &String| *k == kind) {
-                    waited_for.push(kind);
-                }
+                push_new(waited_for, &kind);
             }
         };
         note(&first, &mut waited_for);
@@ -630,6 +628,13 @@ fn append_trace(path: &Path, lines: &str) {
     }
 }
 
+/// Appends `item` unless `list` holds it already.
+fn push_new(list: &mut Vec<String>, item: &str) {
+    if !list.iter().any(|k| k == item) {
+        list.push(item.to_string());
+    }
+}
+
 /// The report's lines on one scenario: the machine at its start, what was waited for before each target, and the
 /// machine through it.
 pub fn scenario_notes(start: &Settle, targets: &[Settle], during: &Summary) -> Vec<String> {
@@ -659,17 +664,10 @@ pub fn scenario_notes(start: &Settle, targets: &[Settle], during: &Summary) -> V
             let after = s.last.fsync_ms.map_or("–".to_string(), |a| format!("{a:.2} ms"));
             let _ = write!(line, "; slowest fsync found, before {}: {ms:.2} ms (at its start: {after})", s.before);
         }
-        let kinds: Vec<&str> = {
-            let mut k: Vec<&str> = Vec::new();
-            for s in targets {
-                for r in &s.waited_for {
-                    if !k.contains(&r.as_str()) {
-                        k.push(r);
-                    }
-                }
-            }
-            k
-        };
+        let mut kinds: Vec<String> = Vec::new();
+        for r in targets.iter().flat_map(|s| &s.waited_for) {
+            push_new(&mut kinds, r);
+        }
         if !kinds.is_empty() {
             let _ = write!(line, "; waited for: {}", kinds.join(", "));
         }
