@@ -217,6 +217,8 @@ pub struct Window {
     pub time_wait: u64,
     /// Processes below the generator still running (at the end).
     pub descendants: usize,
+    /// The generator's own tasks still alive (a previous target's visitors closing their sockets), at the end.
+    pub tasks: usize,
     /// Median of a few one-page write + `fdatasync` at the end of the window, ms (settle only: what the next
     /// target's commits meet).
     pub fsync_ms: Option<f64>,
@@ -248,6 +250,7 @@ impl Window {
             flushes: disk.map_or(0, |(a, b)| b.flushes.saturating_sub(a.flushes)),
             time_wait: b.sockets.map_or(0, |s| s.time_wait),
             descendants,
+            tasks: 0,
             fsync_ms: None,
         }
     }
@@ -260,7 +263,10 @@ impl Window {
     /// One line: load, page cache not yet on disk, disk, I/O stall, TIME_WAIT.
     pub fn describe(&self) -> String {
         let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.0} %", 100.0 * v));
-        let fsync = self.fsync_ms.map_or(String::new(), |ms| format!(", fsync {ms:.2} ms"));
+        let mut fsync = self.fsync_ms.map_or(String::new(), |ms| format!(", fsync {ms:.2} ms"));
+        if self.tasks > 0 {
+            let _ = write!(fsync, ", generator tasks {}", self.tasks);
+        }
         format!(
             "load {:.2}, Dirty {:.1} MiB, Writeback {:.1} MiB, disk busy {}, I/O stall {}, CPU {}, TIME_WAIT \
              {}{fsync}",
@@ -313,6 +319,9 @@ pub fn waiting_for(w: &Window, limits: &Limits) -> Vec<String> {
     let mut reasons = Vec::new();
     if w.descendants > 0 {
         reasons.push(format!("processes of the previous target still running: {}", w.descendants));
+    }
+    if w.tasks > 0 {
+        reasons.push(format!("generator tasks of the previous target still alive: {}", w.tasks));
     }
     if w.dirty_kb + w.writeback_kb > limits.max_unwritten_kb {
         reasons.push(format!("Dirty + Writeback {:.1} MiB", w.unwritten_mib()));
@@ -388,6 +397,8 @@ impl Quiet {
 
     async fn settle_counting(&self, before: &str, children: bool) -> Settle {
         let running = || if children { live_descendants().len() } else { 0 };
+        // Settles run between targets, from the scenario's own task: any other task is a previous target's.
+        let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
         let t0 = Instant::now();
         self.set_phase(&format!("settle: {before}"));
         let (dir, dev) = temp_disk();
@@ -396,6 +407,7 @@ impl Quiet {
         tokio::time::sleep(limits.window).await;
         let now = Snapshot::take(dev);
         let mut first = Window::between(&prev, &now, running());
+        first.tasks = tasks();
         first.fsync_ms = fsync_probe(&dir).await;
         prev = now;
         let mut waited_for = Vec::new();
@@ -420,6 +432,7 @@ impl Quiet {
             tokio::time::sleep(limits.window).await;
             let now = Snapshot::take(dev);
             last = Window::between(&prev, &now, running());
+            last.tasks = tasks();
             last.fsync_ms = fsync_probe(&dir).await;
             prev = now;
             note(&last, &mut waited_for);
@@ -785,6 +798,11 @@ mod tests {
         assert!(waiting_for(&Window { fsync_ms: Some(0.4), ..quiet_window() }, &limits).is_empty());
         let child = Window { descendants: 1, ..quiet_window() };
         assert_eq!(waiting_for(&child, &limits).len(), 1);
+        let task = Window { tasks: 3, ..quiet_window() };
+        assert_eq!(
+            waiting_for(&task, &limits),
+            vec!["generator tasks of the previous target still alive: 3".to_string()]
+        );
         // No disk line (e.g. an overlay filesystem): Dirty and Writeback alone decide.
         assert!(waiting_for(&Window { disk_busy: None, ..quiet_window() }, &limits).is_empty());
         // TIME_WAIT does not hold a target back (fresh ports, spread source addresses).
@@ -844,5 +862,19 @@ mod tests {
         let notes = scenario_notes(&s, std::slice::from_ref(&s), &Summary::default());
         assert_eq!(notes.len(), 3);
         assert!(notes[0].starts_with("machine at start"));
+    }
+
+    #[tokio::test]
+    async fn settle_waits_for_a_previous_targets_tasks() {
+        let limits =
+            Limits { timeout: Duration::from_secs(5), window: Duration::from_millis(100), ..Limits::default() };
+        let quiet = Quiet::new(limits);
+        // A previous target's visitor, still closing its socket when the next target is due.
+        let leftover = tokio::spawn(tokio::time::sleep(Duration::from_millis(300)));
+        let s = quiet.settle("the next target").await;
+        assert!(s.waited_for.iter().any(|r| r == "generator tasks of the previous target still alive"), "{s:?}");
+        assert_eq!(s.first.tasks, 1);
+        assert_eq!(s.last.tasks, 0, "{s:?}");
+        assert!(leftover.is_finished());
     }
 }
