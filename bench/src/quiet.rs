@@ -461,7 +461,7 @@ impl Quiet {
             s.first.describe(),
             s.last.describe()
         );
-        self.set_phase(&format!("run: {before}"));
+        self.set_phase(&format!("{RUN}{before}"));
         self.log.lock().unwrap_or_else(|e| e.into_inner()).push(s.clone());
         s
     }
@@ -514,7 +514,7 @@ async fn sync_dir(dir: &Path) -> Duration {
 }
 
 /// Maxima and totals of the samples taken through one scenario.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {
     pub seconds: f64,
     pub samples: usize,
@@ -529,7 +529,53 @@ pub struct Summary {
     pub written_mib: f64,
     pub discarded_mib: f64,
     pub flushes: u64,
+    /// The same for each target's run (from its start to the next settle), in order.
+    pub runs: Vec<Run>,
 }
+
+/// The machine through one target's run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Run {
+    pub target: String,
+    pub samples: usize,
+    pub max_unwritten_kb: u64,
+    busy_sum: f64,
+    stall_sum: f64,
+}
+
+impl Run {
+    fn add(&mut self, w: &Window) {
+        self.samples += 1;
+        self.max_unwritten_kb = self.max_unwritten_kb.max(w.dirty_kb + w.writeback_kb);
+        self.busy_sum += w.disk_busy.unwrap_or(0.0);
+        self.stall_sum += w.io_some.unwrap_or(0.0);
+    }
+
+    pub fn describe(&self) -> String {
+        let n = self.samples.max(1) as f64;
+        format!(
+            "{}: Dirty + Writeback max {:.1} MiB, disk busy {:.0} %, I/O stall {:.0} %",
+            self.target,
+            self.max_unwritten_kb as f64 / MIB_KB,
+            100.0 * self.busy_sum / n,
+            100.0 * self.stall_sum / n
+        )
+    }
+}
+
+/// Adds a sample taken in `phase` to the run it belongs to: a new run whenever a target's run begins.
+pub fn add_to_runs(runs: &mut Vec<Run>, previous_phase: &str, phase: &str, w: &Window) {
+    let Some(target) = phase.strip_prefix(RUN) else { return };
+    if phase != previous_phase || runs.is_empty() {
+        runs.push(Run { target: target.to_string(), ..Run::default() });
+    }
+    if let Some(run) = runs.last_mut() {
+        run.add(w);
+    }
+}
+
+/// How the phase of a target's run is named (after its settle).
+const RUN: &str = "run: ";
 
 impl Summary {
     pub fn add(&mut self, w: &Window) {
@@ -577,18 +623,21 @@ impl Sampler {
             let mut prev = start;
             let mut summary = Summary::default();
             let mut lines = String::new();
+            let mut previous_phase = String::new();
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(every);
                 let now = Snapshot::take(dev);
                 let w = Window::between(&prev, &now, 0);
                 summary.add(&w);
+                let phase = quiet.phase();
+                add_to_runs(&mut summary.runs, &previous_phase, &phase, &w);
                 if trace.is_some() {
                     let pct = |v: Option<f64>| v.map_or(String::new(), |v| format!("{:.1}", 100.0 * v));
                     let _ = writeln!(
                         lines,
                         "{scenario},{:.2},\"{}\",{},{},{},{},{},{:.2},{:.2},{},{}",
                         now.at.duration_since(start.at).as_secs_f64(),
-                        quiet.phase(),
+                        phase,
                         w.dirty_kb,
                         w.writeback_kb,
                         pct(w.disk_busy),
@@ -601,6 +650,7 @@ impl Sampler {
                     );
                 }
                 prev = now;
+                previous_phase = phase;
             }
             let total = Window::between(&start, &prev, 0);
             summary.seconds = total.seconds;
@@ -693,6 +743,10 @@ pub fn scenario_notes(start: &Settle, targets: &[Settle], during: &Summary) -> V
         notes.push(line);
     }
     notes.push(format!("machine during the scenario {}", during.describe()));
+    if !during.runs.is_empty() {
+        let runs: Vec<String> = during.runs.iter().map(Run::describe).collect();
+        notes.push(format!("during each target's run: {}", runs.join("; ")));
+    }
     notes
 }
 
@@ -845,6 +899,30 @@ mod tests {
         assert_eq!(w.flushes, 2560);
         assert_eq!((w.dirty_kb, w.writeback_kb, w.time_wait), (2048, 1024, 7));
         assert!((w.unwritten_mib() - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn samples_are_grouped_by_target_run() {
+        let w = |dirty_kb: u64, busy: f64| Window { dirty_kb, disk_busy: Some(busy), ..Window::default() };
+        let mut runs = Vec::new();
+        let phases = [
+            ("settle: Parley", w(900_000, 0.9)),
+            ("run: Parley", w(1024, 0.2)),
+            ("run: Parley", w(2048, 0.4)),
+            ("settle: Parley", w(500_000, 0.5)),
+            ("run: Parley", w(4096, 0.0)),
+            ("run: bare relay", w(0, 0.0)),
+        ];
+        let mut previous = String::new();
+        for (phase, window) in &phases {
+            add_to_runs(&mut runs, &previous, phase, window);
+            previous = phase.to_string();
+        }
+        // Settle samples belong to no run; two runs of the same target stay apart.
+        let seen: Vec<(&str, usize, u64)> =
+            runs.iter().map(|r| (r.target.as_str(), r.samples, r.max_unwritten_kb)).collect();
+        assert_eq!(seen, vec![("Parley", 2, 2048), ("Parley", 1, 4096), ("bare relay", 1, 0)]);
+        assert_eq!(runs[0].describe(), "Parley: Dirty + Writeback max 2.0 MiB, disk busy 30 %, I/O stall 0 %");
     }
 
     #[tokio::test]
