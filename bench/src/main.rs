@@ -369,13 +369,14 @@ fn settle_line(limits: &quiet::Limits) -> String {
     }
     format!(
         "- settling: before each scenario and each target, the previous target's processes have exited (waited \
-         for), its folder is removed, `syncfs`, then until {} consecutive {} ms windows show Dirty + Writeback ≤ {} \
-         MiB and the disk busy ≤ {:.0} % ({} s at most; TIME_WAIT recorded, not waited for: fresh ports, spread \
-         source addresses)\n",
+         for) and the generator's tasks of it ended, its folder is removed, `syncfs`, then until {} consecutive {} ms \
+         windows show Dirty + Writeback ≤ {} MiB, the disk busy ≤ {:.0} % and a one-page write + fdatasync ≤ {} ms \
+         ({} s at most; TIME_WAIT recorded, not waited for: fresh ports, spread source addresses)\n",
         limits.quiet_windows,
         limits.window.as_millis(),
         limits.max_unwritten_kb / 1024,
         100.0 * limits.max_disk_busy,
+        limits.max_fsync_ms,
         limits.timeout.as_secs()
     )
 }

@@ -711,7 +711,7 @@ pub fn scenario_notes(start: &Settle, targets: &[Settle], during: &Summary) -> V
         let min = waits.iter().copied().fold(f64::INFINITY, f64::min);
         let max = waits.iter().copied().fold(0.0, f64::max);
         let worst = targets.iter().max_by(|a, b| a.first.unwritten_mib().total_cmp(&b.first.unwritten_mib()));
-        let mut line = format!("before each of its {} targets the harness waited {min:.1}–{max:.1} s", targets.len());
+        let mut line = format!("before each of its targets ({}) the harness waited {min:.1}–{max:.1} s", targets.len());
         if let Some(w) = worst {
             let _ = write!(
                 line,
