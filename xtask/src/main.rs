@@ -157,6 +157,8 @@ fn test(root: &Path, browser: bool) -> anyhow::Result<()> {
             "testpg",
             "-p",
             "xtask",
+            "-p",
+            "bench",
         ],
         &pg_env,
     )?;
