@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../server/migrations/sqlite/20261201001500_inbox_counters.sql"),
     include_str!("../../server/migrations/sqlite/20261201002000_workspaces.sql"),
     include_str!("../../server/migrations/sqlite/20261201003000_nodes.sql"),
+    include_str!("../../server/migrations/sqlite/20261202007000_events_rowid.sql"),
 ];
 
 /// Messages committed and how long it took.

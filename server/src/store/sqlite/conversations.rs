@@ -515,3 +515,85 @@ pub(super) fn insert_event(
     )?;
     Ok(event)
 }
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{Connection, params};
+
+    use super::append_message_in;
+    use crate::clock::Clock;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::sqlite::writer::tests::message;
+    use crate::store::{Backend, NewMessage};
+
+    /// Conversations written to at once, and messages per COMMIT, as in scenario b at saturation (100 visitors,
+    /// 4 sends in flight each: groups of about 200–256).
+    const CONVERSATIONS: usize = 100;
+    const PER_COMMIT: usize = 200;
+
+    /// A database migrated by the store, then opened alone with rusqlite and no automatic checkpoint, so that the
+    /// WAL holds exactly the frames of the transactions run on it.
+    async fn migrated(dir: &tempfile::TempDir) -> Connection {
+        let path = dir.path().join("frames.db");
+        let store =
+            SqliteStore::connect(&format!("sqlite://{}", path.display()), 1, Clock::system()).await.expect("migrates");
+        store.close().await;
+        let conn = Connection::open(&path).expect("opens");
+        conn.execute_batch("pragma foreign_keys = on; pragma wal_autocheckpoint = 0;").expect("pragmas");
+        conn.execute(
+            "insert into sites (id, key, name, allowed_origins, created_at, updated_at)
+             values ('s', 's', 'S', '[]', 0, 0)",
+            [],
+        )
+        .expect("site");
+        for i in 0..CONVERSATIONS {
+            conn.execute(
+                "insert into contacts (id, site_id, label, created_at, updated_at) values (?1, 's', 'V', 0, 0)",
+                params![format!("k{i}")],
+            )
+            .expect("contact");
+        }
+        conn
+    }
+
+    /// Frames in the WAL, which a full checkpoint then empties.
+    fn frames_checkpointed(conn: &Connection) -> i64 {
+        conn.query_row("pragma wal_checkpoint(truncate)", [], |r| r.get::<_, i64>(1)).expect("checkpoint")
+    }
+
+    /// What one message costs the WAL: 20,000 visitor messages into 100 conversations, 200 to a COMMIT (each after
+    /// the first in a savepoint, as a group runs them), through the append path itself. Before 20261202007000 and
+    /// [`super::super::PAGE_SIZE`] this was about 12 KB per message (3 frames of 4 KiB: each COMMIT dirtied a leaf of
+    /// every conversation in the clustered event log and split them often); either change alone leaves about 8.3.
+    #[tokio::test]
+    async fn a_message_costs_few_wal_bytes_under_group_commit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = migrated(&dir).await;
+        frames_checkpointed(&conn);
+        let (mut frames, mut messages) = (0, 0);
+        for group in 0..100 {
+            conn.execute_batch("begin immediate").expect("begin");
+            for i in 0..PER_COMMIT {
+                let n = group * PER_COMMIT + i;
+                if i > 0 {
+                    conn.execute_batch("savepoint w").expect("savepoint");
+                }
+                let msg = NewMessage {
+                    body: format!("benchmark message {n}"),
+                    ..message(format!("v{}-{}", n % CONVERSATIONS, n / CONVERSATIONS))
+                };
+                append_message_in(&conn, &format!("k{}", n % CONVERSATIONS), "s", msg, n as i64).expect("appends");
+                if i > 0 {
+                    conn.execute_batch("release w").expect("release");
+                }
+                messages += 1;
+            }
+            conn.execute_batch("commit").expect("commit");
+            frames += frames_checkpointed(&conn);
+        }
+        let page: i64 = conn.query_row("pragma page_size", [], |r| r.get(0)).expect("page size");
+        let per_message = (frames * page) as f64 / f64::from(messages);
+        println!("{per_message:.0} bytes of WAL per message ({frames} frames of {page} bytes)");
+        assert!(per_message < 7_500.0, "{per_message:.0} bytes of WAL per message");
+    }
+}
