@@ -934,9 +934,11 @@ async fn an_existing_database_upgrades_into_the_default_workspace(engine: Engine
     store.close().await;
 }
 
-/// A database before 20261202007000 (the event log clustered on its key, on SQLite) holding a conversation of two
-/// messages and a read, migrated to the latest schema: the log replays exactly as it was, the key is still unique
-/// (a repeated client id is answered with the original), and the next message takes the next seq.
+/// A database before 20261202007000 (on SQLite: the event log clustered on its key, `messages` unique by seq)
+/// holding a conversation of two messages, a read and a pending Messenger send of the second message, migrated to
+/// the latest schema: the log replays exactly as it was, the messages and the send are kept (the rebuild of
+/// `messages` must not cascade to the outbox), a repeated client id is still answered with the original, the next
+/// message takes the next seq, and the read cursors still stop at the last message.
 async fn an_existing_event_log_is_kept_when_it_stops_being_clustered(engine: Engine) {
     const BEFORE: i64 = 20261202007000;
     let message = |seq: u64, client_id: &str, body: &str| Event {
@@ -983,11 +985,19 @@ async fn an_existing_event_log_is_kept_when_it_stops_being_clustered(engine: Eng
             event.seq, event.at
         ));
     }
+    rows.push(
+        "insert into outbox (id, conversation_id, message_id, psid, body, messaging_type, next_attempt_at, created_at,
+            updated_at) values (7, 'c1', 'm2', 'p1', 'second', 'RESPONSE', 1, 1, 1)"
+            .into(),
+    );
     let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
     let db = older_database(engine, BEFORE, &rows).await;
     let store = db.open(&Clock::adjustable()).await;
     assert_eq!(store.events_after("c1", 0).await.expect("replay"), log, "the log replays as it was");
     assert_eq!(store.events_after("c1", 2).await.expect("replay from 2"), log[2..]);
+    let recent = store.recent_messages("c1", 6).await.expect("recent");
+    assert_eq!(recent.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["first", "second"]);
+    assert_eq!(store.outbox_for_message("m2").await.expect("outbox"), Some(7), "the pending send is kept");
     match store.append_message("k1", "s1", visitor("c-2", "second again")).await.expect("a repeat") {
         AppendOutcome::Duplicate { message, seq, .. } => assert_eq!((message.id.as_str(), seq), ("m2", 2)),
         AppendOutcome::Created { .. } => panic!("a repeated client id was stored again"),
@@ -998,5 +1008,7 @@ async fn an_existing_event_log_is_kept_when_it_stops_being_clustered(engine: Eng
     let replay = store.events_after("c1", 0).await.expect("replay");
     assert_eq!(replay.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4], "gap-free, in order");
     assert_eq!(replay[3..], events[..1]);
+    let read = store.mark_read("c1", Party::Visitor, 100).await.expect("read").expect("moved");
+    assert!(matches!(read.kind, EventKind::Read { up_to_seq: 4, .. }), "up to the last message: {read:?}");
     store.close().await;
 }
