@@ -21,6 +21,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../server/migrations/sqlite/20261201001500_inbox_counters.sql"),
     include_str!("../../server/migrations/sqlite/20261201002000_workspaces.sql"),
     include_str!("../../server/migrations/sqlite/20261201003000_nodes.sql"),
+    include_str!("../../server/migrations/sqlite/20261202007000_events_rowid.sql"),
+    include_str!("../../server/migrations/sqlite/20261202007001_messages_seq_key.sql"),
 ];
 
 /// Messages committed and how long it took.

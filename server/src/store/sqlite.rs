@@ -29,6 +29,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use super::{Backend, StoreError, StoreResult};
 use crate::clock::Clock;
 
+/// The page size a new database file is created with (an existing file keeps its own: SQLite changes it only by a
+/// `VACUUM` outside WAL mode). Each COMMIT writes every page it changed to the WAL, whole: a message changes a leaf
+/// of each index at its conversation's place, so the WAL bytes per message scale with the page, not the message
+/// (in scenario b's shape, 100 conversations and 200 messages per COMMIT, about a third less WAL than at 4 KiB).
+/// Rows and event payloads of up to 2,013 bytes still fit on a page of a table (no overflow page).
+pub const PAGE_SIZE: u32 = 2048;
+
 /// The store on one SQLite database file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -45,6 +52,7 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)
             .context("invalid SQLite URL")?
             .create_if_missing(true)
+            .page_size(PAGE_SIZE)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)

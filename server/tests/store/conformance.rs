@@ -91,6 +91,7 @@ conformance!(
     workspaces_own_sites_agents_conversations_and_files,
     pages_are_connected_per_site_or_workspace,
     an_existing_database_upgrades_into_the_default_workspace,
+    an_existing_event_log_is_kept_when_it_stops_being_clustered,
 );
 
 /// The same for the cases of `support/store_conformance.rs`, which take a fresh store.
@@ -868,6 +869,38 @@ async fn pages_are_connected_per_site_or_workspace(engine: Engine) {
     assert_eq!(store.page_for_site(&one.id).await.expect("one"), None);
 }
 
+/// A database of `engine` migrated only up to (not including) the migration `before`, holding `rows` (SQLite
+/// spelling; the blob `'x'` becomes PostgreSQL's bytea).
+async fn older_database(engine: Engine, before: i64, rows: &[&str]) -> Db {
+    let db = engine.database().await;
+    match engine {
+        Engine::Sqlite => {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url)).await.expect("open");
+            let mut migrator = sqlx::migrate!("./migrations/sqlite");
+            migrator.migrations = migrator.migrations.iter().filter(|m| m.version < before).cloned().collect();
+            migrator.run(&mut conn).await.expect("older migrations");
+            for sql in rows {
+                sqlx::query(sql).execute(&mut conn).await.expect("old rows");
+            }
+            conn.close().await.expect("close");
+        }
+        Engine::Postgres => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+            let mut migrator = sqlx::migrate!("./migrations/postgres");
+            migrator.migrations = migrator.migrations.iter().filter(|m| m.version < before).cloned().collect();
+            migrator.run(&mut conn).await.expect("older migrations");
+            for sql in rows {
+                let sql = sql.replace("'x'", "'\\x78'::bytea");
+                sqlx::query(&sql).execute(&mut conn).await.expect("old rows");
+            }
+            conn.close().await.expect("close");
+        }
+    }
+    db
+}
+
 /// A database at the migration before workspaces, holding a site, an agent, a conversation and a file, migrated to
 /// the latest schema: everything lands in the default workspace and the agent sees the conversation.
 async fn an_existing_database_upgrades_into_the_default_workspace(engine: Engine) {
@@ -883,32 +916,7 @@ async fn an_existing_database_upgrades_into_the_default_workspace(engine: Engine
         "insert into attachments (id, conversation_id, content_type, bytes, created_at)
          values ('f1', 'c1', 'image/png', 'x', 1)",
     ];
-    let db = engine.database().await;
-    match engine {
-        Engine::Sqlite => {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url)).await.expect("open");
-            let mut migrator = sqlx::migrate!("./migrations/sqlite");
-            migrator.migrations = migrator.migrations.iter().filter(|m| m.version < BEFORE).cloned().collect();
-            migrator.run(&mut conn).await.expect("older migrations");
-            for sql in ROWS {
-                sqlx::query(sql).execute(&mut conn).await.expect("old rows");
-            }
-            conn.close().await.expect("close");
-        }
-        Engine::Postgres => {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-            let mut migrator = sqlx::migrate!("./migrations/postgres");
-            migrator.migrations = migrator.migrations.iter().filter(|m| m.version < BEFORE).cloned().collect();
-            migrator.run(&mut conn).await.expect("older migrations");
-            for sql in ROWS {
-                let sql = sql.replace("'x'", "'\\x78'::bytea");
-                sqlx::query(&sql).execute(&mut conn).await.expect("old rows");
-            }
-            conn.close().await.expect("close");
-        }
-    }
+    let db = older_database(engine, BEFORE, ROWS).await;
     let store = db.open(&Clock::adjustable()).await;
     let workspaces = store.workspaces().await.expect("workspaces");
     assert_eq!(workspaces.len(), 1, "{workspaces:?}");
@@ -923,5 +931,84 @@ async fn an_existing_database_upgrades_into_the_default_workspace(engine: Engine
     assert_eq!(store.attachment_workspace("f1").await.expect("f1").as_deref(), Some(DEFAULT_WORKSPACE));
     let site = store.create_site("new", "New", &[], "").await.expect("a new site after the upgrade");
     assert_eq!(site.workspace_id, DEFAULT_WORKSPACE);
+    store.close().await;
+}
+
+/// A database before 20261202007000 (on SQLite: the event log clustered on its key, `messages` unique by seq)
+/// holding a conversation of two messages, a read and a pending Messenger send of the second message, migrated to
+/// the latest schema: the log replays exactly as it was, the messages and the send are kept (the rebuild of
+/// `messages` must not cascade to the outbox), a repeated client id is still answered with the original, the next
+/// message takes the next seq, and the read cursors still stop at the last message.
+async fn an_existing_event_log_is_kept_when_it_stops_being_clustered(engine: Engine) {
+    const BEFORE: i64 = 20261202007000;
+    let message = |seq: u64, client_id: &str, body: &str| Event {
+        seq,
+        at: 10 + seq as i64,
+        kind: EventKind::Message {
+            message: protocol::ChatMessage {
+                id: format!("m{seq}"),
+                client_id: client_id.into(),
+                author: Author::Visitor,
+                body: body.into(),
+                sent_at: 10 + seq as i64,
+                channel: Channel::Web,
+                attachments: Vec::new(),
+            },
+        },
+    };
+    let log = vec![
+        message(1, "c-1", "first"),
+        message(2, "c-2", "second"),
+        Event { seq: 3, at: 13, kind: EventKind::Read { by: Party::Agent, up_to_seq: 2 } },
+    ];
+    let mut rows = vec![
+        "insert into sites (id, key, name, allowed_origins, greeting, created_at, updated_at)
+         values ('s1', 'shop', 'Shop', '[]', '', 1, 1)"
+            .to_string(),
+        "insert into contacts (id, site_id, label, created_at, updated_at) values ('k1', 's1', 'Visitor 1', 1, 1)"
+            .into(),
+        "insert into conversations (id, site_id, contact_id, last_seq, agent_read_seq, last_activity_at, created_at,
+            updated_at) values ('c1', 's1', 'k1', 3, 2, 13, 1, 13)"
+            .into(),
+    ];
+    for event in &log {
+        if let EventKind::Message { message } = &event.kind {
+            rows.push(format!(
+                "insert into messages (id, conversation_id, seq, client_id, author_role, body, created_at)
+                 values ('{}', 'c1', {}, '{}', 'visitor', '{}', {})",
+                message.id, event.seq, message.client_id, message.body, event.at
+            ));
+        }
+        let payload = serde_json::to_string(event).expect("json");
+        rows.push(format!(
+            "insert into events (conversation_id, seq, payload, created_at) values ('c1', {}, '{payload}', {})",
+            event.seq, event.at
+        ));
+    }
+    rows.push(
+        "insert into outbox (id, conversation_id, message_id, psid, body, messaging_type, next_attempt_at, created_at,
+            updated_at) values (7, 'c1', 'm2', 'p1', 'second', 'RESPONSE', 1, 1, 1)"
+            .into(),
+    );
+    let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+    let db = older_database(engine, BEFORE, &rows).await;
+    let store = db.open(&Clock::adjustable()).await;
+    assert_eq!(store.events_after("c1", 0).await.expect("replay"), log, "the log replays as it was");
+    assert_eq!(store.events_after("c1", 2).await.expect("replay from 2"), log[2..]);
+    let recent = store.recent_messages("c1", 6).await.expect("recent");
+    assert_eq!(recent.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["first", "second"]);
+    assert_eq!(store.outbox_for_message("m2").await.expect("outbox"), Some(7), "the pending send is kept");
+    match store.append_message("k1", "s1", visitor("c-2", "second again")).await.expect("a repeat") {
+        AppendOutcome::Duplicate { message, seq, .. } => assert_eq!((message.id.as_str(), seq), ("m2", 2)),
+        AppendOutcome::Created { .. } => panic!("a repeated client id was stored again"),
+    }
+    let (conversation_id, seq, events) =
+        created(store.append_message("k1", "s1", visitor("c-4", "third")).await.expect("appends"));
+    assert_eq!((conversation_id.as_str(), seq), ("c1", 4));
+    let replay = store.events_after("c1", 0).await.expect("replay");
+    assert_eq!(replay.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4], "gap-free, in order");
+    assert_eq!(replay[3..], events[..1]);
+    let read = store.mark_read("c1", Party::Visitor, 100).await.expect("read").expect("moved");
+    assert!(matches!(read.kind, EventKind::Read { up_to_seq: 4, .. }), "up to the last message: {read:?}");
     store.close().await;
 }

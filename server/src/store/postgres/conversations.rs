@@ -160,8 +160,9 @@ impl ConversationStore for PgStore {
             Party::Agent => "agent_read_seq",
         };
         let mut tx = self.pool.begin().await?;
-        let last_message =
-            "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
+        // The seq of the last message: the log's last `message` event (read backwards by its key, usually the first).
+        let last_message = "coalesce((select e.seq from events e where e.conversation_id = conversations.id
+            and e.payload::jsonb ->> 'kind' = 'message' order by e.seq desc limit 1), 0)";
         let moved = sqlx::query(&format!(
             "update conversations set {column} = least($1, {last_message}), updated_at = $2
              where id = $3 and {column} < least($4, {last_message})"
@@ -181,10 +182,11 @@ impl ConversationStore for PgStore {
             .fetch_one(&mut *tx)
             .await?;
         if by == Party::Agent {
-            // Only the customer's messages after the agents' cursor are unread (a few rows, by the seq index).
+            // Only the customer's messages after the agents' cursor are unread (a few events, by the log's key).
             sqlx::query(
-                "update conversations set unread_count = (select count(*) from messages m
-                    where m.conversation_id = $1 and m.author_role = 'visitor' and m.seq > $2) where id = $1",
+                "update conversations set unread_count = (select count(*) from events e
+                    where e.conversation_id = $1 and e.seq > $2 and e.payload::jsonb ->> 'kind' = 'message'
+                        and e.payload::jsonb #>> '{message,author,role}' = 'visitor') where id = $1",
             )
             .bind(conversation_id)
             .bind(cursor)

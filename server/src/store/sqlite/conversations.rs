@@ -408,7 +408,9 @@ fn mark_read_in(
     up_to_seq: u64,
     now: i64,
 ) -> StoreResult<Option<Event>> {
-    let last_message = "(select coalesce(max(m.seq), 0) from messages m where m.conversation_id = conversations.id)";
+    // The seq of the last message: the log's last `message` event (read backwards by its key, usually the first).
+    let last_message = "coalesce((select e.seq from events e where e.conversation_id = conversations.id
+        and e.payload ->> '$.kind' = 'message' order by e.seq desc limit 1), 0)";
     let moved = exec(
         conn,
         &format!(
@@ -424,11 +426,12 @@ fn mark_read_in(
         row(conn, &format!("select {column} from conversations where id = ?"), params![conversation_id], |r| r.get(0))?
             .ok_or(StoreError::NotFound)?;
     if by == Party::Agent {
-        // Only the customer's messages after the agents' cursor are unread (a few rows, by the seq index).
+        // Only the customer's messages after the agents' cursor are unread (a few events, by the log's key).
         exec(
             conn,
-            "update conversations set unread_count = (select count(*) from messages m
-                where m.conversation_id = ?1 and m.author_role = 'visitor' and m.seq > ?2) where id = ?1",
+            "update conversations set unread_count = (select count(*) from events e
+                where e.conversation_id = ?1 and e.seq > ?2 and e.payload ->> '$.kind' = 'message'
+                    and e.payload ->> '$.message.author.role' = 'visitor') where id = ?1",
             params![conversation_id, cursor],
         )?;
     }
@@ -514,4 +517,94 @@ pub(super) fn insert_event(
         params![conversation_id, seq_param(seq), payload, at],
     )?;
     Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{Connection, params};
+
+    use super::append_message_in;
+    use crate::clock::Clock;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::sqlite::writer::tests::message;
+    use crate::store::{Backend, NewMessage};
+
+    /// Conversations written to at once, and messages per COMMIT, as in scenario b at saturation (100 visitors,
+    /// 4 sends in flight each: groups of about 200–256).
+    const CONVERSATIONS: usize = 100;
+    const PER_COMMIT: usize = 200;
+
+    /// A database migrated by the store, then opened alone with rusqlite and no automatic checkpoint, so that the
+    /// WAL holds exactly the frames of the transactions run on it.
+    async fn migrated(dir: &tempfile::TempDir) -> Connection {
+        let path = dir.path().join("frames.db");
+        let store =
+            SqliteStore::connect(&format!("sqlite://{}", path.display()), 1, Clock::system()).await.expect("migrates");
+        store.close().await;
+        let conn = Connection::open(&path).expect("opens");
+        conn.execute_batch("pragma foreign_keys = on; pragma wal_autocheckpoint = 0;").expect("pragmas");
+        conn.execute(
+            "insert into sites (id, key, name, allowed_origins, created_at, updated_at)
+             values ('s', 's', 'S', '[]', 0, 0)",
+            [],
+        )
+        .expect("site");
+        for i in 0..CONVERSATIONS {
+            conn.execute(
+                "insert into contacts (id, site_id, label, created_at, updated_at) values (?1, 's', 'V', 0, 0)",
+                params![format!("k{i}")],
+            )
+            .expect("contact");
+        }
+        conn
+    }
+
+    /// Bytes of pages in the WAL file at `wal` (each frame is a 24-byte header and a page, after a 32-byte file
+    /// header), which a checkpoint then copies into the database and truncates.
+    fn pages_checkpointed(conn: &Connection, wal: &std::path::Path, page: u64) -> u64 {
+        let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        let busy: i64 = conn.query_row("pragma wal_checkpoint(truncate)", [], |r| r.get(0)).expect("checkpoint");
+        assert_eq!(busy, 0, "the checkpoint completed");
+        size.saturating_sub(32) / (page + 24) * page
+    }
+
+    /// What one message costs the WAL: 20,000 visitor messages into 100 conversations, 200 to a COMMIT (each after
+    /// the first in a savepoint, as a group runs them), through the append path itself. Each COMMIT writes every page
+    /// it changed, and a message changes a leaf at its conversation's place in each b-tree keyed by conversation.
+    /// With the schema before 20261202007000 on 4 KiB pages this was about 12 KB per message; the event log no
+    /// longer clustered by conversation (20261202007000) and 2 KiB pages ([`super::super::PAGE_SIZE`]) left about
+    /// 5.6; without the second index by seq on `messages` (20261202007001) it is about 4.0.
+    #[tokio::test]
+    async fn a_message_costs_few_wal_bytes_under_group_commit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = migrated(&dir).await;
+        let wal = dir.path().join("frames.db-wal");
+        let page: u64 = conn.query_row("pragma page_size", [], |r| r.get(0)).expect("page size");
+        pages_checkpointed(&conn, &wal, page);
+        let (mut bytes, mut messages) = (0, 0);
+        for group in 0..100 {
+            conn.execute_batch("begin immediate").expect("begin");
+            for i in 0..PER_COMMIT {
+                let n = group * PER_COMMIT + i;
+                if i > 0 {
+                    conn.execute_batch("savepoint w").expect("savepoint");
+                }
+                let msg = NewMessage {
+                    body: format!("benchmark message {n}"),
+                    ..message(format!("v{}-{}", n % CONVERSATIONS, n / CONVERSATIONS))
+                };
+                append_message_in(&conn, &format!("k{}", n % CONVERSATIONS), "s", msg, n as i64).expect("appends");
+                if i > 0 {
+                    conn.execute_batch("release w").expect("release");
+                }
+                messages += 1;
+            }
+            conn.execute_batch("commit").expect("commit");
+            bytes += pages_checkpointed(&conn, &wal, page);
+        }
+        let per_message = bytes as f64 / f64::from(messages);
+        println!("{per_message:.0} bytes of WAL per message (pages of {page} bytes)");
+        assert!(per_message > 500.0, "the WAL was measured: {per_message:.0} bytes per message");
+        assert!(per_message < 4_800.0, "{per_message:.0} bytes of WAL per message");
+    }
 }
