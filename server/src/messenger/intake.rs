@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -85,8 +86,9 @@ pub fn retry_delay(failures: u32) -> Duration {
 }
 
 /// Runs forever: waits for spooled deliveries, stores them, and applies their events as they become due. Keeps
-/// `late_events` (applied after the reorder window), `held_events` (in the window now) and `deliveries_read`
-/// (delivery rows read from the database) in its health entry.
+/// `late_events` (applied after the reorder window), `held_events` (in the window now), `deliveries_read`
+/// (delivery rows read from the database), `event_reads` (store reads made for one event at a time) and `passes`
+/// (reported after each pass, the others with it) in its health entry.
 pub async fn run(messenger: Arc<Messenger>, health: WorkerHealth) {
     let _media = AbortOnDrop(tokio::spawn(media::run(Arc::clone(&messenger))));
     let mut intake = Intake::new(Duration::from_millis(messenger.settings.reorder_window_ms));
@@ -96,6 +98,8 @@ pub async fn run(messenger: Arc<Messenger>, health: WorkerHealth) {
         // Added, not set: the count survives a restart of the worker.
         health.add("late_events", std::mem::take(&mut intake.late_events));
         health.add("deliveries_read", std::mem::take(&mut intake.deliveries_read));
+        health.add("event_reads", messenger.event_reads.swap(0, Ordering::Relaxed));
+        health.add("passes", 1);
         health.set("held_events", u64::try_from(intake.held.len()).unwrap_or(u64::MAX));
         let next_ripe = match result {
             Ok(next_ripe) => next_ripe,
@@ -480,6 +484,7 @@ fn customer_of(event: &Messaging) -> Option<String> {
 /// Whether `event` is a message not stored yet (a late redelivery of a stored one is not late, just a duplicate).
 async fn is_new_message(messenger: &Messenger, event: &Messaging) -> Result<bool, ServiceError> {
     let Some(mid) = event.message.as_ref().and_then(|m| m.mid.as_deref()) else { return Ok(false) };
+    messenger.event_reads.fetch_add(1, Ordering::Relaxed);
     Ok(messenger.conversations.messenger_rows().message_by_external_id(mid).await?.is_none())
 }
 
@@ -517,7 +522,10 @@ async fn apply(
     let customer = if event.message.as_ref().is_some_and(|m| m.is_echo) { &event.recipient } else { &event.sender };
     // The customer's contact, read once: the steps below that need it take this one.
     let known = match customer.as_ref().map(|p| p.id.as_str()).filter(|p| !p.is_empty()) {
-        Some(psid) => store.contact_by_psid(psid).await?,
+        Some(psid) => {
+            messenger.event_reads.fetch_add(1, Ordering::Relaxed);
+            store.contact_by_psid(psid).await?
+        }
         None => None,
     };
     if let Some(contact) = &known
@@ -625,6 +633,7 @@ async fn apply_echo(
         }
         return Ok(());
     }
+    messenger.event_reads.fetch_add(2, Ordering::Relaxed);
     if store.message_by_external_id(&mid).await?.is_some() {
         return Ok(());
     }
@@ -649,6 +658,7 @@ async fn post_from_messenger(
     messenger_action_at: Option<i64>,
 ) -> Result<(), ServiceError> {
     // Dedupe before anything is queued for download: a redelivered message fetches nothing.
+    messenger.event_reads.fetch_add(1, Ordering::Relaxed);
     if messenger.conversations.messenger_rows().message_by_external_id(&mid).await?.is_some() {
         return Ok(());
     }

@@ -6,12 +6,14 @@ use async_trait::async_trait;
 
 use rusqlite::{Connection, params};
 
-use super::conversations::{bump_seq, insert_event, seq_of};
+use super::conversations::{bump_seq, contact_row, insert_event, seq_of};
 use super::{SqliteStore, exec, row, rows};
 use crate::messenger::send_api::MessagingType;
 use crate::store::models::{Contact, LinkRow, OutboxRow, QuarantinedDelivery, RecentMessage};
+use crate::store::reads::CONTACT_COLUMNS;
 use crate::store::{
-    Accepted, ConversationStore, MAX_LIVE_LINKS, MessengerStore, OfferOutcome, StoreError, StoreResult, new_id,
+    Accepted, ConversationStore, IntakeLookup, MAX_LIVE_LINKS, MessengerStore, OfferOutcome, StoreError, StoreResult,
+    new_id,
 };
 
 /// `o` is the oldest pending send of its PSID.
@@ -469,6 +471,41 @@ impl MessengerStore for SqliteStore {
                     )?;
                 }
                 Ok(())
+            })
+            .await
+    }
+
+    async fn intake_lookup(&self, psids: &[String], mids: &[String], codes: &[String]) -> StoreResult<IntakeLookup> {
+        let now = self.now();
+        let (psids, mids, codes) = (psids.to_vec(), mids.to_vec(), codes.to_vec());
+        // On the write connection, a job of its own: each lookup is one cached statement run (microseconds on the
+        // writer thread), where a read of the pool per event was a hop to a connection thread and back.
+        self.writer
+            .run(move |conn| {
+                let mut found = IntakeLookup::default();
+                let by_psid = format!("select {CONTACT_COLUMNS} from contacts where psid = ?");
+                for psid in psids {
+                    if let Some(contact) = row(conn, &by_psid, params![psid], contact_row)? {
+                        found.contacts.insert(psid, contact);
+                    }
+                }
+                for mid in mids {
+                    if row(conn, "select 1 from messages where external_id = ?", params![mid], |_| Ok(()))?.is_some() {
+                        found.stored_mids.insert(mid);
+                    }
+                }
+                for code in codes {
+                    let live = row(
+                        conn,
+                        "select 1 from messenger_links where code = ? and used_at is null and expires_at > ? limit 1",
+                        params![code, now],
+                        |_| Ok(()),
+                    )?;
+                    if live.is_some() {
+                        found.live_codes.insert(code);
+                    }
+                }
+                Ok(found)
             })
             .await
     }
