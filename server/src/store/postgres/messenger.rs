@@ -454,11 +454,10 @@ impl MessengerStore for PgStore {
                 .bind(psids)
                 .fetch_all(&self.pool)
                 .await?;
-        let stored: Vec<String> =
-            sqlx::query_scalar("select external_id from messages where external_id = any($1)")
-                .bind(mids)
-                .fetch_all(&self.pool)
-                .await?;
+        let stored: Vec<String> = sqlx::query_scalar("select external_id from messages where external_id = any($1)")
+            .bind(mids)
+            .fetch_all(&self.pool)
+            .await?;
         let live: Vec<String> = sqlx::query_scalar(
             "select distinct code from messenger_links where code = any($1) and used_at is null and expires_at > $2",
         )
