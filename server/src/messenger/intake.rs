@@ -208,7 +208,8 @@ impl Intake {
         for round in 1.. {
             self.settle(messenger).await?;
             let mut fresh = 0;
-            if self.open.len() < MAX_OPEN {
+            let capped = self.open.len() >= MAX_OPEN;
+            if !capped {
                 let full = self.full_read_due(now, round == 1);
                 let last;
                 (fresh, last) = self.load(messenger, now, if full { None } else { self.cursor }).await?;
@@ -222,7 +223,10 @@ impl Intake {
             let due = self.held.take_due(now);
             self.apply_released(messenger, due, now).await?;
             self.settle(messenger).await?;
-            if fresh < BATCH || self.open.len() >= MAX_OPEN {
+            // A round that read nothing because [`MAX_OPEN`] were held, and applied some of them: the rest of the
+            // backlog is read now (no webhook may come to wake the intake, and nothing is held to wake it).
+            let room_again = capped && self.open.len() < MAX_OPEN;
+            if (fresh < BATCH && !room_again) || self.open.len() >= MAX_OPEN {
                 break;
             }
         }

@@ -588,3 +588,34 @@ async fn a_backlog_of_deliveries_is_not_read_again_for_every_batch() {
     let read = deliveries_read(&app) - before;
     assert!(read <= 4 * DELIVERIES as u64, "{read} rows read for {DELIVERIES} deliveries");
 }
+
+/// A backlog larger than the intake holds (5,000) drains without any webhook to wake the intake: 6,000 deliveries
+/// stored at once and one wake-up are all processed within [`WAIT`]. Before, the pass that applied the 5,000 held
+/// ones read no more, and nothing held was left to wake the intake: the other 1,000 waited for its 30 s idle timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_intake_holds_drains_without_another_webhook() {
+    const DELIVERIES: usize = 6000;
+    let MessengerApp { app, sandbox: _sandbox } = spawn_messenger_app(|_, _| {}).await;
+    let bodies: Vec<String> = (0..DELIVERIES)
+        .map(|n| {
+            format!(
+                r#"{{"object":"page","entry":[{{"id":"424242","time":{n},"messaging":[{{"sender":{{"id":"{}"}},
+                "recipient":{{"id":"424242"}},"timestamp":{},"message":{{"mid":"m_big_{n}","text":"t"}}}}]}}]}}"#,
+                7_000 + n % 50,
+                1_700_000_000_000_u64 + n as u64
+            )
+        })
+        .collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
+    app.store.insert_webhook_deliveries(&refs).await.expect("stored");
+    app.state.messenger.as_ref().expect("Messenger on").intake_wake.notify_one();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = app.query_i64("select count(*) from webhook_deliveries where processed_at is null").await;
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{left} deliveries still waiting after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
