@@ -22,7 +22,7 @@ fn counter(app: &TestApp, name: &str) -> u64 {
 
 fn psid(n: usize) -> String {
     // Every other one non-ASCII: the lookup keys by the PSID exactly as Meta sent it.
-    if n % 2 == 0 { format!("lookup-{n}") } else { format!("lookup-é😀-{n}") }
+    if n.is_multiple_of(2) { format!("lookup-{n}") } else { format!("lookup-é😀-{n}") }
 }
 
 /// One delivery: a message `m_{round}_{n}` from each customer, `text` followed by the round and number.
