@@ -223,9 +223,10 @@ impl Intake {
             let due = self.held.take_due(now);
             self.apply_released(messenger, due, now).await?;
             self.settle(messenger).await?;
-            // A round that read nothing because [`MAX_OPEN`] were held, and applied some of them: the rest of the
-            // backlog is read now (no webhook may come to wake the intake, and nothing is held to wake it).
-            let room_again = capped && self.open.len() < MAX_OPEN;
+            // A round that read nothing because [`MAX_OPEN`] were held, and applied them all: the rest of the backlog
+            // is read now (no webhook may come to wake the intake, and nothing held is left to wake it). With events
+            // still held, the pass at their time reads on.
+            let room_again = capped && self.open.len() < MAX_OPEN && self.held.next_ripe().is_none();
             if (fresh < BATCH && !room_again) || self.open.len() >= MAX_OPEN {
                 break;
             }
