@@ -604,6 +604,15 @@ impl MessengerRows<'_> {
         self.store.mark_webhooks_processed(done).await
     }
 
+    pub async fn intake_lookup(
+        &self,
+        psids: &[String],
+        mids: &[String],
+        codes: &[String],
+    ) -> StoreResult<crate::store::IntakeLookup> {
+        self.store.intake_lookup(psids, mids, codes).await
+    }
+
     pub async fn webhook_delivery_failed(&self, id: i64, error: &str, max_attempts: u32) -> StoreResult<bool> {
         self.store.webhook_delivery_failed(id, error, max_attempts).await
     }

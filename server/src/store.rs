@@ -457,6 +457,23 @@ pub trait MessengerStore: Send + Sync {
     /// [`MessengerStore::mark_webhook_processed`] for several deliveries (each with why an event of it was not
     /// applied, if one was not) in one transaction (one commit): all of them or none.
     async fn mark_webhooks_processed(&self, done: &[(i64, Option<String>)]) -> StoreResult<()>;
+
+    /// What the Messenger intake reads before it applies a wave of events, in one trip to the store (on SQLite one
+    /// job on the write connection, inside the writer's transaction, instead of a read of the pool per event): the
+    /// contact of each of `psids` that has one, which of `mids` are stored messages already, and which of `codes`
+    /// (short-code candidates) name a live, unused link at all.
+    async fn intake_lookup(&self, psids: &[String], mids: &[String], codes: &[String]) -> StoreResult<IntakeLookup>;
+}
+
+/// What [`MessengerStore::intake_lookup`] found.
+#[derive(Clone, Debug, Default)]
+pub struct IntakeLookup {
+    /// Contacts by PSID (only the PSIDs that have one).
+    pub contacts: std::collections::HashMap<String, Contact>,
+    /// The mids already stored as messages.
+    pub stored_mids: std::collections::HashSet<String>,
+    /// The codes a live, unused link has (to anyone): only those can be offered.
+    pub live_codes: std::collections::HashSet<String>,
 }
 
 /// Uploaded and downloaded files.

@@ -3,6 +3,7 @@
 //! through the Page of the customer's site (see `pages`).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,9 @@ pub struct Messenger {
     /// Facts that never change once they exist, read once: each site's workspace, each conversation's site.
     site_workspaces: Mutex<HashMap<String, String>>,
     conversation_sites: Mutex<HashMap<String, String>>,
+    /// Store reads the intake made for one event at a time (its contact, whether its mid is stored), since the
+    /// intake last reported them (`event_reads` in its health entry).
+    pub(super) event_reads: AtomicU64,
 }
 
 /// The most entries a cache of [`Messenger`] holds before it starts again empty.
@@ -107,6 +111,7 @@ impl Messenger {
             typing_sent: Mutex::new(HashMap::new()),
             site_workspaces: Mutex::new(HashMap::new()),
             conversation_sites: Mutex::new(HashMap::new()),
+            event_reads: AtomicU64::new(0),
         });
         let actions: std::sync::Weak<dyn SenderActions> = Arc::downgrade(&messenger) as std::sync::Weak<Messenger>;
         messenger.conversations.attach_sender_actions(actions);

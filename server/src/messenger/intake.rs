@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -39,8 +40,8 @@ use super::{link, media};
 use crate::config::MessengerSettings;
 use crate::sentences;
 use crate::services::{PostInput, Poster, ServiceError};
-use crate::store::OfferOutcome;
 use crate::store::models::Contact;
+use crate::store::{IntakeLookup, OfferOutcome};
 use crate::supervisor::WorkerHealth;
 
 /// The app id Meta uses for messages sent from the Page's own inbox (Business Suite).
@@ -85,8 +86,9 @@ pub fn retry_delay(failures: u32) -> Duration {
 }
 
 /// Runs forever: waits for spooled deliveries, stores them, and applies their events as they become due. Keeps
-/// `late_events` (applied after the reorder window), `held_events` (in the window now) and `deliveries_read`
-/// (delivery rows read from the database) in its health entry.
+/// `late_events` (applied after the reorder window), `held_events` (in the window now), `deliveries_read`
+/// (delivery rows read from the database), `event_reads` (store reads made for one event at a time) and `passes`
+/// (reported after each pass, the others with it) in its health entry.
 pub async fn run(messenger: Arc<Messenger>, health: WorkerHealth) {
     let _media = AbortOnDrop(tokio::spawn(media::run(Arc::clone(&messenger))));
     let mut intake = Intake::new(Duration::from_millis(messenger.settings.reorder_window_ms));
@@ -96,6 +98,8 @@ pub async fn run(messenger: Arc<Messenger>, health: WorkerHealth) {
         // Added, not set: the count survives a restart of the worker.
         health.add("late_events", std::mem::take(&mut intake.late_events));
         health.add("deliveries_read", std::mem::take(&mut intake.deliveries_read));
+        health.add("event_reads", messenger.event_reads.swap(0, Ordering::Relaxed));
+        health.add("passes", 1);
         health.set("held_events", u64::try_from(intake.held.len()).unwrap_or(u64::MAX));
         let next_ripe = match result {
             Ok(next_ripe) => next_ripe,
@@ -204,7 +208,8 @@ impl Intake {
         for round in 1.. {
             self.settle(messenger).await?;
             let mut fresh = 0;
-            if self.open.len() < MAX_OPEN {
+            let capped = self.open.len() >= MAX_OPEN;
+            if !capped {
                 let full = self.full_read_due(now, round == 1);
                 let last;
                 (fresh, last) = self.load(messenger, now, if full { None } else { self.cursor }).await?;
@@ -218,7 +223,11 @@ impl Intake {
             let due = self.held.take_due(now);
             self.apply_released(messenger, due, now).await?;
             self.settle(messenger).await?;
-            if fresh < BATCH || self.open.len() >= MAX_OPEN {
+            // A round that read nothing because [`MAX_OPEN`] were held, and applied them all: the rest of the backlog
+            // is read now (no webhook may come to wake the intake, and nothing held is left to wake it). With events
+            // still held, the pass at their time reads on.
+            let room_again = capped && self.open.len() < MAX_OPEN && self.held.next_ripe().is_none();
+            if (fresh < BATCH && !room_again) || self.open.len() >= MAX_OPEN {
                 break;
             }
         }
@@ -321,11 +330,20 @@ impl Intake {
                     }
                 }
             }
-            if let Err(e) = lookup {
-                self.held.put_back(wave.into_iter().chain(rest).collect(), now);
-                return Err(e.into());
-            }
-            let attempts = wave.iter().zip(pages).map(|(due, page)| attempt(messenger, page, due));
+            // What the wave's events read (contacts, stored mids, live codes): one trip to the store, right before
+            // the wave applies (after the waves before it, whose writes it sees).
+            let found = match lookup {
+                Ok(()) => wave_lookup(messenger, &wave).await.map_err(ServiceError::from),
+                Err(e) => Err(e),
+            };
+            let found = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    self.held.put_back(wave.into_iter().chain(rest).collect(), now);
+                    return Err(e.into());
+                }
+            };
+            let attempts = wave.iter().zip(pages).map(|(due, page)| attempt(messenger, page, due, &found));
             let outcomes = futures_util::future::join_all(attempts).await;
             let (mut undone, mut first_error) = (Vec::new(), None);
             for (due, outcome) in wave.into_iter().zip(outcomes) {
@@ -412,14 +430,33 @@ impl Intake {
 /// What applying one event came to: whether it was a late new message, or why not applied, or the panic.
 type Attempt = Result<Result<bool, ServiceError>, Box<dyn std::any::Any + Send>>;
 
-/// Applies one released event for `page` (the Page it names, looked up).
-async fn attempt(messenger: &Messenger, page: Option<Page>, due: &Due<Event>) -> Attempt {
+/// Applies one released event for `page` (the Page it names, looked up), with what its wave's lookup found.
+async fn attempt(messenger: &Messenger, page: Option<Page>, due: &Due<Event>, found: &IntakeLookup) -> Attempt {
     let Event { page: page_id, messaging, .. } = &due.item;
     let work = async {
-        let late = due.late && is_new_message(messenger, messaging).await?;
-        apply(messenger, page, page_id, messaging).await.map(|()| late)
+        let late = due.late && is_new_message(found, messaging);
+        apply(messenger, page, page_id, messaging, found).await.map(|()| late)
     };
     AssertUnwindSafe(work).catch_unwind().await
+}
+
+/// Reads what the events of a wave need, in one trip to the store ([`crate::store::MessengerStore::intake_lookup`]):
+/// each customer's contact, whether each message's mid is stored, and which code-like words of the customers'
+/// messages name a live link.
+async fn wave_lookup(messenger: &Messenger, wave: &[Due<Event>]) -> crate::store::StoreResult<IntakeLookup> {
+    let (mut psids, mut mids, mut codes) = (Vec::new(), Vec::new(), Vec::new());
+    for due in wave {
+        psids.extend(due.item.customer.clone());
+        if let Some(message) = &due.item.messaging.message {
+            mids.extend(message.mid.clone());
+            if !message.is_echo {
+                codes.extend(link::short_code_candidates(message.text.as_deref().unwrap_or_default()));
+            }
+        }
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    messenger.conversations.messenger_rows().intake_lookup(&psids, &mids, &codes).await
 }
 
 /// Splits events (given by their threads, in order) into consecutive waves of at most `max`: a wave is either one
@@ -478,9 +515,8 @@ fn customer_of(event: &Messaging) -> Option<String> {
 }
 
 /// Whether `event` is a message not stored yet (a late redelivery of a stored one is not late, just a duplicate).
-async fn is_new_message(messenger: &Messenger, event: &Messaging) -> Result<bool, ServiceError> {
-    let Some(mid) = event.message.as_ref().and_then(|m| m.mid.as_deref()) else { return Ok(false) };
-    Ok(messenger.conversations.messenger_rows().message_by_external_id(mid).await?.is_none())
+fn is_new_message(found: &IntakeLookup, event: &Messaging) -> bool {
+    event.message.as_ref().and_then(|m| m.mid.as_deref()).is_some_and(|mid| !found.stored_mids.contains(mid))
 }
 
 /// Counts a failed attempt at a delivery (quarantining it at the limit) and returns the error for the caller.
@@ -505,6 +541,7 @@ async fn apply(
     page: Option<Page>,
     page_id: &str,
     event: &Messaging,
+    found: &IntakeLookup,
 ) -> Result<(), ServiceError> {
     // Routed by the Page the event is for: its workspace and site. An unknown Page's event is dropped (the raw
     // delivery stays in `webhook_deliveries`); the page id is public, the log carries nothing else of it.
@@ -515,11 +552,8 @@ async fn apply(
     let page = &page;
     let store = messenger.conversations.messenger_rows();
     let customer = if event.message.as_ref().is_some_and(|m| m.is_echo) { &event.recipient } else { &event.sender };
-    // The customer's contact, read once: the steps below that need it take this one.
-    let known = match customer.as_ref().map(|p| p.id.as_str()).filter(|p| !p.is_empty()) {
-        Some(psid) => store.contact_by_psid(psid).await?,
-        None => None,
-    };
+    // The customer's contact, read with the wave: the steps below that need it take this one.
+    let known = customer.as_ref().and_then(|p| found.contacts.get(&p.id)).cloned();
     if let Some(contact) = &known
         && messenger.site_workspace(&contact.site_id).await?.as_deref() != Some(page.workspace_id.as_str())
     {
@@ -533,7 +567,7 @@ async fn apply(
         if psid.is_empty() {
             return Err(ServiceError::Invalid("an echo without a recipient id"));
         }
-        return apply_echo(messenger, page, &psid, message).await;
+        return apply_echo(messenger, page, &psid, message, known, found).await;
     }
     let Some(psid) = event.sender.as_ref().map(|p| p.id.clone()) else { return Ok(()) };
     if psid.is_empty() {
@@ -547,12 +581,18 @@ async fn apply(
         if let Some((nonce, yes)) =
             message.quick_reply.as_ref().and_then(|q| q.payload.as_deref()).and_then(link::parse_consent)
         {
-            return answer_offer(messenger, page, &psid, &nonce, yes, event.timestamp).await;
+            return answer_offer(messenger, page, &psid, &nonce, yes, event.timestamp, known.as_ref()).await;
+        }
+        // A redelivery of a stored message: nothing to do again (its code offers and contact came before it).
+        if found.stored_mids.contains(&mid) {
+            return Ok(());
         }
         let text = message.text.clone().unwrap_or_default();
         // A customer sending the code shown on the website is asked whether to continue that conversation here
         // (also when the thread already exists on its own, e.g. after a Get Started whose referral Android dropped).
-        for code in link::short_code_candidates(&text) {
+        // Only a word that names a live link somewhere can be offered: the others cost no write.
+        let codes = link::short_code_candidates(&text).into_iter().filter(|c| found.live_codes.contains(c));
+        for code in codes {
             match store.offer_code(&code, &psid, &format!("code:{mid}:{code}"), ttl_ms).await? {
                 OfferOutcome::Offered(row) => {
                     ask_consent(page, &psid, &row.nonce);
@@ -578,17 +618,18 @@ async fn apply(
             None => format!("postback:{psid}:{}", event.timestamp),
         };
         let reference = postback.referral.as_ref().and_then(|r| r.reference.clone());
-        return apply_referral(messenger, page, &psid, reference.as_deref(), event.timestamp, &key).await;
+        return apply_referral(messenger, page, &psid, reference.as_deref(), event.timestamp, &key, known).await;
     }
 
     if let Some(referral) = &event.referral {
         let reference = referral.reference.clone().unwrap_or_default();
         let key = format!("referral:{psid}:{}:{reference}", event.timestamp);
-        return apply_referral(messenger, page, &psid, Some(&reference), event.timestamp, &key).await;
+        return apply_referral(messenger, page, &psid, Some(&reference), event.timestamp, &key, known).await;
     }
 
     if let Some(delivery) = &event.delivery {
         let mids = if delivery.mids.is_empty() {
+            messenger.event_reads.fetch_add(1, Ordering::Relaxed);
             store.sent_mids_until(&psid, delivery.watermark).await?
         } else {
             delivery.mids.clone()
@@ -610,13 +651,18 @@ async fn apply_echo(
     page: &Page,
     psid: &str,
     message: &super::graph_types::Message,
+    known: Option<Contact>,
+    found: &IntakeLookup,
 ) -> Result<(), ServiceError> {
     let store = messenger.conversations.messenger_rows();
     let Some(mid) = message.mid.clone() else { return Ok(()) };
     let ours = message.app_id.as_deref() == Some(messenger.settings.app_id.as_str());
     if ours {
         if let Some(message_id) = &message.metadata
-            && let Some(outbox_id) = store.outbox_for_message(message_id).await?
+            && let Some(outbox_id) = {
+                messenger.event_reads.fetch_add(1, Ordering::Relaxed);
+                store.outbox_for_message(message_id).await?
+            }
         {
             messenger.conversations.outbox_sent(outbox_id, &mid).await?;
             // The echo settled the head of this customer's queue: the next send may go now. (An echo of a send
@@ -625,10 +671,10 @@ async fn apply_echo(
         }
         return Ok(());
     }
-    if store.message_by_external_id(&mid).await?.is_some() {
+    if found.stored_mids.contains(&mid) {
         return Ok(());
     }
-    let contact = match store.contact_by_psid(psid).await? {
+    let contact = match known {
         Some(c) => c,
         None => new_messenger_contact(messenger, page, psid).await?,
     };
@@ -638,7 +684,8 @@ async fn apply_echo(
 }
 
 /// Posts a message that arrived from Messenger (the customer's, or one the Page sent from elsewhere), keyed by
-/// its `mid` so a redelivery is stored once.
+/// its `mid` so a redelivery is stored once. Its caller found the mid not stored yet (the wave's lookup), before
+/// anything is queued for download: a redelivered message fetches nothing.
 async fn post_from_messenger(
     messenger: &Messenger,
     page: &Page,
@@ -648,10 +695,6 @@ async fn post_from_messenger(
     message: &super::graph_types::Message,
     messenger_action_at: Option<i64>,
 ) -> Result<(), ServiceError> {
-    // Dedupe before anything is queued for download: a redelivered message fetches nothing.
-    if messenger.conversations.messenger_rows().message_by_external_id(&mid).await?.is_some() {
-        return Ok(());
-    }
     let text = message.text.clone().unwrap_or_default();
     let attachments = queue_attachments(messenger, page, &message.attachments).await?;
     let queued = !attachments.is_empty();
@@ -687,6 +730,7 @@ async fn apply_referral(
     reference: Option<&str>,
     timestamp: i64,
     key: &str,
+    known: Option<Contact>,
 ) -> Result<(), ServiceError> {
     let store = messenger.conversations.messenger_rows();
     let now_secs = u32::try_from(messenger.conversations.clock().now_ms() / 1000).unwrap_or(u32::MAX);
@@ -710,7 +754,8 @@ async fn apply_referral(
         None => false,
     };
     // The tap is a user action on this person's own thread either way (it reopens the 24 h window).
-    let contact = match store.contact_by_psid(psid).await? {
+    // (Offering a link changes no contact: the one the wave read still holds.)
+    let contact = match known {
         Some(c) => Some(c),
         None if !offered => Some(new_messenger_contact(messenger, page, psid).await?),
         // Asked: a contact appears when they write (their own) or say yes (the web one).
@@ -770,10 +815,11 @@ async fn answer_offer(
     nonce: &str,
     yes: bool,
     timestamp: i64,
+    own: Option<&Contact>,
 ) -> Result<(), ServiceError> {
     let store = messenger.conversations.messenger_rows();
     let action_at = timestamp.min(messenger.conversations.clock().now_ms());
-    if let Some(own) = store.contact_by_psid(psid).await? {
+    if let Some(own) = own {
         messenger.conversations.record_messenger_action(&own.id, action_at).await?;
     }
     if !yes {

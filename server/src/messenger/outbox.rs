@@ -49,8 +49,9 @@ fn secs_ms(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX / 2_000).saturating_mul(1000)
 }
 
-/// Runs until `ctx.stop` turns `true`, then lets the sends in flight finish. Counts its wake-ups (`iterations`)
-/// and Graph calls (`graph_calls`) in its health entry; a failed settle is counted as `settle_retries`.
+/// Runs until `ctx.stop` turns `true`, then lets the sends in flight finish. Counts its wake-ups (`iterations`),
+/// Graph calls (`graph_calls`), leases (`leases`: each one write for every row it takes) and sends finished
+/// (`sends_finished`) in its health entry; a failed settle is counted as `settle_retries`.
 pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Result<()> {
     let WorkerContext { mut stop, health } = ctx;
     let store = messenger.conversations.messenger_rows();
@@ -73,6 +74,7 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
             let claimed = if free == 0 {
                 Ok(Vec::new())
             } else {
+                health.add("leases", 1);
                 store.lease_outbox_heads(now, lease_ms, reconcile_ms, i64::try_from(free).unwrap_or(1), &psids).await
             };
             let next = match claimed {
@@ -110,18 +112,27 @@ pub async fn run(messenger: Arc<Messenger>, ctx: WorkerContext) -> anyhow::Resul
                     break;
                 }
             }
-            Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => match joined {
-                Ok((id, outcome)) => {
-                    busy.remove(&id);
-                    if outcome == Outcome::PauseAll {
-                        paused_until = clock.now_ms() + TOKEN_PAUSE_MS;
+            Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                // And every other send that finished meanwhile: the next lease (one write) covers all the slots
+                // they freed, instead of one lease per finished send.
+                let mut finished = Some(joined);
+                while let Some(joined) = finished.take() {
+                    health.add("sends_finished", 1);
+                    match joined {
+                        Ok((id, outcome)) => {
+                            busy.remove(&id);
+                            if outcome == Outcome::PauseAll {
+                                paused_until = clock.now_ms() + TOKEN_PAUSE_MS;
+                            }
+                        }
+                        Err(e) => {
+                            busy.remove(&e.id());
+                            panicked = Some(e.to_string());
+                        }
                     }
+                    finished = in_flight.try_join_next_with_id();
                 }
-                Err(e) => {
-                    busy.remove(&e.id());
-                    panicked = Some(e.to_string());
-                }
-            },
+            }
             _ = messenger.conversations.outbox_wake().notified() => {}
             // A test moved the clock: what was due later may be due now.
             () = clock.advanced() => {}

@@ -14,6 +14,7 @@ mod messenger;
 mod messenger_ack;
 mod messenger_chaos;
 mod messenger_intake;
+mod messenger_lookup;
 mod messenger_order;
 mod messenger_pages;
 mod nodes;

@@ -551,6 +551,24 @@ fn deliveries_read(app: &TestApp) -> u64 {
     app.workers.snapshot().get("messenger_intake").and_then(|w| w.counters.get("deliveries_read").copied()).unwrap_or(0)
 }
 
+/// Stores `count` deliveries at once (one message each, mids `m_{tag}_{n}`, 50 customers of a Page not connected
+/// here, so each applies cheaply) and wakes the intake once.
+async fn store_backlog(app: &TestApp, tag: &str, count: usize) {
+    let bodies: Vec<String> = (0..count)
+        .map(|n| {
+            format!(
+                r#"{{"object":"page","entry":[{{"id":"424242","time":{n},"messaging":[{{"sender":{{"id":"{}"}},
+                "recipient":{{"id":"424242"}},"timestamp":{},"message":{{"mid":"m_{tag}_{n}","text":"t"}}}}]}}]}}"#,
+                7_000 + n % 50,
+                1_700_000_000_000_u64 + n as u64
+            )
+        })
+        .collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
+    app.store.insert_webhook_deliveries(&refs).await.expect("stored");
+    app.state.messenger.as_ref().expect("Messenger on").intake_wake.notify_one();
+}
+
 /// A backlog is read about once, not once for every batch of new deliveries behind it: 3,000 deliveries waiting
 /// at once (their events held in the reorder window, for a Page not connected here, so each applies cheaply) are
 /// all processed, having read at most 4 rows per delivery (reading the held ones again every round of 200 read
@@ -559,20 +577,8 @@ fn deliveries_read(app: &TestApp) -> u64 {
 async fn a_backlog_of_deliveries_is_not_read_again_for_every_batch() {
     const DELIVERIES: usize = 3000;
     let MessengerApp { app, sandbox: _sandbox } = spawn_messenger_app(|_, _| {}).await;
-    let bodies: Vec<String> = (0..DELIVERIES)
-        .map(|n| {
-            format!(
-                r#"{{"object":"page","entry":[{{"id":"424242","time":{n},"messaging":[{{"sender":{{"id":"{}"}},
-                "recipient":{{"id":"424242"}},"timestamp":{},"message":{{"mid":"m_backlog_{n}","text":"t"}}}}]}}]}}"#,
-                7_000 + n % 50,
-                1_700_000_000_000_u64 + n as u64
-            )
-        })
-        .collect();
-    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
     let before = deliveries_read(&app);
-    app.store.insert_webhook_deliveries(&refs).await.expect("stored");
-    app.state.messenger.as_ref().expect("Messenger on").intake_wake.notify_one();
+    store_backlog(&app, "backlog", DELIVERIES).await;
     // Generous: 3,000 deliveries are marked processed one by one (in a debug build).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while app.query_i64("select count(*) from webhook_deliveries where processed_at is null").await > 0 {
@@ -587,4 +593,23 @@ async fn a_backlog_of_deliveries_is_not_read_again_for_every_batch() {
     }
     let read = deliveries_read(&app) - before;
     assert!(read <= 4 * DELIVERIES as u64, "{read} rows read for {DELIVERIES} deliveries");
+}
+
+/// A backlog larger than the intake holds (5,000) drains without any webhook to wake the intake: 6,000 deliveries
+/// stored at once and one wake-up are all processed within [`WAIT`]. Before, the pass that applied the 5,000 held
+/// ones read no more, and nothing held was left to wake the intake: the other 1,000 waited for its 30 s idle timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_intake_holds_drains_without_another_webhook() {
+    const DELIVERIES: usize = 6000;
+    let MessengerApp { app, sandbox: _sandbox } = spawn_messenger_app(|_, _| {}).await;
+    store_backlog(&app, "big", DELIVERIES).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = app.query_i64("select count(*) from webhook_deliveries where processed_at is null").await;
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{left} deliveries still waiting after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -8,8 +8,9 @@ use super::PgStore;
 use super::conversations::{bump_seq, insert_event, seq_of};
 use crate::messenger::send_api::MessagingType;
 use crate::store::models::{Contact, LinkRow, OutboxRow, QuarantinedDelivery, RecentMessage};
+use crate::store::reads::CONTACT_COLUMNS;
 use crate::store::{
-    Accepted, ConversationStore, MAX_LIVE_LINKS, MessengerStore, OfferOutcome, StoreError, StoreResult,
+    Accepted, ConversationStore, IntakeLookup, MAX_LIVE_LINKS, MessengerStore, OfferOutcome, StoreError, StoreResult,
     WEBHOOK_ROWS_PER_STATEMENT, new_id,
 };
 
@@ -444,6 +445,31 @@ impl MessengerStore for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn intake_lookup(&self, psids: &[String], mids: &[String], codes: &[String]) -> StoreResult<IntakeLookup> {
+        // Three statements for the whole wave (no per-event round trips).
+        let contacts: Vec<Contact> =
+            sqlx::query_as(&format!("select {CONTACT_COLUMNS} from contacts where psid = any($1)"))
+                .bind(psids)
+                .fetch_all(&self.pool)
+                .await?;
+        let stored: Vec<String> = sqlx::query_scalar("select external_id from messages where external_id = any($1)")
+            .bind(mids)
+            .fetch_all(&self.pool)
+            .await?;
+        let live: Vec<String> = sqlx::query_scalar(
+            "select distinct code from messenger_links where code = any($1) and used_at is null and expires_at > $2",
+        )
+        .bind(codes)
+        .bind(self.now())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(IntakeLookup {
+            contacts: contacts.into_iter().filter_map(|c| Some((c.psid.clone()?, c))).collect(),
+            stored_mids: stored.into_iter().collect(),
+            live_codes: live.into_iter().collect(),
+        })
     }
 }
 

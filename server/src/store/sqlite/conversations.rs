@@ -257,7 +257,7 @@ fn with_context<'a, const N: usize>(ctx: &'a ContactContext, rest: [&'a dyn ToSq
 }
 
 /// A [`Contact`] from a row of [`CONTACT_COLUMNS`] on the write connection.
-fn contact_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Contact> {
+pub(super) fn contact_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Contact> {
     Ok(Contact {
         id: r.get(0)?,
         site_id: r.get(1)?,

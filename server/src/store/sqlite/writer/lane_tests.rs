@@ -162,3 +162,27 @@ async fn a_stream_of_priority_jobs_does_not_starve_background_jobs() {
     assert!(seen > 0, "priority jobs queued after the background job went first (it saw {seen})");
     assert_eq!(priority_ran.load(Ordering::SeqCst), 5 * MAX_PASSED);
 }
+
+/// The priority lane bounds only groups that hold a priority job: 300 background jobs (the outbox's and the
+/// intake's writes) queued behind a held writer, with no priority job anywhere, commit in groups of the full
+/// [`super::MAX_GROUP`] (the held job's group takes 255 of them, the next group the other 45), not in groups of
+/// [`MAX_AFTER_FIRST`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_jobs_behind_no_priority_job_commit_in_full_groups() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let writer = writer(&dir).await;
+    let (release, held) = hold(&writer).await;
+    let (groups, commits) = (writer.groups(), writer.commits());
+    let mut background = Vec::new();
+    for _ in 0..300 {
+        let w = writer.clone();
+        background.push(queued(Box::pin(async move { w.run(|conn| insert(conn, "background")).await })).await);
+    }
+    release.send(()).expect("the held job waits");
+    held.await.expect("committed");
+    for job in futures_util::future::join_all(background).await {
+        job.expect("committed");
+    }
+    assert_eq!(writer.commits() - commits, 301);
+    assert_eq!(writer.groups() - groups, 2, "301 jobs in groups of up to {} each", super::MAX_GROUP);
+}
