@@ -1,7 +1,7 @@
 //! The storage baseline: raw SQLite (rusqlite, no pool, no async hops) on Parley's own schema (its migrations),
 //! running Parley's own transaction for a visitor message, as `append_message` writes it today — one upsert of the
-//! conversation that takes the next sequence number and updates the inbox columns, the message, its event — in WAL
-//! mode with `synchronous = FULL`, the durability Parley acks at. `per_commit` messages share one transaction, each
+//! conversation that takes the next sequence number and updates the inbox columns, the message, its event — on
+//! Parley's page size, in WAL mode with `synchronous = FULL`, the durability Parley acks at. `per_commit` messages share one transaction, each
 //! after the first inside its own `SAVEPOINT` (as Parley's group commit runs them): 1 is one message per commit,
 //! 100 the ceiling a group-committing single writer could reach.
 
@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../server/migrations/sqlite/20261201003000_nodes.sql"),
     include_str!("../../server/migrations/sqlite/20261202007000_events_rowid.sql"),
     include_str!("../../server/migrations/sqlite/20261202007001_messages_seq_key.sql"),
+    include_str!("../../server/migrations/sqlite/20261202008000_outbox_leased.sql"),
 ];
 
 /// Messages committed and how long it took.
@@ -33,6 +34,8 @@ pub struct Outcome {
 
 fn open(path: &Path, contacts: usize) -> anyhow::Result<Connection> {
     let db = Connection::open(path).context("open the database")?;
+    // The page size Parley creates its own databases with (set before the first write creates the file's header).
+    db.pragma_update(None, "page_size", parley::store::sqlite::PAGE_SIZE)?;
     db.pragma_update(None, "journal_mode", "wal")?;
     db.pragma_update(None, "synchronous", "full")?;
     db.pragma_update(None, "foreign_keys", "on")?;
