@@ -2,7 +2,9 @@
 //! customer message each, from a thousand customers in turn) to `/webhooks/messenger` as fast as they are
 //! answered, each signed like Meta (and the sandbox) sign: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app
 //! secret, raw body)>`. Parley answers 200 only once the delivery is spooled to disk. Reported: deliveries acked
-//! per second and the ack latency; refusals counted.
+//! per second and the ack latency; refusals counted. Either at saturation (each client posts again as soon as it is
+//! answered) or at a fixed offered rate spread over the clients (open loop: each client's posts are due at fixed
+//! times, and an ack's latency counts from when its post was due, so a stalled server cannot hide its queue).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,23 +52,37 @@ pub async fn run(
     page_id: &str,
     clients: usize,
     duration: Duration,
+    rate: Option<f64>,
 ) -> anyhow::Result<WebhookOutcome> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(clients).tcp_nodelay(true).build()?;
     let url = format!("http://{addr}/webhooks/messenger");
     let next = Arc::new(AtomicU64::new(0));
     let meter = Measured::start(pid);
     let start = Instant::now();
+    // At a fixed rate each client posts every `gap`, the clients' schedules staggered evenly over one gap.
+    let gap = rate.map(|r| Duration::from_secs_f64(clients as f64 / r.max(1e-9)));
     let mut tasks = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    for i in 0..clients {
         let (http, url, next) = (http.clone(), url.clone(), Arc::clone(&next));
         let (secret, page) = (app_secret.to_string(), page_id.to_string());
+        let mut due = gap.map(|g| start + g.mul_f64(i as f64 / clients as f64));
         tasks.push(tokio::spawn(async move {
             let (mut latency, mut acked, mut refused) = (histogram(), 0_u64, 0_u64);
             while start.elapsed() < duration {
+                if let Some(at) = due {
+                    tokio::time::sleep_until(at.into()).await;
+                    if start.elapsed() >= duration {
+                        break;
+                    }
+                }
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let body = delivery(&page, n);
                 let Ok(signature) = sign(&secret, &body) else { break };
-                let sent = Instant::now();
+                // Open loop: the latency counts from when the post was due, not from when it could be sent.
+                let sent = due.unwrap_or_else(Instant::now);
+                if let (Some(at), Some(g)) = (due.as_mut(), gap) {
+                    *at += g;
+                }
                 let response = http
                     .post(&url)
                     .header("content-type", "application/json")
