@@ -211,3 +211,42 @@ async fn concurrent_deliveries_land_in_shared_transactions_each_acked_from_the_d
     let batches = landing.batches() - before;
     assert!(batches < DELIVERIES as u64 / 2, "{batches} transactions for {DELIVERIES} deliveries");
 }
+
+/// The landing hands the next batch to the store while the one before it still waits for its commit: with the
+/// table locked, a second delivery's insert waits on the lock beside the first's (a landing that waited for each
+/// commit before starting the next would leave it queued in the process, and only one insert would wait). Both are
+/// acked from the database, once each, when the lock goes.
+#[tokio::test]
+async fn on_postgres_a_delivery_lands_while_the_batch_before_it_still_waits_for_its_commit() {
+    let database = testpg::database().await;
+    let url = database.url.clone();
+    let MessengerApp { app, sandbox: _sandbox } = spawn_messenger_app(|_, settings| settings.database.url = url).await;
+    // A spool write would fail the request: a 200 can only come from the database.
+    break_spool(&app);
+    let mut holder = sqlx::PgConnection::connect(&database.url).await.expect("connect");
+    sqlx::query("begin").execute(&mut holder).await.expect("begin");
+    sqlx::query("lock table webhook_deliveries in access exclusive mode").execute(&mut holder).await.expect("lock");
+    let page = app.state.settings.messenger.page_id.clone();
+    let post = |n: u32| {
+        let body = format!(r#"{{"object":"page","entry":[{{"id":"{page}","time":{n},"messaging":[]}}]}}"#);
+        let signature =
+            parley::messenger::signature::sign_sha256(b"sandbox-app-secret-0123456789abcdef", body.as_bytes());
+        let request = app.http.post(app.url("/webhooks/messenger")).header("x-hub-signature-256", signature).body(body);
+        tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
+    };
+    let waiting = "select count(*) from pg_locks where not granted and relation = 'webhook_deliveries'::regclass";
+    let first = post(1);
+    until("the first delivery's insert waits on the lock", || async { pg_count(&database.url, waiting).await == 1 })
+        .await;
+    let second = post(2);
+    // Well inside the handler's 2 s bound on the database, after which both would spool (and fail: no spool).
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while pg_count(&database.url, waiting).await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the second delivery never reached the database");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("commit").execute(&mut holder).await.expect("unlock");
+    assert_eq!(first.await.expect("join").expect("answered"), 200);
+    assert_eq!(second.await.expect("join").expect("answered"), 200);
+    assert_eq!(pg_count(&database.url, "select count(*) from webhook_deliveries").await, 2, "each stored once");
+}
