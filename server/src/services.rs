@@ -584,6 +584,10 @@ impl MessengerRows<'_> {
         self.store.insert_webhook_deliveries(bodies).await
     }
 
+    pub async fn insert_webhook_batch(&self, take: crate::store::TakeBodies) -> StoreResult<()> {
+        self.store.insert_webhook_batch(take).await
+    }
+
     pub async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
         self.store.unprocessed_webhook_deliveries(limit).await
     }

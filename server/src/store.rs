@@ -85,6 +85,9 @@ pub trait Backend:
     }
 }
 
+/// Gives the bodies of the webhook deliveries a batch carries (see [`MessengerStore::insert_webhook_batch`]).
+pub type TakeBodies = Box<dyn FnOnce() -> Vec<Vec<u8>> + Send>;
+
 /// Handle to the database; cheap to clone. Derefs to the [`Backend`], so `store.append_message(…)` calls the
 /// engine directly.
 #[derive(Clone, Debug)]
@@ -382,6 +385,15 @@ pub trait MessengerStore: Send + Sync {
     /// Stores several signed webhook deliveries exactly as received, in order, in one transaction (one commit):
     /// all of them or none.
     async fn insert_webhook_deliveries(&self, bodies: &[&[u8]]) -> StoreResult<()>;
+
+    /// [`MessengerStore::insert_webhook_deliveries`] of the bodies `take` returns, taken as late as the engine
+    /// allows: on SQLite when the write connection starts the batch, so deliveries that arrive while it waits its
+    /// turn still join it. `take` is called at most once, and not at all when the write fails before it starts.
+    async fn insert_webhook_batch(&self, take: TakeBodies) -> StoreResult<()> {
+        let bodies = take();
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        self.insert_webhook_deliveries(&refs).await
+    }
 
     /// Deliveries waiting to be applied, oldest first (quarantined ones wait for an operator instead).
     async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>>;

@@ -4,7 +4,9 @@
 //! secret, raw body)>`. Parley answers 200 only once the delivery is spooled to disk. Reported: deliveries acked
 //! per second and the ack latency; refusals counted. Either at saturation (each client posts again as soon as it is
 //! answered) or at a fixed offered rate spread over the clients (open loop: each client's posts are due at fixed
-//! times, and an ack's latency counts from when its post was due, so a stalled server cannot hide its queue).
+//! times, and an ack's latency counts from when its post was due, so a stalled server cannot hide its queue; the
+//! latency from when the post was actually sent, which leaves out the wait for the client's previous answer, is
+//! reported beside it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,10 @@ use crate::scenarios::{Measured, histogram};
 pub struct WebhookOutcome {
     pub acked: u64,
     pub refused: u64,
+    /// From when each post was due (at saturation: when it was sent).
     pub latency: Histogram<u64>,
+    /// From when each post was sent.
+    pub from_sent: Histogram<u64>,
     pub measured: Measured,
 }
 
@@ -67,7 +72,7 @@ pub async fn run(
         let (secret, page) = (app_secret.to_string(), page_id.to_string());
         let mut due = gap.map(|g| start + g.mul_f64(i as f64 / clients as f64));
         tasks.push(tokio::spawn(async move {
-            let (mut latency, mut acked, mut refused) = (histogram(), 0_u64, 0_u64);
+            let (mut latency, mut from_sent, mut acked, mut refused) = (histogram(), histogram(), 0_u64, 0_u64);
             while start.elapsed() < duration {
                 if let Some(at) = due {
                     tokio::time::sleep_until(at.into()).await;
@@ -79,7 +84,8 @@ pub async fn run(
                 let body = delivery(&page, n);
                 let Ok(signature) = sign(&secret, &body) else { break };
                 // Open loop: the latency counts from when the post was due, not from when it could be sent.
-                let sent = due.unwrap_or_else(Instant::now);
+                let posted = Instant::now();
+                let sent = due.unwrap_or(posted);
                 if let (Some(at), Some(g)) = (due.as_mut(), gap) {
                     *at += g;
                 }
@@ -95,17 +101,25 @@ pub async fn run(
                         let _ = r.bytes().await;
                         acked += 1;
                         let _ = latency.record(sent.elapsed().as_micros().max(1) as u64);
+                        let _ = from_sent.record(posted.elapsed().as_micros().max(1) as u64);
                     }
                     _ => refused += 1,
                 }
             }
-            (latency, acked, refused)
+            (latency, from_sent, acked, refused)
         }));
     }
-    let mut outcome = WebhookOutcome { acked: 0, refused: 0, latency: histogram(), measured: Measured::default() };
+    let mut outcome = WebhookOutcome {
+        acked: 0,
+        refused: 0,
+        latency: histogram(),
+        from_sent: histogram(),
+        measured: Measured::default(),
+    };
     for task in tasks {
-        let (latency, acked, refused) = task.await?;
+        let (latency, from_sent, acked, refused) = task.await?;
         outcome.latency.add(&latency).ok();
+        outcome.from_sent.add(&from_sent).ok();
         outcome.acked += acked;
         outcome.refused += refused;
     }

@@ -89,6 +89,15 @@ fn empty(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
+/// POSTs delivery `n` (an empty one, for the app's Page), signed, on a task of its own: the status it is answered.
+fn post_delivery(app: &TestApp, n: usize) -> tokio::task::JoinHandle<reqwest::Result<u16>> {
+    let page = &app.state.settings.messenger.page_id;
+    let body = format!(r#"{{"object":"page","entry":[{{"id":"{page}","time":{n},"messaging":[]}}]}}"#);
+    let signature = parley::messenger::signature::sign_sha256(b"sandbox-app-secret-0123456789abcdef", body.as_bytes());
+    let request = app.http.post(app.url("/webhooks/messenger")).header("x-hub-signature-256", signature).body(body);
+    tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
+}
+
 #[tokio::test]
 async fn on_postgres_an_acked_delivery_is_in_the_database_before_the_200_and_never_spooled() {
     let database = testpg::database().await;
@@ -226,14 +235,7 @@ async fn on_postgres_a_delivery_lands_while_the_batch_before_it_still_waits_for_
     let mut holder = sqlx::PgConnection::connect(&database.url).await.expect("connect");
     sqlx::query("begin").execute(&mut holder).await.expect("begin");
     sqlx::query("lock table webhook_deliveries in access exclusive mode").execute(&mut holder).await.expect("lock");
-    let page = app.state.settings.messenger.page_id.clone();
-    let post = |n: u32| {
-        let body = format!(r#"{{"object":"page","entry":[{{"id":"{page}","time":{n},"messaging":[]}}]}}"#);
-        let signature =
-            parley::messenger::signature::sign_sha256(b"sandbox-app-secret-0123456789abcdef", body.as_bytes());
-        let request = app.http.post(app.url("/webhooks/messenger")).header("x-hub-signature-256", signature).body(body);
-        tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
-    };
+    let post = |n: usize| post_delivery(&app, n);
     let waiting = "select count(*) from pg_locks where not granted and relation = 'webhook_deliveries'::regclass";
     let first = post(1);
     until("the first delivery's insert waits on the lock", || async { pg_count(&database.url, waiting).await == 1 })
@@ -249,4 +251,31 @@ async fn on_postgres_a_delivery_lands_while_the_batch_before_it_still_waits_for_
     assert_eq!(first.await.expect("join").expect("answered"), 200);
     assert_eq!(second.await.expect("join").expect("answered"), 200);
     assert_eq!(pg_count(&database.url, "select count(*) from webhook_deliveries").await, 2, "each stored once");
+}
+
+/// A batch takes its deliveries when the writer gets to it, not when it is formed: while another process holds
+/// SQLite's write lock, the first delivery's batch waits for the write connection, and twenty deliveries that
+/// arrive meanwhile join it. When the lock goes, all twenty-one land in that one transaction, each acked from the
+/// database (the spool is broken). A landing that formed batches as deliveries came would have handed over one
+/// batch per delivery up to its in-flight limit, and the rest in another transaction after those.
+#[tokio::test]
+async fn on_sqlite_deliveries_arriving_while_a_batch_waits_for_the_writer_join_it() {
+    const LATER: usize = 20;
+    let MessengerApp { app, sandbox: _sandbox } = spawn_messenger_app(|_, _| {}).await;
+    break_spool(&app);
+    let landing = &app.state.messenger.as_ref().expect("Messenger on").landing;
+    let blocker = app.hold_write_lock().await;
+    let before = landing.batches();
+    let post = |n: usize| post_delivery(&app, n);
+    let mut answers = vec![post(0)];
+    until("the first delivery waits for a batch", || async { landing.waiting() == 1 }).await;
+    answers.extend((1..=LATER).map(post));
+    // Well inside the handler's 2 s bound on the database, after which they would spool (and fail: no spool).
+    until("every delivery waits", || async { landing.waiting() == LATER + 1 }).await;
+    blocker.release().await;
+    for answer in answers {
+        assert_eq!(answer.await.expect("join").expect("answered"), 200, "acked from the database");
+    }
+    assert_eq!(app.query_i64("select count(*) from webhook_deliveries").await, (LATER + 1) as i64, "each stored once");
+    assert_eq!(landing.batches() - before, 1, "one transaction for all of them");
 }

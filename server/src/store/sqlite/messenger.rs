@@ -276,6 +276,20 @@ impl MessengerStore for SqliteStore {
             .await
     }
 
+    async fn insert_webhook_batch(&self, take: crate::store::TakeBodies) -> StoreResult<()> {
+        let now = self.now();
+        // The bodies are taken on the writer thread, when the batch's turn comes: what arrived while it waited
+        // (behind the group being written) joins it instead of forming a batch of its own behind it.
+        self.writer
+            .run_first(move |conn| {
+                for body in take() {
+                    exec(conn, "insert into webhook_deliveries (body, received_at) values (?, ?)", params![body, now])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn unprocessed_webhook_deliveries(&self, limit: i64) -> StoreResult<Vec<(i64, Vec<u8>)>> {
         // Ids start at 1.
         self.reads().unprocessed_webhook_deliveries_after(0, limit).await
