@@ -71,7 +71,16 @@ struct Agent {
     sink: futures_util::stream::SplitSink<client::Ws, tokio_tungstenite::tungstenite::Message>,
     acked: Arc<Mutex<HashMap<String, u64>>>,
     window: Arc<Semaphore>,
+    /// How the socket ended, once it did (the server's close frame, or the read error).
+    ended: Arc<std::sync::Mutex<Option<String>>>,
     _reader: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    /// How the socket ended, for an error: "still open" when it did not.
+    fn ended(&self) -> String {
+        self.ended.lock().ok().and_then(|e| e.clone()).unwrap_or_else(|| "still open".to_string())
+    }
 }
 
 async fn json(response: reqwest::Result<reqwest::Response>, what: &str) -> anyhow::Result<serde_json::Value> {
@@ -129,10 +138,19 @@ pub async fn set_up(
         (0..customers).map(|n| by_text.get(&format!("hello from customer {n}")).cloned().unwrap_or_default()).collect();
     let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let window = Arc::new(Semaphore::new(WINDOW));
+    let ended: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let reader = {
-        let (acked, window) = (Arc::clone(&acked), Arc::clone(&window));
+        let (acked, window, ended) = (Arc::clone(&acked), Arc::clone(&window), Arc::clone(&ended));
         tokio::spawn(async move {
-            while let Some(Ok(message)) = stream.next().await {
+            let why = loop {
+                let message = match stream.next().await {
+                    None => break "the stream ended".to_string(),
+                    Some(Err(e)) => break format!("read error: {e}"),
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                        break format!("closed by the server: {frame:?}");
+                    }
+                    Some(Ok(message)) => message,
+                };
                 let client::Incoming::Frame(text) = client::decode(client::Wire::Plain, Some(Ok(message))) else {
                     continue;
                 };
@@ -152,10 +170,16 @@ pub async fn set_up(
                     }
                     _ => {}
                 }
+            };
+            eprintln!("bench: the agent socket ended ({why})");
+            // A saturation phase waiting for a window slot hears it instead of waiting for acks that cannot come.
+            window.close();
+            if let Ok(mut e) = ended.lock() {
+                *e = Some(why);
             }
         })
     };
-    let agent = Agent { sink, acked, window, _reader: reader };
+    let agent = Agent { sink, acked, window, ended, _reader: reader };
     Ok(Setup { sandbox, http, psids, conversations, agent, parley_pid, sandbox_pid })
 }
 
@@ -185,14 +209,22 @@ pub async fn phase(setup: &mut Setup, name: &str, replies: usize, rate: Option<f
                 let due = start + Duration::from_secs_f64(i as f64 / rate.max(1e-9));
                 tokio::time::sleep_until(due.into()).await;
             }
-            None => setup.agent.window.acquire().await?.forget(),
+            None => match setup.agent.window.acquire().await {
+                Ok(slot) => slot.forget(),
+                Err(_) => anyhow::bail!("phase {name}: the agent socket ended at reply {i}: {}", setup.agent.ended()),
+            },
         }
         let msg = ClientMsg::Send {
             conversation_id: setup.conversations[c].clone(),
             client_id: format!("{name}-{i}"),
             body: reply_text(name, c, n),
         };
-        setup.agent.sink.send(client::encode(client::Wire::Plain, &msg)?).await?;
+        if let Err(e) = setup.agent.sink.send(client::encode(client::Wire::Plain, &msg)?).await {
+            anyhow::bail!(
+                "reply {i} of phase {name} could not be sent ({e}); the agent socket: {}",
+                setup.agent.ended()
+            );
+        }
     }
     // Every reply delivered (or the drain time up).
     let deadline = Instant::now() + DRAIN;
