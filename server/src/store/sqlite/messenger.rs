@@ -261,25 +261,17 @@ impl MessengerStore for SqliteStore {
     }
 
     async fn insert_webhook_deliveries(&self, bodies: &[&[u8]]) -> StoreResult<()> {
-        let now = self.now();
         let bodies: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
-        // One job, one cached statement run per body: on the writer thread each run costs microseconds, so a
-        // multi-row statement would buy nothing here. In the writer's priority lane: Meta waits for this commit (the
-        // webhook's 200), so it goes before the intake's queued writes instead of behind them.
-        self.writer
-            .run_first(move |conn| {
-                for body in &bodies {
-                    exec(conn, "insert into webhook_deliveries (body, received_at) values (?, ?)", params![body, now])?;
-                }
-                Ok(())
-            })
-            .await
+        self.insert_webhook_batch(Box::new(move || bodies)).await
     }
 
     async fn insert_webhook_batch(&self, take: crate::store::TakeBodies) -> StoreResult<()> {
         let now = self.now();
-        // The bodies are taken on the writer thread, when the batch's turn comes: what arrived while it waited
-        // (behind the group being written) joins it instead of forming a batch of its own behind it.
+        // One job, one cached statement run per body: on the writer thread each run costs microseconds, so a
+        // multi-row statement would buy nothing here. In the writer's priority lane: Meta waits for this commit (the
+        // webhook's 200), so it goes before the intake's queued writes instead of behind them. The bodies are taken
+        // on the writer thread, when the batch's turn comes: what arrived while it waited (behind the group being
+        // written) joins it instead of forming a batch of its own behind it.
         self.writer
             .run_first(move |conn| {
                 for body in take() {
