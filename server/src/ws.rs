@@ -309,8 +309,8 @@ enum Inbound<T> {
     Frame(T),
     /// A frame we could not read as a client message (bad JSON, unknown type, binary); answered, not fatal.
     Bad(String),
-    /// A pong: the peer has read everything we sent before the ping.
-    Pong,
+    /// A pong, with its payload: the answer to our ping if it echoes that ping's (see [`Pings`]).
+    Pong(axum::body::Bytes),
     /// The socket must close with this code and reason (a frame too big, a broken frame).
     Fatal(u16, &'static str),
     /// The socket ended.
@@ -340,7 +340,7 @@ async fn read_inbound<T: DeserializeOwned>(stream: &mut Stream) -> Inbound<T> {
                 Err(e) => Inbound::Bad(format!("bad frame: {e}")),
             },
             Some(Ok(Message::Binary(_))) => Inbound::Bad("binary frames are not supported".into()),
-            Some(Ok(Message::Pong(_))) => Inbound::Pong,
+            Some(Ok(Message::Pong(payload))) => Inbound::Pong(payload),
             Some(Ok(Message::Ping(_))) => continue,
             Some(Err(e)) => read_error(&e).map_or(Inbound::End, |(code, why)| Inbound::Fatal(code, why)),
         };
@@ -356,7 +356,7 @@ async fn next_frame<T: DeserializeOwned>(stream: &mut Stream) -> Option<Result<T
             Inbound::Bad(why) => return Some(Err(why)),
             Inbound::Fatal(_, why) => return Some(Err(why.to_string())),
             Inbound::End => return None,
-            Inbound::Pong => {}
+            Inbound::Pong(_) => {}
         }
     }
 }
@@ -487,12 +487,51 @@ async fn handle_watching<C: Connection>(
     result
 }
 
+/// The socket's pings: at most one unanswered at a time, each carrying its number, so only the pong that echoes it
+/// counts. An unsolicited pong (RFC 6455 allows them) proves nothing: a peer that never reads could send one every
+/// second and otherwise never be found out.
+#[derive(Debug, Default)]
+struct Pings {
+    /// Pings sent so far; the last one's number is its payload.
+    sent: u64,
+    /// When the unanswered ping went out.
+    unanswered: Option<Instant>,
+}
+
+impl Pings {
+    /// A ping's payload when one should go out now (none while one is unanswered), marked as sent at `now`.
+    fn next(&mut self, now: Instant) -> Option<[u8; 8]> {
+        if self.unanswered.is_some() {
+            return None;
+        }
+        self.sent += 1;
+        self.unanswered = Some(now);
+        Some(self.sent.to_be_bytes())
+    }
+
+    /// A pong arrived: it answers the unanswered ping if it echoes its payload.
+    fn answered(&mut self, payload: &[u8]) {
+        if payload == self.sent.to_be_bytes() {
+            self.unanswered = None;
+        }
+    }
+
+    /// When the unanswered ping went out.
+    fn unanswered(&self) -> Option<Instant> {
+        self.unanswered
+    }
+}
+
 /// Runs a socket until it ends: client frames, hub messages, pings every `limits.ping_secs`, and shutdown (1001).
 ///
 /// Liveness: a ping unanswered for `limits.pong_timeout_secs` closes the socket (1013), and so does a write that
 /// takes longer than `limits.write_timeout_secs` — only a peer that stopped reading is dropped. A busy peer is not:
 /// hub messages coalesce per conversation (see `hub`), and neither client frames nor hub output can starve the
-/// other (`select!` picks at random among the ready branches).
+/// other (`select!` picks at random among the ready branches). Nor is a peer whose pong waits behind frames it sent
+/// before it, while the server works through them more slowly than they come (a stalled disk, an agent replying
+/// faster than the outbox commits): when the deadline passes with a frame already waiting, that frame is handled
+/// instead, and the deadline is looked at again after it. The pong is read in its turn; a peer that keeps sending
+/// but stopped reading is still found, because every frame is answered and that write's deadline ends it.
 async fn serve<C: Connection>(
     conn: &mut C,
     sink: &mut Sink,
@@ -503,8 +542,7 @@ async fn serve<C: Connection>(
 ) {
     let mut ping = tokio::time::interval_at(Instant::now() + liveness.first_ping(), liveness.ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // When the oldest unanswered ping went out.
-    let mut unanswered: Option<Instant> = None;
+    let mut pings = Pings::default();
     let ended = conn.ended();
     tokio::pin!(ended);
     // Boxed: an idle socket's task keeps a pointer, not room for the largest client frame.
@@ -512,6 +550,7 @@ async fn serve<C: Connection>(
     loop {
         // What this wake-up sends is written by one flush below (see `Sink`).
         sink.batching = true;
+        let unanswered = pings.unanswered();
         let pong_due = async {
             match unanswered {
                 Some(sent) => tokio::time::sleep_until(sent + liveness.pong_timeout).await,
@@ -521,7 +560,7 @@ async fn serve<C: Connection>(
         tokio::select! {
             inbound = next_inbound::<C::Client>(stream, &mut ahead) => {
                 // Boxed like the handlers (`Connection::on_clients`): an idle task keeps only the select's size.
-                if Box::pin(on_read(conn, sink, stream, &mut ahead, inbound, &mut unanswered)).await {
+                if Box::pin(on_read(conn, sink, stream, &mut ahead, inbound, &mut pings)).await {
                     break;
                 }
             },
@@ -539,14 +578,26 @@ async fn serve<C: Connection>(
                 }
             },
             _ = ping.tick() => {
-                unanswered.get_or_insert_with(Instant::now);
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if let Some(payload) = pings.next(Instant::now())
+                    && sink.send(Message::Ping(payload.to_vec().into())).await.is_err()
+                {
                     break;
                 }
             }
             _ = pong_due => {
-                send_close(sink, close::TRY_AGAIN_LATER, "no pong; reconnect").await;
-                break;
+                // What the peer sent before its pong is read first (cancel safe: see `next_inbound`).
+                let waiting = next_inbound::<C::Client>(stream, &mut ahead).now_or_never();
+                match waiting {
+                    Some(inbound) => {
+                        if Box::pin(on_read(conn, sink, stream, &mut ahead, inbound, &mut pings)).await {
+                            break;
+                        }
+                    }
+                    None => {
+                        send_close(sink, close::TRY_AGAIN_LATER, "no pong; reconnect").await;
+                        break;
+                    }
+                }
             }
             _ = shutdown.changed() => {
                 send_close(sink, close::GOING_AWAY, "server restarting").await;
@@ -571,14 +622,14 @@ async fn on_read<C: Connection>(
     stream: &mut Stream,
     ahead: &mut Option<Box<Inbound<C::Client>>>,
     inbound: Inbound<C::Client>,
-    unanswered: &mut Option<Instant>,
+    pings: &mut Pings,
 ) -> bool {
     let mut next = Some(inbound);
     while let Some(inbound) = next.take() {
         let result = match inbound {
             Inbound::End => return true,
-            Inbound::Pong => {
-                *unanswered = None;
+            Inbound::Pong(payload) => {
+                pings.answered(&payload);
                 Ok(())
             }
             Inbound::Fatal(code, why) => {
@@ -648,5 +699,24 @@ mod tests {
         let (min, max) = (firsts.iter().min().expect("some"), firsts.iter().max().expect("some"));
         // 500 uniform draws over 10 s span less than 8 s with a chance of about 1e-45.
         assert!(*max - *min > secs(8), "spread from {min:?} to {max:?} only");
+    }
+
+    #[test]
+    fn one_ping_is_out_at_a_time_and_only_the_pong_echoing_it_answers_it() {
+        let mut pings = Pings::default();
+        let t0 = Instant::now();
+        let first = pings.next(t0).expect("a first ping");
+        assert_eq!(pings.next(t0 + Duration::from_secs(1)), None, "no second ping while the first is unanswered");
+        // An unsolicited pong, or one echoing something else, leaves the ping unanswered since it went out.
+        pings.answered(b"");
+        pings.answered(&0u64.to_be_bytes());
+        assert_eq!(pings.unanswered(), Some(t0));
+        pings.answered(&first);
+        assert_eq!(pings.unanswered(), None);
+        let second = pings.next(t0 + Duration::from_secs(2)).expect("the next ping");
+        assert_ne!(first, second);
+        // The first ping's pong, arriving late, does not answer the second.
+        pings.answered(&first);
+        assert_eq!(pings.unanswered(), Some(t0 + Duration::from_secs(2)));
     }
 }

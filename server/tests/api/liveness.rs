@@ -201,7 +201,7 @@ async fn an_agent_sending_1500_replies_as_fast_as_it_can_gets_1500_acks_and_stay
 }
 
 /// Flood limits high enough that only liveness can end a pipelining visitor's socket.
-fn unthrottled(s: &mut parley::config::Settings) {
+pub fn unthrottled(s: &mut parley::config::Settings) {
     s.limits.visitor_message_burst = 100_000;
     s.limits.visitor_messages_per_minute = 1_000_000;
     s.limits.ip_frame_burst = 100_000;

@@ -20,6 +20,7 @@ mod messenger_pages;
 mod nodes;
 mod ops;
 mod outbox;
+mod pongs;
 mod supervision;
 mod tenancy;
 mod visitor_session;
